@@ -1,0 +1,60 @@
+# Finds every third-party dependency and repairs what distributions ship broken.
+
+find_package(MPI REQUIRED COMPONENTS C)
+# C bindings only: keep Open MPI's deprecated C++ bindings out of every translation unit.
+add_library(tapestry_mpi INTERFACE)
+target_link_libraries(tapestry_mpi INTERFACE MPI::MPI_C)
+target_compile_definitions(tapestry_mpi INTERFACE OMPI_SKIP_MPICXX MPICH_SKIP_MPICXX)
+
+set(HDF5_PREFER_PARALLEL TRUE)
+find_package(HDF5 REQUIRED COMPONENTS C)
+if(NOT HDF5_IS_PARALLEL)
+  message(FATAL_ERROR "Tapestry needs a parallel (MPI) HDF5; found a serial one at ${HDF5_INCLUDE_DIRS}. "
+                      "On Debian: apt-get install libhdf5-openmpi-dev")
+endif()
+add_library(tapestry_hdf5 INTERFACE)
+target_include_directories(tapestry_hdf5 SYSTEM INTERFACE ${HDF5_INCLUDE_DIRS})
+target_link_libraries(tapestry_hdf5 INTERFACE ${HDF5_C_LIBRARIES} tapestry_mpi)
+target_compile_definitions(tapestry_hdf5 INTERFACE ${HDF5_DEFINITIONS})
+
+# Kokkos: any 4.x through Kokkos_ROOT, or Debian's Trilinos 3.4 whose exported target points at
+# <prefix>/include while the headers live in <prefix>/include/trilinos.
+find_package(Kokkos REQUIRED)
+get_target_property(_kk_inc Kokkos::kokkos INTERFACE_INCLUDE_DIRECTORIES)
+set(_kk_ok FALSE)
+foreach(_d IN LISTS _kk_inc)
+  if(EXISTS "${_d}/Kokkos_Core.hpp")
+    set(_kk_ok TRUE)
+  endif()
+endforeach()
+if(NOT _kk_ok)
+  find_path(TAPESTRY_KOKKOS_INCLUDE_DIR Kokkos_Core.hpp
+            HINTS ${Kokkos_INCLUDE_DIRS} PATH_SUFFIXES trilinos REQUIRED)
+  message(STATUS "Kokkos: repairing broken include path -> ${TAPESTRY_KOKKOS_INCLUDE_DIR}")
+  set_property(TARGET Kokkos::kokkos PROPERTY INTERFACE_INCLUDE_DIRECTORIES "${TAPESTRY_KOKKOS_INCLUDE_DIR}")
+  # Debian's target also carries a stray "-DKOKKOS_DEPENDENCE" in its link line.
+  get_target_property(_kk_libs Kokkos::kokkos INTERFACE_LINK_LIBRARIES)
+  list(FILTER _kk_libs EXCLUDE REGEX "^-D")
+  set_property(TARGET Kokkos::kokkos PROPERTY INTERFACE_LINK_LIBRARIES "${_kk_libs}")
+endif()
+
+set(TAPESTRY_ENABLE_CUDA OFF)
+if(Kokkos_ENABLE_CUDA OR "CUDA" IN_LIST Kokkos_DEVICES)
+  set(TAPESTRY_ENABLE_CUDA ON)
+  find_package(CUDAToolkit REQUIRED)
+endif()
+message(STATUS "Tapestry: Kokkos ${Kokkos_VERSION}, GPU path (CUDA/cuBLAS): ${TAPESTRY_ENABLE_CUDA}")
+
+find_package(CLI11 CONFIG REQUIRED)
+
+# Host BLAS (OpenBLAS preferred) with its CBLAS header.
+set(BLA_VENDOR OpenBLAS)
+find_package(BLAS)
+if(NOT BLAS_FOUND)
+  unset(BLA_VENDOR)
+  find_package(BLAS REQUIRED)
+endif()
+find_path(TAPESTRY_CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas openblas-pthread REQUIRED)
+add_library(tapestry_blas INTERFACE)
+target_include_directories(tapestry_blas SYSTEM INTERFACE ${TAPESTRY_CBLAS_INCLUDE_DIR})
+target_link_libraries(tapestry_blas INTERFACE ${BLAS_LIBRARIES})

@@ -1,0 +1,27 @@
+#pragma once
+/// \file
+/// \brief Command line (CLI11) -> configs. Fills structs; runs nothing.
+
+#include "tapestry/core/config.hpp"
+#include "tapestry/io/tokenizer.hpp"
+
+namespace tapestry::cli {
+
+enum class Command { exit, train, data_prepare, bench_step, bench_gemm };
+
+/// \brief What the command line asked for.
+struct Invocation {
+  Command command = Command::exit;
+  int exit_code = 0;  ///< for Command::exit (after --help, --version or a parse error)
+  TrainConfig train;
+  io::PrepareConfig prepare;
+  BenchStepConfig bench_step;
+  BenchGemmConfig bench_gemm;
+};
+
+/// Parses argv. --help and --version print to stdout; a parse error prints one line
+/// "tapestry: error: ..." to stderr. Both return Command::exit with the code to exit with.
+/// `quiet` suppresses all printing (every rank but 0).
+Invocation parse(int argc, const char* const* argv, bool quiet = false);
+
+}  // namespace tapestry::cli

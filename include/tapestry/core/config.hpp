@@ -1,0 +1,89 @@
+#pragma once
+/// \file
+/// \brief Plain configuration structs, checked in one place by validate().
+
+#include <cstdint>
+#include <string>
+
+namespace tapestry {
+
+/// \brief Shape of a GPT-2 style decoder.
+struct ModelConfig {
+  int n_layer = 4;
+  int n_head = 4;
+  int d_model = 128;
+  int max_seq_len = 256;    ///< rows of the position embedding
+  int vocab_size = 256;     ///< real tokens
+  int padded_vocab_size = 0;  ///< rows of the token embedding; 0: vocab_size rounded up to 128
+
+  int head_dim() const { return d_model / n_head; }
+  /// Padded vocabulary actually allocated.
+  int vocab_padded() const;
+  /// Number of parameters (token and position embeddings included, output layer tied).
+  std::int64_t num_parameters() const;
+  /// Training FLOPs per token for forward + backward at sequence length `T`:
+  /// 6 * (parameters without the position embedding) + 12 * n_layer * d_model * T (attention).
+  double flops_per_token(int T) const;
+};
+
+/// \brief Optimizer and schedule.
+struct OptimConfig {
+  double lr = 1e-3;           ///< peak learning rate
+  double min_lr_ratio = 0.1;  ///< cosine decays to lr * min_lr_ratio
+  int warmup_steps = 20;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;  ///< applied to 2-D weights (matrices, embeddings) only
+  double grad_clip = 1.0;     ///< global-norm clip; <= 0 disables
+};
+
+/// \brief One training run.
+struct TrainConfig {
+  ModelConfig model;
+  OptimConfig optim;
+  int batch_size = 8;   ///< B: sequences per micro-batch
+  int seq_len = 128;    ///< T: tokens per sequence
+  int grad_accum = 1;   ///< micro-batches per optimizer step
+  int steps = 200;
+  int val_every = 50;   ///< 0 disables validation
+  int val_batches = 8;
+  int log_every = 1;
+  std::uint64_t seed = 1234;
+  std::string train_data;
+  std::string val_data;
+  std::string init_from;     ///< llm.c GPT-2 checkpoint (optional)
+  std::string metrics_file;  ///< JSONL, one record per step (optional)
+  double peak_flops = 437e9;  ///< for MFU: FP32 FMA peak of the devices this rank uses
+};
+
+/// \brief Throws tapestry::Error with one line naming the first problem found.
+void validate(const ModelConfig& m);
+void validate(const OptimConfig& o);
+void validate(const TrainConfig& c);
+
+}  // namespace tapestry
+
+namespace tapestry {
+
+/// \brief `tapestry bench step`: time forward + backward + update of one shape on random tokens.
+struct BenchStepConfig {
+  ModelConfig model;
+  int batch_size = 4;
+  int seq_len = 64;
+  int warmup = 2;
+  int iters = 5;
+  double peak_flops = 437e9;
+  std::uint64_t seed = 1;
+  std::string json;  ///< optional JSON result file
+};
+
+/// \brief `tapestry bench gemm`: the BLAS's sgemm rate at M = N = K = size.
+struct BenchGemmConfig {
+  int size = 2048;
+  int iters = 10;
+};
+
+void validate(const BenchStepConfig& c);
+
+}  // namespace tapestry

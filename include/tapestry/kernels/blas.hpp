@@ -1,0 +1,55 @@
+#pragma once
+/// \file
+/// \brief Vendor BLAS behind one object: cuBLAS when Kokkos runs on CUDA, a host CBLAS otherwise.
+
+#include <memory>
+
+#include "tapestry/core/views.hpp"
+
+namespace tapestry::kernels {
+
+/// \brief Owns the BLAS handle bound to one execution-space instance (its stream on GPUs).
+/// Matrices are row-major (LayoutRight) and live in ExecSpace's memory.
+class Blas {
+ public:
+  explicit Blas(const ExecSpace& exec = ExecSpace());
+  ~Blas();
+  Blas(const Blas&) = delete;
+  Blas& operator=(const Blas&) = delete;
+
+  const ExecSpace& exec() const { return exec_; }
+
+  /// C(M,N) = alpha * op(A) * op(B) + beta * C, row-major; op(A) is (M,K), op(B) is (K,N).
+  template <class T>
+  void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
+            const T* B, int ldb, T beta, T* C, int ldc) const;
+
+  /// `count` independent gemms; matrix i of A, B, C starts at A + i*stride_a (etc.).
+  template <class T>
+  void gemm_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A,
+                            int lda, long stride_a, const T* B, int ldb, long stride_b, T beta, T* C,
+                            int ldc, long stride_c, int count) const;
+
+  /// y(N) = alpha * A(M,N)^T * x(M) + beta * y, row-major A.
+  template <class T>
+  void gemv_t(int M, int N, T alpha, const T* A, int lda, const T* x, T beta, T* y) const;
+
+  /// Accumulate the wall time of BLAS calls (fencing around each); for benchmarks only.
+  void set_timing(bool on) { timing_ = on; }
+  double seconds() const { return seconds_; }
+  void reset_seconds() { seconds_ = 0; }
+
+  /// A device vector of at least `n` ones of type T (grown on demand, kept for reuse).
+  template <class T> const T* ones(int n) const;
+
+ private:
+  struct Impl;
+  template <class F> void timed(F&& f) const;
+
+  ExecSpace exec_;
+  std::unique_ptr<Impl> impl_;
+  bool timing_ = false;
+  mutable double seconds_ = 0;
+};
+
+}  // namespace tapestry::kernels

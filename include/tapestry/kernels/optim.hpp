@@ -1,0 +1,33 @@
+#pragma once
+/// \file
+/// \brief AdamW update and the reductions behind global gradient-norm clipping.
+
+#include <cstdint>
+
+#include "tapestry/core/views.hpp"
+
+namespace tapestry::kernels {
+
+/// \brief Hyper-parameters of one AdamW step (decoupled weight decay, bias-corrected moments).
+struct AdamWStep {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  std::int64_t t = 1;        ///< 1-based step count, for bias correction
+  double grad_scale = 1.0;   ///< multiplies every gradient first (clipping)
+};
+
+/// param, m, v (n) updated in place from grad (n).
+template <class T>
+void adamw_update(const ExecSpace& exec, View1<T> param, View1<T> m, View1<T> v, In1<T> grad,
+                  const AdamWStep& s);
+
+/// sum of x^2, accumulated in double.
+template <class T> double sum_squares(const ExecSpace& exec, In1<T> x);
+
+/// Clip factor for a global norm: min(1, max_norm / norm); 1 when max_norm <= 0.
+double clip_factor(double norm, double max_norm);
+
+}  // namespace tapestry::kernels

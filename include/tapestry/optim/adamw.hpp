@@ -1,0 +1,39 @@
+#pragma once
+/// \file
+/// \brief AdamW over the model's flat parameters, global-norm clipping, and the LR schedule.
+
+#include <cstdint>
+#include <vector>
+
+#include "tapestry/core/config.hpp"
+#include "tapestry/core/views.hpp"
+#include "tapestry/model/gpt.hpp"
+
+namespace tapestry::optim {
+
+/// Learning rate at 0-based `step`: linear warmup to cfg.lr over warmup_steps, then cosine decay to
+/// cfg.lr * min_lr_ratio at `total_steps`.
+double lr_at(const OptimConfig& cfg, int step, int total_steps);
+
+/// \brief First and second moments for every parameter; weight decay only where the tensor says so.
+class AdamW {
+ public:
+  AdamW(const OptimConfig& cfg, const std::vector<model::ParamTensor>& tensors, std::size_t n);
+
+  /// One update with learning rate `lr`; gradients are multiplied by `grad_scale` first.
+  void step(const ExecSpace& exec, View1<float> params, View1<float> grads, double lr, double grad_scale);
+
+  std::int64_t steps_taken() const { return t_; }
+  std::size_t state_bytes() const { return 2 * m_.span() * sizeof(float); }
+
+ private:
+  OptimConfig cfg_;
+  std::vector<model::ParamTensor> tensors_;
+  View1<float> m_, v_;
+  std::int64_t t_ = 0;
+};
+
+/// \brief Global L2 norm of the gradients (every element once) and the clip factor it implies.
+double grad_norm(const ExecSpace& exec, View1<float> grads);
+
+}  // namespace tapestry::optim

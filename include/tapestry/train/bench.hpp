@@ -1,0 +1,22 @@
+#pragma once
+/// \file
+/// \brief `tapestry bench step` and `tapestry bench gemm`.
+
+#include <ostream>
+
+#include "tapestry/core/config.hpp"
+
+namespace tapestry::train {
+
+struct StepBenchResult {
+  double ms_per_step = 0, forward_ms = 0, backward_ms = 0, update_ms = 0, gemm_ms = 0;
+  double tokens_per_s = 0, gflops = 0, mfu = 0;
+  double peak_rss_mib = 0, model_state_mib = 0, activation_mib = 0;
+};
+
+StepBenchResult bench_step(const BenchStepConfig& cfg, std::ostream& out);
+
+/// Returns GFLOP/s of the BLAS sgemm at M = N = K = cfg.size.
+double bench_gemm(const BenchGemmConfig& cfg, std::ostream& out);
+
+}  // namespace tapestry::train

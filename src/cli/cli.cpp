@@ -1,0 +1,158 @@
+#include "tapestry/cli/cli.hpp"
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "tapestry/core/error.hpp"
+
+#ifndef TAPESTRY_VERSION
+#define TAPESTRY_VERSION "unknown"
+#endif
+
+namespace tapestry::cli {
+
+namespace {
+
+void add_model_options(CLI::App* app, ModelConfig& m) {
+  app->add_option("--n-layer", m.n_layer, "Transformer blocks")->capture_default_str()->group("Model");
+  app->add_option("--n-head", m.n_head, "Attention heads (must divide d-model)")->capture_default_str()->group("Model");
+  app->add_option("--d-model", m.d_model, "Hidden size C")->capture_default_str()->group("Model");
+  app->add_option("--max-seq-len", m.max_seq_len, "Rows of the position embedding")->capture_default_str()->group("Model");
+  app->add_option("--vocab-size", m.vocab_size, "Vocabulary (256 for the byte tokenizer)")->capture_default_str()->group("Model");
+  app->add_option("--padded-vocab-size", m.padded_vocab_size,
+                  "Token-embedding rows; 0: vocab-size rounded up to 128")->capture_default_str()->group("Model");
+}
+
+void add_train_options(CLI::App* t, TrainConfig& c) {
+  add_model_options(t, c.model);
+  auto& o = c.optim;
+  t->add_option("--lr", o.lr, "Peak learning rate")->capture_default_str()->group("Optimizer");
+  t->add_option("--min-lr-ratio", o.min_lr_ratio, "Cosine decays to lr * this")->capture_default_str()->group("Optimizer");
+  t->add_option("--warmup-steps", o.warmup_steps, "Linear warmup steps")->capture_default_str()->group("Optimizer");
+  t->add_option("--beta1", o.beta1, "AdamW beta1")->capture_default_str()->group("Optimizer");
+  t->add_option("--beta2", o.beta2, "AdamW beta2")->capture_default_str()->group("Optimizer");
+  t->add_option("--eps", o.eps, "AdamW epsilon")->capture_default_str()->group("Optimizer");
+  t->add_option("--weight-decay", o.weight_decay, "Decoupled weight decay (2-D weights only)")->capture_default_str()->group("Optimizer");
+  t->add_option("--grad-clip", o.grad_clip, "Clip the global gradient norm to this; 0 disables")->capture_default_str()->group("Optimizer");
+
+  t->add_option("--batch-size,-b", c.batch_size, "Sequences per micro-batch (B)")->capture_default_str()->group("Training");
+  t->add_option("--seq-len,-t", c.seq_len, "Tokens per sequence (T)")->capture_default_str()->group("Training");
+  t->add_option("--grad-accum", c.grad_accum, "Micro-batches per optimizer step")->capture_default_str()->group("Training");
+  t->add_option("--steps", c.steps, "Optimizer steps")->capture_default_str()->group("Training");
+  t->add_option("--seed", c.seed, "Seed of the parameter initialisation")->capture_default_str()->group("Training");
+  t->add_option("--val-every", c.val_every, "Evaluate the validation loss every N steps; 0: never")->capture_default_str()->group("Training");
+  t->add_option("--val-batches", c.val_batches, "Batches per validation")->capture_default_str()->group("Training");
+  t->add_option("--log-every", c.log_every, "Print a progress line every N steps")->capture_default_str()->group("Training");
+  t->add_option("--peak-flops", c.peak_flops, "Peak FLOP/s of this rank's devices, for MFU")->capture_default_str()->group("Training");
+
+  t->add_option("--train-data", c.train_data, "Training token file (llm.c format)")->group("Files");
+  t->add_option("--val-data", c.val_data, "Validation token file")->group("Files");
+  t->add_option("--init-from", c.init_from, "Start from an llm.c GPT-2 checkpoint (fp32, version 3)")->group("Files");
+  t->add_option("--metrics-file", c.metrics_file, "Write one JSON line per step here")->group("Files");
+}
+
+/// Applies a TOML config file to the options of `app` that the command line left unset. Keys are
+/// long flag names without dashes in front ("n-layer = 4"); an unknown key is an error.
+void apply_config_file(CLI::App* app, const std::string& path) {
+  std::vector<CLI::ConfigItem> items;
+  try {
+    items = CLI::ConfigTOML().from_file(path);
+  } catch (const CLI::FileError&) {
+    throw Error("cannot read config file '" + path + "'");
+  }
+  for (const auto& item : items) {
+    if (item.name == "++" || item.name == "--") continue;  // section markers
+    const std::string key = item.fullname();
+    CLI::Option* op = item.parents.empty() ? app->get_option_no_throw("--" + item.name) : nullptr;
+    require(op != nullptr && key != "config",
+            "config file '" + path + "': unknown key '" + key + "' (see tapestry " + app->get_name() + " --help)");
+    if (op->count() > 0) continue;  // the command line wins
+    op->add_result(item.inputs);
+    try {
+      op->run_callback();
+    } catch (const CLI::ParseError& e) {
+      throw Error("config file '" + path + "': key '" + key + "': " + e.what());
+    }
+  }
+}
+
+}  // namespace
+
+Invocation parse(int argc, const char* const* argv, bool quiet) {
+  Invocation inv;
+  CLI::App app{"Tapestry: train one GPT across several supercomputers (Kokkos + MPI + HDF5)", "tapestry"};
+  app.set_version_flag("--version", std::string("tapestry ") + TAPESTRY_VERSION);
+  app.require_subcommand(1);
+
+  auto* train = app.add_subcommand("train", "Train a GPT-2 style model");
+  std::string config_file;
+  train->add_option("--config,-c", config_file,
+                    "TOML file of options (keys are the flag names: n-layer = 4); flags override it");
+  add_train_options(train, inv.train);
+
+  auto* data = app.add_subcommand("data", "Prepare token files");
+  data->require_subcommand(1);
+  auto* prep = data->add_subcommand("prepare", "Byte-tokenize text files into <name>_train.bin and <name>_val.bin");
+  prep->add_option("inputs", inv.prepare.inputs, "Text files, concatenated in order")->required();
+  prep->add_option("--output-dir,-o", inv.prepare.output_dir, "Where to write")->capture_default_str();
+  prep->add_option("--name", inv.prepare.name, "Prefix of the output files")->capture_default_str();
+  prep->add_option("--val-fraction", inv.prepare.val_fraction, "Tail of the corpus held out")->capture_default_str();
+
+  auto* bench = app.add_subcommand("bench", "Benchmarks for qualifying a machine");
+  bench->require_subcommand(1);
+  auto* step = bench->add_subcommand("step", "Time forward + backward + AdamW for one model shape");
+  auto& bs = inv.bench_step;
+  bs.model.n_layer = 12, bs.model.n_head = 12, bs.model.d_model = 768, bs.model.vocab_size = 50257,
+  bs.model.max_seq_len = 1024;
+  add_model_options(step, bs.model);
+  step->add_option("--batch-size,-b", bs.batch_size, "B")->capture_default_str();
+  step->add_option("--seq-len,-t", bs.seq_len, "T")->capture_default_str();
+  step->add_option("--warmup", bs.warmup, "Untimed steps first")->capture_default_str();
+  step->add_option("--iters", bs.iters, "Timed steps")->capture_default_str();
+  step->add_option("--peak-flops", bs.peak_flops, "Peak FLOP/s for MFU")->capture_default_str();
+  step->add_option("--json", bs.json, "Also write the result as JSON here");
+  auto* gemm = bench->add_subcommand("gemm", "Measure the BLAS sgemm rate (M = N = K = size)");
+  gemm->add_option("--size", inv.bench_gemm.size, "Matrix size")->capture_default_str();
+  gemm->add_option("--iters", inv.bench_gemm.iters, "Timed calls")->capture_default_str();
+
+  // Kokkos's own --kokkos-* arguments are Kokkos's business (the runtime passes them on).
+  std::vector<std::string> args;
+  for (int i = argc - 1; i >= 1; --i)
+    if (std::string(argv[i]).rfind("--kokkos-", 0) != 0) args.emplace_back(argv[i]);
+  try {
+    app.parse(args);
+  } catch (const CLI::Success& e) {
+    if (!quiet) app.exit(e);
+    inv.exit_code = 0;
+    return inv;
+  } catch (const CLI::ParseError& e) {
+    if (!quiet) {
+      if (e.get_exit_code() == 0) {
+        app.exit(e);
+      } else {
+        std::cerr << "tapestry: error: " << e.what() << "\n";
+      }
+    }
+    inv.exit_code = e.get_exit_code() == 0 ? 0 : 2;
+    return inv;
+  }
+  if (train->parsed()) {
+    inv.command = Command::train;
+    if (!config_file.empty()) {
+      try {
+        apply_config_file(train, config_file);
+      } catch (const Error& e) {
+        if (!quiet) std::cerr << "tapestry: error: " << e.what() << "\n";
+        inv.command = Command::exit;
+        inv.exit_code = 2;
+        return inv;
+      }
+    }
+  }
+  else if (prep->parsed()) inv.command = Command::data_prepare;
+  else if (step->parsed()) inv.command = Command::bench_step;
+  else if (gemm->parsed()) inv.command = Command::bench_gemm;
+  return inv;
+}
+
+}  // namespace tapestry::cli

@@ -1,0 +1,90 @@
+#include "tapestry/core/config.hpp"
+
+#include "tapestry/core/error.hpp"
+
+namespace tapestry {
+
+namespace {
+std::string num(double v) {
+  std::string s = std::to_string(v);
+  while (s.size() > 1 && s.back() == '0') s.pop_back();
+  if (!s.empty() && s.back() == '.') s.pop_back();
+  return s;
+}
+}  // namespace
+
+int ModelConfig::vocab_padded() const {
+  if (padded_vocab_size > 0) return padded_vocab_size;
+  return (vocab_size + 127) / 128 * 128;
+}
+
+std::int64_t ModelConfig::num_parameters() const {
+  const std::int64_t C = d_model, L = n_layer;
+  const std::int64_t per_layer = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C +
+                                 (4 * C * C + 4 * C) + (4 * C * C + C);
+  return std::int64_t(vocab_padded()) * C + std::int64_t(max_seq_len) * C + L * per_layer + 2 * C;
+}
+
+double ModelConfig::flops_per_token(int T) const {
+  const double n = double(num_parameters()) - double(max_seq_len) * d_model;
+  return 6.0 * n + 12.0 * n_layer * double(d_model) * T;
+}
+
+void validate(const ModelConfig& m) {
+  require(m.n_layer >= 1, "n_layer must be >= 1 (got " + num(m.n_layer) + ")");
+  require(m.n_head >= 1, "n_head must be >= 1 (got " + num(m.n_head) + ")");
+  require(m.d_model >= 1, "d_model must be >= 1 (got " + num(m.d_model) + ")");
+  require(m.d_model % m.n_head == 0, "n_head (" + num(m.n_head) + ") does not divide d_model (" +
+                                         num(m.d_model) + ")");
+  require(m.max_seq_len >= 1, "max_seq_len must be >= 1 (got " + num(m.max_seq_len) + ")");
+  require(m.vocab_size >= 2 && m.vocab_size <= 65536,
+          "vocab_size must be in [2, 65536] (uint16 tokens; got " + num(m.vocab_size) + ")");
+  require(m.padded_vocab_size == 0 || m.padded_vocab_size >= m.vocab_size,
+          "padded_vocab_size (" + num(m.padded_vocab_size) + ") is smaller than vocab_size (" +
+              num(m.vocab_size) + ")");
+}
+
+void validate(const OptimConfig& o) {
+  require(o.lr > 0, "lr must be > 0 (got " + num(o.lr) + ")");
+  require(o.min_lr_ratio >= 0 && o.min_lr_ratio <= 1,
+          "min_lr_ratio must be in [0, 1] (got " + num(o.min_lr_ratio) + ")");
+  require(o.warmup_steps >= 0, "warmup_steps must be >= 0");
+  require(o.beta1 >= 0 && o.beta1 < 1, "beta1 must be in [0, 1) (got " + num(o.beta1) + ")");
+  require(o.beta2 >= 0 && o.beta2 < 1, "beta2 must be in [0, 1) (got " + num(o.beta2) + ")");
+  require(o.eps > 0, "eps must be > 0");
+  require(o.weight_decay >= 0, "weight_decay must be >= 0");
+}
+
+void validate(const TrainConfig& c) {
+  validate(c.model);
+  validate(c.optim);
+  require(c.batch_size >= 1, "batch_size must be >= 1 (got " + num(c.batch_size) + ")");
+  require(c.seq_len >= 1, "seq_len must be >= 1 (got " + num(c.seq_len) + ")");
+  require(c.seq_len <= c.model.max_seq_len, "seq_len (" + num(c.seq_len) +
+                                                ") is above the model's max_seq_len (" +
+                                                num(c.model.max_seq_len) + ")");
+  require(c.grad_accum >= 1, "grad_accum must be >= 1 (got " + num(c.grad_accum) + ")");
+  require(c.steps >= 0, "steps must be >= 0");
+  require(c.val_every >= 0, "val_every must be >= 0");
+  require(c.val_every == 0 || c.val_batches >= 1, "val_batches must be >= 1 when val_every > 0");
+  require(c.val_every == 0 || !c.val_data.empty(), "val_every > 0 needs val_data");
+  require(c.log_every >= 1, "log_every must be >= 1");
+  require(!c.train_data.empty(), "train_data is not set");
+  require(c.peak_flops > 0, "peak_flops must be > 0");
+}
+
+}  // namespace tapestry
+
+namespace tapestry {
+
+void validate(const BenchStepConfig& c) {
+  validate(c.model);
+  require(c.batch_size >= 1, "batch_size must be >= 1");
+  require(c.seq_len >= 1 && c.seq_len <= c.model.max_seq_len,
+          "seq_len (" + std::to_string(c.seq_len) + ") must be in [1, max_seq_len = " +
+              std::to_string(c.model.max_seq_len) + "]");
+  require(c.warmup >= 0 && c.iters >= 1, "bench needs warmup >= 0 and iters >= 1");
+  require(c.peak_flops > 0, "peak_flops must be > 0");
+}
+
+}  // namespace tapestry

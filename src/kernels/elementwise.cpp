@@ -1,0 +1,66 @@
+#include "tapestry/kernels/elementwise.hpp"
+
+#include "tapestry/kernels/math.hpp"
+
+namespace tapestry::kernels {
+
+namespace {
+constexpr double kGeluScale = 0.7978845608028654;  // sqrt(2 / pi)
+
+/// tanh through one exp: several times faster than libm's tanhf on hosts; exact limits at +-inf.
+template <class T> KOKKOS_INLINE_FUNCTION T fast_tanh(T u) {
+  return T(1) - T(2) / (math::exp(T(2) * u) + T(1));
+}
+}  // namespace
+
+template <class T> void gelu_forward(const ExecSpace& exec, View1<T> out, In1<T> inp) {
+  const T s = T(kGeluScale);
+  Kokkos::parallel_for(
+      "tapestry::gelu_forward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) {
+        const T x = inp(i);
+        out(i) = T(0.5) * x * (T(1) + fast_tanh(s * (x + T(0.044715) * x * x * x)));
+      });
+}
+
+template <class T>
+void gelu_backward(const ExecSpace& exec, View1<T> dinp, In1<T> inp, In1<T> dout) {
+  const T s = T(kGeluScale);
+  Kokkos::parallel_for(
+      "tapestry::gelu_backward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) {
+        const T x = inp(i);
+        const T u = s * (x + T(0.044715) * x * x * x);
+        const T th = fast_tanh(u);
+        const T sech2 = T(1) - th * th;
+        const T grad = T(0.5) * (T(1) + th) + T(0.5) * x * sech2 * s * (T(1) + T(3 * 0.044715) * x * x);
+        dinp(i) = grad * dout(i);
+      });
+}
+
+template <class T> void residual_forward(const ExecSpace& exec, View1<T> out, In1<T> a, In1<T> b) {
+  Kokkos::parallel_for(
+      "tapestry::residual_forward", Kokkos::RangePolicy<ExecSpace>(exec, 0, a.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) { out(i) = a(i) + b(i); });
+}
+
+template <class T>
+void residual_backward(const ExecSpace& exec, View1<T> da, View1<T> db, In1<T> dout) {
+  Kokkos::parallel_for(
+      "tapestry::residual_backward", Kokkos::RangePolicy<ExecSpace>(exec, 0, dout.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) {
+        da(i) += dout(i);
+        db(i) += dout(i);
+      });
+}
+
+#define TAPESTRY_INSTANTIATE(T)                                                          \
+  template void gelu_forward<T>(const ExecSpace&, View1<T>, In1<T>);                    \
+  template void gelu_backward<T>(const ExecSpace&, View1<T>, In1<T>, In1<T>);           \
+  template void residual_forward<T>(const ExecSpace&, View1<T>, In1<T>, In1<T>);        \
+  template void residual_backward<T>(const ExecSpace&, View1<T>, View1<T>, In1<T>);
+TAPESTRY_INSTANTIATE(float)
+TAPESTRY_INSTANTIATE(double)
+#undef TAPESTRY_INSTANTIATE
+
+}  // namespace tapestry::kernels

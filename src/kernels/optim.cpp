@@ -1,0 +1,49 @@
+#include "tapestry/kernels/optim.hpp"
+
+#include <cmath>
+
+#include "tapestry/kernels/math.hpp"
+
+namespace tapestry::kernels {
+
+template <class T>
+void adamw_update(const ExecSpace& exec, View1<T> param, View1<T> m, View1<T> v, In1<T> grad,
+                  const AdamWStep& s) {
+  const T lr = T(s.lr), b1 = T(s.beta1), b2 = T(s.beta2), eps = T(s.eps), wd = T(s.weight_decay);
+  const T gs = T(s.grad_scale);
+  const T c1 = T(1.0 / (1.0 - std::pow(s.beta1, double(s.t))));
+  const T c2 = T(1.0 / (1.0 - std::pow(s.beta2, double(s.t))));
+  Kokkos::parallel_for(
+      "tapestry::adamw_update", Kokkos::RangePolicy<ExecSpace>(exec, 0, param.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) {
+        const T g = grad(i) * gs;
+        const T mi = b1 * m(i) + (T(1) - b1) * g;
+        const T vi = b2 * v(i) + (T(1) - b2) * g * g;
+        m(i) = mi;
+        v(i) = vi;
+        param(i) -= lr * ((mi * c1) / (math::sqrt(vi * c2) + eps) + wd * param(i));
+      });
+}
+
+template <class T> double sum_squares(const ExecSpace& exec, In1<T> x) {
+  double s = 0;
+  Kokkos::parallel_reduce(
+      "tapestry::sum_squares", Kokkos::RangePolicy<ExecSpace>(exec, 0, x.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i, double& acc) { acc += double(x(i)) * double(x(i)); }, s);
+  return s;
+}
+
+double clip_factor(double norm, double max_norm) {
+  if (max_norm <= 0 || !(norm > max_norm)) return 1.0;
+  return max_norm / norm;
+}
+
+#define TAPESTRY_INSTANTIATE(T)                                                                 \
+  template void adamw_update<T>(const ExecSpace&, View1<T>, View1<T>, View1<T>, In1<T>,        \
+                                const AdamWStep&);                                              \
+  template double sum_squares<T>(const ExecSpace&, In1<T>);
+TAPESTRY_INSTANTIATE(float)
+TAPESTRY_INSTANTIATE(double)
+#undef TAPESTRY_INSTANTIATE
+
+}  // namespace tapestry::kernels

@@ -1,0 +1,133 @@
+#include "tapestry/train/bench.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "tapestry/core/error.hpp"
+#include "tapestry/io/token_file.hpp"
+#include "tapestry/kernels/blas.hpp"
+#include "tapestry/kernels/optim.hpp"
+#include "tapestry/model/gpt.hpp"
+#include "tapestry/optim/adamw.hpp"
+
+namespace tapestry::train {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+/// Peak resident set of this process (VmHWM), MiB; 0 where /proc is missing.
+double peak_rss_mib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0;
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), f, v);
+  return buf;
+}
+}  // namespace
+
+StepBenchResult bench_step(const BenchStepConfig& cfg, std::ostream& out) {
+  validate(cfg);
+  const int B = cfg.batch_size, T = cfg.seq_len;
+  kernels::Blas blas;
+  model::GPT gpt(cfg.model, B, T);
+  gpt.init_random(cfg.seed);
+  OptimConfig oc;
+  optim::AdamW adamw(oc, gpt.tensors(), gpt.params().extent(0));
+  std::mt19937 rng(unsigned(cfg.seed));
+  std::uniform_int_distribution<int> tok(0, cfg.model.vocab_size - 1);
+  std::vector<int> in(std::size_t(B) * T), tg(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) in[i] = tok(rng), tg[i] = tok(rng);
+
+  StepBenchResult r;
+  const auto& ex = blas.exec();
+  for (int it = 0; it < cfg.warmup + cfg.iters; ++it) {
+    const bool timed = it >= cfg.warmup;
+    blas.set_timing(timed);
+    auto t0 = Clock::now();
+    gpt.zero_grad();
+    gpt.forward(blas, in, tg);
+    ex.fence();
+    const double f = since(t0);
+    auto t1 = Clock::now();
+    gpt.backward(blas, 1.0);
+    ex.fence();
+    const double b = since(t1);
+    auto t2 = Clock::now();
+    const double norm = optim::grad_norm(ex, gpt.grads());
+    adamw.step(ex, gpt.params(), gpt.grads(), 1e-4, kernels::clip_factor(norm, 1.0));
+    ex.fence();
+    const double u = since(t2);
+    if (timed) {
+      r.forward_ms += 1e3 * f / cfg.iters;
+      r.backward_ms += 1e3 * b / cfg.iters;
+      r.update_ms += 1e3 * u / cfg.iters;
+    }
+  }
+  r.gemm_ms = 1e3 * blas.seconds() / cfg.iters;
+  r.ms_per_step = r.forward_ms + r.backward_ms + r.update_ms;
+  const double tokens = double(B) * T;
+  r.tokens_per_s = tokens / (r.ms_per_step / 1e3);
+  r.gflops = cfg.model.flops_per_token(T) * tokens / (r.ms_per_step / 1e3) / 1e9;
+  r.mfu = r.gflops * 1e9 / cfg.peak_flops;
+  r.peak_rss_mib = peak_rss_mib();
+  r.model_state_mib = double(gpt.param_bytes() + adamw.state_bytes()) / (1 << 20);
+  r.activation_mib = double(gpt.activation_bytes()) / (1 << 20);
+
+  out << "# bench step: L=" << cfg.model.n_layer << " H=" << cfg.model.n_head << " C=" << cfg.model.d_model
+      << " V=" << cfg.model.vocab_size << " B=" << B << " T=" << T << " params=" << cfg.model.num_parameters()
+      << " (" << cfg.iters << " timed steps after " << cfg.warmup << " warm-up)\n"
+      << "  ms/step " << fmt("%.1f", r.ms_per_step) << "  (forward " << fmt("%.1f", r.forward_ms)
+      << ", backward " << fmt("%.1f", r.backward_ms) << ", grad-norm+AdamW " << fmt("%.1f", r.update_ms)
+      << "; BLAS " << fmt("%.1f", r.gemm_ms) << " = " << fmt("%.0f", 100 * r.gemm_ms / r.ms_per_step) << "%)\n"
+      << "  tokens/s " << fmt("%.0f", r.tokens_per_s) << "  GFLOP/s " << fmt("%.1f", r.gflops) << "  MFU "
+      << fmt("%.1f", 100 * r.mfu) << "% of " << fmt("%.1f", cfg.peak_flops / 1e9) << " GFLOP/s\n"
+      << "  memory: peak RSS " << fmt("%.0f", r.peak_rss_mib) << " MiB; params+grads+AdamW "
+      << fmt("%.0f", r.model_state_mib) << " MiB + activations " << fmt("%.0f", r.activation_mib) << " MiB = "
+      << fmt("%.0f", r.model_state_mib + r.activation_mib) << " MiB\n";
+  if (!cfg.json.empty()) {
+    std::string j = "{\"n_layer\":" + std::to_string(cfg.model.n_layer) + ",\"n_head\":" + std::to_string(cfg.model.n_head) +
+                    ",\"d_model\":" + std::to_string(cfg.model.d_model) + ",\"vocab_size\":" + std::to_string(cfg.model.vocab_size) +
+                    ",\"batch_size\":" + std::to_string(B) + ",\"seq_len\":" + std::to_string(T) +
+                    ",\"ms_per_step\":" + fmt("%.3f", r.ms_per_step) + ",\"forward_ms\":" + fmt("%.3f", r.forward_ms) +
+                    ",\"backward_ms\":" + fmt("%.3f", r.backward_ms) + ",\"update_ms\":" + fmt("%.3f", r.update_ms) +
+                    ",\"blas_ms\":" + fmt("%.3f", r.gemm_ms) + ",\"tokens_per_s\":" + fmt("%.1f", r.tokens_per_s) +
+                    ",\"gflops\":" + fmt("%.2f", r.gflops) + ",\"mfu\":" + fmt("%.4f", r.mfu) +
+                    ",\"peak_rss_mib\":" + fmt("%.1f", r.peak_rss_mib) + ",\"model_state_mib\":" + fmt("%.1f", r.model_state_mib) +
+                    ",\"activation_mib\":" + fmt("%.1f", r.activation_mib) + "}\n";
+    io::write_file_atomic(cfg.json, j);
+  }
+  return r;
+}
+
+double bench_gemm(const BenchGemmConfig& cfg, std::ostream& out) {
+  require(cfg.size >= 1 && cfg.iters >= 1, "bench gemm needs size >= 1 and iters >= 1");
+  const int n = cfg.size;
+  kernels::Blas blas;
+  View2<float> a("tapestry::bench_a", n, n), b("tapestry::bench_b", n, n), c("tapestry::bench_c", n, n);
+  Kokkos::deep_copy(a, 1.0f);
+  Kokkos::deep_copy(b, 0.5f);
+  blas.gemm<float>(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);  // warm-up
+  blas.exec().fence();
+  const auto t0 = Clock::now();
+  for (int i = 0; i < cfg.iters; ++i)
+    blas.gemm<float>(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+  blas.exec().fence();
+  const double dt = since(t0) / cfg.iters;
+  const double gflops = 2.0 * n * double(n) * n / dt / 1e9;
+  out << "# bench gemm: sgemm M=N=K=" << n << "  " << fmt("%.2f", dt * 1e3) << " ms  " << fmt("%.1f", gflops)
+      << " GFLOP/s\n";
+  return gflops;
+}
+
+}  // namespace tapestry::train
