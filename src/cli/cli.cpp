@@ -48,6 +48,7 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--train-data", c.train_data, "Training token file (llm.c format)")->group("Files");
   t->add_option("--val-data", c.val_data, "Validation token file")->group("Files");
   t->add_option("--init-from", c.init_from, "Start from an llm.c GPT-2 checkpoint (fp32, version 3)")->group("Files");
+  t->add_option("--export-llmc", c.export_llmc, "After training, write the parameters as an llm.c checkpoint")->group("Files");
   t->add_option("--metrics-file", c.metrics_file, "Write one JSON line per step here")->group("Files");
 }
 

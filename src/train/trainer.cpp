@@ -121,6 +121,10 @@ TrainResult run_training(const TrainConfig& cfg_in, std::ostream& out) {
     }
     result.steps.push_back(r);
   }
+  if (!cfg.export_llmc.empty()) {
+    io::write_llmc_checkpoint(cfg.export_llmc, cfg.model, gpt.params_to_host());
+    out << "wrote llm.c checkpoint " << cfg.export_llmc << "\n";
+  }
   return result;
 }
 

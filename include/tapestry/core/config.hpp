@@ -53,6 +53,7 @@ struct TrainConfig {
   std::string train_data;
   std::string val_data;
   std::string init_from;     ///< llm.c GPT-2 checkpoint (optional)
+  std::string export_llmc;   ///< write the final parameters as an llm.c checkpoint (optional)
   std::string metrics_file;  ///< JSONL, one record per step (optional)
   double peak_flops = 437e9;  ///< for MFU: FP32 FMA peak of the devices this rank uses
 };

@@ -1,0 +1,71 @@
+// validate(): each impossible setting is one clear message; the LR schedule; parameter counts.
+#include "catch.hpp"
+#include "tapestry/core/config.hpp"
+#include "tapestry/core/error.hpp"
+#include "tapestry/model/gpt.hpp"
+#include "tapestry/optim/adamw.hpp"
+
+using namespace tapestry;
+
+namespace {
+TrainConfig good() {
+  TrainConfig c;
+  c.train_data = "x.bin";
+  c.val_data = "y.bin";
+  return c;
+}
+}  // namespace
+
+TEST_CASE("a valid config passes and each impossible one names its problem", "[config][bad-input]") {
+  REQUIRE_NOTHROW(validate(good()));
+  auto c = good();
+  c.model.n_head = 3;
+  REQUIRE_THROWS_WITH(validate(c), "n_head (3) does not divide d_model (128)");
+  c = good();
+  c.seq_len = 512;
+  REQUIRE_THROWS_WITH(validate(c), "seq_len (512) is above the model's max_seq_len (256)");
+  c = good();
+  c.train_data.clear();
+  REQUIRE_THROWS_WITH(validate(c), "train_data is not set");
+  c = good();
+  c.val_data.clear();
+  REQUIRE_THROWS_WITH(validate(c), "val_every > 0 needs val_data");
+  c = good();
+  c.model.vocab_size = 70000;
+  REQUIRE_THROWS_AS(validate(c), Error);
+  c = good();
+  c.model.padded_vocab_size = 100;
+  REQUIRE_THROWS_WITH(validate(c), "padded_vocab_size (100) is smaller than vocab_size (256)");
+  c = good();
+  c.optim.beta2 = 1.0;
+  REQUIRE_THROWS_WITH(validate(c), "beta2 must be in [0, 1) (got 1)");
+  c = good();
+  c.grad_accum = 0;
+  REQUIRE_THROWS_WITH(validate(c), "grad_accum must be >= 1 (got 0)");
+}
+
+TEST_CASE("parameter count matches GPT-2 124M and the flat layout", "[config]") {
+  ModelConfig m;
+  m.n_layer = 12, m.n_head = 12, m.d_model = 768, m.max_seq_len = 1024, m.vocab_size = 50257;
+  m.padded_vocab_size = 50304;
+  REQUIRE(m.num_parameters() == 124475904);  // llm.c: "num_parameters: 124475904"
+  const auto layout = model::param_layout(m);
+  REQUIRE(layout.back().offset + layout.back().size == std::size_t(m.num_parameters()));
+  ModelConfig d;
+  REQUIRE(d.vocab_padded() == 256);
+  d.vocab_size = 257;
+  REQUIRE(d.vocab_padded() == 384);
+}
+
+TEST_CASE("warmup then cosine decay to the minimum", "[config][optim]") {
+  OptimConfig o;
+  o.lr = 1.0, o.min_lr_ratio = 0.1, o.warmup_steps = 10;
+  REQUIRE(optim::lr_at(o, 0, 100) == Approx(0.1));
+  REQUIRE(optim::lr_at(o, 9, 100) == Approx(1.0));
+  REQUIRE(optim::lr_at(o, 10, 100) == Approx(1.0));
+  REQUIRE(optim::lr_at(o, 55, 100) == Approx(0.55));
+  REQUIRE(optim::lr_at(o, 99, 100) == Approx(0.1).margin(1e-3));
+  REQUIRE(optim::lr_at(o, 100, 100) == Approx(0.1));
+  o.warmup_steps = 0;
+  REQUIRE(optim::lr_at(o, 0, 100) == Approx(1.0));
+}

@@ -1,0 +1,173 @@
+// Token files, the data loader, the byte tokenizer, data preparation and llm.c checkpoints.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "catch.hpp"
+#include "tapestry/core/error.hpp"
+#include "tapestry/io/data_loader.hpp"
+#include "tapestry/io/llmc_checkpoint.hpp"
+#include "tapestry/io/token_file.hpp"
+#include "tapestry/io/tokenizer.hpp"
+#include "tapestry/model/gpt.hpp"
+
+using namespace tapestry;
+using namespace tapestry::io;
+namespace fs = std::filesystem;
+
+namespace {
+/// A fresh directory per test case, removed at the end.
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / ("tapestry_test_" + name)) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& f) const { return (path / f).string(); }
+};
+
+std::string slurp(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+void spit(const std::string& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+
+std::vector<std::uint16_t> iota_tokens(std::size_t n, int mod) {
+  std::vector<std::uint16_t> t(n);
+  for (std::size_t i = 0; i < n; ++i) t[i] = std::uint16_t(i % std::size_t(mod));
+  return t;
+}
+}  // namespace
+
+TEST_CASE("token files round-trip in llm.c's exact format", "[io]") {
+  TempDir d("tokens");
+  const auto toks = iota_tokens(1000, 300);
+  write_token_file(d / "a.bin", toks);
+  REQUIRE(fs::file_size(d / "a.bin") == 1024 + 2 * toks.size());
+  REQUIRE(!fs::exists(d / "a.bin.tmp"));
+  const std::string bytes = slurp(d / "a.bin");
+  std::int32_t h[3];
+  std::memcpy(h, bytes.data(), sizeof(h));
+  REQUIRE(h[0] == 20240520);
+  REQUIRE(h[1] == 1);
+  REQUIRE(h[2] == 1000);
+  REQUIRE(read_token_file(d / "a.bin") == toks);
+}
+
+TEST_CASE("bad token files are one clear error each", "[io][bad-input]") {
+  TempDir d("badtokens");
+  write_token_file(d / "good.bin", iota_tokens(100, 7));
+  const std::string good = slurp(d / "good.bin");
+  REQUIRE_THROWS_WITH(read_token_file(d / "missing.bin"), Catch::Matchers::Contains("cannot open token file"));
+  spit(d / "short.bin", good.substr(0, 100));
+  REQUIRE_THROWS_WITH(read_token_file(d / "short.bin"), Catch::Matchers::Contains("truncated"));
+  spit(d / "cut.bin", good.substr(0, good.size() - 2));
+  REQUIRE_THROWS_WITH(read_token_file(d / "cut.bin"), Catch::Matchers::Contains("header promises 100 tokens"));
+  std::string bad = good;
+  bad[0] = 'X';
+  spit(d / "magic.bin", bad);
+  REQUIRE_THROWS_WITH(read_token_file(d / "magic.bin"), Catch::Matchers::Contains("wrong magic"));
+  bad = good;
+  bad[4] = 2;
+  spit(d / "version.bin", bad);
+  REQUIRE_THROWS_WITH(read_token_file(d / "version.bin"), Catch::Matchers::Contains("unsupported version 2"));
+}
+
+TEST_CASE("the data loader is deterministic, wraps, and resumes from a saved position", "[io][loader]") {
+  TempDir d("loader");
+  const int B = 2, T = 3;
+  const auto toks = iota_tokens(20, 17);  // 20 tokens: 3 batches of 6 (+1) fit
+  write_token_file(d / "a.bin", toks);
+  DataLoader a({d / "a.bin"}, B, T, 17);
+  std::vector<int> in, tg;
+  a.next_batch(in, tg);
+  REQUIRE(in == std::vector<int>{0, 1, 2, 3, 4, 5});
+  REQUIRE(tg == std::vector<int>{1, 2, 3, 4, 5, 6});
+  const auto saved = a.position();
+  a.next_batch(in, tg);
+  const auto second = in;
+  a.next_batch(in, tg);
+  REQUIRE(in == std::vector<int>{12, 13, 14, 15, 16, 0});
+  REQUIRE(a.position().epoch == 1);  // wrapped: 18 + 7 > 20
+  a.next_batch(in, tg);
+  REQUIRE(in == std::vector<int>{0, 1, 2, 3, 4, 5});
+
+  DataLoader b({d / "a.bin"}, B, T, 17);
+  b.set_position(saved);
+  b.next_batch(in, tg);
+  REQUIRE(in == second);
+  REQUIRE_THROWS_AS(b.set_position({0, 19, 0}), Error);
+}
+
+TEST_CASE("the data loader rejects token ids >= vocab_size and files too small for a batch", "[io][bad-input]") {
+  TempDir d("loaderbad");
+  write_token_file(d / "a.bin", iota_tokens(50, 40));
+  REQUIRE_THROWS_WITH(DataLoader({d / "a.bin"}, 2, 4, 39), Catch::Matchers::Contains("token id 39 at position 39 is >= vocab_size 39"));
+  REQUIRE_THROWS_WITH(DataLoader({d / "a.bin"}, 7, 8, 40), Catch::Matchers::Contains("holds 50 tokens, fewer than batch_size*seq_len+1 = 57"));
+}
+
+TEST_CASE("byte tokenizer and data prepare", "[io][tokenizer]") {
+  TempDir d("prepare");
+  const std::string text = std::string("hello, w\xc3\xb6rld\n\0x", 16) + std::string(90, 'z');
+  ByteTokenizer tok;
+  const auto ids = tok.encode(text);
+  REQUIRE(ids.size() == text.size());
+  REQUIRE(ids[9] == 0xb6);
+  REQUIRE(tok.decode(ids) == text);
+  spit(d / "in.txt", text);
+  PrepareConfig cfg;
+  cfg.inputs = {d / "in.txt", d / "in.txt"};
+  cfg.output_dir = d / "out";
+  cfg.val_fraction = 0.25;
+  const auto r = prepare_data(cfg);
+  REQUIRE(r.train_tokens + r.val_tokens == 2 * text.size());
+  REQUIRE(r.val_tokens == std::size_t(0.25 * double(2 * text.size())));
+  const auto tr = read_token_file(r.train_path), va = read_token_file(r.val_path);
+  std::vector<std::uint16_t> all(tr);
+  all.insert(all.end(), va.begin(), va.end());
+  REQUIRE(tok.decode(all) == text + text);
+  cfg.inputs = {d / "nope.txt"};
+  REQUIRE_THROWS_WITH(prepare_data(cfg), Catch::Matchers::Contains("cannot open input"));
+}
+
+TEST_CASE("llm.c checkpoints round-trip and bad ones are rejected", "[io][llmc][bad-input]") {
+  TempDir d("llmc");
+  ModelConfig m;
+  m.n_layer = 2, m.n_head = 2, m.d_model = 8, m.max_seq_len = 16, m.vocab_size = 50, m.padded_vocab_size = 64;
+  std::vector<float> p(std::size_t(m.num_parameters()));
+  for (std::size_t i = 0; i < p.size(); ++i) p[i] = float(i) * 0.5f;
+  write_llmc_checkpoint(d / "m.bin", m, p);
+  const auto h = read_llmc_header(d / "m.bin");
+  REQUIRE(h.n_layer == 2);
+  REQUIRE(h.n_head == 2);
+  REQUIRE(h.d_model == 8);
+  REQUIRE(h.max_seq_len == 16);
+  REQUIRE(h.vocab_size == 50);
+  REQUIRE(h.vocab_padded() == 64);
+  REQUIRE(read_llmc_params(d / "m.bin", p.size()) == p);
+  // llm.c's layout: wte (Vp, C) first, lnfb last
+  const auto layout = model::param_layout(h);
+  REQUIRE(layout.front().name == "wte");
+  REQUIRE(layout.back().name == "lnfb");
+  REQUIRE(layout.back().offset + layout.back().size == p.size());
+
+  const std::string good = slurp(d / "m.bin");
+  REQUIRE_THROWS_WITH(read_llmc_header(d / "none.bin"), Catch::Matchers::Contains("cannot open checkpoint"));
+  spit(d / "short.bin", good.substr(0, 10));
+  REQUIRE_THROWS_WITH(read_llmc_header(d / "short.bin"), Catch::Matchers::Contains("truncated"));
+  spit(d / "cut.bin", good.substr(0, good.size() - 4));
+  REQUIRE_THROWS_WITH(read_llmc_params(d / "cut.bin", p.size()), Catch::Matchers::Contains("its shape needs"));
+  std::string bad = good;
+  bad[0] ^= 1;
+  spit(d / "magic.bin", bad);
+  REQUIRE_THROWS_WITH(read_llmc_header(d / "magic.bin"), Catch::Matchers::Contains("wrong magic"));
+  bad = good;
+  bad[4] = 5;
+  spit(d / "bf16.bin", bad);
+  REQUIRE_THROWS_WITH(read_llmc_header(d / "bf16.bin"), Catch::Matchers::Contains("version 5"));
+  bad = good;
+  bad[5 * 4] = 3;  // num_heads = 3 does not divide channels = 8
+  spit(d / "heads.bin", bad);
+  REQUIRE_THROWS_WITH(read_llmc_header(d / "heads.bin"), Catch::Matchers::Contains("does not divide d_model"));
+}

@@ -1,0 +1,179 @@
+// The model and the training loop: gradient of the whole model against finite differences,
+// gradient accumulation, determinism, llm.c round trip, and learning on the embedded corpus.
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+#include "catch.hpp"
+#include "tapestry/core/error.hpp"
+#include "tapestry/io/data_loader.hpp"
+#include "tapestry/io/llmc_checkpoint.hpp"
+#include "tapestry/io/token_file.hpp"
+#include "tapestry/io/tokenizer.hpp"
+#include "tapestry/kernels/blas.hpp"
+#include "tapestry/model/gpt.hpp"
+#include "tapestry/train/trainer.hpp"
+
+using namespace tapestry;
+namespace fs = std::filesystem;
+
+namespace {
+ModelConfig tiny() {
+  ModelConfig m;
+  m.n_layer = 2, m.n_head = 2, m.d_model = 8, m.max_seq_len = 8, m.vocab_size = 11, m.padded_vocab_size = 16;
+  return m;
+}
+
+std::vector<int> pattern(int n, int mod, int mul) {
+  std::vector<int> v(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) v[std::size_t(i)] = (i * mul + 3) % mod;
+  return v;
+}
+
+/// Token files from the embedded corpus, made once per test process.
+struct Corpus {
+  std::string train, val;
+  Corpus() {
+    const fs::path dir = fs::temp_directory_path() / "tapestry_test_corpus";
+    io::PrepareConfig c;
+    c.inputs = {std::string(TAPESTRY_SOURCE_DIR) + "/inputs/corpus/licenses.txt"};
+    c.output_dir = dir.string();
+    const auto r = io::prepare_data(c);
+    train = r.train_path, val = r.val_path;
+  }
+};
+const Corpus& corpus() {
+  static const Corpus c;
+  return c;
+}
+
+TrainConfig small_run() {
+  TrainConfig c;
+  c.model.n_layer = 2, c.model.n_head = 2, c.model.d_model = 32, c.model.max_seq_len = 32;
+  c.batch_size = 4, c.seq_len = 32, c.steps = 6, c.val_every = 0, c.log_every = 1000;
+  c.optim.warmup_steps = 2;
+  c.train_data = corpus().train;
+  return c;
+}
+}  // namespace
+
+TEST_CASE("the whole model's gradient matches finite differences (float, sampled parameters)", "[model][grad]") {
+  const int B = 2, T = 5;
+  model::GPT gpt(tiny(), B, T);
+  gpt.init_random(7);
+  // Larger weights than the GPT-2 init, so every path carries gradient well above float noise.
+  auto host = gpt.params_to_host();
+  for (std::size_t i = 0; i < host.size(); ++i) host[i] *= 10.0f;
+  gpt.load_params(host);
+  kernels::Blas blas;
+  const auto in = pattern(B * T, 11, 7), tg = pattern(B * T, 11, 5);
+  gpt.zero_grad();
+  gpt.forward(blas, in, tg);
+  gpt.backward(blas, 1.0);
+  std::vector<float> grad(gpt.grads().extent(0));
+  {
+    auto g = Kokkos::create_mirror_view(gpt.grads());
+    Kokkos::deep_copy(g, gpt.grads());
+    std::copy(g.data(), g.data() + g.size(), grad.begin());
+  }
+  const float h = 1e-2f;
+  int checked = 0;
+  for (const auto& t : gpt.tensors()) {
+    for (std::size_t k = 0; k < 4; ++k) {
+      std::size_t i = t.offset + (k * 7919) % t.size;
+      if (t.name == "wte") i = t.offset + std::size_t(in[k] * tiny().d_model) + k;  // rows that are used
+      if (t.name == "wpe") i = t.offset + k * std::size_t(tiny().d_model) + k;     // positions < T
+      auto p = host;
+      p[i] += h;
+      gpt.load_params(p);
+      const double jp = gpt.forward(blas, in, tg);
+      p[i] -= 2 * h;
+      gpt.load_params(p);
+      const double jm = gpt.forward(blas, in, tg);
+      const double fd = (jp - jm) / (2 * h);
+      CAPTURE(t.name, i, fd, grad[i]);
+      REQUIRE(std::abs(fd - grad[i]) <= 2e-3 + 2e-2 * std::abs(fd));
+      ++checked;
+    }
+  }
+  REQUIRE(checked == 64);
+}
+
+TEST_CASE("padded vocabulary rows never receive probability or gradient", "[model]") {
+  model::GPT gpt(tiny(), 1, 4);
+  gpt.init_random(3);
+  kernels::Blas blas;
+  gpt.zero_grad();
+  gpt.forward(blas, {1, 2, 3, 4}, {2, 3, 4, 5});
+  gpt.backward(blas, 1.0);
+  auto g = Kokkos::create_mirror_view(gpt.grads());
+  Kokkos::deep_copy(g, gpt.grads());
+  const int C = tiny().d_model;
+  for (int v = tiny().vocab_size; v < tiny().vocab_padded(); ++v)
+    for (int c = 0; c < C; ++c) REQUIRE(g(std::size_t(v * C + c)) == 0.0f);
+}
+
+TEST_CASE("gradient accumulation over 2 micro-batches of 4 equals one batch of 8", "[train][invariant]") {
+  std::ostringstream log;
+  auto a = small_run();
+  a.batch_size = 8;
+  auto b = small_run();
+  b.batch_size = 4, b.grad_accum = 2;
+  const auto ra = train::run_training(a, log), rb = train::run_training(b, log);
+  REQUIRE(ra.steps.size() == 6);
+  for (std::size_t s = 0; s < ra.steps.size(); ++s) {
+    CAPTURE(s, ra.steps[s].loss, rb.steps[s].loss);
+    // fp32 sums in another order: the losses agree to ~1e-6 relative; 1e-4 leaves room for 6 steps of drift.
+    REQUIRE(std::abs(ra.steps[s].loss - rb.steps[s].loss) <= 1e-4 * ra.steps[s].loss);
+    REQUIRE(std::abs(ra.steps[s].grad_norm - rb.steps[s].grad_norm) <= 1e-3 * ra.steps[s].grad_norm);
+  }
+}
+
+TEST_CASE("training is bit-for-bit deterministic", "[train][invariant]") {
+  std::ostringstream log;
+  const auto r1 = train::run_training(small_run(), log), r2 = train::run_training(small_run(), log);
+  for (std::size_t s = 0; s < r1.steps.size(); ++s) REQUIRE(r1.steps[s].loss == r2.steps[s].loss);
+}
+
+TEST_CASE("an exported llm.c checkpoint restarts with the same loss", "[train][llmc]") {
+  const std::string ckpt = (fs::temp_directory_path() / "tapestry_test_export.bin").string();
+  std::ostringstream log;
+  auto a = small_run();
+  a.export_llmc = ckpt;
+  const auto ra = train::run_training(a, log);
+  // The continuation from the export sees the same weights: its first loss equals a fresh forward.
+  auto b = small_run();
+  b.init_from = ckpt;
+  b.steps = 1;
+  const auto rb = train::run_training(b, log);
+  model::GPT gpt(io::read_llmc_header(ckpt), b.batch_size, b.seq_len);
+  gpt.load_params(io::read_llmc_params(ckpt, std::size_t(gpt.config().num_parameters())));
+  kernels::Blas blas;
+  io::DataLoader loader({corpus().train}, b.batch_size, b.seq_len, 256);
+  std::vector<int> in, tg;
+  loader.next_batch(in, tg);
+  REQUIRE(rb.steps[0].loss == gpt.forward(blas, in, tg));
+  REQUIRE(rb.steps[0].loss < ra.steps[0].loss);  // it continues from trained weights
+  fs::remove(ckpt);
+}
+
+TEST_CASE("the default-sized model learns the embedded corpus", "[train][learns]") {
+  auto c = small_run();
+  c.model.n_layer = 2, c.model.d_model = 64, c.model.n_head = 4, c.model.max_seq_len = 64;
+  c.seq_len = 64, c.batch_size = 8, c.steps = 60, c.val_every = 30, c.val_batches = 4;
+  c.optim.lr = 3e-3, c.optim.warmup_steps = 10;
+  c.val_data = corpus().val;
+  std::ostringstream log;
+  const auto r = train::run_training(c, log);
+  REQUIRE(r.val.size() == 3);
+  REQUIRE(r.val.front().loss > 5.0);                  // ~ln(256) = 5.55 at initialisation
+  REQUIRE(r.val.back().loss < r.val.front().loss - 2.0);  // bytes of English: well below uniform
+  REQUIRE(log.str().find("step    60/60 | loss") != std::string::npos);
+}
+
+TEST_CASE("a token id above the vocabulary is rejected before training", "[train][bad-input]") {
+  auto c = small_run();
+  c.model.vocab_size = 100;  // the corpus has bytes >= 100
+  std::ostringstream log;
+  REQUIRE_THROWS_WITH(train::run_training(c, log), Catch::Matchers::Contains("is >= vocab_size 100"));
+}
