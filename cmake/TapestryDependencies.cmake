@@ -45,6 +45,22 @@ if(Kokkos_ENABLE_CUDA OR "CUDA" IN_LIST Kokkos_DEVICES)
 endif()
 message(STATUS "Tapestry: Kokkos ${Kokkos_VERSION}, GPU path (CUDA/cuBLAS): ${TAPESTRY_ENABLE_CUDA}")
 
+# NCCL: built whenever the CUDA toolkit and NCCL are present (it compiles and links on GPU-less
+# machines too); used at run time when Kokkos runs on CUDA.
+find_package(CUDAToolkit QUIET)
+set(TAPESTRY_HAVE_NCCL OFF)
+if(CUDAToolkit_FOUND)
+  find_path(TAPESTRY_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} ENV NCCL_HOME PATH_SUFFIXES include)
+  find_library(TAPESTRY_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} ENV NCCL_HOME PATH_SUFFIXES lib lib64)
+  if(TAPESTRY_NCCL_INCLUDE_DIR AND TAPESTRY_NCCL_LIBRARY)
+    set(TAPESTRY_HAVE_NCCL ON)
+    add_library(tapestry_nccl INTERFACE)
+    target_include_directories(tapestry_nccl SYSTEM INTERFACE ${TAPESTRY_NCCL_INCLUDE_DIR})
+    target_link_libraries(tapestry_nccl INTERFACE ${TAPESTRY_NCCL_LIBRARY} CUDA::cudart)
+  endif()
+endif()
+message(STATUS "Tapestry: NCCL collectives: ${TAPESTRY_HAVE_NCCL} ${TAPESTRY_NCCL_LIBRARY}")
+
 find_package(CLI11 CONFIG REQUIRED)
 
 # Host BLAS (OpenBLAS preferred) with its CBLAS header.

@@ -1,10 +1,12 @@
-// tapestry: runtime guard -> parse -> run the chosen command.
+// tapestry: runtime guard -> parse -> process grid -> run the chosen command.
 #include <exception>
 #include <iostream>
+#include <memory>
 
 #include "tapestry/cli/cli.hpp"
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/tokenizer.hpp"
+#include "tapestry/parallel/comm.hpp"
 #include "tapestry/parallel/runtime.hpp"
 #include "tapestry/train/bench.hpp"
 #include "tapestry/train/trainer.hpp"
@@ -13,15 +15,21 @@ namespace {
 
 int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime& rt) {
   using tapestry::cli::Command;
+  namespace par = tapestry::parallel;
   std::ostream& out = std::cout;
+  const auto world = par::Comm::view(rt.world());
   switch (inv.command) {
     case Command::exit:
       return inv.exit_code;
-    case Command::train:
-      tapestry::require(rt.size() == 1, "tapestry train runs on 1 rank until data parallelism lands "
-                                        "(got " + std::to_string(rt.size()) + " ranks); use mpirun -np 1");
-      tapestry::train::run_training(inv.train, out);
+    case Command::train: {
+      const auto& p = inv.train.parallel;
+      std::unique_ptr<par::ProcessGrid> grid;
+      par::agree(world, [&] {
+        grid = std::make_unique<par::ProcessGrid>(rt.world(), par::Layout::make(rt.size(), p.tp, p.pp, p.dp));
+      });
+      tapestry::train::run_training(inv.train, *grid, out);
       return 0;
+    }
     case Command::data_prepare: {
       if (rt.rank() != 0) return 0;
       const auto r = tapestry::io::prepare_data(inv.prepare);
@@ -31,7 +39,8 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
       return 0;
     }
     case Command::bench_step:
-      tapestry::train::bench_step(inv.bench_step, out);
+      par::agree(world, [&] { tapestry::validate(inv.bench_step); });
+      tapestry::train::bench_step(inv.bench_step, world, out);
       return 0;
     case Command::bench_gemm:
       tapestry::train::bench_gemm(inv.bench_gemm, out);
@@ -47,11 +56,15 @@ int main(int argc, char** argv) {
   const auto inv = tapestry::cli::parse(argc, argv, rt.rank() != 0);
   try {
     return run(inv, rt);
+  } catch (const tapestry::parallel::PeerError&) {
+    return 1;  // another rank printed the error
   } catch (const tapestry::Error& e) {
-    if (rt.rank() == 0) std::cerr << "tapestry: error: " << e.what() << "\n";
+    // Errors are thrown on exactly one rank (see parallel::agree) or are printed by rank 0 only.
+    std::cerr << "tapestry: error: " << e.what() << "\n";
     return 1;
   } catch (const std::exception& e) {
     std::cerr << "tapestry: internal error on rank " << rt.rank() << ": " << e.what() << "\n";
+    MPI_Abort(rt.world(), 3);
     return 3;
   }
 }

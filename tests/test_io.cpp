@@ -98,13 +98,27 @@ TEST_CASE("the data loader is deterministic, wraps, and resumes from a saved pos
   b.next_batch(in, tg);
   REQUIRE(in == second);
   REQUIRE_THROWS_AS(b.set_position({0, 19, 0}), Error);
+
+  // Two shards of B=1 read, together, the rows one loader of B=2 reads, step after step.
+  DataLoader whole({d / "a.bin"}, 2, T, 17), s0({d / "a.bin"}, 1, T, 17, 0, 2), s1({d / "a.bin"}, 1, T, 17, 1, 2);
+  std::vector<int> i0, t0, i1, t1;
+  for (int step = 0; step < 5; ++step) {
+    whole.next_batch(in, tg);
+    s0.next_batch(i0, t0);
+    s1.next_batch(i1, t1);
+    i0.insert(i0.end(), i1.begin(), i1.end());
+    t0.insert(t0.end(), t1.begin(), t1.end());
+    REQUIRE(i0 == in);
+    REQUIRE(t0 == tg);
+    REQUIRE(s0.position() == whole.position());
+  }
 }
 
 TEST_CASE("the data loader rejects token ids >= vocab_size and files too small for a batch", "[io][bad-input]") {
   TempDir d("loaderbad");
   write_token_file(d / "a.bin", iota_tokens(50, 40));
   REQUIRE_THROWS_WITH(DataLoader({d / "a.bin"}, 2, 4, 39), Catch::Matchers::Contains("token id 39 at position 39 is >= vocab_size 39"));
-  REQUIRE_THROWS_WITH(DataLoader({d / "a.bin"}, 7, 8, 40), Catch::Matchers::Contains("holds 50 tokens, fewer than batch_size*seq_len+1 = 57"));
+  REQUIRE_THROWS_WITH(DataLoader({d / "a.bin"}, 7, 8, 40), Catch::Matchers::Contains("holds 50 tokens, fewer than batch_size*seq_len*dp+1 = 57"));
 }
 
 TEST_CASE("byte tokenizer and data prepare", "[io][tokenizer]") {

@@ -12,6 +12,7 @@
 #include "tapestry/io/tokenizer.hpp"
 #include "tapestry/kernels/blas.hpp"
 #include "tapestry/model/gpt.hpp"
+#include "tapestry/parallel/comm.hpp"
 #include "tapestry/train/trainer.hpp"
 
 using namespace tapestry;
@@ -45,6 +46,11 @@ struct Corpus {
 const Corpus& corpus() {
   static const Corpus c;
   return c;
+}
+
+train::TrainResult run(const TrainConfig& c, std::ostream& log) {
+  parallel::ProcessGrid grid(MPI_COMM_SELF, parallel::Layout::make(1, 1, 1));
+  return train::run_training(c, grid, log);
 }
 
 TrainConfig small_run() {
@@ -119,7 +125,7 @@ TEST_CASE("gradient accumulation over 2 micro-batches of 4 equals one batch of 8
   a.batch_size = 8;
   auto b = small_run();
   b.batch_size = 4, b.grad_accum = 2;
-  const auto ra = train::run_training(a, log), rb = train::run_training(b, log);
+  const auto ra = run(a, log), rb = run(b, log);
   REQUIRE(ra.steps.size() == 6);
   for (std::size_t s = 0; s < ra.steps.size(); ++s) {
     CAPTURE(s, ra.steps[s].loss, rb.steps[s].loss);
@@ -131,7 +137,7 @@ TEST_CASE("gradient accumulation over 2 micro-batches of 4 equals one batch of 8
 
 TEST_CASE("training is bit-for-bit deterministic", "[train][invariant]") {
   std::ostringstream log;
-  const auto r1 = train::run_training(small_run(), log), r2 = train::run_training(small_run(), log);
+  const auto r1 = run(small_run(), log), r2 = run(small_run(), log);
   for (std::size_t s = 0; s < r1.steps.size(); ++s) REQUIRE(r1.steps[s].loss == r2.steps[s].loss);
 }
 
@@ -140,12 +146,12 @@ TEST_CASE("an exported llm.c checkpoint restarts with the same loss", "[train][l
   std::ostringstream log;
   auto a = small_run();
   a.export_llmc = ckpt;
-  const auto ra = train::run_training(a, log);
+  const auto ra = run(a, log);
   // The continuation from the export sees the same weights: its first loss equals a fresh forward.
   auto b = small_run();
   b.init_from = ckpt;
   b.steps = 1;
-  const auto rb = train::run_training(b, log);
+  const auto rb = run(b, log);
   model::GPT gpt(io::read_llmc_header(ckpt), b.batch_size, b.seq_len);
   gpt.load_params(io::read_llmc_params(ckpt, std::size_t(gpt.config().num_parameters())));
   kernels::Blas blas;
@@ -164,7 +170,7 @@ TEST_CASE("the default-sized model learns the embedded corpus", "[train][learns]
   c.optim.lr = 3e-3, c.optim.warmup_steps = 10;
   c.val_data = corpus().val;
   std::ostringstream log;
-  const auto r = train::run_training(c, log);
+  const auto r = run(c, log);
   REQUIRE(r.val.size() == 3);
   REQUIRE(r.val.front().loss > 5.0);                  // ~ln(256) = 5.55 at initialisation
   REQUIRE(r.val.back().loss < r.val.front().loss - 2.0);  // bytes of English: well below uniform
@@ -175,5 +181,5 @@ TEST_CASE("a token id above the vocabulary is rejected before training", "[train
   auto c = small_run();
   c.model.vocab_size = 100;  // the corpus has bytes >= 100
   std::ostringstream log;
-  REQUIRE_THROWS_WITH(train::run_training(c, log), Catch::Matchers::Contains("is >= vocab_size 100"));
+  REQUIRE_THROWS_WITH(run(c, log), Catch::Matchers::Contains("is >= vocab_size 100"));
 }

@@ -45,6 +45,17 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--log-every", c.log_every, "Print a progress line every N steps")->capture_default_str()->group("Training");
   t->add_option("--peak-flops", c.peak_flops, "Peak FLOP/s of this rank's devices, for MFU")->capture_default_str()->group("Training");
 
+  auto& p = c.parallel;
+  t->add_option("--tp", p.tp, "Tensor-parallel ranks")->capture_default_str()->group("Parallelism");
+  t->add_option("--pp", p.pp, "Pipeline stages")->capture_default_str()->group("Parallelism");
+  t->add_option("--dp", p.dp, "Data-parallel ranks; 0: world / (tp * pp)")->capture_default_str()->group("Parallelism");
+  t->add_option("--zero", p.zero, "1: shard the AdamW state over data-parallel ranks (ZeRO-1)")->capture_default_str()->group("Parallelism");
+  t->add_option("--bucket-mb", p.bucket_mb, "Gradient all-reduce bucket size, MiB")->capture_default_str()->group("Parallelism");
+  t->add_option("--collectives", p.collectives, "mpi, nccl or auto")->capture_default_str()->group("Parallelism");
+  t->add_option("--global-batch", c.global_batch,
+                "Sequences per optimizer step over all ranks; sets grad-accum = global / (batch-size * dp)")
+      ->capture_default_str()->group("Training");
+
   t->add_option("--train-data", c.train_data, "Training token file (llm.c format)")->group("Files");
   t->add_option("--val-data", c.val_data, "Validation token file")->group("Files");
   t->add_option("--init-from", c.init_from, "Start from an llm.c GPT-2 checkpoint (fp32, version 3)")->group("Files");

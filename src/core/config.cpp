@@ -55,9 +55,29 @@ void validate(const OptimConfig& o) {
   require(o.weight_decay >= 0, "weight_decay must be >= 0");
 }
 
+void validate(const ParallelConfig& p) {
+  require(p.tp >= 1 && p.pp >= 1 && p.dp >= 0, "tp and pp must be >= 1 and dp >= 0 (0: inferred)");
+  require(p.zero == 0 || p.zero == 1, "zero must be 0 or 1 (got " + num(p.zero) + ")");
+  require(p.bucket_mb > 0, "bucket-mb must be > 0 (got " + num(p.bucket_mb) + ")");
+}
+
+void resolve_batch(TrainConfig& c, int dp) {
+  const int per_micro = c.batch_size * dp;
+  if (c.global_batch > 0) {
+    require(c.global_batch % per_micro == 0,
+            "global_batch (" + num(c.global_batch) + ") is not a multiple of batch_size x dp = " +
+                num(c.batch_size) + " x " + num(dp) + " = " + num(per_micro));
+    c.grad_accum = c.global_batch / per_micro;
+  } else {
+    c.global_batch = per_micro * c.grad_accum;
+  }
+}
+
 void validate(const TrainConfig& c) {
   validate(c.model);
   validate(c.optim);
+  validate(c.parallel);
+  require(c.global_batch >= 0, "global_batch must be >= 0");
   require(c.batch_size >= 1, "batch_size must be >= 1 (got " + num(c.batch_size) + ")");
   require(c.seq_len >= 1, "seq_len must be >= 1 (got " + num(c.seq_len) + ")");
   require(c.seq_len <= c.model.max_seq_len, "seq_len (" + num(c.seq_len) +

@@ -41,11 +41,14 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m) {
   return t;
 }
 
-GPT::GPT(const ModelConfig& cfg, int B, int T) : cfg_(cfg), B_(B), T_(T), layout_(param_layout(cfg)) {
+GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple)
+    : cfg_(cfg), B_(B), T_(T), layout_(param_layout(cfg)) {
   validate(cfg_);
   require(T <= cfg_.max_seq_len, "seq_len (" + std::to_string(T) + ") is above the model's max_seq_len (" +
                                      std::to_string(cfg_.max_seq_len) + ")");
-  const std::size_t n = layout_.back().offset + layout_.back().size;
+  n_params_ = layout_.back().offset + layout_.back().size;
+  const std::size_t pad = pad_multiple > 0 ? pad_multiple : 1;
+  const std::size_t n = (n_params_ + pad - 1) / pad * pad;
   params_ = View1<float>("tapestry::params", n);
   grads_ = View1<float>("tapestry::grads", n);
   const int N = B * T, C = cfg_.d_model, NH = cfg_.n_head, Vp = cfg_.vocab_padded();
@@ -96,6 +99,7 @@ View1<float> GPT::p1(const View1<float>& flat, int idx, int layer) const {
 
 void GPT::init_random(std::uint64_t seed) {
   auto h = Kokkos::create_mirror_view(params_);
+  Kokkos::deep_copy(h, 0.0f);
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 0.02f);
   const float resid_std = 0.02f / std::sqrt(2.0f * float(cfg_.n_layer));
@@ -120,15 +124,15 @@ void GPT::init_random(std::uint64_t seed) {
 }
 
 void GPT::load_params(const std::vector<float>& host) {
-  require(host.size() == params_.extent(0), "load_params: parameter count mismatch");
+  require(host.size() == n_params_, "load_params: parameter count mismatch");
   Kokkos::View<const float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host.data(), host.size());
-  Kokkos::deep_copy(params_, h);
+  Kokkos::deep_copy(View1<float>(params_.data(), n_params_), h);
 }
 
 std::vector<float> GPT::params_to_host() const {
-  std::vector<float> out(params_.extent(0));
+  std::vector<float> out(n_params_);
   Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(out.data(), out.size());
-  Kokkos::deep_copy(h, params_);
+  Kokkos::deep_copy(h, View1<float>(params_.data(), n_params_));
   return out;
 }
 

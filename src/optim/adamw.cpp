@@ -1,5 +1,6 @@
 #include "tapestry/optim/adamw.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "tapestry/kernels/optim.hpp"
@@ -16,8 +17,10 @@ double lr_at(const OptimConfig& cfg, int step, int total_steps) {
   return min_lr + coeff * (cfg.lr - min_lr);
 }
 
-AdamW::AdamW(const OptimConfig& cfg, const std::vector<model::ParamTensor>& tensors, std::size_t n)
-    : cfg_(cfg), tensors_(tensors), m_("tapestry::adam_m", n), v_("tapestry::adam_v", n) {}
+AdamW::AdamW(const OptimConfig& cfg, const std::vector<model::ParamTensor>& tensors, std::size_t begin,
+             std::size_t end)
+    : cfg_(cfg), tensors_(tensors), begin_(begin), end_(end), m_("tapestry::adam_m", end - begin),
+      v_("tapestry::adam_v", end - begin) {}
 
 void AdamW::step(const ExecSpace& exec, View1<float> params, View1<float> grads, double lr,
                  double grad_scale) {
@@ -29,10 +32,14 @@ void AdamW::step(const ExecSpace& exec, View1<float> params, View1<float> grads,
   s.eps = cfg_.eps;
   s.t = t_;
   s.grad_scale = grad_scale;
+  // Each tensor's overlap with [begin, end); padding past the last tensor is never updated.
   for (const auto& t : tensors_) {
+    const std::size_t lo = std::max(t.offset, begin_), hi = std::min(t.offset + t.size, end_);
+    if (lo >= hi) continue;
     s.weight_decay = t.decay ? cfg_.weight_decay : 0.0;
-    auto part = [&t](const View1<float>& v) { return View1<float>(v.data() + t.offset, t.size); };
-    kernels::adamw_update(exec, part(params), part(m_), part(v_), part(grads), s);
+    const std::size_t n = hi - lo, local = lo - begin_;
+    kernels::adamw_update(exec, View1<float>(params.data() + lo, n), View1<float>(m_.data() + local, n),
+                          View1<float>(v_.data() + local, n), View1<float>(grads.data() + local, n), s);
   }
 }
 

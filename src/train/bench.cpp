@@ -13,6 +13,8 @@
 #include "tapestry/kernels/optim.hpp"
 #include "tapestry/model/gpt.hpp"
 #include "tapestry/optim/adamw.hpp"
+#include "tapestry/parallel/collectives.hpp"
+#include "tapestry/parallel/grad_reducer.hpp"
 
 namespace tapestry::train {
 
@@ -36,15 +38,19 @@ std::string fmt(const char* f, double v) {
 }
 }  // namespace
 
-StepBenchResult bench_step(const BenchStepConfig& cfg, std::ostream& out) {
+StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& world, std::ostream& out_root) {
   validate(cfg);
-  const int B = cfg.batch_size, T = cfg.seq_len;
+  std::ofstream null_sink;
+  std::ostream& out = world.rank() == 0 ? out_root : null_sink;
+  const int B = cfg.batch_size, T = cfg.seq_len, P = world.size();
   kernels::Blas blas;
-  model::GPT gpt(cfg.model, B, T);
+  model::GPT gpt(cfg.model, B, T, std::size_t(P));
   gpt.init_random(cfg.seed);
   OptimConfig oc;
-  optim::AdamW adamw(oc, gpt.tensors(), gpt.params().extent(0));
-  std::mt19937 rng(unsigned(cfg.seed));
+  optim::AdamW adamw(oc, gpt.tensors(), 0, gpt.padded_size());
+  auto coll = parallel::make_collectives(parallel::parse_backend("auto"), world);
+  parallel::FlatReducer reducer(*coll, std::size_t(25) << 20);
+  std::mt19937 rng(unsigned(cfg.seed) + unsigned(world.rank()));
   std::uniform_int_distribution<int> tok(0, cfg.model.vocab_size - 1);
   std::vector<int> in(std::size_t(B) * T), tg(in.size());
   for (std::size_t i = 0; i < in.size(); ++i) in[i] = tok(rng), tg[i] = tok(rng);
@@ -54,6 +60,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, std::ostream& out) {
   for (int it = 0; it < cfg.warmup + cfg.iters; ++it) {
     const bool timed = it >= cfg.warmup;
     blas.set_timing(timed);
+    world.barrier();
     auto t0 = Clock::now();
     gpt.zero_grad();
     gpt.forward(blas, in, tg);
@@ -64,41 +71,48 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, std::ostream& out) {
     ex.fence();
     const double b = since(t1);
     auto t2 = Clock::now();
-    const double norm = optim::grad_norm(ex, gpt.grads());
-    adamw.step(ex, gpt.params(), gpt.grads(), 1e-4, kernels::clip_factor(norm, 1.0));
+    reducer.all_reduce_sum(gpt.grads().data(), gpt.padded_size());
     ex.fence();
-    const double u = since(t2);
+    const double c = since(t2);
+    auto t3 = Clock::now();
+    const double norm = optim::grad_norm(ex, gpt.grads()) / P;
+    adamw.step(ex, gpt.params(), gpt.grads(), 1e-4, kernels::clip_factor(norm, 1.0) / P);
+    ex.fence();
+    const double u = since(t3);
     if (timed) {
       r.forward_ms += 1e3 * f / cfg.iters;
       r.backward_ms += 1e3 * b / cfg.iters;
+      r.comm_ms += 1e3 * c / cfg.iters;
       r.update_ms += 1e3 * u / cfg.iters;
     }
   }
   r.gemm_ms = 1e3 * blas.seconds() / cfg.iters;
-  r.ms_per_step = r.forward_ms + r.backward_ms + r.update_ms;
-  const double tokens = double(B) * T;
+  r.ms_per_step = r.forward_ms + r.backward_ms + r.comm_ms + r.update_ms;
+  const double tokens = double(B) * T * P;
   r.tokens_per_s = tokens / (r.ms_per_step / 1e3);
   r.gflops = cfg.model.flops_per_token(T) * tokens / (r.ms_per_step / 1e3) / 1e9;
-  r.mfu = r.gflops * 1e9 / cfg.peak_flops;
+  r.mfu = r.gflops * 1e9 / (cfg.peak_flops * P);
   r.peak_rss_mib = peak_rss_mib();
   r.model_state_mib = double(gpt.param_bytes() + adamw.state_bytes()) / (1 << 20);
   r.activation_mib = double(gpt.activation_bytes()) / (1 << 20);
 
   out << "# bench step: L=" << cfg.model.n_layer << " H=" << cfg.model.n_head << " C=" << cfg.model.d_model
       << " V=" << cfg.model.vocab_size << " B=" << B << " T=" << T << " params=" << cfg.model.num_parameters()
-      << " (" << cfg.iters << " timed steps after " << cfg.warmup << " warm-up)\n"
+      << " ranks=" << P << " (" << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
       << "  ms/step " << fmt("%.1f", r.ms_per_step) << "  (forward " << fmt("%.1f", r.forward_ms)
-      << ", backward " << fmt("%.1f", r.backward_ms) << ", grad-norm+AdamW " << fmt("%.1f", r.update_ms)
+      << ", backward " << fmt("%.1f", r.backward_ms) << ", all-reduce " << fmt("%.1f", r.comm_ms)
+      << ", grad-norm+AdamW " << fmt("%.1f", r.update_ms)
       << "; BLAS " << fmt("%.1f", r.gemm_ms) << " = " << fmt("%.0f", 100 * r.gemm_ms / r.ms_per_step) << "%)\n"
       << "  tokens/s " << fmt("%.0f", r.tokens_per_s) << "  GFLOP/s " << fmt("%.1f", r.gflops) << "  MFU "
       << fmt("%.1f", 100 * r.mfu) << "% of " << fmt("%.1f", cfg.peak_flops / 1e9) << " GFLOP/s\n"
       << "  memory: peak RSS " << fmt("%.0f", r.peak_rss_mib) << " MiB; params+grads+AdamW "
       << fmt("%.0f", r.model_state_mib) << " MiB + activations " << fmt("%.0f", r.activation_mib) << " MiB = "
       << fmt("%.0f", r.model_state_mib + r.activation_mib) << " MiB\n";
-  if (!cfg.json.empty()) {
+  if (!cfg.json.empty() && world.rank() == 0) {
     std::string j = "{\"n_layer\":" + std::to_string(cfg.model.n_layer) + ",\"n_head\":" + std::to_string(cfg.model.n_head) +
                     ",\"d_model\":" + std::to_string(cfg.model.d_model) + ",\"vocab_size\":" + std::to_string(cfg.model.vocab_size) +
                     ",\"batch_size\":" + std::to_string(B) + ",\"seq_len\":" + std::to_string(T) +
+                    ",\"ranks\":" + std::to_string(P) + ",\"comm_ms\":" + fmt("%.3f", r.comm_ms) +
                     ",\"ms_per_step\":" + fmt("%.3f", r.ms_per_step) + ",\"forward_ms\":" + fmt("%.3f", r.forward_ms) +
                     ",\"backward_ms\":" + fmt("%.3f", r.backward_ms) + ",\"update_ms\":" + fmt("%.3f", r.update_ms) +
                     ",\"blas_ms\":" + fmt("%.3f", r.gemm_ms) + ",\"tokens_per_s\":" + fmt("%.1f", r.tokens_per_s) +

@@ -14,14 +14,25 @@
 #include "tapestry/kernels/optim.hpp"
 #include "tapestry/model/gpt.hpp"
 #include "tapestry/optim/adamw.hpp"
+#include "tapestry/parallel/collectives.hpp"
+#include "tapestry/parallel/grad_reducer.hpp"
 
 namespace tapestry::train {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-double evaluate(model::GPT& gpt, const kernels::Blas& blas, io::DataLoader& loader, int batches) {
+/// Sum of a host scalar over a communicator.
+double all_sum(double v, const parallel::Comm& comm) {
+  double out = v;
+  if (comm.size() > 1) MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_SUM, comm.get());
+  return out;
+}
+
+double evaluate(model::GPT& gpt, const kernels::Blas& blas, io::DataLoader& loader, int batches,
+                const parallel::Comm& dp) {
   loader.reset();
   std::vector<int> in, tg;
   double sum = 0;
@@ -29,7 +40,7 @@ double evaluate(model::GPT& gpt, const kernels::Blas& blas, io::DataLoader& load
     loader.next_batch(in, tg);
     sum += gpt.forward(blas, in, tg);
   }
-  return sum / batches;
+  return all_sum(sum / batches, dp) / dp.size();
 }
 
 std::string fmt(const char* f, double v) {
@@ -38,10 +49,24 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-}  // namespace
+/// Everything a run holds, built collectively (an error on any rank stops all ranks).
+struct Run {
+  TrainConfig cfg;
+  std::unique_ptr<io::DataLoader> train_loader, val_loader;
+  std::unique_ptr<model::GPT> gpt;
+  std::unique_ptr<optim::AdamW> adamw;
+  std::unique_ptr<parallel::Collectives> coll;
+  std::unique_ptr<parallel::GradReducer> reducer;
+  View1<float> grad_shard;  // ZeRO-1: this rank's summed gradients
+};
 
-TrainResult run_training(const TrainConfig& cfg_in, std::ostream& out) {
-  TrainConfig cfg = cfg_in;
+void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid, std::ostream& out) {
+  TrainConfig& cfg = r.cfg;
+  cfg = cfg_in;
+  const auto& layout = grid.layout();
+  require(layout.tp() == 1 && layout.pp() == 1,
+          "tensor and pipeline parallelism are not implemented yet: run with --tp 1 --pp 1 (got " +
+              layout.describe() + ")");
   if (!cfg.init_from.empty()) {
     const ModelConfig m = io::read_llmc_header(cfg.init_from);
     if (cfg.model.vocab_size != m.vocab_size || cfg.model.n_layer != m.n_layer ||
@@ -49,81 +74,150 @@ TrainResult run_training(const TrainConfig& cfg_in, std::ostream& out) {
       out << "note: model shape taken from " << cfg.init_from << "\n";
     cfg.model = m;
   }
+  const int dp = layout.dp(), drank = grid.dp().rank();
+  resolve_batch(cfg, dp);
   validate(cfg);
   const int B = cfg.batch_size, T = cfg.seq_len;
+  r.train_loader = std::make_unique<io::DataLoader>(std::vector<std::string>{cfg.train_data}, B, T,
+                                                    cfg.model.vocab_size, drank, dp);
+  if (cfg.val_every > 0)
+    r.val_loader = std::make_unique<io::DataLoader>(std::vector<std::string>{cfg.val_data}, B, T,
+                                                    cfg.model.vocab_size, drank, dp);
+  r.gpt = std::make_unique<model::GPT>(cfg.model, B, T, std::size_t(dp));
+  // Every rank initialises identically (same seed or same file), so no broadcast is needed.
+  if (cfg.init_from.empty()) r.gpt->init_random(cfg.seed);
+  else r.gpt->load_params(io::read_llmc_params(cfg.init_from, std::size_t(cfg.model.num_parameters())));
+  const std::size_t n = r.gpt->padded_size();
+  if (cfg.parallel.zero == 1) {
+    const std::size_t shard = n / std::size_t(dp);
+    r.adamw = std::make_unique<optim::AdamW>(cfg.optim, r.gpt->tensors(), shard * std::size_t(drank),
+                                             shard * std::size_t(drank + 1));
+    r.grad_shard = View1<float>("tapestry::grad_shard", shard);
+  } else {
+    r.adamw = std::make_unique<optim::AdamW>(cfg.optim, r.gpt->tensors(), 0, n);
+  }
+  r.coll = parallel::make_collectives(parallel::parse_backend(cfg.parallel.collectives), grid.dp());
+  r.reducer = std::make_unique<parallel::FlatReducer>(*r.coll, std::size_t(cfg.parallel.bucket_mb * (1 << 20)));
+}
 
-  io::DataLoader train_loader({cfg.train_data}, B, T, cfg.model.vocab_size);
-  std::unique_ptr<io::DataLoader> val_loader;
-  if (cfg.val_every > 0) val_loader = std::make_unique<io::DataLoader>(std::vector<std::string>{cfg.val_data}, B, T, cfg.model.vocab_size);
+}  // namespace
 
+TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid& grid, std::ostream& out_root) {
+  const bool root = grid.world().rank() == 0;
+  std::ofstream null_sink;  // never opened: writes are dropped
+  std::ostream& out = root ? out_root : null_sink;
+
+  Run r;
+  parallel::agree(grid.world(), [&] { setup(r, cfg_in, grid, out); });
+  const TrainConfig& cfg = r.cfg;
+  model::GPT& gpt = *r.gpt;
+  const parallel::Comm& dpc = grid.dp();
+  const int dp = dpc.size(), B = cfg.batch_size, T = cfg.seq_len;
+  const bool zero = cfg.parallel.zero == 1;
   kernels::Blas blas;
-  model::GPT gpt(cfg.model, B, T);
-  if (cfg.init_from.empty()) gpt.init_random(cfg.seed);
-  else gpt.load_params(io::read_llmc_params(cfg.init_from, std::size_t(cfg.model.num_parameters())));
-  optim::AdamW adamw(cfg.optim, gpt.tensors(), gpt.params().extent(0));
+  const auto& ex = blas.exec();
 
-  const double tokens_per_step = double(B) * T * cfg.grad_accum;
+  const double tokens_per_step = double(cfg.global_batch) * T;
   const double flops_per_step = cfg.model.flops_per_token(T) * tokens_per_step;
+  const double peak = cfg.peak_flops * grid.world().size();
   out << "tapestry train: " << cfg.model.num_parameters() << " parameters (L=" << cfg.model.n_layer
       << " H=" << cfg.model.n_head << " C=" << cfg.model.d_model << " V=" << cfg.model.vocab_size
-      << "), B=" << B << " T=" << T << " grad_accum=" << cfg.grad_accum << ", "
-      << train_loader.num_tokens() << " training tokens, " << cfg.steps << " steps\n";
+      << "), " << grid.layout().describe() << ", global batch " << cfg.global_batch << " x T=" << T
+      << " (B=" << B << " per rank, grad_accum=" << cfg.grad_accum << ")" << (zero ? ", ZeRO-1" : "")
+      << ", " << r.train_loader->num_tokens() << " training tokens, " << cfg.steps << " steps\n";
+  if (dp > 1) out << "gradients: " << r.reducer->describe() << "\n";
 
   std::ofstream metrics;
-  if (!cfg.metrics_file.empty()) {
+  if (root && !cfg.metrics_file.empty()) {
     metrics.open(cfg.metrics_file, std::ios::trunc);
     require(bool(metrics), "cannot write metrics file '" + cfg.metrics_file + "'");
   }
 
   TrainResult result;
   std::vector<int> in, tg;
+  View1<float> params = gpt.params(), grads = gpt.grads();
+  const std::size_t n = gpt.padded_size();
   for (int step = 0; step <= cfg.steps; ++step) {
-    if (val_loader && (step % cfg.val_every == 0 || step == cfg.steps)) {
-      const ValRecord v{step, evaluate(gpt, blas, *val_loader, cfg.val_batches)};
+    if (r.val_loader && (step % cfg.val_every == 0 || step == cfg.steps)) {
+      const ValRecord v{step, evaluate(gpt, blas, *r.val_loader, cfg.val_batches, dpc)};
       out << "step " << std::setw(5) << step << "/" << cfg.steps << " | val loss " << fmt("%.4f", v.loss) << "\n";
       if (metrics) metrics << "{\"step\":" << v.step << ",\"val_loss\":" << v.loss << "}\n";
       result.val.push_back(v);
     }
     if (step == cfg.steps) break;
-    StepRecord r;
+    StepRecord rec;
     const auto t0 = Clock::now();
     gpt.zero_grad();
     double loss = 0;
     for (int micro = 0; micro < cfg.grad_accum; ++micro) {
-      train_loader.next_batch(in, tg);
+      r.train_loader->next_batch(in, tg);
       loss += gpt.forward(blas, in, tg) / cfg.grad_accum;
       gpt.backward(blas, 1.0 / cfg.grad_accum);
     }
-    require(std::isfinite(loss), "loss is not finite at step " + std::to_string(step + 1) +
-                                     " (lower --lr or enable --grad-clip)");
-    r.grad_norm = optim::grad_norm(blas.exec(), gpt.grads());
-    r.lr = optim::lr_at(cfg.optim, step, cfg.steps);
-    adamw.step(blas.exec(), gpt.params(), gpt.grads(), r.lr, kernels::clip_factor(r.grad_norm, cfg.optim.grad_clip));
-    blas.exec().fence();
-    const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
-    r.step = step + 1;
-    r.loss = loss;
-    r.ms = dt * 1e3;
-    r.tokens_per_s = tokens_per_step / dt;
-    r.mfu = flops_per_step / dt / cfg.peak_flops;
-    if (r.step % cfg.log_every == 0 || r.step == cfg.steps) {
-      out << "step " << std::setw(5) << r.step << "/" << cfg.steps << " | loss " << fmt("%.4f", r.loss)
-          << " | lr " << fmt("%.2e", r.lr) << " | norm " << fmt("%.3f", r.grad_norm) << " | "
-          << fmt("%.1f", r.ms) << " ms | " << fmt("%.0f", r.tokens_per_s) << " tok/s | MFU "
-          << fmt("%.1f", 100 * r.mfu) << "%\n";
+    ex.fence();
+    const auto tc = Clock::now();
+    // Gradients are summed over DP; dividing by dp is folded into the norm and AdamW's scale.
+    double sumsq = 0;
+    if (zero) {
+      r.reducer->reduce_scatter_sum(grads.data(), r.grad_shard.data(), n);
+      sumsq = all_sum(kernels::sum_squares<float>(ex, r.grad_shard), dpc);
+    } else {
+      r.reducer->all_reduce_sum(grads.data(), n);
+      sumsq = kernels::sum_squares<float>(ex, grads);
+    }
+    rec.comm_ms = 1e3 * since(tc);
+    loss = all_sum(loss, dpc) / dp;  // the same value on every rank
+    if (!std::isfinite(loss)) {
+      if (!root) throw parallel::PeerError();
+      throw Error("loss is not finite at step " + std::to_string(step + 1) + " (lower --lr or enable --grad-clip)");
+    }
+    rec.grad_norm = std::sqrt(sumsq) / dp;
+    rec.lr = optim::lr_at(cfg.optim, step, cfg.steps);
+    const double scale = kernels::clip_factor(rec.grad_norm, cfg.optim.grad_clip) / dp;
+    r.adamw->step(ex, params, zero ? r.grad_shard : grads, rec.lr, scale);
+    if (zero) {
+      const auto tg0 = Clock::now();
+      r.reducer->all_gather(params.data(), n);
+      rec.comm_ms += 1e3 * since(tg0);
+    }
+    ex.fence();
+    const double dt = since(t0);
+    rec.step = step + 1;
+    rec.loss = loss;
+    rec.ms = dt * 1e3;
+    rec.tokens_per_s = tokens_per_step / dt;
+    rec.mfu = flops_per_step / dt / peak;
+    if (rec.step % cfg.log_every == 0 || rec.step == cfg.steps) {
+      out << "step " << std::setw(5) << rec.step << "/" << cfg.steps << " | loss " << fmt("%.4f", rec.loss)
+          << " | lr " << fmt("%.2e", rec.lr) << " | norm " << fmt("%.3f", rec.grad_norm) << " | "
+          << fmt("%.1f", rec.ms) << " ms | " << fmt("%.0f", rec.tokens_per_s) << " tok/s | MFU "
+          << fmt("%.1f", 100 * rec.mfu) << "%";
+      if (dp > 1) out << " | comm " << fmt("%.1f", rec.comm_ms) << " ms";
+      out << "\n";
       out.flush();
     }
     if (metrics) {
-      metrics << "{\"step\":" << r.step << ",\"loss\":" << r.loss << ",\"lr\":" << r.lr
-              << ",\"grad_norm\":" << r.grad_norm << ",\"ms\":" << r.ms
-              << ",\"tokens_per_s\":" << r.tokens_per_s << ",\"mfu\":" << r.mfu << "}\n";
+      metrics << "{\"step\":" << rec.step << ",\"loss\":" << rec.loss << ",\"lr\":" << rec.lr
+              << ",\"grad_norm\":" << rec.grad_norm << ",\"ms\":" << rec.ms << ",\"comm_ms\":" << rec.comm_ms
+              << ",\"tokens_per_s\":" << rec.tokens_per_s << ",\"mfu\":" << rec.mfu << "}\n";
       metrics.flush();
     }
-    result.steps.push_back(r);
+    result.steps.push_back(rec);
   }
+  double checksum = 0;
+  {
+    const auto p = params;
+    Kokkos::parallel_reduce(
+        "tapestry::param_checksum", Kokkos::RangePolicy<ExecSpace>(ex, 0, n),
+        KOKKOS_LAMBDA(std::size_t i, double& acc) { acc += double(p(i)); }, checksum);
+  }
+  result.param_checksum = checksum;
   if (!cfg.export_llmc.empty()) {
-    io::write_llmc_checkpoint(cfg.export_llmc, cfg.model, gpt.params_to_host());
-    out << "wrote llm.c checkpoint " << cfg.export_llmc << "\n";
+    const auto host = gpt.params_to_host();
+    if (root) {
+      io::write_llmc_checkpoint(cfg.export_llmc, cfg.model, host);
+      out << "wrote llm.c checkpoint " << cfg.export_llmc << "\n";
+    }
   }
   return result;
 }

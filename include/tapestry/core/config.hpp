@@ -38,13 +38,25 @@ struct OptimConfig {
   double grad_clip = 1.0;     ///< global-norm clip; <= 0 disables
 };
 
+/// \brief How the ranks are laid out and how gradients travel.
+struct ParallelConfig {
+  int tp = 1;                 ///< tensor-parallel ranks
+  int pp = 1;                 ///< pipeline stages
+  int dp = 0;                 ///< data-parallel ranks; 0: world / (tp * pp)
+  int zero = 0;               ///< 1: shard AdamW state over DP (ZeRO-1)
+  double bucket_mb = 25.0;    ///< gradient all-reduce bucket, MiB
+  std::string collectives = "auto";  ///< mpi, nccl or auto
+};
+
 /// \brief One training run.
 struct TrainConfig {
   ModelConfig model;
   OptimConfig optim;
-  int batch_size = 8;   ///< B: sequences per micro-batch
+  ParallelConfig parallel;
+  int batch_size = 8;   ///< B: sequences per micro-batch on each rank
   int seq_len = 128;    ///< T: tokens per sequence
-  int grad_accum = 1;   ///< micro-batches per optimizer step
+  int grad_accum = 1;   ///< micro-batches per optimizer step (derived when global_batch is set)
+  int global_batch = 0; ///< sequences per optimizer step over all DP ranks; 0: B * dp * grad_accum
   int steps = 200;
   int val_every = 50;   ///< 0 disables validation
   int val_batches = 8;
@@ -62,6 +74,11 @@ struct TrainConfig {
 void validate(const ModelConfig& m);
 void validate(const OptimConfig& o);
 void validate(const TrainConfig& c);
+void validate(const ParallelConfig& p);
+
+/// Fixes grad_accum and global_batch for `dp` data-parallel ranks: global_batch (when set) must be
+/// a multiple of batch_size * dp. Throws tapestry::Error otherwise.
+void resolve_batch(TrainConfig& c, int dp);
 
 }  // namespace tapestry
 

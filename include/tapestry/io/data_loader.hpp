@@ -8,8 +8,10 @@
 
 namespace tapestry::io {
 
-/// \brief Walks the files in order, B*T tokens per batch (targets shifted by one), wrapping to the
-/// first file at the end. The whole position is (file, offset), so a run can resume exactly.
+/// \brief Walks the files in order, wrapping to the first file at the end. Each call reads the
+/// `shard`-th of `num_shards` consecutive (B, T) blocks (targets shifted by one) and advances past
+/// all of them, so data-parallel ranks together read exactly what one rank with num_shards * B rows
+/// would. The whole position is (file, offset, epoch), so a run can resume exactly.
 class DataLoader {
  public:
   struct Position {
@@ -23,7 +25,8 @@ class DataLoader {
 
   /// Loads every file; throws tapestry::Error if one is bad, has a token >= vocab_size, or holds
   /// fewer than B*T+1 tokens.
-  DataLoader(const std::vector<std::string>& files, int B, int T, int vocab_size);
+  DataLoader(const std::vector<std::string>& files, int B, int T, int vocab_size, int shard = 0,
+             int num_shards = 1);
 
   /// Fills inputs and targets, each B*T tokens (row-major (B, T)), and advances.
   void next_batch(std::vector<int>& inputs, std::vector<int>& targets);
@@ -38,7 +41,7 @@ class DataLoader {
  private:
   std::vector<std::vector<std::uint16_t>> shards_;
   std::vector<std::string> names_;
-  int B_, T_;
+  int B_, T_, shard_, num_shards_;
   Position pos_;
 };
 

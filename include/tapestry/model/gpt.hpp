@@ -29,14 +29,19 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m);
 /// \brief Parameters, gradients and the activations of one (B, T) micro-batch.
 class GPT {
  public:
-  GPT(const ModelConfig& cfg, int B, int T);
+  /// The flat parameter and gradient buffers are padded with zeros to a multiple of
+  /// `pad_multiple` elements (data-parallel ranks shard them evenly).
+  GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple = 1);
 
   const ModelConfig& config() const { return cfg_; }
   int batch_size() const { return B_; }
   int seq_len() const { return T_; }
   const std::vector<ParamTensor>& tensors() const { return layout_; }
+  /// Parameters in llm.c's order, then zero padding: padded_size() elements.
   View1<float> params() const { return params_; }
   View1<float> grads() const { return grads_; }
+  std::size_t num_params() const { return n_params_; }
+  std::size_t padded_size() const { return params_.extent(0); }
 
   /// GPT-2 initialisation: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 n_layer),
   /// zero biases, unit LayerNorm gains. Deterministic in `seed`; padded vocabulary rows are zero.
@@ -69,6 +74,7 @@ class GPT {
   ModelConfig cfg_;
   int B_, T_;
   std::vector<ParamTensor> layout_;
+  std::size_t n_params_ = 0;
   View1<float> params_, grads_;
   TokenView tokens_;
   Kokkos::View<int*, Layout, MemSpace> targets_;

@@ -15,13 +15,18 @@ namespace tapestry::optim {
 /// cfg.lr * min_lr_ratio at `total_steps`.
 double lr_at(const OptimConfig& cfg, int step, int total_steps);
 
-/// \brief First and second moments for every parameter; weight decay only where the tensor says so.
+/// \brief First and second moments for the parameters in [begin, end) of the flat buffer (all of
+/// them, or one ZeRO-1 shard); weight decay only where the tensor says so.
 class AdamW {
  public:
-  AdamW(const OptimConfig& cfg, const std::vector<model::ParamTensor>& tensors, std::size_t n);
+  AdamW(const OptimConfig& cfg, const std::vector<model::ParamTensor>& tensors, std::size_t begin,
+        std::size_t end);
 
-  /// One update with learning rate `lr`; gradients are multiplied by `grad_scale` first.
+  /// One update of params[begin, end) with learning rate `lr`. `grads` holds the gradients of that
+  /// range (element 0 belongs to parameter `begin`) and is multiplied by `grad_scale` first.
   void step(const ExecSpace& exec, View1<float> params, View1<float> grads, double lr, double grad_scale);
+  std::size_t begin() const { return begin_; }
+  std::size_t end() const { return end_; }
 
   std::int64_t steps_taken() const { return t_; }
   std::size_t state_bytes() const { return 2 * m_.span() * sizeof(float); }
@@ -29,6 +34,7 @@ class AdamW {
  private:
   OptimConfig cfg_;
   std::vector<model::ParamTensor> tensors_;
+  std::size_t begin_, end_;
   View1<float> m_, v_;
   std::int64_t t_ = 0;
 };

@@ -5,16 +5,19 @@
 #include <ostream>
 
 #include "tapestry/core/config.hpp"
+#include "tapestry/parallel/comm.hpp"
 
 namespace tapestry::train {
 
 struct StepBenchResult {
-  double ms_per_step = 0, forward_ms = 0, backward_ms = 0, update_ms = 0, gemm_ms = 0;
+  double ms_per_step = 0, forward_ms = 0, backward_ms = 0, comm_ms = 0, update_ms = 0, gemm_ms = 0;
   double tokens_per_s = 0, gflops = 0, mfu = 0;
   double peak_rss_mib = 0, model_state_mib = 0, activation_mib = 0;
 };
 
-StepBenchResult bench_step(const BenchStepConfig& cfg, std::ostream& out);
+/// Data parallel over all ranks of `world` (B sequences per rank, gradients all-reduced); prints on
+/// rank 0. Collective.
+StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& world, std::ostream& out);
 
 /// Returns GFLOP/s of the BLAS sgemm at M = N = K = cfg.size.
 double bench_gemm(const BenchGemmConfig& cfg, std::ostream& out);

@@ -1,18 +1,20 @@
 #pragma once
 /// \file
-/// \brief The training loop: data -> model -> AdamW, with progress lines, metrics and validation.
+/// \brief The training loop: data -> model -> gradient reduction -> AdamW, with progress lines,
+/// metrics and validation. Data parallel (optionally ZeRO-1) over the grid's DP group.
 
 #include <ostream>
 #include <vector>
 
 #include "tapestry/core/config.hpp"
+#include "tapestry/parallel/comm.hpp"
 
 namespace tapestry::train {
 
-/// \brief One record per optimizer step.
+/// \brief One record per optimizer step (loss averaged over the global batch).
 struct StepRecord {
   int step = 0;
-  double loss = 0, lr = 0, grad_norm = 0, ms = 0, tokens_per_s = 0, mfu = 0;
+  double loss = 0, lr = 0, grad_norm = 0, ms = 0, comm_ms = 0, tokens_per_s = 0, mfu = 0;
 };
 
 /// \brief Validation loss after `step` optimizer steps.
@@ -24,10 +26,12 @@ struct ValRecord {
 struct TrainResult {
   std::vector<StepRecord> steps;
   std::vector<ValRecord> val;
+  double param_checksum = 0;  ///< sum of all parameters at the end (equal on every rank)
 };
 
-/// \brief Trains per `cfg` on one rank; prints progress to `out`.
-/// Throws tapestry::Error on bad input and on a non-finite loss.
-TrainResult run_training(const TrainConfig& cfg, std::ostream& out);
+/// \brief Trains per `cfg` on `grid` (collective over its world). Progress goes to `out` on world
+/// rank 0 only. Throws tapestry::Error on bad input (on the lowest failing rank; the others throw
+/// parallel::PeerError) and on a non-finite loss.
+TrainResult run_training(const TrainConfig& cfg, const parallel::ProcessGrid& grid, std::ostream& out);
 
 }  // namespace tapestry::train

@@ -1,0 +1,46 @@
+#pragma once
+/// \file
+/// \brief Tensor collectives over one communicator, on buffers in the execution space's memory.
+/// An MPI implementation always; an NCCL one where the build found CUDA and NCCL.
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "tapestry/parallel/comm.hpp"
+
+namespace tapestry::parallel {
+
+/// \brief The operations the parallel layers need. Sums only; callers scale.
+/// Every call is collective over the communicator (send/recv: over the pair) and blocking.
+class Collectives {
+ public:
+  virtual ~Collectives() = default;
+  virtual const char* name() const = 0;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  /// buf (n) = sum over ranks of buf, in place.
+  virtual void all_reduce_sum(float* buf, std::size_t n) = 0;
+  /// recv (n) = sum over ranks of send[rank*n, (rank+1)*n); send holds size()*n.
+  virtual void reduce_scatter_sum(const float* send, float* recv, std::size_t n) = 0;
+  /// buf (size()*n): every rank's block [r*n, (r+1)*n) to all, in place.
+  virtual void all_gather_inplace(float* buf, std::size_t n) = 0;
+  virtual void broadcast(float* buf, std::size_t n, int root) = 0;
+  virtual void send(const float* buf, std::size_t n, int peer) = 0;
+  virtual void recv(float* buf, std::size_t n, int peer) = 0;
+};
+
+enum class Backend { mpi, nccl };
+
+/// "mpi", "nccl" or "auto" (NCCL when Kokkos runs on CUDA and NCCL was built, else MPI).
+Backend parse_backend(const std::string& s);
+bool nccl_available();
+
+/// Collectives over `comm` (which must outlive them). NCCL shares its unique id over MPI.
+std::unique_ptr<Collectives> make_collectives(Backend backend, const Comm& comm);
+
+/// NCCL's version as "2.28.3", or "" when this build has no NCCL. Host call only.
+std::string nccl_version();
+
+}  // namespace tapestry::parallel

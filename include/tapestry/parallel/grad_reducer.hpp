@@ -1,0 +1,42 @@
+#pragma once
+/// \file
+/// \brief How gradients are summed over the data-parallel group: a pluggable strategy.
+/// The flat one all-reduces in buckets; a hierarchical cross-site one can replace it.
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "tapestry/parallel/collectives.hpp"
+
+namespace tapestry::parallel {
+
+/// \brief Sums a flat gradient buffer over the DP group. The caller divides by dp (folded into the
+/// optimizer's gradient scale, so no extra pass over memory).
+class GradReducer {
+ public:
+  virtual ~GradReducer() = default;
+  virtual std::string describe() const = 0;
+  /// grads (n) = sum over DP ranks, in place.
+  virtual void all_reduce_sum(float* grads, std::size_t n) = 0;
+  /// shard (n / dp) = sum over DP ranks of grads[rank*n/dp, (rank+1)*n/dp); n divisible by dp.
+  virtual void reduce_scatter_sum(const float* grads, float* shard, std::size_t n) = 0;
+  /// params (n): every rank's shard [rank*n/dp, ...) to all ranks, in place.
+  virtual void all_gather(float* params, std::size_t n) = 0;
+};
+
+/// \brief All-reduce in buckets of `bucket_bytes` (the last one shorter), one collective each.
+class FlatReducer final : public GradReducer {
+ public:
+  FlatReducer(Collectives& coll, std::size_t bucket_bytes);
+  std::string describe() const override;
+  void all_reduce_sum(float* grads, std::size_t n) override;
+  void reduce_scatter_sum(const float* grads, float* shard, std::size_t n) override;
+  void all_gather(float* params, std::size_t n) override;
+
+ private:
+  Collectives& coll_;
+  std::size_t bucket_elems_;
+};
+
+}  // namespace tapestry::parallel

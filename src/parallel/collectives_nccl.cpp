@@ -1,0 +1,93 @@
+// NCCL collectives: built whenever CUDA and NCCL are found, run where Kokkos runs on CUDA.
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <string>
+
+#include "tapestry/core/error.hpp"
+#include "tapestry/parallel/collectives.hpp"
+
+namespace tapestry::parallel {
+
+namespace {
+
+void check(ncclResult_t r, const char* what) {
+  if (r != ncclSuccess) throw Error(std::string("NCCL ") + what + ": " + ncclGetErrorString(r));
+}
+void check(cudaError_t r, const char* what) {
+  if (r != cudaSuccess) throw Error(std::string("CUDA ") + what + ": " + cudaGetErrorString(r));
+}
+
+class NcclCollectives final : public Collectives {
+ public:
+  explicit NcclCollectives(const Comm& comm) : rank_(comm.rank()), size_(comm.size()) {
+    ncclUniqueId id;
+    if (rank_ == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, comm.get());
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(ncclCommInitRank(&comm_, size_, id, rank_), "ncclCommInitRank");
+  }
+  ~NcclCollectives() override {
+    if (comm_) ncclCommDestroy(comm_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+  const char* name() const override { return "nccl"; }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  // Tapestry's kernels run on the default stream; NCCL runs on its own, so each call first waits
+  // for all prior device work and returns when the collective is done.
+  void all_reduce_sum(float* buf, std::size_t n) override {
+    sync_in();
+    check(ncclAllReduce(buf, buf, n, ncclFloat32, ncclSum, comm_, stream_), "ncclAllReduce");
+    sync_out();
+  }
+  void reduce_scatter_sum(const float* send, float* recv, std::size_t n) override {
+    sync_in();
+    check(ncclReduceScatter(send, recv, n, ncclFloat32, ncclSum, comm_, stream_), "ncclReduceScatter");
+    sync_out();
+  }
+  void all_gather_inplace(float* buf, std::size_t n) override {
+    sync_in();
+    check(ncclAllGather(buf + std::size_t(rank_) * n, buf, n, ncclFloat32, comm_, stream_), "ncclAllGather");
+    sync_out();
+  }
+  void broadcast(float* buf, std::size_t n, int root) override {
+    sync_in();
+    check(ncclBroadcast(buf, buf, n, ncclFloat32, root, comm_, stream_), "ncclBroadcast");
+    sync_out();
+  }
+  void send(const float* buf, std::size_t n, int peer) override {
+    sync_in();
+    check(ncclSend(buf, n, ncclFloat32, peer, comm_, stream_), "ncclSend");
+    sync_out();
+  }
+  void recv(float* buf, std::size_t n, int peer) override {
+    sync_in();
+    check(ncclRecv(buf, n, ncclFloat32, peer, comm_, stream_), "ncclRecv");
+    sync_out();
+  }
+
+ private:
+  void sync_in() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
+  void sync_out() { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+
+  int rank_, size_;
+  cudaStream_t stream_ = nullptr;
+  ncclComm_t comm_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<Collectives> make_nccl_collectives(const Comm& comm) {
+  return std::make_unique<NcclCollectives>(comm);
+}
+
+std::string nccl_version() {
+  int v = 0;
+  check(ncclGetVersion(&v), "ncclGetVersion");
+  // NCCL >= 2.9 encodes major*10000 + minor*100 + patch.
+  return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+}
+
+}  // namespace tapestry::parallel

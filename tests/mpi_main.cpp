@@ -1,0 +1,32 @@
+// Runner for tests under mpirun: MPI and Kokkos for the whole session; only rank 0 reports.
+#if __has_include(<catch2/catch_all.hpp>)
+#include <catch2/catch_session.hpp>
+#else
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+#endif
+#include <mpi.h>
+
+#include <Kokkos_Core.hpp>
+#include <string>
+#include <vector>
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  Kokkos::initialize();
+  std::vector<char*> args(argv, argv + argc);
+  std::string out = "--out", devnull = "/dev/null";
+  if (rank != 0) {
+    args.push_back(out.data());
+    args.push_back(devnull.data());
+  }
+  const int rc = Catch::Session().run(int(args.size()), args.data());
+  Kokkos::finalize();
+  // A rank that failed must not leave the others waiting: agree on the result before finalizing.
+  int worst = rc;
+  MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return worst;
+}
