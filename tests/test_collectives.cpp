@@ -1,0 +1,128 @@
+// The collectives interface under mpirun, against values computed from size() (any rank count).
+#include <mpi.h>
+
+#include <numeric>
+
+#include "catch.hpp"
+#include "tapestry/core/views.hpp"
+#include "tapestry/parallel/collectives.hpp"
+#include "tapestry/core/error.hpp"
+#include "tapestry/parallel/grad_reducer.hpp"
+
+using namespace tapestry;
+using namespace tapestry::parallel;
+
+namespace {
+bool all_ranks(bool ok) {
+  int v = ok ? 1 : 0, all = 0;
+  MPI_Allreduce(&v, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  return all == 1;
+}
+std::vector<float> host(const View1<float>& v) {
+  std::vector<float> h(v.extent(0));
+  Kokkos::deep_copy(Kokkos::View<float*, tapestry::Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(h.data(), h.size()), v);
+  return h;
+}
+View1<float> device(const std::vector<float>& h) {
+  View1<float> v("v", h.size());
+  Kokkos::deep_copy(v, Kokkos::View<const float*, tapestry::Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(h.data(), h.size()));
+  return v;
+}
+}  // namespace
+
+TEST_CASE("MPI collectives: all-reduce, reduce-scatter, all-gather, broadcast, send/recv", "[mpi][collectives]") {
+  const auto world = Comm::view(MPI_COMM_WORLD);
+  auto c = make_collectives(Backend::mpi, world);
+  const int P = c->size(), r = c->rank();
+  REQUIRE(P == world.size());
+  const std::size_t n = 13;  // odd on purpose
+  bool ok = true;
+
+  // all-reduce: element i of rank q holds q + i  ->  sum = P*i + P(P-1)/2
+  std::vector<float> x(n);
+  for (std::size_t i = 0; i < n; ++i) x[i] = float(r) + float(i);
+  auto v = device(x);
+  c->all_reduce_sum(v.data(), n);
+  auto y = host(v);
+  for (std::size_t i = 0; i < n; ++i) ok = ok && y[i] == float(P) * float(i) + float(P * (P - 1) / 2);
+
+  // reduce-scatter: P blocks of n; rank q's shard = sum over ranks of block q
+  std::vector<float> big(std::size_t(P) * n);
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = float(i) + float(r);
+  auto vb = device(big);
+  View1<float> shard("shard", n);
+  c->reduce_scatter_sum(vb.data(), shard.data(), n);
+  auto s = host(shard);
+  for (std::size_t i = 0; i < n; ++i) ok = ok && s[i] == float(P) * float(std::size_t(r) * n + i) + float(P * (P - 1) / 2);
+
+  // all-gather in place: rank q fills block q with q
+  std::vector<float> g(std::size_t(P) * n, -1.0f);
+  for (std::size_t i = 0; i < n; ++i) g[std::size_t(r) * n + i] = float(r);
+  auto vg = device(g);
+  c->all_gather_inplace(vg.data(), n);
+  auto gg = host(vg);
+  for (std::size_t i = 0; i < gg.size(); ++i) ok = ok && gg[i] == float(i / n);
+
+  // broadcast from the last rank
+  std::vector<float> b(n, float(r));
+  auto vbc = device(b);
+  c->broadcast(vbc.data(), n, P - 1);
+  for (float e : host(vbc)) ok = ok && e == float(P - 1);
+
+  // ring send/recv (even ranks send first)
+  if (P > 1) {
+    auto out = device(std::vector<float>(n, float(r)));
+    View1<float> in("in", n);
+    const int next = (r + 1) % P, prev = (r + P - 1) % P;
+    if (r % 2 == 0) {
+      c->send(out.data(), n, next);
+      c->recv(in.data(), n, prev);
+    } else {
+      c->recv(in.data(), n, prev);
+      c->send(out.data(), n, next);
+    }
+    for (float e : host(in)) ok = ok && e == float(prev);
+  }
+  REQUIRE(all_ranks(ok));
+}
+
+TEST_CASE("the bucketed flat reducer equals one all-reduce for any bucket size", "[mpi][collectives]") {
+  const auto world = Comm::view(MPI_COMM_WORLD);
+  auto c = make_collectives(Backend::mpi, world);
+  const int P = c->size(), r = c->rank();
+  const std::size_t n = 1000 * std::size_t(P);
+  bool ok = true;
+  for (std::size_t bucket_bytes : {std::size_t(4), std::size_t(4 * 333), std::size_t(1) << 20}) {
+    FlatReducer red(*c, bucket_bytes);
+    std::vector<float> x(n);
+    for (std::size_t i = 0; i < n; ++i) x[i] = float(i % 97) * float(r + 1);
+    auto v = device(x);
+    red.all_reduce_sum(v.data(), n);
+    const float k = float(P * (P + 1) / 2);
+    auto y = host(v);
+    for (std::size_t i = 0; i < n; ++i) ok = ok && y[i] == float(i % 97) * k;
+    // reduce-scatter then all-gather of the shard gives the same sums everywhere
+    auto v2 = device(x);
+    View1<float> shard("shard", n / std::size_t(P));
+    red.reduce_scatter_sum(v2.data(), shard.data(), n);
+    Kokkos::deep_copy(View1<float>(v2.data() + std::size_t(r) * (n / std::size_t(P)), n / std::size_t(P)), shard);
+    red.all_gather(v2.data(), n);
+    ok = ok && host(v2) == y;
+  }
+  REQUIRE(all_ranks(ok));
+  REQUIRE_THROWS_AS(FlatReducer(*c, 0), tapestry::Error);
+}
+
+TEST_CASE("backend selection and NCCL's presence", "[collectives]") {
+  REQUIRE(parse_backend("mpi") == Backend::mpi);
+  REQUIRE_THROWS_WITH(parse_backend("gloo"), "unknown collectives backend 'gloo' (use mpi, nccl or auto)");
+  if (nccl_available()) {
+    // Built against NCCL (CUDA toolkit present): its host API answers even without a GPU.
+    const std::string v = nccl_version();
+    CAPTURE(v);
+    REQUIRE(v.rfind("2.", 0) == 0);
+  } else {
+    REQUIRE(nccl_version().empty());
+    REQUIRE_THROWS_AS(parse_backend("nccl"), tapestry::Error);
+  }
+}
