@@ -1,5 +1,7 @@
 # Runs a command that must fail cleanly: non-zero exit, exactly one line on stderr matching REGEX,
 # and no sign of a crash. Arguments: -DCMD=<args separated by |> -DREGEX=<regex> [-DWORKDIR=<dir>]
+# With -DMPI=1 (the command is mpirun ...) mpirun's own lines are allowed, but exactly one line
+# may come from tapestry ("tapestry: error: ..."), whichever rank printed it.
 string(REPLACE "|" ";" cmd "${CMD}")
 if(NOT WORKDIR)
   set(WORKDIR ".")
@@ -14,7 +16,13 @@ endif()
 if(NOT rc MATCHES "^[0-9]+$" OR rc GREATER 100)
   message(FATAL_ERROR "the command crashed (${rc})\nstderr: ${err}")
 endif()
-if(NOT n_newlines EQUAL 0 OR err_stripped STREQUAL "")
+if(MPI)
+  string(REGEX MATCHALL "tapestry: [a-z ]*error" ours "${err_stripped}")
+  list(LENGTH ours n_ours)
+  if(NOT n_ours EQUAL 1)
+    message(FATAL_ERROR "expected exactly one tapestry error line from all ranks, got ${n_ours}:\n${err}")
+  endif()
+elseif(NOT n_newlines EQUAL 0 OR err_stripped STREQUAL "")
   message(FATAL_ERROR "expected exactly one error line, got:\n${err}")
 endif()
 if(NOT err_stripped MATCHES "${REGEX}")
