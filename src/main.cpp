@@ -42,6 +42,10 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
       par::agree(world, [&] { tapestry::validate(inv.bench_step); });
       tapestry::train::bench_step(inv.bench_step, world, out);
       return 0;
+    case Command::bench_allreduce:
+      par::agree(world, [&] { tapestry::validate(inv.bench_allreduce); });
+      tapestry::train::bench_allreduce(inv.bench_allreduce, world, out);
+      return 0;
     case Command::bench_gemm:
       tapestry::train::bench_gemm(inv.bench_gemm, out);
       return 0;

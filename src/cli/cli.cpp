@@ -131,6 +131,17 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   std::vector<std::string> args;
   for (int i = argc - 1; i >= 1; --i)
     if (std::string(argv[i]).rfind("--kokkos-", 0) != 0) args.emplace_back(argv[i]);
+  auto* ar = bench->add_subcommand("allreduce", "nccl-tests style all-reduce sweep: Tapestry's reducer vs MPI_Allreduce");
+  auto& ac = inv.bench_allreduce;
+  ar->add_option("--min-bytes,-b", ac.min_bytes, "Smallest message, bytes")->capture_default_str();
+  ar->add_option("--max-bytes,-e", ac.max_bytes, "Largest message, bytes")->capture_default_str();
+  ar->add_option("--factor,-f", ac.factor, "Size multiplier between rows")->capture_default_str();
+  ar->add_option("--warmup,-w", ac.warmup, "Untimed calls per size")->capture_default_str();
+  ar->add_option("--iters,-n", ac.iters, "Timed calls per size")->capture_default_str();
+  ar->add_option("--bucket-mb", ac.bucket_mb, "Bucket size of Tapestry's reducer, MiB")->capture_default_str();
+  ar->add_option("--collectives", ac.collectives, "mpi, nccl or auto")->capture_default_str();
+  ar->add_option("--output,-o", ac.output, "Write the results to FILE.json or FILE.csv");
+
   try {
     app.parse(args);
   } catch (const CLI::Success& e) {
@@ -164,6 +175,7 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   else if (prep->parsed()) inv.command = Command::data_prepare;
   else if (step->parsed()) inv.command = Command::bench_step;
   else if (gemm->parsed()) inv.command = Command::bench_gemm;
+  else if (ar->parsed()) inv.command = Command::bench_allreduce;
   return inv;
 }
 

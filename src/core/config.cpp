@@ -107,4 +107,16 @@ void validate(const BenchStepConfig& c) {
   require(c.peak_flops > 0, "peak_flops must be > 0");
 }
 
+void validate(const BenchAllreduceConfig& c) {
+  require(c.min_bytes >= 4 && c.max_bytes >= c.min_bytes,
+          "bench allreduce needs 4 <= min-bytes <= max-bytes (got " + std::to_string(c.min_bytes) + ", " +
+              std::to_string(c.max_bytes) + ")");
+  require(c.factor > 1.0, "bench allreduce: factor must be > 1");
+  require(c.warmup >= 0 && c.iters >= 1, "bench allreduce needs warmup >= 0 and iters >= 1");
+  require(c.bucket_mb > 0, "bucket-mb must be > 0 (got " + num(c.bucket_mb) + ")");
+  const auto dot = c.output.rfind('.');
+  require(c.output.empty() || (dot != std::string::npos && (c.output.substr(dot) == ".json" || c.output.substr(dot) == ".csv")),
+          "bench allreduce: --output must end in .json or .csv (got '" + c.output + "')");
+}
+
 }  // namespace tapestry

@@ -7,7 +7,7 @@
 
 namespace tapestry::cli {
 
-enum class Command { exit, train, data_prepare, bench_step, bench_gemm };
+enum class Command { exit, train, data_prepare, bench_step, bench_gemm, bench_allreduce };
 
 /// \brief What the command line asked for.
 struct Invocation {
@@ -17,6 +17,7 @@ struct Invocation {
   io::PrepareConfig prepare;
   BenchStepConfig bench_step;
   BenchGemmConfig bench_gemm;
+  BenchAllreduceConfig bench_allreduce;
 };
 
 /// Parses argv. --help and --version print to stdout; a parse error prints one line

@@ -102,6 +102,19 @@ struct BenchGemmConfig {
   int iters = 10;
 };
 
+/// \brief `tapestry bench allreduce`: nccl-tests style sweep of message sizes.
+struct BenchAllreduceConfig {
+  std::int64_t min_bytes = 8;
+  std::int64_t max_bytes = std::int64_t(256) << 20;
+  double factor = 2.0;  ///< size multiplier between rows
+  int warmup = 5;
+  int iters = 20;
+  double bucket_mb = 25.0;  ///< Tapestry reducer's bucket size
+  std::string collectives = "auto";
+  std::string output;  ///< .json or .csv results file (optional)
+};
+
 void validate(const BenchStepConfig& c);
+void validate(const BenchAllreduceConfig& c);
 
 }  // namespace tapestry

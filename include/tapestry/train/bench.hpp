@@ -2,7 +2,9 @@
 /// \file
 /// \brief `tapestry bench step` and `tapestry bench gemm`.
 
+#include <cstdint>
 #include <ostream>
+#include <vector>
 
 #include "tapestry/core/config.hpp"
 #include "tapestry/parallel/comm.hpp"
@@ -18,6 +20,20 @@ struct StepBenchResult {
 /// Data parallel over all ranks of `world` (B sequences per rank, gradients all-reduced); prints on
 /// rank 0. Collective.
 StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& world, std::ostream& out);
+
+/// \brief One row of `bench allreduce`: one message size, both implementations.
+struct AllreduceRow {
+  std::int64_t bytes = 0, count = 0;
+  double tapestry_us = 0, tapestry_algbw = 0, tapestry_busbw = 0;
+  double mpi_us = 0, mpi_algbw = 0, mpi_busbw = 0;
+  std::int64_t tapestry_wrong = 0, mpi_wrong = 0;
+};
+
+/// nccl-tests style sweep over `world`: Tapestry's gradient reducer (bucketed, over the selected
+/// collectives) against plain MPI_Allreduce. Times are the slowest rank's mean per call;
+/// algbw = bytes / time, busbw = algbw * 2 (n - 1) / n. Prints a table on rank 0. Collective.
+std::vector<AllreduceRow> bench_allreduce(const BenchAllreduceConfig& cfg, const parallel::Comm& world,
+                                          std::ostream& out);
 
 /// Returns GFLOP/s of the BLAS sgemm at M = N = K = cfg.size.
 double bench_gemm(const BenchGemmConfig& cfg, std::ostream& out);

@@ -1,0 +1,140 @@
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "tapestry/core/error.hpp"
+#include "tapestry/core/views.hpp"
+#include "tapestry/io/token_file.hpp"
+#include "tapestry/parallel/collectives.hpp"
+#include "tapestry/parallel/grad_reducer.hpp"
+#include "tapestry/train/bench.hpp"
+
+namespace tapestry::train {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/// Mean seconds per call of `op` over `iters` calls after `warmup`, slowest rank.
+template <class F> double time_op(F&& op, int warmup, int iters, const parallel::Comm& world) {
+  for (int i = 0; i < warmup; ++i) op();
+  ExecSpace().fence();
+  world.barrier();
+  const auto t0 = Clock::now();
+  for (int i = 0; i < iters; ++i) op();
+  ExecSpace().fence();
+  double t = std::chrono::duration<double>(Clock::now() - t0).count() / iters;
+  MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, world.get());
+  return t;
+}
+
+/// Fills buf(i) = (rank + 1) * (i % 7 + 1), runs `op` once, and counts elements (over all ranks)
+/// that differ from sum_r (r + 1) * (i % 7 + 1) = P(P+1)/2 * (i % 7 + 1). All values are small
+/// integers, exact in fp32.
+template <class F>
+std::int64_t count_wrong(View1<float> buf, F&& op, const parallel::Comm& world) {
+  const float r1 = float(world.rank() + 1);
+  const float total = float(world.size() * (world.size() + 1) / 2);
+  Kokkos::parallel_for(
+      "tapestry::bench_fill", Kokkos::RangePolicy<ExecSpace>(0, buf.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) { buf(i) = r1 * float(i % 7 + 1); });
+  op();
+  std::int64_t wrong = 0;
+  Kokkos::parallel_reduce(
+      "tapestry::bench_check", Kokkos::RangePolicy<ExecSpace>(0, buf.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i, std::int64_t& acc) { acc += buf(i) != total * float(i % 7 + 1) ? 1 : 0; },
+      wrong);
+  MPI_Allreduce(MPI_IN_PLACE, &wrong, 1, MPI_INT64_T, MPI_SUM, world.get());
+  return wrong;
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), f, v);
+  return buf;
+}
+
+}  // namespace
+
+std::vector<AllreduceRow> bench_allreduce(const BenchAllreduceConfig& cfg, const parallel::Comm& world,
+                                          std::ostream& out_root) {
+  validate(cfg);
+  std::ofstream null_sink;
+  std::ostream& out = world.rank() == 0 ? out_root : null_sink;
+  const int P = world.size();
+  auto coll = parallel::make_collectives(parallel::parse_backend(cfg.collectives), world);
+  parallel::FlatReducer reducer(*coll, std::size_t(cfg.bucket_mb * (1 << 20)));
+  View1<float> buf(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::bench_allreduce"),
+                   std::size_t(cfg.max_bytes / 4));
+  const double bus = P > 1 ? 2.0 * (P - 1) / P : 0.0;
+
+  out << "# tapestry bench allreduce: " << P << " ranks, float sum, in place; " << reducer.describe()
+      << "; warmup " << cfg.warmup << ", iters " << cfg.iters << "\n"
+      << "# time = slowest rank's mean per call; algbw = size/time; busbw = algbw * 2(n-1)/n\n"
+      << "#                          |        tapestry (bucketed reducer)        |            MPI_Allreduce\n"
+      << "#      size       count    |   time(us)  algbw(GB/s) busbw(GB/s) #wrong |   time(us)  algbw(GB/s) busbw(GB/s) #wrong\n";
+  std::vector<AllreduceRow> rows;
+  for (double b = double(cfg.min_bytes); b <= double(cfg.max_bytes) * (1 + 1e-9); b *= cfg.factor) {
+    AllreduceRow row;
+    row.count = std::int64_t(b) / 4;
+    row.bytes = row.count * 4;
+    if (!rows.empty() && rows.back().bytes == row.bytes) continue;
+    View1<float> v(buf.data(), std::size_t(row.count));
+    float* p = v.data();
+    const std::size_t n = std::size_t(row.count);
+    auto ours = [&] { reducer.all_reduce_sum(p, n); };
+    auto mpi = [&] { MPI_Allreduce(MPI_IN_PLACE, p, int(n), MPI_FLOAT, MPI_SUM, world.get()); };
+    row.tapestry_wrong = count_wrong(v, ours, world);
+    row.mpi_wrong = count_wrong(v, mpi, world);
+    Kokkos::deep_copy(v, 0.0f);  // timed calls sum zeros: no overflow, no denormals
+    const double t1 = time_op(ours, cfg.warmup, cfg.iters, world);
+    const double t2 = time_op(mpi, cfg.warmup, cfg.iters, world);
+    row.tapestry_us = t1 * 1e6;
+    row.tapestry_algbw = double(row.bytes) / t1 / 1e9;
+    row.tapestry_busbw = row.tapestry_algbw * bus;
+    row.mpi_us = t2 * 1e6;
+    row.mpi_algbw = double(row.bytes) / t2 / 1e9;
+    row.mpi_busbw = row.mpi_algbw * bus;
+    char line[256];
+    std::snprintf(line, sizeof(line), "%12lld %12lld | %10.1f %12.3f %11.3f %6lld | %10.1f %12.3f %11.3f %6lld\n",
+                  (long long)row.bytes, (long long)row.count, row.tapestry_us, row.tapestry_algbw,
+                  row.tapestry_busbw, (long long)row.tapestry_wrong, row.mpi_us, row.mpi_algbw, row.mpi_busbw,
+                  (long long)row.mpi_wrong);
+    out << line;
+    out.flush();
+    rows.push_back(row);
+  }
+  std::int64_t wrong = 0;
+  for (const auto& r : rows) wrong += r.tapestry_wrong + r.mpi_wrong;
+  out << "# out of bounds values: " << wrong << (wrong == 0 ? " OK" : " FAILED") << "\n";
+
+  if (!cfg.output.empty() && world.rank() == 0) {
+    const bool json = cfg.output.substr(cfg.output.rfind('.')) == ".json";
+    std::string s = json ? "{\"ranks\":" + std::to_string(P) + ",\"collectives\":\"" + coll->name() +
+                               "\",\"bucket_mb\":" + fmt("%g", cfg.bucket_mb) + ",\"rows\":[\n"
+                         : "ranks,bytes,count,tapestry_us,tapestry_algbw_gbs,tapestry_busbw_gbs,tapestry_wrong,"
+                           "mpi_us,mpi_algbw_gbs,mpi_busbw_gbs,mpi_wrong\n";
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const auto& r = rows[i];
+      if (json)
+        s += std::string(i ? ",\n" : "") + "{\"bytes\":" + std::to_string(r.bytes) + ",\"count\":" + std::to_string(r.count) +
+             ",\"tapestry\":{\"time_us\":" + fmt("%.3f", r.tapestry_us) + ",\"algbw_gbs\":" + fmt("%.4f", r.tapestry_algbw) +
+             ",\"busbw_gbs\":" + fmt("%.4f", r.tapestry_busbw) + ",\"wrong\":" + std::to_string(r.tapestry_wrong) +
+             "},\"mpi\":{\"time_us\":" + fmt("%.3f", r.mpi_us) + ",\"algbw_gbs\":" + fmt("%.4f", r.mpi_algbw) +
+             ",\"busbw_gbs\":" + fmt("%.4f", r.mpi_busbw) + ",\"wrong\":" + std::to_string(r.mpi_wrong) + "}}";
+      else
+        s += std::to_string(P) + "," + std::to_string(r.bytes) + "," + std::to_string(r.count) + "," +
+             fmt("%.3f", r.tapestry_us) + "," + fmt("%.4f", r.tapestry_algbw) + "," + fmt("%.4f", r.tapestry_busbw) +
+             "," + std::to_string(r.tapestry_wrong) + "," + fmt("%.3f", r.mpi_us) + "," + fmt("%.4f", r.mpi_algbw) +
+             "," + fmt("%.4f", r.mpi_busbw) + "," + std::to_string(r.mpi_wrong) + "\n";
+    }
+    if (json) s += "\n]}\n";
+    io::write_file_atomic(cfg.output, s);
+    out << "# wrote " << cfg.output << "\n";
+  }
+  require(wrong == 0, "bench allreduce: " + std::to_string(wrong) + " wrong values");
+  return rows;
+}
+
+}  // namespace tapestry::train
