@@ -9,6 +9,7 @@
 #include "tapestry/parallel/comm.hpp"
 #include "tapestry/parallel/runtime.hpp"
 #include "tapestry/train/bench.hpp"
+#include "tapestry/train/checkpointing.hpp"
 #include "tapestry/train/trainer.hpp"
 
 namespace {
@@ -45,6 +46,14 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
     case Command::bench_allreduce:
       par::agree(world, [&] { tapestry::validate(inv.bench_allreduce); });
       tapestry::train::bench_allreduce(inv.bench_allreduce, world, out);
+      return 0;
+    case Command::ckpt_info:
+    case Command::ckpt_verify:
+    case Command::ckpt_export:
+      if (rt.rank() != 0) return 0;  // serial tools
+      if (inv.command == Command::ckpt_info) tapestry::train::ckpt_info(inv.ckpt_path, out);
+      else if (inv.command == Command::ckpt_verify) tapestry::train::ckpt_verify(inv.ckpt_path, out);
+      else tapestry::train::ckpt_export_llmc(inv.ckpt_path, inv.ckpt_output, out);
       return 0;
     case Command::bench_gemm:
       tapestry::train::bench_gemm(inv.bench_gemm, out);

@@ -60,6 +60,10 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--val-data", c.val_data, "Validation token file")->group("Files");
   t->add_option("--init-from", c.init_from, "Start from an llm.c GPT-2 checkpoint (fp32, version 3)")->group("Files");
   t->add_option("--export-llmc", c.export_llmc, "After training, write the parameters as an llm.c checkpoint")->group("Files");
+  t->add_option("--ckpt-dir", c.ckpt_dir, "Directory of HDF5 checkpoints")->capture_default_str()->group("Checkpoints");
+  t->add_option("--save-every", c.save_every, "Save every N steps and at the end; 0: only on SIGTERM/SIGUSR1/SIGUSR2")->capture_default_str()->group("Checkpoints");
+  t->add_option("--keep", c.keep, "Keep the newest K checkpoints; 0: all")->capture_default_str()->group("Checkpoints");
+  t->add_option("--resume", c.resume, "auto (ckpt-dir/latest, if any) or a checkpoint file")->group("Checkpoints");
   t->add_option("--metrics-file", c.metrics_file, "Write one JSON line per step here")->group("Files");
 }
 
@@ -142,6 +146,16 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   ar->add_option("--collectives", ac.collectives, "mpi, nccl or auto")->capture_default_str();
   ar->add_option("--output,-o", ac.output, "Write the results to FILE.json or FILE.csv");
 
+  auto* ckpt = app.add_subcommand("ckpt", "Inspect, verify and convert HDF5 checkpoints");
+  ckpt->require_subcommand(1);
+  auto* info = ckpt->add_subcommand("info", "Config, step, layout, and every tensor with shape, size and norm");
+  info->add_option("checkpoint", inv.ckpt_path, "A checkpoint file (.h5)")->required();
+  auto* verify = ckpt->add_subcommand("verify", "Check completeness and every tensor's checksum");
+  verify->add_option("checkpoint", inv.ckpt_path, "A checkpoint file (.h5)")->required();
+  auto* exp = ckpt->add_subcommand("export", "Write the parameters as an llm.c checkpoint (for --init-from)");
+  exp->add_option("checkpoint", inv.ckpt_path, "A checkpoint file (.h5)")->required();
+  exp->add_option("--output,-o", inv.ckpt_output, "llm.c checkpoint to write")->required();
+
   try {
     app.parse(args);
   } catch (const CLI::Success& e) {
@@ -176,6 +190,9 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   else if (step->parsed()) inv.command = Command::bench_step;
   else if (gemm->parsed()) inv.command = Command::bench_gemm;
   else if (ar->parsed()) inv.command = Command::bench_allreduce;
+  else if (info->parsed()) inv.command = Command::ckpt_info;
+  else if (verify->parsed()) inv.command = Command::ckpt_verify;
+  else if (exp->parsed()) inv.command = Command::ckpt_export;
   return inv;
 }
 

@@ -89,6 +89,8 @@ void validate(const TrainConfig& c) {
   require(c.val_every == 0 || c.val_batches >= 1, "val_batches must be >= 1 when val_every > 0");
   require(c.val_every == 0 || !c.val_data.empty(), "val_every > 0 needs val_data");
   require(c.log_every >= 1, "log_every must be >= 1");
+  require(c.save_every >= 0, "save_every must be >= 0");
+  require(c.keep >= 0, "keep must be >= 0");
   require(!c.train_data.empty(), "train_data is not set");
   require(c.peak_flops > 0, "peak_flops must be > 0");
 }

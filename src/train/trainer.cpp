@@ -16,6 +16,7 @@
 #include "tapestry/optim/adamw.hpp"
 #include "tapestry/parallel/collectives.hpp"
 #include "tapestry/parallel/grad_reducer.hpp"
+#include "tapestry/train/checkpointing.hpp"
 
 namespace tapestry::train {
 
@@ -58,7 +59,37 @@ struct Run {
   std::unique_ptr<parallel::Collectives> coll;
   std::unique_ptr<parallel::GradReducer> reducer;
   View1<float> grad_shard;  // ZeRO-1: this rank's summed gradients
+  std::vector<io::FlatTensor> tensors;  // the checkpoint's view of the flat buffer
+  int start_step = 0;
+  double wall_before = 0;  // training seconds before this job (resumed runs)
+  std::string resumed_from;
 };
+
+std::string model_str(const ModelConfig& m) {
+  return "L=" + std::to_string(m.n_layer) + " H=" + std::to_string(m.n_head) + " C=" + std::to_string(m.d_model) +
+         " V=" + std::to_string(m.vocab_size) + "/" + std::to_string(m.vocab_padded()) +
+         " maxT=" + std::to_string(m.max_seq_len);
+}
+
+/// Loads parameters, AdamW moments and step, and the loader position from `path` (any layout).
+void resume_from(Run& r, const std::string& path) {
+  const auto st = io::read_checkpoint_state(path);
+  const auto& m = r.cfg.model;
+  require(model_str(st.model) == model_str(m), "checkpoint '" + path + "' holds model " + model_str(st.model) +
+                                                   " but the run asks for " + model_str(m));
+  auto params = Kokkos::create_mirror_view(r.gpt->params());
+  auto mm = Kokkos::create_mirror_view(r.adamw->m()), vv = Kokkos::create_mirror_view(r.adamw->v());
+  io::read_checkpoint_tensors(path, r.tensors, params.data(), params.extent(0), mm.data(), vv.data(),
+                              r.adamw->begin(), r.adamw->end());
+  Kokkos::deep_copy(r.gpt->params(), params);
+  Kokkos::deep_copy(r.adamw->m(), mm);
+  Kokkos::deep_copy(r.adamw->v(), vv);
+  r.adamw->set_steps_taken(st.adam_t);
+  r.train_loader->set_position({st.loader_file, st.loader_offset, st.loader_epoch});
+  r.start_step = int(st.step);
+  r.wall_before = st.wall_time_s;
+  r.resumed_from = path;
+}
 
 void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid, std::ostream& out) {
   TrainConfig& cfg = r.cfg;
@@ -96,8 +127,40 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   } else {
     r.adamw = std::make_unique<optim::AdamW>(cfg.optim, r.gpt->tensors(), 0, n);
   }
+  r.tensors = checkpoint_tensors(cfg.model);
+  const std::string resume = resolve_resume(cfg.resume, cfg.ckpt_dir);
+  if (!resume.empty()) resume_from(r, resume);
   r.coll = parallel::make_collectives(parallel::parse_backend(cfg.parallel.collectives), grid.dp());
   r.reducer = std::make_unique<parallel::FlatReducer>(*r.coll, std::size_t(cfg.parallel.bucket_mb * (1 << 20)));
+}
+
+/// Saves the run's state at `step` (collective over the DP group).
+std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wall) {
+  const auto& cfg = r.cfg;
+  io::CheckpointState st;
+  st.model = cfg.model;
+  st.optim = cfg.optim;
+  st.tp = grid.layout().tp(), st.pp = grid.layout().pp(), st.dp = grid.layout().dp(), st.zero = cfg.parallel.zero;
+  st.step = step;
+  st.total_steps = cfg.steps;
+  st.tokens_seen = std::int64_t(step) * cfg.global_batch * cfg.seq_len;
+  st.adam_t = r.adamw->steps_taken();
+  st.wall_time_s = wall;
+  st.program_version = TAPESTRY_VERSION;
+  st.train_data = cfg.train_data;
+  const auto pos = r.train_loader->position();
+  st.loader_file = pos.file, st.loader_offset = pos.offset, st.loader_epoch = pos.epoch;
+  st.batch_size = cfg.batch_size, st.seq_len = cfg.seq_len, st.global_batch = cfg.global_batch;
+  st.seed = cfg.seed;
+  const auto params = Kokkos::create_mirror_view_and_copy(HostSpace(), r.gpt->params());
+  const auto m = Kokkos::create_mirror_view_and_copy(HostSpace(), r.adamw->m());
+  const auto v = Kokkos::create_mirror_view_and_copy(HostSpace(), r.adamw->v());
+  // Each DP rank writes 1/dp of every buffer: replicated values are written once.
+  const std::size_t n = r.gpt->padded_size(), part = n / std::size_t(grid.dp().size());
+  const std::size_t b = part * std::size_t(grid.dp().rank());
+  io::RankSlice slice{params.data(), b, b + part, m.data(), v.data(), r.adamw->begin()};
+  CheckpointManager mgr(cfg.ckpt_dir, cfg.keep, grid.dp().get());
+  return mgr.save(st, r.tensors, slice);
 }
 
 }  // namespace
@@ -126,6 +189,9 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       << " (B=" << B << " per rank, grad_accum=" << cfg.grad_accum << ")" << (zero ? ", ZeRO-1" : "")
       << ", " << r.train_loader->num_tokens() << " training tokens, " << cfg.steps << " steps\n";
   if (dp > 1) out << "gradients: " << r.reducer->describe() << "\n";
+  if (!r.resumed_from.empty()) out << "resumed from " << r.resumed_from << " at step " << r.start_step << "\n";
+  install_stop_signals();
+  const auto run_start = Clock::now();
 
   std::ofstream metrics;
   if (root && !cfg.metrics_file.empty()) {
@@ -137,7 +203,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   std::vector<int> in, tg;
   View1<float> params = gpt.params(), grads = gpt.grads();
   const std::size_t n = gpt.padded_size();
-  for (int step = 0; step <= cfg.steps; ++step) {
+  for (int step = r.start_step; step <= cfg.steps; ++step) {
     if (r.val_loader && (step % cfg.val_every == 0 || step == cfg.steps)) {
       const ValRecord v{step, evaluate(gpt, blas, *r.val_loader, cfg.val_batches, dpc)};
       out << "step " << std::setw(5) << step << "/" << cfg.steps << " | val loss " << fmt("%.4f", v.loss) << "\n";
@@ -203,6 +269,21 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       metrics.flush();
     }
     result.steps.push_back(rec);
+    // Save on schedule, at the end, or when any rank got a stop signal (then exit cleanly).
+    int stop = stop_requested() ? 1 : 0;
+    MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, grid.world().get());
+    const bool scheduled = cfg.save_every > 0 && (rec.step % cfg.save_every == 0 || rec.step == cfg.steps);
+    if (scheduled || stop) {
+      const auto ts = Clock::now();
+      const std::string path = save(r, grid, rec.step, r.wall_before + since(run_start));
+      out << "saved checkpoint " << path << " (" << fmt("%.2f", since(ts)) << " s)\n";
+      out.flush();
+    }
+    if (stop) {
+      out << "stop signal received: saved at step " << rec.step << ", exiting\n";
+      result.stopped = true;
+      break;
+    }
   }
   double checksum = 0;
   {

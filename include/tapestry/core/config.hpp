@@ -67,6 +67,10 @@ struct TrainConfig {
   std::string init_from;     ///< llm.c GPT-2 checkpoint (optional)
   std::string export_llmc;   ///< write the final parameters as an llm.c checkpoint (optional)
   std::string metrics_file;  ///< JSONL, one record per step (optional)
+  std::string ckpt_dir = "checkpoints";  ///< where HDF5 checkpoints go
+  int save_every = 0;        ///< save every N steps (and at the end); 0: only on a stop signal
+  int keep = 3;              ///< keep the newest K checkpoints; 0: keep all
+  std::string resume;        ///< "", "auto" (ckpt_dir/latest if any) or a checkpoint path
   double peak_flops = 437e9;  ///< for MFU: FP32 FMA peak of the devices this rank uses
 };
 

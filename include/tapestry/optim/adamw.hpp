@@ -29,6 +29,10 @@ class AdamW {
   std::size_t end() const { return end_; }
 
   std::int64_t steps_taken() const { return t_; }
+  void set_steps_taken(std::int64_t t) { t_ = t; }
+  /// Moments of [begin, end).
+  View1<float> m() const { return m_; }
+  View1<float> v() const { return v_; }
   std::size_t state_bytes() const { return 2 * m_.span() * sizeof(float); }
 
  private:

@@ -27,6 +27,7 @@ struct TrainResult {
   std::vector<StepRecord> steps;
   std::vector<ValRecord> val;
   double param_checksum = 0;  ///< sum of all parameters at the end (equal on every rank)
+  bool stopped = false;       ///< ended early on a stop signal, after saving
 };
 
 /// \brief Trains per `cfg` on `grid` (collective over its world). Progress goes to `out` on world

@@ -1,0 +1,89 @@
+#pragma once
+/// \file
+/// \brief Checkpoints as one parallel-HDF5 file: every tensor at its full logical shape under a
+/// readable path, written collectively, each rank writing only its own slice; attributes describe
+/// the model, the run and the layout. Format: docs/checkpoint-format.md.
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tapestry/core/config.hpp"
+
+namespace tapestry::io {
+
+constexpr int kCheckpointFormatVersion = 1;
+constexpr const char* kCheckpointFormatName = "tapestry-checkpoint";
+
+/// \brief One tensor of the flat parameter buffer, as it appears in the file.
+struct FlatTensor {
+  std::string path;                  ///< under /model (parameters) and /optimizer/adam_{m,v}
+  std::vector<std::int64_t> shape;   ///< 1-D or 2-D
+  std::size_t offset = 0, size = 0;  ///< in the flat buffer
+  std::string llmc_name;             ///< e.g. "qkvw[3]" (layer 3 of llm.c's qkvw)
+};
+
+/// \brief Everything but the tensors.
+struct CheckpointState {
+  ModelConfig model;
+  OptimConfig optim;
+  int tp = 1, pp = 1, dp = 1, zero = 0;  ///< layout at save
+  std::int64_t step = 0;                 ///< optimizer steps taken
+  std::int64_t total_steps = 0;          ///< of the run's LR schedule
+  std::int64_t tokens_seen = 0;
+  std::int64_t adam_t = 0;               ///< AdamW's bias-correction step
+  double wall_time_s = 0;                ///< training time so far
+  std::string program_version;
+  // data loader
+  std::string train_data;
+  std::int64_t loader_file = 0, loader_offset = 0, loader_epoch = 0;
+  int batch_size = 0, seq_len = 0, global_batch = 0;
+  std::uint64_t seed = 0;  ///< initialisation seed (no randomness is drawn after initialisation)
+};
+
+/// \brief This rank's part of a checkpoint write or read: flat ranges of the parameter and AdamW
+/// buffers (host memory). Element 0 of `params` is flat index 0; element 0 of `m`/`v` is flat
+/// index `moments_begin`.
+struct RankSlice {
+  const float* params = nullptr;
+  std::size_t write_begin = 0, write_end = 0;  ///< flat range this rank writes (params, m and v)
+  const float* m = nullptr;
+  const float* v = nullptr;
+  std::size_t moments_begin = 0;
+};
+
+/// Writes `path` collectively over `comm` (every rank calls it). Each flat element in [0, n) must be
+/// written by exactly one rank. The file is complete only once this returns on every rank.
+void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointState& state,
+                      const std::vector<FlatTensor>& tensors, const RankSlice& slice);
+
+/// Reads the attributes. Throws tapestry::Error naming the file for a missing file, a file that is
+/// not a Tapestry checkpoint, an unknown format version or an incomplete write.
+CheckpointState read_checkpoint_state(const std::string& path);
+
+/// Reads flat parameters [0, n) into `params` and the AdamW moments of [m_begin, m_end) into
+/// `m` and `v` (each m_end - m_begin long); any rank, any layout. Throws tapestry::Error on a
+/// corrupted tensor (HDF5's Fletcher32 check) or a tensor of the wrong shape.
+void read_checkpoint_tensors(const std::string& path, const std::vector<FlatTensor>& tensors,
+                             float* params, std::size_t n, float* m, float* v, std::size_t m_begin,
+                             std::size_t m_end);
+
+/// \brief One tensor as `ckpt info` / `ckpt verify` report it.
+struct TensorReport {
+  std::string path;
+  std::vector<std::int64_t> shape;
+  double l2_norm = 0;
+  std::uint64_t checksum = 0, stored_checksum = 0;
+  bool ok = false;
+};
+
+/// Reads every tensor under /model and /optimizer/adam_{m,v}, recomputes norms and checksums. A
+/// dataset that is missing or fails Fletcher32 is reported with ok = false.
+std::vector<TensorReport> inspect_checkpoint(const std::string& path, const std::vector<FlatTensor>& tensors);
+
+/// Order-independent checksum of float data: sum of the IEEE-754 bit patterns as uint32, mod 2^64.
+std::uint64_t checksum(const float* x, std::size_t n);
+
+}  // namespace tapestry::io

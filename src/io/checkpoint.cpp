@@ -1,0 +1,411 @@
+#include "tapestry/io/checkpoint.hpp"
+
+#include <hdf5.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <utility>
+
+#include "tapestry/core/error.hpp"
+
+namespace tapestry::io {
+
+namespace {
+
+/// Owns one HDF5 identifier.
+class H5 {
+ public:
+  H5(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  ~H5() {
+    if (id_ >= 0) close_(id_);
+  }
+  H5(const H5&) = delete;
+  H5& operator=(const H5&) = delete;
+  H5(H5&& o) noexcept : id_(std::exchange(o.id_, -1)), close_(o.close_) {}
+  operator hid_t() const { return id_; }
+  bool ok() const { return id_ >= 0; }
+
+ private:
+  hid_t id_;
+  herr_t (*close_)(hid_t);
+};
+
+void check(herr_t r, const std::string& what) {
+  if (r < 0) throw Error(what);
+}
+
+/// HDF5 prints its own error stack by default; Tapestry reports one line instead.
+void quiet_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+// ---- attributes
+void attr(hid_t obj, const char* name, std::int64_t v) {
+  H5 space(H5Screate(H5S_SCALAR), H5Sclose);
+  H5 a(H5Acreate2(obj, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  check(H5Awrite(a, H5T_NATIVE_INT64, &v), std::string("cannot write attribute ") + name);
+}
+void attr(hid_t obj, const char* name, std::uint64_t v) {
+  H5 space(H5Screate(H5S_SCALAR), H5Sclose);
+  H5 a(H5Acreate2(obj, name, H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  check(H5Awrite(a, H5T_NATIVE_UINT64, &v), std::string("cannot write attribute ") + name);
+}
+void attr(hid_t obj, const char* name, double v) {
+  H5 space(H5Screate(H5S_SCALAR), H5Sclose);
+  H5 a(H5Acreate2(obj, name, H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  check(H5Awrite(a, H5T_NATIVE_DOUBLE, &v), std::string("cannot write attribute ") + name);
+}
+void attr(hid_t obj, const char* name, const std::string& v) {
+  H5 space(H5Screate(H5S_SCALAR), H5Sclose);
+  H5 type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type, std::max<std::size_t>(1, v.size()));
+  H5Tset_strpad(type, H5T_STR_NULLPAD);
+  H5 a(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  check(H5Awrite(a, type, v.empty() ? "" : v.data()), std::string("cannot write attribute ") + name);
+}
+void attr(hid_t obj, const char* name, int v) { attr(obj, name, std::int64_t(v)); }
+void attr(hid_t obj, const char* name, const char* v) { attr(obj, name, std::string(v)); }
+
+struct Reader {
+  std::string path;
+  bool has(hid_t obj, const char* name) const { return H5Aexists(obj, name) > 0; }
+  H5 open(hid_t obj, const char* name) const {
+    require(has(obj, name), "checkpoint '" + path + "' lacks attribute '" + name + "'");
+    return H5(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+  }
+  std::int64_t i64(hid_t obj, const char* name) const {
+    std::int64_t v = 0;
+    check(H5Aread(open(obj, name), H5T_NATIVE_INT64, &v), "checkpoint '" + path + "': bad attribute " + name);
+    return v;
+  }
+  std::uint64_t u64(hid_t obj, const char* name) const {
+    std::uint64_t v = 0;
+    check(H5Aread(open(obj, name), H5T_NATIVE_UINT64, &v), "checkpoint '" + path + "': bad attribute " + name);
+    return v;
+  }
+  double f64(hid_t obj, const char* name) const {
+    double v = 0;
+    check(H5Aread(open(obj, name), H5T_NATIVE_DOUBLE, &v), "checkpoint '" + path + "': bad attribute " + name);
+    return v;
+  }
+  std::string str(hid_t obj, const char* name) const {
+    H5 a = open(obj, name);
+    H5 type(H5Aget_type(a), H5Tclose);
+    require(H5Tget_class(type) == H5T_STRING, "checkpoint '" + path + "': attribute " + name + " is not a string");
+    std::string s(H5Tget_size(type), '\0');
+    check(H5Aread(a, type, s.data()), "checkpoint '" + path + "': bad attribute " + name);
+    s.resize(std::strlen(s.c_str()));
+    return s;
+  }
+};
+
+H5 group(hid_t file, const std::string& p) {
+  H5 lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl, 1);
+  H5 g(H5Gcreate2(file, p.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+  require(g.ok(), "cannot create group " + p);
+  return g;
+}
+
+/// Selects flat elements [a, b) of a 1-D or 2-D row-major dataspace (at most three blocks).
+void select_flat(hid_t space, const std::vector<std::int64_t>& shape, std::size_t a, std::size_t b) {
+  H5Sselect_none(space);
+  if (a >= b) return;
+  if (shape.size() == 1) {
+    hsize_t start = a, count = b - a;
+    H5Sselect_hyperslab(space, H5S_SELECT_SET, &start, nullptr, &count, nullptr);
+    return;
+  }
+  const std::size_t C = std::size_t(shape[1]);
+  bool first = true;
+  auto block = [&](std::size_t row, std::size_t col, std::size_t rows, std::size_t cols) {
+    if (rows == 0 || cols == 0) return;
+    hsize_t start[2] = {row, col}, count[2] = {rows, cols};
+    H5Sselect_hyperslab(space, first ? H5S_SELECT_SET : H5S_SELECT_OR, start, nullptr, count, nullptr);
+    first = false;
+  };
+  std::size_t r0 = a / C, c0 = a % C;
+  const std::size_t r1 = b / C, c1 = b % C;
+  if (r0 == r1) {
+    block(r0, c0, 1, c1 - c0);
+    return;
+  }
+  if (c0 > 0) {
+    block(r0, c0, 1, C - c0);
+    ++r0;
+  }
+  block(r0, 0, r1 - r0, C);
+  block(r1, 0, 1, c1);
+}
+
+std::vector<hsize_t> dims(const std::vector<std::int64_t>& shape) {
+  return std::vector<hsize_t>(shape.begin(), shape.end());
+}
+
+/// Chunks of about 1 MiB, whole rows.
+std::vector<hsize_t> chunk_dims(const std::vector<std::int64_t>& shape) {
+  const hsize_t target = (1u << 20) / sizeof(float);
+  if (shape.size() == 1) return {std::min<hsize_t>(hsize_t(shape[0]), target)};
+  const hsize_t C = hsize_t(shape[1]);
+  return {std::max<hsize_t>(1, std::min<hsize_t>(hsize_t(shape[0]), target / C)), C};
+}
+
+std::string shape_str(const std::vector<std::int64_t>& s) {
+  std::string r = "(";
+  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + ")";
+}
+
+H5 open_file(const std::string& path) {
+  quiet_hdf5();
+  {
+    std::ifstream f(path, std::ios::binary);
+    require(bool(f), "cannot open checkpoint '" + path + "'");
+  }
+  require(H5Fis_hdf5(path.c_str()) > 0, "checkpoint '" + path + "' is not an HDF5 file (truncated or not a checkpoint)");
+  H5 file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  require(file.ok(), "checkpoint '" + path + "' cannot be opened by HDF5 (truncated or corrupted)");
+  return file;
+}
+
+}  // namespace
+
+std::uint64_t checksum(const float* x, std::size_t n) {
+  std::uint64_t s = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    s += u;
+  }
+  return s;
+}
+
+void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointState& st,
+                      const std::vector<FlatTensor>& tensors, const RankSlice& slice) {
+  quiet_hdf5();
+  H5 fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+  H5 file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), H5Fclose);
+  require(file.ok(), "cannot create checkpoint file '" + path + "'");
+  H5 dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
+  H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+  H5 lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl, 1);
+
+  // Every dataset: created collectively; each rank writes its part of the flat range.
+  auto write_tensors = [&](const std::string& prefix, const float* data, std::size_t data_begin) {
+    for (const auto& t : tensors) {
+      const auto d = dims(t.shape), c = chunk_dims(t.shape);
+      H5 space(H5Screate_simple(int(d.size()), d.data(), nullptr), H5Sclose);
+      H5 dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+      H5Pset_chunk(dcpl, int(c.size()), c.data());
+      H5Pset_fletcher32(dcpl);
+      const std::string name = prefix + "/" + t.path;
+      H5 ds(H5Dcreate2(file, name.c_str(), H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT), H5Dclose);
+      require(ds.ok(), "cannot create dataset " + name + " in '" + path + "'");
+      const std::size_t lo = std::max(t.offset, slice.write_begin), hi = std::min(t.offset + t.size, slice.write_end);
+      const std::size_t n = hi > lo ? hi - lo : 0;
+      select_flat(space, t.shape, n ? lo - t.offset : 0, n ? hi - t.offset : 0);
+      const hsize_t mn = std::max<std::size_t>(n, 1);
+      H5 mem(H5Screate_simple(1, &mn, nullptr), H5Sclose);
+      if (n == 0) H5Sselect_none(mem);
+      const float* src = n ? data + (lo - data_begin) : data;
+      check(H5Dwrite(ds, H5T_NATIVE_FLOAT, mem, space, dxpl, src), "writing " + name + " to '" + path + "' failed");
+      std::uint64_t sum = n ? checksum(src, n) : 0;
+      MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, comm);
+      attr(ds, "checksum", sum);
+      attr(ds, "llmc_name", t.llmc_name);
+      attr(ds, "layout", t.shape.size() == 2 ? "row-major (out_features, in_features) or (rows, channels)" : "vector");
+    }
+  };
+
+  {
+    H5 g = group(file, "/model");
+    attr(g, "n_layer", st.model.n_layer);
+    attr(g, "n_head", st.model.n_head);
+    attr(g, "d_model", st.model.d_model);
+    attr(g, "max_seq_len", st.model.max_seq_len);
+    attr(g, "vocab_size", st.model.vocab_size);
+    attr(g, "padded_vocab_size", st.model.vocab_padded());
+    attr(g, "architecture", "GPT-2: learned positions, pre-LayerNorm, GELU(tanh) MLP, tied output layer");
+    attr(g, "dtype", "float32");
+  }
+  write_tensors("/model", slice.params, 0);
+  {
+    H5 g = group(file, "/optimizer");
+    attr(g, "name", "adamw");
+    attr(g, "t", st.adam_t);
+    attr(g, "lr", st.optim.lr);
+    attr(g, "min_lr_ratio", st.optim.min_lr_ratio);
+    attr(g, "warmup_steps", st.optim.warmup_steps);
+    attr(g, "total_steps", st.total_steps);
+    attr(g, "schedule", "linear warmup, then cosine decay to lr * min_lr_ratio at total_steps");
+    attr(g, "beta1", st.optim.beta1);
+    attr(g, "beta2", st.optim.beta2);
+    attr(g, "eps", st.optim.eps);
+    attr(g, "weight_decay", st.optim.weight_decay);
+    attr(g, "grad_clip", st.optim.grad_clip);
+  }
+  write_tensors("/optimizer/adam_m", slice.m, slice.moments_begin);
+  write_tensors("/optimizer/adam_v", slice.v, slice.moments_begin);
+  {
+    H5 g = group(file, "/data");
+    attr(g, "train_data", st.train_data);
+    attr(g, "file_index", st.loader_file);
+    attr(g, "offset_tokens", st.loader_offset);
+    attr(g, "epoch", st.loader_epoch);
+    attr(g, "batch_size", st.batch_size);
+    attr(g, "seq_len", st.seq_len);
+    attr(g, "global_batch", st.global_batch);
+  }
+  {
+    H5 g = group(file, "/rng");
+    attr(g, "init_seed", st.seed);
+    attr(g, "note", "parameters are initialised from init_seed; no random numbers are drawn after that");
+  }
+  H5 root(H5Gopen2(file, "/", H5P_DEFAULT), H5Gclose);
+  attr(root, "format", kCheckpointFormatName);
+  attr(root, "format_version", kCheckpointFormatVersion);
+  attr(root, "program_version", st.program_version);
+  attr(root, "step", st.step);
+  attr(root, "tokens_seen", st.tokens_seen);
+  attr(root, "wall_time_s", st.wall_time_s);
+  attr(root, "tp", st.tp);
+  attr(root, "pp", st.pp);
+  attr(root, "dp", st.dp);
+  attr(root, "zero", st.zero);
+  const std::time_t now = std::time(nullptr);
+  char iso[32];
+  std::strftime(iso, sizeof(iso), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  std::string created(iso);
+  MPI_Bcast(created.data(), int(created.size()), MPI_CHAR, 0, comm);  // identical on all ranks
+  attr(root, "created_utc", created);
+  attr(root, "complete", std::int64_t(1));  // last: a file without it was cut short
+  check(H5Fflush(file, H5F_SCOPE_GLOBAL), "flushing '" + path + "' failed (disk full?)");
+}
+
+CheckpointState read_checkpoint_state(const std::string& path) {
+  H5 file = open_file(path);
+  Reader r{path};
+  H5 root(H5Gopen2(file, "/", H5P_DEFAULT), H5Gclose);
+  require(r.has(root, "format") && r.str(root, "format") == kCheckpointFormatName,
+          "'" + path + "' is an HDF5 file but not a Tapestry checkpoint");
+  const auto version = r.i64(root, "format_version");
+  require(version == kCheckpointFormatVersion, "checkpoint '" + path + "' has format version " +
+                                                   std::to_string(version) + "; this program reads version " +
+                                                   std::to_string(kCheckpointFormatVersion));
+  require(r.has(root, "complete") && r.i64(root, "complete") == 1,
+          "checkpoint '" + path + "' is incomplete (its write was cut short)");
+  CheckpointState st;
+  st.program_version = r.str(root, "program_version");
+  st.step = r.i64(root, "step");
+  st.tokens_seen = r.i64(root, "tokens_seen");
+  st.wall_time_s = r.f64(root, "wall_time_s");
+  st.tp = int(r.i64(root, "tp"));
+  st.pp = int(r.i64(root, "pp"));
+  st.dp = int(r.i64(root, "dp"));
+  st.zero = int(r.i64(root, "zero"));
+  H5 model(H5Gopen2(file, "/model", H5P_DEFAULT), H5Gclose);
+  require(model.ok(), "checkpoint '" + path + "' has no /model group");
+  st.model.n_layer = int(r.i64(model, "n_layer"));
+  st.model.n_head = int(r.i64(model, "n_head"));
+  st.model.d_model = int(r.i64(model, "d_model"));
+  st.model.max_seq_len = int(r.i64(model, "max_seq_len"));
+  st.model.vocab_size = int(r.i64(model, "vocab_size"));
+  st.model.padded_vocab_size = int(r.i64(model, "padded_vocab_size"));
+  H5 opt(H5Gopen2(file, "/optimizer", H5P_DEFAULT), H5Gclose);
+  require(opt.ok(), "checkpoint '" + path + "' has no /optimizer group");
+  st.adam_t = r.i64(opt, "t");
+  st.total_steps = r.i64(opt, "total_steps");
+  st.optim.lr = r.f64(opt, "lr");
+  st.optim.min_lr_ratio = r.f64(opt, "min_lr_ratio");
+  st.optim.warmup_steps = int(r.i64(opt, "warmup_steps"));
+  st.optim.beta1 = r.f64(opt, "beta1");
+  st.optim.beta2 = r.f64(opt, "beta2");
+  st.optim.eps = r.f64(opt, "eps");
+  st.optim.weight_decay = r.f64(opt, "weight_decay");
+  st.optim.grad_clip = r.f64(opt, "grad_clip");
+  H5 data(H5Gopen2(file, "/data", H5P_DEFAULT), H5Gclose);
+  require(data.ok(), "checkpoint '" + path + "' has no /data group");
+  st.train_data = r.str(data, "train_data");
+  st.loader_file = r.i64(data, "file_index");
+  st.loader_offset = r.i64(data, "offset_tokens");
+  st.loader_epoch = r.i64(data, "epoch");
+  st.batch_size = int(r.i64(data, "batch_size"));
+  st.seq_len = int(r.i64(data, "seq_len"));
+  st.global_batch = int(r.i64(data, "global_batch"));
+  H5 rng(H5Gopen2(file, "/rng", H5P_DEFAULT), H5Gclose);
+  require(rng.ok(), "checkpoint '" + path + "' has no /rng group");
+  st.seed = r.u64(rng, "init_seed");
+  return st;
+}
+
+void read_checkpoint_tensors(const std::string& path, const std::vector<FlatTensor>& tensors, float* params,
+                             std::size_t n, float* m, float* v, std::size_t m_begin, std::size_t m_end) {
+  H5 file = open_file(path);
+  auto read = [&](const std::string& name, const FlatTensor& t, float* dst, std::size_t a, std::size_t b) {
+    H5 ds(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
+    require(ds.ok(), "checkpoint '" + path + "' lacks tensor " + name);
+    H5 space(H5Dget_space(ds), H5Sclose);
+    std::vector<hsize_t> d(std::size_t(std::max(0, H5Sget_simple_extent_ndims(space))));
+    H5Sget_simple_extent_dims(space, d.data(), nullptr);
+    std::vector<std::int64_t> got(d.begin(), d.end());
+    require(got == t.shape, "checkpoint '" + path + "': tensor " + name + " has shape " + shape_str(got) +
+                                ", the run expects " + shape_str(t.shape));
+    if (a >= b) return;
+    select_flat(space, t.shape, a, b);
+    const hsize_t mn = b - a;
+    H5 mem(H5Screate_simple(1, &mn, nullptr), H5Sclose);
+    check(H5Dread(ds, H5T_NATIVE_FLOAT, mem, space, H5P_DEFAULT, dst),
+          "checkpoint '" + path + "': tensor " + name + " is corrupted (Fletcher32 checksum mismatch) or unreadable");
+  };
+  for (const auto& t : tensors) {
+    require(t.offset + t.size <= n, "read_checkpoint_tensors: tensor outside the buffer");
+    read("/model/" + t.path, t, params + t.offset, 0, t.size);
+    const std::size_t lo = std::max(t.offset, m_begin), hi = std::min(t.offset + t.size, m_end);
+    if (lo < hi) {
+      read("/optimizer/adam_m/" + t.path, t, m + (lo - m_begin), lo - t.offset, hi - t.offset);
+      read("/optimizer/adam_v/" + t.path, t, v + (lo - m_begin), lo - t.offset, hi - t.offset);
+    }
+  }
+}
+
+std::vector<TensorReport> inspect_checkpoint(const std::string& path, const std::vector<FlatTensor>& tensors) {
+  H5 file = open_file(path);
+  std::vector<TensorReport> out;
+  std::vector<std::string> names;
+  for (const char* prefix : {"/model/", "/optimizer/adam_m/", "/optimizer/adam_v/"})
+    for (const auto& t : tensors) names.push_back(prefix + t.path);
+  Reader r{path};
+  for (const auto& name : names) {
+    TensorReport rep;
+    rep.path = name;
+    H5 ds(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!ds.ok()) {  // missing: incomplete
+      out.push_back(rep);
+      continue;
+    }
+    H5 space(H5Dget_space(ds), H5Sclose);
+    std::vector<hsize_t> d(std::size_t(std::max(0, H5Sget_simple_extent_ndims(space))));
+    H5Sget_simple_extent_dims(space, d.data(), nullptr);
+    rep.shape.assign(d.begin(), d.end());
+    std::size_t n = 1;
+    for (auto x : d) n *= std::size_t(x);
+    std::vector<float> buf(n);
+    const bool read_ok = H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data()) >= 0;
+    if (read_ok) {
+      double s = 0;
+      for (float x : buf) s += double(x) * double(x);
+      rep.l2_norm = std::sqrt(s);
+      rep.checksum = checksum(buf.data(), n);
+    }
+    rep.stored_checksum = r.has(ds, "checksum") ? r.u64(ds, "checksum") : 0;
+    rep.ok = read_ok && r.has(ds, "checksum") && rep.checksum == rep.stored_checksum;
+    out.push_back(rep);
+  }
+  return out;
+}
+
+}  // namespace tapestry::io

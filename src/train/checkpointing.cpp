@@ -1,0 +1,191 @@
+#include "tapestry/train/checkpointing.hpp"
+
+#include <algorithm>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <regex>
+
+#include "tapestry/core/error.hpp"
+#include "tapestry/io/llmc_checkpoint.hpp"
+#include "tapestry/io/token_file.hpp"
+#include "tapestry/model/gpt.hpp"
+
+namespace fs = std::filesystem;
+
+namespace tapestry::train {
+
+std::vector<io::FlatTensor> checkpoint_tensors(const ModelConfig& m) {
+  // llm.c name -> (where inside a block or the model, what it is)
+  static const std::vector<std::pair<std::string, std::string>> names = {
+      {"wte", "embedding/token/weight"},   {"wpe", "embedding/position/weight"},
+      {"ln1w", "ln1/weight"},              {"ln1b", "ln1/bias"},
+      {"qkvw", "attn/qkv/weight"},         {"qkvb", "attn/qkv/bias"},
+      {"attprojw", "attn/proj/weight"},    {"attprojb", "attn/proj/bias"},
+      {"ln2w", "ln2/weight"},              {"ln2b", "ln2/bias"},
+      {"fcw", "mlp/fc/weight"},            {"fcb", "mlp/fc/bias"},
+      {"fcprojw", "mlp/proj/weight"},      {"fcprojb", "mlp/proj/bias"},
+      {"lnfw", "final_ln/weight"},         {"lnfb", "final_ln/bias"}};
+  std::vector<io::FlatTensor> out;
+  for (const auto& t : model::param_layout(m)) {
+    std::string where;
+    for (const auto& [k, v] : names)
+      if (k == t.name) where = v;
+    const bool per_layer = t.name != "wte" && t.name != "wpe" && t.name != "lnfw" && t.name != "lnfb";
+    if (!per_layer) {
+      out.push_back({where, t.shape, t.offset, t.size, t.name});
+      continue;
+    }
+    const std::vector<std::int64_t> shape(t.shape.begin() + 1, t.shape.end());
+    const std::size_t per = t.size / std::size_t(m.n_layer);
+    for (int l = 0; l < m.n_layer; ++l) {
+      char block[32];
+      std::snprintf(block, sizeof(block), "blocks/%02d/", l);
+      out.push_back({block + where, shape, t.offset + std::size_t(l) * per, per, t.name + "[" + std::to_string(l) + "]"});
+    }
+  }
+  return out;
+}
+
+CheckpointManager::CheckpointManager(std::string dir, int keep, MPI_Comm comm)
+    : dir_(std::move(dir)), keep_(keep), comm_(comm) {}
+
+std::string CheckpointManager::save(const io::CheckpointState& state, const std::vector<io::FlatTensor>& tensors,
+                                    const io::RankSlice& slice) {
+  int rank = 0;
+  MPI_Comm_rank(comm_, &rank);
+  char name[64];
+  std::snprintf(name, sizeof(name), "step_%08lld.h5", static_cast<long long>(state.step));
+  const fs::path final_path = fs::path(dir_) / name, tmp = fs::path(dir_) / (std::string(name) + ".tmp");
+  int ok = 1;
+  if (rank == 0) {
+    std::error_code ec;
+    fs::create_directories(dir_, ec);
+    ok = ec ? 0 : 1;
+  }
+  MPI_Bcast(&ok, 1, MPI_INT, 0, comm_);
+  require(ok == 1, "cannot create checkpoint directory '" + dir_ + "'");
+  io::write_checkpoint(tmp.string(), comm_, state, tensors, slice);
+  // Verify on rank 0, then publish: rename, then `latest` (itself written atomically).
+  std::string failure;
+  if (rank == 0) {
+    try {
+      io::read_checkpoint_state(tmp.string());
+      for (const auto& rep : io::inspect_checkpoint(tmp.string(), tensors))
+        require(rep.ok, "checkpoint '" + tmp.string() + "': tensor " + rep.path + " failed verification");
+      fs::rename(tmp, final_path);
+      io::write_file_atomic((fs::path(dir_) / "latest").string(), std::string(name) + "\n");
+      // Keep the newest `keep` checkpoints.
+      std::vector<fs::path> all;
+      for (const auto& e : fs::directory_iterator(dir_))
+        if (std::regex_match(e.path().filename().string(), std::regex("step_[0-9]{8}\\.h5"))) all.push_back(e.path());
+      std::sort(all.begin(), all.end());
+      for (std::size_t i = 0; keep_ > 0 && i + std::size_t(keep_) < all.size(); ++i) fs::remove(all[i]);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  }
+  int bad = failure.empty() ? 0 : 1;
+  MPI_Bcast(&bad, 1, MPI_INT, 0, comm_);
+  if (bad) {
+    if (rank == 0) throw Error(failure);
+    throw Error("checkpoint save failed on rank 0");
+  }
+  return final_path.string();
+}
+
+std::string resolve_resume(const std::string& resume, const std::string& dir) {
+  if (resume.empty()) return "";
+  if (resume != "auto") return resume;
+  const fs::path latest = fs::path(dir) / "latest";
+  std::ifstream f(latest);
+  if (!f) return "";
+  std::string name;
+  std::getline(f, name);
+  require(!name.empty(), "'" + latest.string() + "' is empty");
+  return (fs::path(dir) / name).string();
+}
+
+namespace {
+volatile std::sig_atomic_t g_stop = 0;  // written only by the signal handler
+extern "C" void on_stop_signal(int) { g_stop = 1; }
+}  // namespace
+
+void install_stop_signals() {
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGUSR1, on_stop_signal);
+  std::signal(SIGUSR2, on_stop_signal);
+}
+
+bool stop_requested() { return g_stop != 0; }
+
+namespace {
+std::string human_bytes(double b) {
+  const char* u[] = {"B", "KiB", "MiB", "GiB"};
+  int i = 0;
+  while (b >= 1024 && i < 3) b /= 1024, ++i;
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f %s", b, u[i]);
+  return buf;
+}
+}  // namespace
+
+void ckpt_info(const std::string& path, std::ostream& out) {
+  const auto st = io::read_checkpoint_state(path);
+  const auto& m = st.model;
+  out << path << ": Tapestry checkpoint, format " << io::kCheckpointFormatVersion << ", written by tapestry "
+      << st.program_version << "\n"
+      << "  step " << st.step << " of " << st.total_steps << ", " << st.tokens_seen << " tokens seen, "
+      << std::fixed << std::setprecision(1) << st.wall_time_s << " s of training\n" << std::defaultfloat
+      << std::setprecision(6)
+      << "  model: GPT-2 L=" << m.n_layer << " H=" << m.n_head << " C=" << m.d_model << " V=" << m.vocab_size
+      << " (padded " << m.vocab_padded() << ") max_seq_len=" << m.max_seq_len << ", " << m.num_parameters()
+      << " parameters\n"
+      << "  saved on layout tp=" << st.tp << " pp=" << st.pp << " dp=" << st.dp << " zero=" << st.zero << "\n"
+      << "  optimizer: AdamW t=" << st.adam_t << " lr=" << st.optim.lr << " betas=(" << st.optim.beta1 << ", "
+      << st.optim.beta2 << ") eps=" << st.optim.eps << " weight_decay=" << st.optim.weight_decay << "\n"
+      << "  data: " << st.train_data << " file " << st.loader_file << " offset " << st.loader_offset << " epoch "
+      << st.loader_epoch << " (B=" << st.batch_size << " T=" << st.seq_len << " global batch " << st.global_batch
+      << ")\n";
+  out << "  " << std::left << std::setw(44) << "tensor" << std::setw(16) << "shape" << std::setw(12) << "size"
+      << "L2 norm\n";
+  auto reports = io::inspect_checkpoint(path, checkpoint_tensors(m));
+  std::stable_sort(reports.begin(), reports.end(), [](const auto& a, const auto& b) { return a.path < b.path; });
+  for (const auto& r : reports) {
+    std::string shape = "(";
+    std::size_t n = 1;
+    for (std::size_t i = 0; i < r.shape.size(); ++i) shape += (i ? ", " : "") + std::to_string(r.shape[i]), n *= std::size_t(r.shape[i]);
+    shape += ")";
+    out << "  " << std::setw(44) << r.path << std::setw(16) << shape << std::setw(12) << human_bytes(4.0 * double(n))
+        << std::setprecision(6) << std::defaultfloat << r.l2_norm << (r.ok ? "" : "  CORRUPTED") << "\n";
+  }
+}
+
+void ckpt_verify(const std::string& path, std::ostream& out) {
+  const auto st = io::read_checkpoint_state(path);
+  const auto reports = io::inspect_checkpoint(path, checkpoint_tensors(st.model));
+  std::size_t bad = 0;
+  std::string first;
+  for (const auto& r : reports)
+    if (!r.ok) {
+      if (first.empty()) first = r.path;
+      ++bad;
+    }
+  require(bad == 0, "checkpoint '" + path + "': " + std::to_string(bad) + " of " + std::to_string(reports.size()) +
+                        " tensors failed verification (first: " + first + ")");
+  out << path << ": OK (complete, " << reports.size() << " tensors, all checksums match, step " << st.step << ")\n";
+}
+
+void ckpt_export_llmc(const std::string& path, const std::string& out_path, std::ostream& out) {
+  const auto st = io::read_checkpoint_state(path);
+  const auto tensors = checkpoint_tensors(st.model);
+  const std::size_t n = std::size_t(st.model.num_parameters());
+  std::vector<float> params(n);
+  io::read_checkpoint_tensors(path, tensors, params.data(), n, nullptr, nullptr, 0, 0);
+  io::write_llmc_checkpoint(out_path, st.model, params);
+  out << "wrote llm.c checkpoint " << out_path << " (" << n << " parameters, step " << st.step << ")\n";
+}
+
+}  // namespace tapestry::train
