@@ -99,6 +99,7 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   CLI::App app{"Tapestry: train one GPT across several supercomputers (Kokkos + MPI + HDF5)", "tapestry"};
   app.set_version_flag("--version", std::string("tapestry ") + TAPESTRY_VERSION);
   app.require_subcommand(1);
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag wins
 
   auto* train = app.add_subcommand("train", "Train a GPT-2 style model");
   std::string config_file;

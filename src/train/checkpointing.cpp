@@ -78,9 +78,13 @@ std::string CheckpointManager::save(const io::CheckpointState& state, const std:
       fs::rename(tmp, final_path);
       io::write_file_atomic((fs::path(dir_) / "latest").string(), std::string(name) + "\n");
       // Keep the newest `keep` checkpoints.
+      // Keep the newest `keep`; drop temporaries of writes that were cut short earlier.
       std::vector<fs::path> all;
-      for (const auto& e : fs::directory_iterator(dir_))
-        if (std::regex_match(e.path().filename().string(), std::regex("step_[0-9]{8}\\.h5"))) all.push_back(e.path());
+      for (const auto& e : fs::directory_iterator(dir_)) {
+        const std::string f = e.path().filename().string();
+        if (std::regex_match(f, std::regex("step_[0-9]{8}\\.h5"))) all.push_back(e.path());
+        if (std::regex_match(f, std::regex("step_[0-9]{8}\\.h5\\.tmp"))) fs::remove(e.path());
+      }
       std::sort(all.begin(), all.end());
       for (std::size_t i = 0; keep_ > 0 && i + std::size_t(keep_) < all.size(); ++i) fs::remove(all[i]);
     } catch (const std::exception& e) {
