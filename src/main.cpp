@@ -47,6 +47,10 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
       par::agree(world, [&] { tapestry::validate(inv.bench_allreduce); });
       tapestry::train::bench_allreduce(inv.bench_allreduce, world, out);
       return 0;
+    case Command::bench_ckpt:
+      par::agree(world, [&] { tapestry::validate(inv.bench_ckpt.model); });
+      tapestry::train::bench_ckpt(inv.bench_ckpt, world, out);
+      return 0;
     case Command::ckpt_info:
     case Command::ckpt_verify:
     case Command::ckpt_export:

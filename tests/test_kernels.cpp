@@ -33,7 +33,9 @@ V naive_matmul(const V& x, const V& w, const V& b, int N, int C, int OC) {
 
 TEST_CASE("matmul forward matches the naive product and backward matches finite differences", "[kernels][matmul]") {
   Blas blas;
-  for (auto [N, C, OC] : {std::tuple{13, 7, 5}, std::tuple{1, 1, 1}, std::tuple{4, 17, 3}, std::tuple{0, 3, 2}}) {
+  // Named locals, not structured bindings: lambdas below capture them (C++20 only for bindings).
+  for (const auto& shape : {std::tuple{13, 7, 5}, std::tuple{1, 1, 1}, std::tuple{4, 17, 3}, std::tuple{0, 3, 2}}) {
+    const int N = std::get<0>(shape), C = std::get<1>(shape), OC = std::get<2>(shape);
     for (bool with_bias : {true, false}) {
       CAPTURE(N, C, OC, with_bias);
       const V x = randn(std::size_t(N) * C, 1), w = randn(std::size_t(OC) * C, 2);
@@ -88,7 +90,8 @@ V naive_layernorm(const V& x, const V& w, const V& b, int N, int C) {
 
 TEST_CASE("layernorm forward matches the naive reference and backward matches finite differences", "[kernels][layernorm]") {
   ExecSpace ex;
-  for (auto [N, C] : {std::pair{13, 7}, std::pair{1, 1}, std::pair{3, 64}}) {
+  for (const auto& shape : {std::pair{13, 7}, std::pair{1, 1}, std::pair{3, 64}}) {
+    const int N = shape.first, C = shape.second;
     CAPTURE(N, C);
     const V x = randn(std::size_t(N) * C, 11), w = randn(std::size_t(C), 12), b = randn(std::size_t(C), 13);
     const V wout = randn(std::size_t(N) * C, 14);
@@ -142,7 +145,8 @@ V naive_attention(const V& qkv, int B, int T, int C, int NH) {
 
 TEST_CASE("attention forward matches the naive reference and backward matches finite differences", "[kernels][attention]") {
   Blas blas;
-  for (auto [B, T, C, NH] : {std::tuple{2, 5, 6, 2}, std::tuple{1, 1, 1, 1}, std::tuple{1, 13, 9, 3}}) {
+  for (const auto& shape : {std::tuple{2, 5, 6, 2}, std::tuple{1, 1, 1, 1}, std::tuple{1, 13, 9, 3}}) {
+    const int B = std::get<0>(shape), T = std::get<1>(shape), C = std::get<2>(shape), NH = std::get<3>(shape);
     CAPTURE(B, T, C, NH);
     const V qkv = randn(std::size_t(B) * T * 3 * C, 21);
     const V wout = randn(std::size_t(B) * T * C, 22);
@@ -240,7 +244,8 @@ TEST_CASE("embedding forward gathers rows and backward scatters deterministicall
 // ---------------------------------------------------------------- softmax + cross-entropy
 TEST_CASE("softmax cross-entropy ignores padded columns and its backward matches finite differences", "[kernels][xent]") {
   ExecSpace ex;
-  for (auto [N, Vr, Vp] : {std::tuple{5, 7, 9}, std::tuple{1, 2, 2}, std::tuple{13, 11, 16}}) {
+  for (const auto& shape : {std::tuple{5, 7, 9}, std::tuple{1, 2, 2}, std::tuple{13, 11, 16}}) {
+    const int N = std::get<0>(shape), Vr = std::get<1>(shape), Vp = std::get<2>(shape);
     CAPTURE(N, Vr, Vp);
     V logits = randn(std::size_t(N) * Vp, 61, 3.0);
     for (int n = 0; n < N; ++n)

@@ -147,6 +147,13 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   ar->add_option("--collectives", ac.collectives, "mpi, nccl or auto")->capture_default_str();
   ar->add_option("--output,-o", ac.output, "Write the results to FILE.json or FILE.csv");
 
+  auto* bck = bench->add_subcommand("ckpt", "Checkpoint write/read seconds and GB/s (parameters + AdamW state)");
+  auto& bc = inv.bench_ckpt;
+  bc.model = bs.model;
+  add_model_options(bck, bc.model);
+  bck->add_option("--dir", bc.dir, "Directory for the test file (on the file system to qualify)")->capture_default_str();
+  bck->add_option("--iters", bc.iters, "Repetitions")->capture_default_str();
+
   auto* ckpt = app.add_subcommand("ckpt", "Inspect, verify and convert HDF5 checkpoints");
   ckpt->require_subcommand(1);
   auto* info = ckpt->add_subcommand("info", "Config, step, layout, and every tensor with shape, size and norm");
@@ -191,6 +198,7 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   else if (step->parsed()) inv.command = Command::bench_step;
   else if (gemm->parsed()) inv.command = Command::bench_gemm;
   else if (ar->parsed()) inv.command = Command::bench_allreduce;
+  else if (bck->parsed()) inv.command = Command::bench_ckpt;
   else if (info->parsed()) inv.command = Command::ckpt_info;
   else if (verify->parsed()) inv.command = Command::ckpt_verify;
   else if (exp->parsed()) inv.command = Command::ckpt_export;

@@ -15,6 +15,9 @@
 #include "tapestry/optim/adamw.hpp"
 #include "tapestry/parallel/collectives.hpp"
 #include "tapestry/parallel/grad_reducer.hpp"
+#include "tapestry/io/checkpoint.hpp"
+#include "tapestry/train/checkpointing.hpp"
+#include <filesystem>
 
 namespace tapestry::train {
 
@@ -122,6 +125,50 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
     io::write_file_atomic(cfg.json, j);
   }
   return r;
+}
+
+void bench_ckpt(const BenchCkptConfig& cfg, const parallel::Comm& world, std::ostream& out_root) {
+  validate(cfg.model);
+  std::ofstream null_sink;
+  std::ostream& out = world.rank() == 0 ? out_root : null_sink;
+  const int P = world.size(), r = world.rank();
+  model::GPT gpt(cfg.model, 1, 1, std::size_t(P));
+  gpt.init_random(1);
+  const std::size_t n = gpt.padded_size(), part = n / std::size_t(P), b = part * std::size_t(r);
+  std::vector<float> m(part, 1e-3f), v(part, 1e-6f);
+  const auto params = Kokkos::create_mirror_view_and_copy(HostSpace(), gpt.params());
+  const auto tensors = checkpoint_tensors(cfg.model);
+  io::CheckpointState st;
+  st.model = cfg.model;
+  st.dp = P, st.zero = 1, st.program_version = "bench";
+  if (r == 0) std::filesystem::create_directories(cfg.dir);
+  world.barrier();
+  const std::string path = (std::filesystem::path(cfg.dir) / "bench.h5").string();
+  const double bytes = 3.0 * double(gpt.num_params()) * 4.0;
+  double wsum = 0, rsum = 0;
+  std::vector<float> back(n), mb(part), vb(part);
+  for (int it = 0; it < cfg.iters; ++it) {
+    world.barrier();
+    auto t0 = Clock::now();
+    io::write_checkpoint(path, world.get(), st, tensors, {params.data(), b, b + part, m.data(), v.data(), b});
+    world.barrier();
+    double w = since(t0);
+    t0 = Clock::now();
+    io::read_checkpoint_tensors(path, tensors, back.data(), n, mb.data(), vb.data(), b, b + part);
+    double rd = since(t0);
+    MPI_Allreduce(MPI_IN_PLACE, &rd, 1, MPI_DOUBLE, MPI_MAX, world.get());
+    wsum += w, rsum += rd;
+  }
+  require(std::equal(back.begin(), back.begin() + std::ptrdiff_t(gpt.num_params()), params.data()) && mb == m && vb == v,
+          "bench ckpt: read back differs from what was written");
+  const double w = wsum / cfg.iters, rd = rsum / cfg.iters;
+  out << "# bench ckpt: " << gpt.num_params() << " parameters + AdamW m, v = " << fmt("%.1f", bytes / 1e6)
+      << " MB of tensors, " << P << " ranks, " << cfg.iters << " iterations, file " << path << "\n"
+      << "  write " << fmt("%.2f", w) << " s  " << fmt("%.2f", bytes / w / 1e9) << " GB/s   (each rank writes 1/"
+      << P << ", collective MPI-IO, chunked + Fletcher32)\n"
+      << "  read  " << fmt("%.2f", rd) << " s  " << fmt("%.2f", bytes / rd / 1e9)
+      << " GB/s of file data  (every rank reads all parameters and 1/" << P << " of m and v; slowest rank)\n";
+  if (r == 0) std::filesystem::remove(path);
 }
 
 double bench_gemm(const BenchGemmConfig& cfg, std::ostream& out) {

@@ -1,6 +1,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <string>
 
 #include "tapestry/core/error.hpp"
@@ -31,9 +32,9 @@ template <class F> double time_op(F&& op, int warmup, int iters, const parallel:
 
 /// Fills buf(i) = (rank + 1) * (i % 7 + 1), runs `op` once, and counts elements (over all ranks)
 /// that differ from sum_r (r + 1) * (i % 7 + 1) = P(P+1)/2 * (i % 7 + 1). All values are small
-/// integers, exact in fp32.
-template <class F>
-std::int64_t count_wrong(View1<float> buf, F&& op, const parallel::Comm& world) {
+/// integers, exact in fp32. Not a template over `op`: nvcc rejects extended (device) lambdas in a
+/// function template instantiated with a lambda type local to another function.
+std::int64_t count_wrong(View1<float> buf, const std::function<void()>& op, const parallel::Comm& world) {
   const float r1 = float(world.rank() + 1);
   const float total = float(world.size() * (world.size() + 1) / 2);
   Kokkos::parallel_for(

@@ -7,7 +7,7 @@
 
 namespace tapestry::cli {
 
-enum class Command { exit, train, data_prepare, bench_step, bench_gemm, bench_allreduce, ckpt_info, ckpt_verify, ckpt_export };
+enum class Command { exit, train, data_prepare, bench_step, bench_gemm, bench_allreduce, bench_ckpt, ckpt_info, ckpt_verify, ckpt_export };
 
 /// \brief What the command line asked for.
 struct Invocation {
@@ -18,6 +18,7 @@ struct Invocation {
   BenchStepConfig bench_step;
   BenchGemmConfig bench_gemm;
   BenchAllreduceConfig bench_allreduce;
+  BenchCkptConfig bench_ckpt;
   std::string ckpt_path, ckpt_output;  ///< `tapestry ckpt ...`
 };
 

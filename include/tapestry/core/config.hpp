@@ -118,6 +118,13 @@ struct BenchAllreduceConfig {
   std::string output;  ///< .json or .csv results file (optional)
 };
 
+/// \brief `tapestry bench ckpt`: checkpoint write and read rates with AdamW state.
+struct BenchCkptConfig {
+  ModelConfig model;
+  std::string dir = "bench_ckpt";
+  int iters = 3;
+};
+
 void validate(const BenchStepConfig& c);
 void validate(const BenchAllreduceConfig& c);
 

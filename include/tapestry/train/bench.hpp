@@ -35,6 +35,11 @@ struct AllreduceRow {
 std::vector<AllreduceRow> bench_allreduce(const BenchAllreduceConfig& cfg, const parallel::Comm& world,
                                           std::ostream& out);
 
+/// Writes and reads a checkpoint of `cfg.model` with AdamW state over `world` (each rank writes 1/P,
+/// reads all parameters and its 1/P of the moments, as a ZeRO-1 resume does); prints seconds and
+/// GB/s of file data on rank 0. Collective.
+void bench_ckpt(const BenchCkptConfig& cfg, const parallel::Comm& world, std::ostream& out);
+
 /// Returns GFLOP/s of the BLAS sgemm at M = N = K = cfg.size.
 double bench_gemm(const BenchGemmConfig& cfg, std::ostream& out);
 
