@@ -117,7 +117,6 @@ TEST_CASE("dp with gradient accumulation matches one rank", "[mpi][dp]") {
   auto c = run_config(4 * P);
   c.batch_size = 2;
   c.global_batch = 4 * P;  // grad_accum = 2
-  c.val_batches = 4;       // validation reads the same rows: 4 x 2 x P = 2 x 4P
   c.parallel.zero = 1;
   require_same_curve(ref, data_parallel(c));
 }

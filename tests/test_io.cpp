@@ -114,11 +114,44 @@ TEST_CASE("the data loader is deterministic, wraps, and resumes from a saved pos
   }
 }
 
+TEST_CASE("every split of a global batch reads the same rows and wraps at the same step", "[io][loader]") {
+  TempDir d("split");
+  const int T = 3;
+  write_token_file(d / "a.bin", iota_tokens(60, 61));  // 60 tokens: 2 global batches of 4 x 3 (+1) per epoch... and a tail
+  // One rank with 4 rows; one rank with 2 rows x 2 micro-batches; two ranks with 1 row x 2 micro-batches.
+  DataLoader whole({d / "a.bin"}, 4, T, 61);
+  DataLoader accum({d / "a.bin"}, 2, T, 61, 0, 1, 2);
+  DataLoader r0({d / "a.bin"}, 1, T, 61, 0, 2, 2), r1({d / "a.bin"}, 1, T, 61, 1, 2, 2);
+  std::vector<int> in, tg, a, b, x, y;
+  for (int step = 0; step < 12; ++step) {  // several epochs
+    whole.next_batch(in, tg);
+    std::vector<int> acc, ranks[2];
+    for (int m = 0; m < 2; ++m) {
+      accum.next_batch(a, b);
+      acc.insert(acc.end(), a.begin(), a.end());
+      r0.next_batch(x, y);
+      ranks[0].insert(ranks[0].end(), x.begin(), x.end());
+      r1.next_batch(x, y);
+      ranks[1].insert(ranks[1].end(), x.begin(), x.end());
+    }
+    CAPTURE(step);
+    REQUIRE(acc == in);
+    // micro-batch m holds rows {2m, 2m+1}: rank 0 row 2m, rank 1 row 2m+1
+    std::vector<int> merged;
+    for (int m = 0; m < 2; ++m)
+      for (int r = 0; r < 2; ++r) merged.insert(merged.end(), ranks[r].begin() + m * T, ranks[r].begin() + (m + 1) * T);
+    REQUIRE(merged == in);
+    REQUIRE(accum.position() == whole.position());
+    REQUIRE(r1.position() == whole.position());
+  }
+  REQUIRE(whole.position().epoch >= 2);
+}
+
 TEST_CASE("the data loader rejects token ids >= vocab_size and files too small for a batch", "[io][bad-input]") {
   TempDir d("loaderbad");
   write_token_file(d / "a.bin", iota_tokens(50, 40));
   REQUIRE_THROWS_WITH(DataLoader({d / "a.bin"}, 2, 4, 39), Catch::Matchers::Contains("token id 39 at position 39 is >= vocab_size 39"));
-  REQUIRE_THROWS_WITH(DataLoader({d / "a.bin"}, 7, 8, 40), Catch::Matchers::Contains("holds 50 tokens, fewer than batch_size*seq_len*dp+1 = 57"));
+  REQUIRE_THROWS_WITH(DataLoader({d / "a.bin"}, 7, 8, 40), Catch::Matchers::Contains("holds 50 tokens, fewer than one global batch: batch_size*seq_len*dp*grad_accum+1 = 57"));
 }
 
 TEST_CASE("byte tokenizer and data prepare", "[io][tokenizer]") {

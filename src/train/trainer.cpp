@@ -32,16 +32,19 @@ double all_sum(double v, const parallel::Comm& comm) {
   return out;
 }
 
-double evaluate(model::GPT& gpt, const kernels::Blas& blas, io::DataLoader& loader, int batches,
-                const parallel::Comm& dp) {
+/// Mean loss over the first `global_batches` global batches of the validation data: the same rows
+/// for every layout (each rank reads its micro-batches of each global batch).
+double evaluate(model::GPT& gpt, const kernels::Blas& blas, io::DataLoader& loader, int global_batches,
+                int grad_accum, const parallel::Comm& dp) {
   loader.reset();
   std::vector<int> in, tg;
   double sum = 0;
-  for (int i = 0; i < batches; ++i) {
+  const int calls = global_batches * grad_accum;
+  for (int i = 0; i < calls; ++i) {
     loader.next_batch(in, tg);
     sum += gpt.forward(blas, in, tg);
   }
-  return all_sum(sum / batches, dp) / dp.size();
+  return all_sum(sum / calls, dp) / dp.size();
 }
 
 std::string fmt(const char* f, double v) {
@@ -110,10 +113,10 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   validate(cfg);
   const int B = cfg.batch_size, T = cfg.seq_len;
   r.train_loader = std::make_unique<io::DataLoader>(std::vector<std::string>{cfg.train_data}, B, T,
-                                                    cfg.model.vocab_size, drank, dp);
+                                                    cfg.model.vocab_size, drank, dp, cfg.grad_accum);
   if (cfg.val_every > 0)
     r.val_loader = std::make_unique<io::DataLoader>(std::vector<std::string>{cfg.val_data}, B, T,
-                                                    cfg.model.vocab_size, drank, dp);
+                                                    cfg.model.vocab_size, drank, dp, cfg.grad_accum);
   r.gpt = std::make_unique<model::GPT>(cfg.model, B, T, std::size_t(dp));
   // Every rank initialises identically (same seed or same file), so no broadcast is needed.
   if (cfg.init_from.empty()) r.gpt->init_random(cfg.seed);
@@ -205,7 +208,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   const std::size_t n = gpt.padded_size();
   for (int step = r.start_step; step <= cfg.steps; ++step) {
     if (r.val_loader && (step % cfg.val_every == 0 || step == cfg.steps)) {
-      const ValRecord v{step, evaluate(gpt, blas, *r.val_loader, cfg.val_batches, dpc)};
+      const ValRecord v{step, evaluate(gpt, blas, *r.val_loader, cfg.val_batches, cfg.grad_accum, dpc)};
       out << "step " << std::setw(5) << step << "/" << cfg.steps << " | val loss " << fmt("%.4f", v.loss) << "\n";
       if (metrics) metrics << "{\"step\":" << v.step << ",\"val_loss\":" << v.loss << "}\n";
       result.val.push_back(v);

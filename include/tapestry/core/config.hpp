@@ -59,7 +59,7 @@ struct TrainConfig {
   int global_batch = 0; ///< sequences per optimizer step over all DP ranks; 0: B * dp * grad_accum
   int steps = 200;
   int val_every = 50;   ///< 0 disables validation
-  int val_batches = 8;
+  int val_batches = 8;  ///< global batches per validation (the same rows for every layout)
   int log_every = 1;
   std::uint64_t seed = 1234;
   std::string train_data;
