@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "catch.hpp"
+#include "mpi_helpers.hpp"
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/checkpoint.hpp"
 #include "tapestry/io/tokenizer.hpp"
@@ -16,42 +17,10 @@
 #include "tapestry/train/trainer.hpp"
 
 using namespace tapestry;
+using namespace tapestry::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-int world_rank() { int r; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
-int world_size() { int s; MPI_Comm_size(MPI_COMM_WORLD, &s); return s; }
-bool all_ranks(bool ok) {
-  int v = ok ? 1 : 0, all = 0;
-  MPI_Allreduce(&v, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  return all == 1;
-}
-
-/// A fresh directory shared by all ranks (made by rank 0).
-fs::path fresh_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("tapestry_test_ckpt_" + std::to_string(world_size()) + "_" + name);
-  if (world_rank() == 0) {
-    fs::remove_all(d);
-    fs::create_directories(d);
-  }
-  MPI_Barrier(MPI_COMM_WORLD);
-  return d;
-}
-
-const io::PrepareResult& corpus() {
-  static const io::PrepareResult r = [] {
-    io::PrepareConfig c;
-    c.inputs = {std::string(TAPESTRY_SOURCE_DIR) + "/inputs/corpus/licenses.txt"};
-    c.output_dir = fresh_dir("corpus").string();
-    io::PrepareResult res;
-    if (world_rank() == 0) res = io::prepare_data(c);
-    MPI_Barrier(MPI_COMM_WORLD);
-    res.train_path = (fs::path(c.output_dir) / "corpus_train.bin").string();
-    return res;
-  }();
-  return r;
-}
 
 TrainConfig config(int global) {
   TrainConfig c;

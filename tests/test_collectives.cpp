@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "catch.hpp"
+#include "mpi_helpers.hpp"
 #include "tapestry/core/views.hpp"
 #include "tapestry/parallel/collectives.hpp"
 #include "tapestry/core/error.hpp"
@@ -12,12 +13,9 @@
 using namespace tapestry;
 using namespace tapestry::parallel;
 
+using tapestry::test::all_ranks;
+
 namespace {
-bool all_ranks(bool ok) {
-  int v = ok ? 1 : 0, all = 0;
-  MPI_Allreduce(&v, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  return all == 1;
-}
 std::vector<float> host(const View1<float>& v) {
   std::vector<float> h(v.extent(0));
   Kokkos::deep_copy(Kokkos::View<float*, tapestry::Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(h.data(), h.size()), v);

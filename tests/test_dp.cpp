@@ -8,41 +8,17 @@
 #include <sstream>
 
 #include "catch.hpp"
+#include "mpi_helpers.hpp"
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/tokenizer.hpp"
 #include "tapestry/parallel/comm.hpp"
 #include "tapestry/train/trainer.hpp"
 
 using namespace tapestry;
+using namespace tapestry::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-int world_rank() { int r; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
-int world_size() { int s; MPI_Comm_size(MPI_COMM_WORLD, &s); return s; }
-
-/// True on every rank iff `ok` on every rank: a check that fails on one rank fails everywhere.
-bool all_ranks(bool ok) {
-  int v = ok ? 1 : 0, all = 0;
-  MPI_Allreduce(&v, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  return all == 1;
-}
-
-/// The embedded corpus as token files, written by rank 0.
-const io::PrepareResult& corpus() {
-  static const io::PrepareResult r = [] {
-    io::PrepareConfig c;
-    c.inputs = {std::string(TAPESTRY_SOURCE_DIR) + "/inputs/corpus/licenses.txt"};
-    c.output_dir = (fs::temp_directory_path() / "tapestry_test_dp_corpus").string();
-    io::PrepareResult res;
-    if (world_rank() == 0) res = io::prepare_data(c);
-    MPI_Barrier(MPI_COMM_WORLD);
-    res.train_path = (fs::path(c.output_dir) / "corpus_train.bin").string();
-    res.val_path = (fs::path(c.output_dir) / "corpus_val.bin").string();
-    return res;
-  }();
-  return r;
-}
 
 /// 20 steps of a small model; `global` sequences per step.
 TrainConfig run_config(int global) {

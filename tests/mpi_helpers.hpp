@@ -1,0 +1,60 @@
+#pragma once
+// Helpers shared by the tests that run under mpirun.
+#include <mpi.h>
+
+#include <filesystem>
+#include <string>
+
+#include "tapestry/io/tokenizer.hpp"
+
+namespace tapestry::test {
+
+inline int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+inline int world_size() {
+  int s = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &s);
+  return s;
+}
+
+/// True on every rank iff `ok` on every rank: a check that fails on one rank fails everywhere,
+/// and no rank goes on to a collective the others skip.
+inline bool all_ranks(bool ok) {
+  int v = ok ? 1 : 0, all = 0;
+  MPI_Allreduce(&v, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  return all == 1;
+}
+
+/// A fresh directory shared by all ranks (made by rank 0), named per test and rank count.
+inline std::filesystem::path fresh_dir(const std::string& name) {
+  namespace fs = std::filesystem;
+  const fs::path d = fs::temp_directory_path() / ("tapestry_test_np" + std::to_string(world_size()) + "_" + name);
+  if (world_rank() == 0) {
+    fs::remove_all(d);
+    fs::create_directories(d);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  return d;
+}
+
+/// The embedded corpus as token files, written once by rank 0.
+inline const io::PrepareResult& corpus() {
+  static const io::PrepareResult r = [] {
+    io::PrepareConfig c;
+    c.inputs = {std::string(TAPESTRY_SOURCE_DIR) + "/inputs/corpus/licenses.txt"};
+    c.output_dir = fresh_dir("corpus").string();
+    io::PrepareResult res;
+    if (world_rank() == 0) res = io::prepare_data(c);
+    MPI_Barrier(MPI_COMM_WORLD);
+    res.train_path = (std::filesystem::path(c.output_dir) / "corpus_train.bin").string();
+    res.val_path = (std::filesystem::path(c.output_dir) / "corpus_val.bin").string();
+    return res;
+  }();
+  return r;
+}
+
+}  // namespace tapestry::test
