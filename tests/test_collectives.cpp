@@ -9,6 +9,7 @@
 #include "tapestry/parallel/collectives.hpp"
 #include "tapestry/core/error.hpp"
 #include "tapestry/parallel/grad_reducer.hpp"
+#include "tapestry/parallel/hierarchical.hpp"
 
 using namespace tapestry;
 using namespace tapestry::parallel;
@@ -123,4 +124,42 @@ TEST_CASE("backend selection and NCCL's presence", "[collectives]") {
     REQUIRE(nccl_version().empty());
     REQUIRE_THROWS_AS(parse_backend("nccl"), tapestry::Error);
   }
+}
+
+TEST_CASE("the hierarchical reducer equals the flat one for every site split and size", "[mpi][collectives][sites]") {
+  const auto world = Comm::view(MPI_COMM_WORLD);
+  auto flat_coll = make_collectives(Backend::mpi, world);
+  const int P = flat_coll->size(), r = flat_coll->rank();
+  FlatReducer flat(*flat_coll, std::size_t(1) << 20);
+  bool ok = true;
+  for (int sites = 1; sites <= P; ++sites) {
+    if (P % sites != 0) continue;
+    SiteTopology topo(world, SiteTopology::site_of(r, P, sites), sites);
+    ok = ok && topo.num_sites() == sites && topo.cross_site().size() == sites;
+    HierarchicalReducer hier(topo, Backend::mpi, *flat_coll);
+    for (std::size_t n : {std::size_t(1), std::size_t(13), std::size_t(1000), std::size_t(4097)}) {
+      // small integers: every summation order gives the exact same floats
+      std::vector<float> x(n);
+      for (std::size_t i = 0; i < n; ++i) x[i] = float((i * 7 + std::size_t(r) * 3) % 11);
+      auto a = device(x), b = device(x);
+      flat.all_reduce_sum(a.data(), n);
+      hier.all_reduce_sum(b.data(), n);
+      ok = ok && host(a) == host(b);
+      // ZeRO-1 pieces: the hierarchical reduce-scatter hands each rank its DP-ordered shard
+      const std::size_t m = n * std::size_t(P);
+      std::vector<float> y(m);
+      for (std::size_t i = 0; i < m; ++i) y[i] = float((i + std::size_t(r)) % 5);
+      auto c = device(y), d = device(y);
+      View1<float> s1("s1", n), s2("s2", n);
+      flat.reduce_scatter_sum(c.data(), s1.data(), m);
+      hier.reduce_scatter_sum(d.data(), s2.data(), m);
+      ok = ok && host(s1) == host(s2);
+    }
+  }
+  REQUIRE(all_ranks(ok));
+}
+
+TEST_CASE("a site count that does not divide the DP ranks is an error", "[collectives][sites][bad-input]") {
+  REQUIRE_THROWS_WITH(SiteTopology::site_of(0, 6, 4), "--sites 4 does not divide the 6 data-parallel ranks");
+  REQUIRE(SiteTopology::site_of(5, 6, 3) == 2);
 }

@@ -85,6 +85,14 @@ TEST_CASE("dp = world matches one rank on the same global batch, step for step",
     c.parallel.zero = 1;
     require_same_curve(ref, data_parallel(c));
   }
+  SECTION("hierarchical all-reduce over sites, with and without ZeRO-1") {
+    c.parallel.grad_reduce = "hierarchical";
+    c.parallel.sites = P % 2 == 0 ? 2 : 1;
+    require_same_curve(ref, data_parallel(c));
+    c.parallel.zero = 1;
+    c.parallel.sites = P;
+    require_same_curve(ref, data_parallel(c));
+  }
 }
 
 TEST_CASE("dp with gradient accumulation matches one rank", "[mpi][dp]") {

@@ -52,6 +52,11 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--zero", p.zero, "1: shard the AdamW state over data-parallel ranks (ZeRO-1)")->capture_default_str()->group("Parallelism");
   t->add_option("--bucket-mb", p.bucket_mb, "Gradient all-reduce bucket size, MiB")->capture_default_str()->group("Parallelism");
   t->add_option("--collectives", p.collectives, "mpi, nccl or auto")->capture_default_str()->group("Parallelism");
+  t->add_option("--grad-reduce", p.grad_reduce,
+                "flat, or hierarchical: reduce inside the node, then the site, then across sites")
+      ->capture_default_str()->group("Parallelism");
+  t->add_option("--sites", p.sites, "Sites in this job: contiguous blocks of DP ranks (TAPESTRY_SITE overrides per rank)")
+      ->capture_default_str()->group("Parallelism");
   t->add_option("--global-batch", c.global_batch,
                 "Sequences per optimizer step over all ranks; sets grad-accum = global / (batch-size * dp)")
       ->capture_default_str()->group("Training");

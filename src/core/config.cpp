@@ -59,6 +59,9 @@ void validate(const ParallelConfig& p) {
   require(p.tp >= 1 && p.pp >= 1 && p.dp >= 0, "tp and pp must be >= 1 and dp >= 0 (0: inferred)");
   require(p.zero == 0 || p.zero == 1, "zero must be 0 or 1 (got " + num(p.zero) + ")");
   require(p.bucket_mb > 0, "bucket-mb must be > 0 (got " + num(p.bucket_mb) + ")");
+  require(p.grad_reduce == "flat" || p.grad_reduce == "hierarchical",
+          "grad-reduce must be flat or hierarchical (got '" + p.grad_reduce + "')");
+  require(p.sites >= 1, "sites must be >= 1 (got " + num(p.sites) + ")");
 }
 
 void resolve_batch(TrainConfig& c, int dp) {

@@ -16,6 +16,7 @@
 #include "tapestry/optim/adamw.hpp"
 #include "tapestry/parallel/collectives.hpp"
 #include "tapestry/parallel/grad_reducer.hpp"
+#include "tapestry/parallel/hierarchical.hpp"
 #include "tapestry/train/checkpointing.hpp"
 
 namespace tapestry::train {
@@ -60,6 +61,7 @@ struct Run {
   std::unique_ptr<model::GPT> gpt;
   std::unique_ptr<optim::AdamW> adamw;
   std::unique_ptr<parallel::Collectives> coll;
+  std::unique_ptr<parallel::SiteTopology> sites;
   std::unique_ptr<parallel::GradReducer> reducer;
   View1<float> grad_shard;  // ZeRO-1: this rank's summed gradients
   std::vector<io::FlatTensor> tensors;  // the checkpoint's view of the flat buffer
@@ -133,8 +135,15 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   r.tensors = checkpoint_tensors(cfg.model);
   const std::string resume = resolve_resume(cfg.resume, cfg.ckpt_dir);
   if (!resume.empty()) resume_from(r, resume);
-  r.coll = parallel::make_collectives(parallel::parse_backend(cfg.parallel.collectives), grid.dp());
-  r.reducer = std::make_unique<parallel::FlatReducer>(*r.coll, std::size_t(cfg.parallel.bucket_mb * (1 << 20)));
+  const auto backend = parallel::parse_backend(cfg.parallel.collectives);
+  r.coll = parallel::make_collectives(backend, grid.dp());
+  const int site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
+  if (cfg.parallel.grad_reduce == "hierarchical") {
+    r.sites = std::make_unique<parallel::SiteTopology>(grid.dp(), site, cfg.parallel.sites);
+    r.reducer = std::make_unique<parallel::HierarchicalReducer>(*r.sites, backend, *r.coll);
+  } else {
+    r.reducer = std::make_unique<parallel::FlatReducer>(*r.coll, std::size_t(cfg.parallel.bucket_mb * (1 << 20)));
+  }
 }
 
 /// Saves the run's state at `step` (collective over the DP group).

@@ -46,6 +46,8 @@ struct ParallelConfig {
   int zero = 0;               ///< 1: shard AdamW state over DP (ZeRO-1)
   double bucket_mb = 25.0;    ///< gradient all-reduce bucket, MiB
   std::string collectives = "auto";  ///< mpi, nccl or auto
+  std::string grad_reduce = "flat";  ///< flat or hierarchical (node, site, cross-site)
+  int sites = 1;              ///< sites in this job: contiguous blocks of DP ranks (or TAPESTRY_SITE)
 };
 
 /// \brief One training run.

@@ -1,0 +1,59 @@
+#pragma once
+/// \file
+/// \brief Sites and the hierarchical gradient reducer for DP groups that span sites joined by slow
+/// wide-area links.
+
+#include <memory>
+#include <string>
+
+#include "tapestry/core/views.hpp"
+#include "tapestry/parallel/grad_reducer.hpp"
+
+namespace tapestry::parallel {
+
+/// \brief Which site each rank of a DP group belongs to, and the communicators of the hierarchy:
+/// node (ranks sharing memory, inside the site), site (same node-local index across the site's
+/// nodes) and cross-site (same position inside their sites).
+class SiteTopology {
+ public:
+  /// `site` is this rank's site id (0 <= site < num_sites); ranks of one site need not be
+  /// contiguous. Collective over `dp`. Throws tapestry::Error when sites differ in size or shape.
+  SiteTopology(const Comm& dp, int site, int num_sites);
+
+  /// Site of a rank under `--sites N`: contiguous blocks of size world / N (must divide), unless the
+  /// environment variable TAPESTRY_SITE gives it explicitly.
+  static int site_of(int rank, int world, int num_sites);
+
+  int site() const { return site_; }
+  int num_sites() const { return num_sites_; }
+  const Comm& node() const { return node_; }
+  const Comm& site_nodes() const { return site_nodes_; }
+  const Comm& cross_site() const { return cross_; }
+  std::string describe() const;
+
+ private:
+  int site_, num_sites_;
+  Comm site_comm_, node_, site_nodes_, cross_;
+};
+
+/// \brief Reduce-scatter inside the node, reduce-scatter across the site's nodes, all-reduce of
+/// each 1/(ranks per site) piece across sites among the ranks that hold it (so a site sends over
+/// all its ranks' links in parallel), then all-gather back. Buffers of any size (padded internally).
+class HierarchicalReducer final : public GradReducer {
+ public:
+  HierarchicalReducer(const SiteTopology& topo, Backend backend, Collectives& dp_flat);
+  std::string describe() const override;
+  void all_reduce_sum(float* grads, std::size_t n) override;
+  /// ZeRO-1 shards follow DP rank order: the full sum is formed hierarchically, then this rank
+  /// keeps its shard.
+  void reduce_scatter_sum(const float* grads, float* shard, std::size_t n) override;
+  void all_gather(float* params, std::size_t n) override;
+
+ private:
+  const SiteTopology& topo_;
+  std::unique_ptr<Collectives> node_, site_, cross_;
+  Collectives& flat_;
+  View1<float> scratch_, piece_, full_;
+};
+
+}  // namespace tapestry::parallel

@@ -1,0 +1,96 @@
+#include "tapestry/parallel/hierarchical.hpp"
+
+#include <cstdlib>
+
+#include "tapestry/core/error.hpp"
+
+namespace tapestry::parallel {
+
+int SiteTopology::site_of(int rank, int world, int num_sites) {
+  if (const char* env = std::getenv("TAPESTRY_SITE")) {
+    char* end = nullptr;
+    const long s = std::strtol(env, &end, 10);
+    require(end != env && *end == '\0' && s >= 0 && s < num_sites,
+            "TAPESTRY_SITE='" + std::string(env) + "' is not a site number in [0, " + std::to_string(num_sites) + ")");
+    return int(s);
+  }
+  require(num_sites >= 1 && world % num_sites == 0,
+          "--sites " + std::to_string(num_sites) + " does not divide the " + std::to_string(world) + " data-parallel ranks");
+  return rank / (world / num_sites);
+}
+
+SiteTopology::SiteTopology(const Comm& dp, int site, int num_sites) : site_(site), num_sites_(num_sites) {
+  site_comm_ = dp.split(site, dp.rank());
+  node_ = site_comm_.split_shared();
+  // site_nodes: same node-local index inside the site; cross: same position inside the site.
+  site_nodes_ = site_comm_.split(node_.rank(), site_comm_.rank());
+  cross_ = dp.split(site_comm_.rank(), site);
+  // Every site must have the same shape, or the pieces would not line up.
+  int mine[3] = {site_comm_.size(), node_.size(), site_nodes_.size()}, lo[3], hi[3];
+  MPI_Allreduce(mine, lo, 3, MPI_INT, MPI_MIN, dp.get());
+  MPI_Allreduce(mine, hi, 3, MPI_INT, MPI_MAX, dp.get());
+  require(lo[0] == hi[0] && lo[1] == hi[1] && lo[2] == hi[2] && cross_.size() == num_sites,
+          "sites differ in size or shape (ranks per site " + std::to_string(lo[0]) + ".." + std::to_string(hi[0]) +
+              ", ranks per node " + std::to_string(lo[1]) + ".." + std::to_string(hi[1]) + ")");
+}
+
+std::string SiteTopology::describe() const {
+  return std::to_string(num_sites_) + " site(s) x " + std::to_string(site_nodes_.size()) + " node(s) x " +
+         std::to_string(node_.size()) + " rank(s) per node";
+}
+
+HierarchicalReducer::HierarchicalReducer(const SiteTopology& topo, Backend backend, Collectives& dp_flat)
+    : topo_(topo),
+      node_(make_collectives(backend, topo.node())),
+      site_(make_collectives(backend, topo.site_nodes())),
+      cross_(make_collectives(backend, topo.cross_site())),
+      flat_(dp_flat) {}
+
+std::string HierarchicalReducer::describe() const {
+  return std::string("hierarchical all-reduce (") + flat_.name() + "), " + topo_.describe();
+}
+
+void HierarchicalReducer::all_reduce_sum(float* grads, std::size_t n) {
+  const std::size_t L = std::size_t(node_->size()), M = std::size_t(site_->size());
+  const std::size_t parts = L * M, padded = (n + parts - 1) / parts * parts;
+  if (scratch_.extent(0) < padded) {
+    scratch_ = View1<float>("tapestry::hier_scratch", padded);
+    piece_ = View1<float>("tapestry::hier_piece", padded / L);
+  }
+  View1<float> buf(scratch_.data(), padded);
+  Kokkos::deep_copy(View1<float>(buf.data(), n), View1<float>(grads, n));
+  if (padded > n) Kokkos::deep_copy(View1<float>(buf.data() + n, padded - n), 0.0f);
+  const std::size_t node_piece = padded / L, site_piece = node_piece / M;
+  float* p = piece_.data();
+  // 1) node: my 1/L;  2) site's nodes: my 1/(L*M) of it;  3) across sites: that piece, summed.
+  node_->reduce_scatter_sum(buf.data(), p, node_piece);
+  float* q = buf.data();  // reuse the front of the scratch for the site-level piece
+  site_->reduce_scatter_sum(p, q, site_piece);
+  cross_->all_reduce_sum(q, site_piece);
+  // 4) back up: site's nodes, then node.
+  Kokkos::deep_copy(View1<float>(p + std::size_t(site_->rank()) * site_piece, site_piece), View1<float>(q, site_piece));
+  site_->all_gather_inplace(p, site_piece);
+  Kokkos::deep_copy(View1<float>(buf.data() + std::size_t(node_->rank()) * node_piece, node_piece),
+                    View1<float>(p, node_piece));
+  node_->all_gather_inplace(buf.data(), node_piece);
+  Kokkos::deep_copy(View1<float>(grads, n), View1<float>(buf.data(), n));
+}
+
+void HierarchicalReducer::reduce_scatter_sum(const float* grads, float* shard, std::size_t n) {
+  const std::size_t P = std::size_t(flat_.size());
+  require(n % P == 0, "reduce_scatter_sum: buffer not divisible by the group size");
+  if (full_.extent(0) < n) full_ = View1<float>("tapestry::hier_full", n);
+  View1<float> full(full_.data(), n);
+  Kokkos::deep_copy(full, View1<float>(const_cast<float*>(grads), n));
+  all_reduce_sum(full.data(), n);
+  const std::size_t s = n / P;
+  Kokkos::deep_copy(View1<float>(shard, s), View1<float>(full.data() + std::size_t(flat_.rank()) * s, s));
+}
+
+void HierarchicalReducer::all_gather(float* params, std::size_t n) {
+  const std::size_t P = std::size_t(flat_.size());
+  require(n % P == 0, "all_gather: buffer not divisible by the group size");
+  if (P > 1) flat_.all_gather_inplace(params, n / P);
+}
+
+}  // namespace tapestry::parallel
