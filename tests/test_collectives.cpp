@@ -1,6 +1,7 @@
 // The collectives interface under mpirun, against values computed from size() (any rank count).
 #include <mpi.h>
 
+#include <cmath>
 #include <numeric>
 
 #include "catch.hpp"
@@ -162,4 +163,57 @@ TEST_CASE("the hierarchical reducer equals the flat one for every site split and
 TEST_CASE("a site count that does not divide the DP ranks is an error", "[collectives][sites][bad-input]") {
   REQUIRE_THROWS_WITH(SiteTopology::site_of(0, 6, 4), "--sites 4 does not divide the 6 data-parallel ranks");
   REQUIRE(SiteTopology::site_of(5, 6, 3) == 2);
+}
+
+TEST_CASE("cross-site compression stays within its error bound and error feedback cancels it", "[mpi][collectives][sites]") {
+  const auto world = Comm::view(MPI_COMM_WORLD);
+  auto flat_coll = make_collectives(Backend::mpi, world);
+  const int P = flat_coll->size(), r = flat_coll->rank();
+  if (P == 1) return;  // one site: nothing crosses
+  FlatReducer flat(*flat_coll, std::size_t(1) << 20);
+  SiteTopology topo(world, SiteTopology::site_of(r, P, P), P);  // every rank its own site
+  const std::size_t n = 1000;
+  std::vector<float> x(n);
+  for (std::size_t i = 0; i < n; ++i) x[i] = std::sin(0.37f * float(i) + float(r)) * (1.0f + float(i % 7));
+  auto exact_v = device(x);
+  flat.all_reduce_sum(exact_v.data(), n);
+  const auto exact = host(exact_v);
+  // per element, the sum over ranks of |x| bounds each rank's quantisation error
+  std::vector<float> absx(n);
+  for (std::size_t i = 0; i < n; ++i) absx[i] = std::fabs(x[i]);
+  auto abs_v = device(absx);
+  flat.all_reduce_sum(abs_v.data(), n);
+  const auto sum_abs = host(abs_v);
+  float amax = 0;
+  for (float a : absx) amax = std::max(amax, a);
+  MPI_Allreduce(MPI_IN_PLACE, &amax, 1, MPI_FLOAT, MPI_MAX, MPI_COMM_WORLD);
+  bool ok = true;
+  for (auto c : {kernels::Compression::bf16, kernels::Compression::int8}) {
+    HierarchicalReducer hier(topo, Backend::mpi, *flat_coll, c);
+    const int K = 64;
+    std::vector<double> mean(n, 0.0);
+    double first_err = 0, mean_err = 0;
+    for (int k = 0; k < K; ++k) {
+      auto v = device(x);
+      hier.all_reduce_sum(v.data(), n);
+      const auto y = host(v);
+      for (std::size_t i = 0; i < n; ++i) {
+        // bf16: half an ulp (2^-8 relative) per rank's value; int8: half a step (amax/254) per rank
+        const double bound = c == kernels::Compression::bf16 ? sum_abs[i] * std::ldexp(1.0, -8) + 1e-6
+                                                             : P * amax / 254.0 * 1.0001 + 1e-6;
+        if (k == 0) {
+          ok = ok && std::fabs(y[i] - exact[i]) <= bound;
+          first_err = std::max(first_err, std::fabs(double(y[i]) - exact[i]));
+        }
+        mean[i] += y[i] / double(K);
+      }
+    }
+    for (std::size_t i = 0; i < n; ++i) mean_err = std::max(mean_err, std::fabs(mean[i] - exact[i]));
+    CAPTURE(int(c), first_err, mean_err);
+    // With error feedback the errors telescope: the mean over K calls is off by at most one call's error / K.
+    ok = ok && mean_err <= first_err * 2.0 / K + 1e-6;
+    // bytes: every rank sent its piece's encoding to the P - 1 other sites, 64 times
+    ok = ok && hier.cross_site_bytes() == std::uint64_t(K) * (P - 1) * kernels::compressed_bytes(c, n);
+    REQUIRE(all_ranks(ok));
+  }
 }

@@ -55,6 +55,8 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--grad-reduce", p.grad_reduce,
                 "flat, or hierarchical: reduce inside the node, then the site, then across sites")
       ->capture_default_str()->group("Parallelism");
+  t->add_option("--compress", p.compress, "Cross-site encoding (hierarchical only): none, bf16, int8; with error feedback")
+      ->capture_default_str()->group("Parallelism");
   t->add_option("--sites", p.sites, "Sites in this job: contiguous blocks of DP ranks (TAPESTRY_SITE overrides per rank)")
       ->capture_default_str()->group("Parallelism");
   t->add_option("--global-batch", c.global_batch,

@@ -62,6 +62,10 @@ void validate(const ParallelConfig& p) {
   require(p.grad_reduce == "flat" || p.grad_reduce == "hierarchical",
           "grad-reduce must be flat or hierarchical (got '" + p.grad_reduce + "')");
   require(p.sites >= 1, "sites must be >= 1 (got " + num(p.sites) + ")");
+  require(p.compress == "none" || p.compress == "bf16" || p.compress == "int8",
+          "compress must be none, bf16 or int8 (got '" + p.compress + "')");
+  require(p.compress == "none" || p.grad_reduce == "hierarchical",
+          "--compress needs --grad-reduce hierarchical (it applies to the cross-site step)");
 }
 
 void resolve_batch(TrainConfig& c, int dp) {

@@ -63,6 +63,7 @@ struct Run {
   std::unique_ptr<parallel::Collectives> coll;
   std::unique_ptr<parallel::SiteTopology> sites;
   std::unique_ptr<parallel::GradReducer> reducer;
+  std::uint64_t xsite_seen = 0;  // cross-site bytes counted so far
   View1<float> grad_shard;  // ZeRO-1: this rank's summed gradients
   std::vector<io::FlatTensor> tensors;  // the checkpoint's view of the flat buffer
   int start_step = 0;
@@ -140,7 +141,10 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   const int site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
   if (cfg.parallel.grad_reduce == "hierarchical") {
     r.sites = std::make_unique<parallel::SiteTopology>(grid.dp(), site, cfg.parallel.sites);
-    r.reducer = std::make_unique<parallel::HierarchicalReducer>(*r.sites, backend, *r.coll);
+    const auto c = cfg.parallel.compress == "bf16"   ? kernels::Compression::bf16
+                   : cfg.parallel.compress == "int8" ? kernels::Compression::int8
+                                                     : kernels::Compression::none;
+    r.reducer = std::make_unique<parallel::HierarchicalReducer>(*r.sites, backend, *r.coll, c);
   } else {
     r.reducer = std::make_unique<parallel::FlatReducer>(*r.coll, std::size_t(cfg.parallel.bucket_mb * (1 << 20)));
   }
@@ -244,6 +248,12 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       sumsq = kernels::sum_squares<float>(ex, grads);
     }
     rec.comm_ms = 1e3 * since(tc);
+    {  // bytes that crossed sites this step, all ranks together
+      const std::uint64_t now = r.reducer->cross_site_bytes();
+      double sent = double(now - r.xsite_seen);
+      r.xsite_seen = now;
+      rec.cross_site_mb = all_sum(sent, dpc) / 1e6;
+    }
     loss = all_sum(loss, dpc) / dp;  // the same value on every rank
     if (!std::isfinite(loss)) {
       if (!root) throw parallel::PeerError();
@@ -271,12 +281,14 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
           << fmt("%.1f", rec.ms) << " ms | " << fmt("%.0f", rec.tokens_per_s) << " tok/s | MFU "
           << fmt("%.1f", 100 * rec.mfu) << "%";
       if (dp > 1) out << " | comm " << fmt("%.1f", rec.comm_ms) << " ms";
+      if (r.sites) out << " | xsite " << fmt("%.2f", rec.cross_site_mb) << " MB";
       out << "\n";
       out.flush();
     }
     if (metrics) {
       metrics << "{\"step\":" << rec.step << ",\"loss\":" << rec.loss << ",\"lr\":" << rec.lr
               << ",\"grad_norm\":" << rec.grad_norm << ",\"ms\":" << rec.ms << ",\"comm_ms\":" << rec.comm_ms
+              << ",\"cross_site_mb\":" << rec.cross_site_mb
               << ",\"tokens_per_s\":" << rec.tokens_per_s << ",\"mfu\":" << rec.mfu << "}\n";
       metrics.flush();
     }

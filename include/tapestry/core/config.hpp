@@ -48,6 +48,7 @@ struct ParallelConfig {
   std::string collectives = "auto";  ///< mpi, nccl or auto
   std::string grad_reduce = "flat";  ///< flat or hierarchical (node, site, cross-site)
   int sites = 1;              ///< sites in this job: contiguous blocks of DP ranks (or TAPESTRY_SITE)
+  std::string compress = "none";  ///< cross-site encoding with hierarchical: none, bf16 or int8
 };
 
 /// \brief One training run.

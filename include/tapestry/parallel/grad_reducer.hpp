@@ -4,6 +4,7 @@
 /// The flat one all-reduces in buckets; a hierarchical cross-site one can replace it.
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -23,6 +24,8 @@ class GradReducer {
   virtual void reduce_scatter_sum(const float* grads, float* shard, std::size_t n) = 0;
   /// params (n): every rank's shard [rank*n/dp, ...) to all ranks, in place.
   virtual void all_gather(float* params, std::size_t n) = 0;
+  /// Bytes this rank has sent to other sites so far (0 where the strategy does not track sites).
+  virtual std::uint64_t cross_site_bytes() const { return 0; }
 };
 
 /// \brief All-reduce in buckets of `bucket_bytes` (the last one shorter), one collective each.

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "tapestry/core/views.hpp"
+#include "tapestry/kernels/compress.hpp"
 #include "tapestry/parallel/grad_reducer.hpp"
 
 namespace tapestry::parallel {
@@ -39,9 +40,14 @@ class SiteTopology {
 /// \brief Reduce-scatter inside the node, reduce-scatter across the site's nodes, all-reduce of
 /// each 1/(ranks per site) piece across sites among the ranks that hold it (so a site sends over
 /// all its ranks' links in parallel), then all-gather back. Buffers of any size (padded internally).
+/// Across sites the pieces can travel compressed (bf16, or int8 with a scale per 256 values): each
+/// rank encodes its site's piece plus the error left from its previous call (error feedback), the
+/// encodings are all-gathered, and every rank decodes and sums them in site order.
 class HierarchicalReducer final : public GradReducer {
  public:
-  HierarchicalReducer(const SiteTopology& topo, Backend backend, Collectives& dp_flat);
+  HierarchicalReducer(const SiteTopology& topo, Backend backend, Collectives& dp_flat,
+                      kernels::Compression compression = kernels::Compression::none);
+  std::uint64_t cross_site_bytes() const override { return cross_bytes_; }
   std::string describe() const override;
   void all_reduce_sum(float* grads, std::size_t n) override;
   /// ZeRO-1 shards follow DP rank order: the full sum is formed hierarchically, then this rank
@@ -53,7 +59,10 @@ class HierarchicalReducer final : public GradReducer {
   const SiteTopology& topo_;
   std::unique_ptr<Collectives> node_, site_, cross_;
   Collectives& flat_;
-  View1<float> scratch_, piece_, full_;
+  kernels::Compression compression_;
+  View1<float> scratch_, piece_, full_, residual_, payload_;
+  std::uint64_t cross_bytes_ = 0;
+  void cross_site_sum(float* piece, std::size_t n);
 };
 
 }  // namespace tapestry::parallel

@@ -15,6 +15,7 @@ namespace tapestry::train {
 struct StepRecord {
   int step = 0;
   double loss = 0, lr = 0, grad_norm = 0, ms = 0, comm_ms = 0, tokens_per_s = 0, mfu = 0;
+  double cross_site_mb = 0;  ///< bytes sent between sites this step (all ranks), MB
 };
 
 /// \brief Validation loss after `step` optimizer steps.
