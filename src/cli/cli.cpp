@@ -152,6 +152,9 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   ar->add_option("--iters,-n", ac.iters, "Timed calls per size")->capture_default_str();
   ar->add_option("--bucket-mb", ac.bucket_mb, "Bucket size of Tapestry's reducer, MiB")->capture_default_str();
   ar->add_option("--collectives", ac.collectives, "mpi, nccl or auto")->capture_default_str();
+  ar->add_option("--algo", ac.algo, "Tapestry's reducer: flat or hierarchical")->capture_default_str();
+  ar->add_option("--sites", ac.sites, "Sites (hierarchical): contiguous blocks of ranks, or TAPESTRY_SITE")->capture_default_str();
+  ar->add_option("--compress", ac.compress, "Cross-site encoding (hierarchical): none, bf16, int8")->capture_default_str();
   ar->add_option("--output,-o", ac.output, "Write the results to FILE.json or FILE.csv");
 
   auto* bck = bench->add_subcommand("ckpt", "Checkpoint write/read seconds and GB/s (parameters + AdamW state)");

@@ -123,6 +123,9 @@ void validate(const BenchAllreduceConfig& c) {
   require(c.factor > 1.0, "bench allreduce: factor must be > 1");
   require(c.warmup >= 0 && c.iters >= 1, "bench allreduce needs warmup >= 0 and iters >= 1");
   require(c.bucket_mb > 0, "bucket-mb must be > 0 (got " + num(c.bucket_mb) + ")");
+  ParallelConfig p;
+  p.grad_reduce = c.algo, p.sites = c.sites, p.compress = c.compress, p.bucket_mb = c.bucket_mb;
+  validate(p);
   const auto dot = c.output.rfind('.');
   require(c.output.empty() || (dot != std::string::npos && (c.output.substr(dot) == ".json" || c.output.substr(dot) == ".csv")),
           "bench allreduce: --output must end in .json or .csv (got '" + c.output + "')");

@@ -118,6 +118,9 @@ struct BenchAllreduceConfig {
   int iters = 20;
   double bucket_mb = 25.0;  ///< Tapestry reducer's bucket size
   std::string collectives = "auto";
+  std::string algo = "flat";       ///< flat or hierarchical
+  int sites = 1;                   ///< with hierarchical: sites (contiguous blocks or TAPESTRY_SITE)
+  std::string compress = "none";   ///< with hierarchical: none, bf16, int8
   std::string output;  ///< .json or .csv results file (optional)
 };
 

@@ -27,6 +27,7 @@ struct AllreduceRow {
   double tapestry_us = 0, tapestry_algbw = 0, tapestry_busbw = 0;
   double mpi_us = 0, mpi_algbw = 0, mpi_busbw = 0;
   std::int64_t tapestry_wrong = 0, mpi_wrong = 0;
+  double cross_site_bytes = 0;  ///< per call, all ranks (hierarchical)
 };
 
 /// nccl-tests style sweep over `world`: Tapestry's gradient reducer (bucketed, over the selected
