@@ -22,6 +22,12 @@ KOKKOS_INLINE_FUNCTION float from_bf16(std::uint16_t h) {
 }
 }  // namespace
 
+Compression parse_compression(const std::string& name) {
+  if (name == "bf16") return Compression::bf16;
+  if (name == "int8") return Compression::int8;
+  return Compression::none;
+}
+
 std::size_t compressed_bytes(Compression c, std::size_t n) {
   switch (c) {
     case Compression::none: return 4 * n;

@@ -77,8 +77,7 @@ std::vector<AllreduceRow> bench_allreduce(const BenchAllreduceConfig& cfg, const
   if (cfg.algo == "hierarchical") {
     topo = std::make_unique<parallel::SiteTopology>(world, parallel::SiteTopology::site_of(world.rank(), P, cfg.sites),
                                                     cfg.sites);
-    const auto c = cfg.compress == "bf16" ? kernels::Compression::bf16
-                   : cfg.compress == "int8" ? kernels::Compression::int8 : kernels::Compression::none;
+    const auto c = kernels::parse_compression(cfg.compress);
     owned = std::make_unique<parallel::HierarchicalReducer>(*topo, parallel::parse_backend(cfg.collectives), *coll, c);
     // int8: each site's piece is off by at most half a step, amax / 254; the sum bounds amax.
     if (c == kernels::Compression::int8) tol = 7.0f * float(P * (P + 1) / 2) * float(cfg.sites) / 254.0f * 1.001f;

@@ -141,10 +141,8 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   const int site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
   if (cfg.parallel.grad_reduce == "hierarchical") {
     r.sites = std::make_unique<parallel::SiteTopology>(grid.dp(), site, cfg.parallel.sites);
-    const auto c = cfg.parallel.compress == "bf16"   ? kernels::Compression::bf16
-                   : cfg.parallel.compress == "int8" ? kernels::Compression::int8
-                                                     : kernels::Compression::none;
-    r.reducer = std::make_unique<parallel::HierarchicalReducer>(*r.sites, backend, *r.coll, c);
+    r.reducer = std::make_unique<parallel::HierarchicalReducer>(*r.sites, backend, *r.coll,
+                                                                kernels::parse_compression(cfg.parallel.compress));
   } else {
     r.reducer = std::make_unique<parallel::FlatReducer>(*r.coll, std::size_t(cfg.parallel.bucket_mb * (1 << 20)));
   }

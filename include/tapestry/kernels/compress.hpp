@@ -4,6 +4,7 @@
 /// nearest even) and int8 with one fp32 scale per block of values.
 
 #include <cstdint>
+#include <string>
 
 #include "tapestry/core/views.hpp"
 
@@ -11,6 +12,9 @@ namespace tapestry::kernels {
 
 enum class Compression { none, bf16, int8 };
 constexpr int kInt8Block = 256;  ///< values per fp32 scale
+
+/// "none", "bf16" or "int8" (anything else is treated as an error by validate()).
+Compression parse_compression(const std::string& name);
 
 /// Bytes of the encoding of n values.
 std::size_t compressed_bytes(Compression c, std::size_t n);
