@@ -5,7 +5,11 @@
 #include <filesystem>
 #include <string>
 
+#include <sstream>
+
 #include "tapestry/io/tokenizer.hpp"
+#include "tapestry/parallel/comm.hpp"
+#include "tapestry/train/trainer.hpp"
 
 namespace tapestry::test {
 
@@ -55,6 +59,15 @@ inline const io::PrepareResult& corpus() {
     return res;
   }();
   return r;
+}
+
+/// Trains `c` data parallel over all ranks of `comm` (MPI_COMM_SELF: one rank), log discarded.
+inline train::TrainResult train_on(const TrainConfig& c, MPI_Comm comm) {
+  int n = 1;
+  MPI_Comm_size(comm, &n);
+  parallel::ProcessGrid grid(comm, parallel::Layout::make(n, 1, 1));
+  std::ostringstream log;
+  return train::run_training(c, grid, log);
 }
 
 }  // namespace tapestry::test

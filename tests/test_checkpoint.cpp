@@ -31,13 +31,6 @@ TrainConfig config(int global) {
   return c;
 }
 
-train::TrainResult run(const TrainConfig& c, MPI_Comm comm) {
-  int n = 1;
-  MPI_Comm_size(comm, &n);
-  parallel::ProcessGrid grid(comm, parallel::Layout::make(n, 1, 1));
-  std::ostringstream log;
-  return train::run_training(c, grid, log);
-}
 
 /// Losses of steps (from+1 .. 10) of `resumed` against the same steps of `full`.
 double max_rel_diff(const train::TrainResult& full, const train::TrainResult& resumed, int from) {
@@ -63,12 +56,12 @@ TEST_CASE("resume on the same layout is bit-exact", "[mpi][checkpoint]") {
     c.save_every = 5;
     c.keep = 0;
     c.ckpt_dir = dir.string();
-    const auto full = run(c, MPI_COMM_WORLD);
+    const auto full = train_on(c, MPI_COMM_WORLD);
     REQUIRE(all_ranks(fs::exists(dir / "step_00000005.h5") && fs::exists(dir / "step_00000010.h5")));
     auto r = c;
     r.ckpt_dir = (dir / "again").string();
     r.resume = (dir / "step_00000005.h5").string();
-    const auto resumed = run(r, MPI_COMM_WORLD);
+    const auto resumed = train_on(r, MPI_COMM_WORLD);
     REQUIRE(all_ranks(max_rel_diff(full, resumed, 5) == 0.0));  // bitwise
     REQUIRE(all_ranks(resumed.param_checksum == full.param_checksum));
   }
@@ -83,11 +76,11 @@ TEST_CASE("a checkpoint reloads on another layout", "[mpi][checkpoint]") {
   // Saved on dp = P with ZeRO-1, resumed on one rank without ZeRO.
   auto c = config(2 * P);
   c.batch_size = 2, c.parallel.zero = 1, c.save_every = 5, c.keep = 0, c.ckpt_dir = (dir / "dp").string();
-  const auto full = run(c, MPI_COMM_WORLD);
+  const auto full = train_on(c, MPI_COMM_WORLD);
   auto single = config(2 * P);
   single.resume = (dir / "dp" / "step_00000005.h5").string();
   single.ckpt_dir = (dir / ("single_resumed_" + std::to_string(world_rank()))).string();
-  const auto resumed1 = run(single, MPI_COMM_SELF);
+  const auto resumed1 = train_on(single, MPI_COMM_SELF);
   double d1 = max_rel_diff(full, resumed1, 5);
   CAPTURE(d1);
   REQUIRE(all_ranks(d1 <= tol));
@@ -95,13 +88,13 @@ TEST_CASE("a checkpoint reloads on another layout", "[mpi][checkpoint]") {
   if (world_rank() == 0) {
     auto s = config(2 * P);
     s.save_every = 5, s.keep = 0, s.ckpt_dir = (dir / "single").string();
-    run(s, MPI_COMM_SELF);
+    train_on(s, MPI_COMM_SELF);
   }
   MPI_Barrier(MPI_COMM_WORLD);
   auto r = c;
   r.ckpt_dir = (dir / "dp_resumed").string();
   r.resume = (dir / "single" / "step_00000005.h5").string();
-  const auto resumed2 = run(r, MPI_COMM_WORLD);
+  const auto resumed2 = train_on(r, MPI_COMM_WORLD);
   double d2 = max_rel_diff(full, resumed2, 5);
   CAPTURE(d2);
   REQUIRE(all_ranks(d2 <= tol));
@@ -111,7 +104,7 @@ TEST_CASE("keep K, latest, and resume auto", "[mpi][checkpoint]") {
   const fs::path dir = fresh_dir("keep");
   auto c = config(2 * world_size());
   c.batch_size = 2, c.save_every = 2, c.keep = 2, c.ckpt_dir = dir.string(), c.steps = 7;
-  run(c, MPI_COMM_WORLD);
+  train_on(c, MPI_COMM_WORLD);
   std::ifstream latest(dir / "latest");
   std::string name;
   std::getline(latest, name);
@@ -119,19 +112,19 @@ TEST_CASE("keep K, latest, and resume auto", "[mpi][checkpoint]") {
                      !fs::exists(dir / "step_00000004.h5") && !fs::exists(dir / "step_00000002.h5");
   REQUIRE(all_ranks(files && name == "step_00000007.h5"));
   c.steps = 9, c.resume = "auto";
-  const auto more = run(c, MPI_COMM_WORLD);
+  const auto more = train_on(c, MPI_COMM_WORLD);
   REQUIRE(all_ranks(more.steps.size() == 2 && more.steps.front().step == 8));
   // auto with no checkpoint starts fresh
   auto fresh = config(2 * world_size());
   fresh.batch_size = 2, fresh.resume = "auto", fresh.ckpt_dir = (dir / "none").string(), fresh.steps = 1;
-  REQUIRE(all_ranks(run(fresh, MPI_COMM_WORLD).steps.size() == 1));
+  REQUIRE(all_ranks(train_on(fresh, MPI_COMM_WORLD).steps.size() == 1));
 }
 
 TEST_CASE("bad checkpoint files are one clear error each", "[checkpoint][bad-input]") {
   const fs::path dir = fresh_dir("bad");
   auto c = config(2);
   c.save_every = 2, c.steps = 2, c.ckpt_dir = (dir / std::to_string(world_rank())).string();
-  run(c, MPI_COMM_SELF);
+  train_on(c, MPI_COMM_SELF);
   const fs::path good = fs::path(c.ckpt_dir) / "step_00000002.h5", d = c.ckpt_dir;
   const auto tensors = train::checkpoint_tensors(c.model);
   std::ostringstream sink;
@@ -193,5 +186,5 @@ TEST_CASE("bad checkpoint files are one clear error each", "[checkpoint][bad-inp
   other.model.d_model = 64, other.model.n_head = 4;
   other.resume = good.string();
   other.ckpt_dir = (d / "other").string();
-  REQUIRE_THROWS_WITH(run(other, MPI_COMM_SELF), Catch::Matchers::Contains("holds model L=2 H=2 C=32"));
+  REQUIRE_THROWS_WITH(train_on(other, MPI_COMM_SELF), Catch::Matchers::Contains("holds model L=2 H=2 C=32"));
 }

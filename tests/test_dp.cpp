@@ -31,18 +31,8 @@ TrainConfig run_config(int global) {
   return c;
 }
 
-train::TrainResult single_rank(const TrainConfig& c) {
-  parallel::ProcessGrid grid(MPI_COMM_SELF, parallel::Layout::make(1, 1, 1));
-  std::ostringstream log;
-  return train::run_training(c, grid, log);
-}
-
-train::TrainResult data_parallel(TrainConfig c) {
-  const int P = world_size();
-  parallel::ProcessGrid grid(MPI_COMM_WORLD, parallel::Layout::make(P, 1, 1));
-  std::ostringstream log;
-  return train::run_training(c, grid, log);
-}
+train::TrainResult single_rank(const TrainConfig& c) { return train_on(c, MPI_COMM_SELF); }
+train::TrainResult data_parallel(const TrainConfig& c) { return train_on(c, MPI_COMM_WORLD); }
 
 // Tolerance: the ranks sum their gradients in another order than one rank does (fp32
 // reassociation, ~1e-7 relative per sum); Adam's normalisation carries such differences into the

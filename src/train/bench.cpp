@@ -18,13 +18,14 @@
 #include "tapestry/io/checkpoint.hpp"
 #include "tapestry/train/checkpointing.hpp"
 #include <filesystem>
+#include "text.hpp"
 
 namespace tapestry::train {
 
 namespace {
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
+using detail::Clock;
+using detail::fmt;
+using detail::since;
 /// Peak resident set of this process (VmHWM), MiB; 0 where /proc is missing.
 double peak_rss_mib() {
   std::ifstream f("/proc/self/status");
@@ -32,12 +33,6 @@ double peak_rss_mib() {
   while (std::getline(f, line))
     if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
   return 0;
-}
-
-std::string fmt(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), f, v);
-  return buf;
 }
 }  // namespace
 

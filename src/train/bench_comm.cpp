@@ -11,12 +11,14 @@
 #include "tapestry/parallel/grad_reducer.hpp"
 #include "tapestry/parallel/hierarchical.hpp"
 #include "tapestry/train/bench.hpp"
+#include "text.hpp"
 
 namespace tapestry::train {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
+using detail::Clock;
+using detail::fmt;
+using detail::since;
 
 /// Mean seconds per call of `op` over `iters` calls after `warmup`, slowest rank.
 template <class F> double time_op(F&& op, int warmup, int iters, const parallel::Comm& world) {
@@ -26,7 +28,7 @@ template <class F> double time_op(F&& op, int warmup, int iters, const parallel:
   const auto t0 = Clock::now();
   for (int i = 0; i < iters; ++i) op();
   ExecSpace().fence();
-  double t = std::chrono::duration<double>(Clock::now() - t0).count() / iters;
+  double t = since(t0) / iters;
   MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, world.get());
   return t;
 }
@@ -54,12 +56,6 @@ std::int64_t count_wrong(View1<float> buf, const std::function<void()>& op, cons
       wrong);
   MPI_Allreduce(MPI_IN_PLACE, &wrong, 1, MPI_INT64_T, MPI_SUM, world.get());
   return wrong;
-}
-
-std::string fmt(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), f, v);
-  return buf;
 }
 
 }  // namespace

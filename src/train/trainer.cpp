@@ -18,13 +18,14 @@
 #include "tapestry/parallel/grad_reducer.hpp"
 #include "tapestry/parallel/hierarchical.hpp"
 #include "tapestry/train/checkpointing.hpp"
+#include "text.hpp"
 
 namespace tapestry::train {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+using detail::Clock;
+using detail::fmt;
+using detail::since;
 
 /// Sum of a host scalar over a communicator.
 double all_sum(double v, const parallel::Comm& comm) {
@@ -46,12 +47,6 @@ double evaluate(model::GPT& gpt, const kernels::Blas& blas, io::DataLoader& load
     sum += gpt.forward(blas, in, tg);
   }
   return all_sum(sum / calls, dp) / dp.size();
-}
-
-std::string fmt(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), f, v);
-  return buf;
 }
 
 /// Everything a run holds, built collectively (an error on any rank stops all ranks).
