@@ -77,7 +77,7 @@ void HierarchicalReducer::cross_site_sum(float* piece, std::size_t n) {
   cross_bytes_ += (S - 1) * bytes;
 }
 
-void HierarchicalReducer::all_reduce_sum(float* grads, std::size_t n) {
+const float* HierarchicalReducer::sum_into_scratch(const float* grads, std::size_t n) {
   const std::size_t L = std::size_t(node_->size()), M = std::size_t(site_->size());
   const std::size_t parts = L * M, padded = (n + parts - 1) / parts * parts;
   if (scratch_.extent(0) < padded) {
@@ -85,7 +85,7 @@ void HierarchicalReducer::all_reduce_sum(float* grads, std::size_t n) {
     piece_ = View1<float>("tapestry::hier_piece", padded / L);
   }
   View1<float> buf(scratch_.data(), padded);
-  Kokkos::deep_copy(View1<float>(buf.data(), n), View1<float>(grads, n));
+  Kokkos::deep_copy(View1<float>(buf.data(), n), View1<float>(const_cast<float*>(grads), n));
   if (padded > n) Kokkos::deep_copy(View1<float>(buf.data() + n, padded - n), 0.0f);
   const std::size_t node_piece = padded / L, site_piece = node_piece / M;
   float* p = piece_.data();
@@ -100,18 +100,20 @@ void HierarchicalReducer::all_reduce_sum(float* grads, std::size_t n) {
   Kokkos::deep_copy(View1<float>(buf.data() + std::size_t(node_->rank()) * node_piece, node_piece),
                     View1<float>(p, node_piece));
   node_->all_gather_inplace(buf.data(), node_piece);
-  Kokkos::deep_copy(View1<float>(grads, n), View1<float>(buf.data(), n));
+  return buf.data();
+}
+
+void HierarchicalReducer::all_reduce_sum(float* grads, std::size_t n) {
+  const float* sum = sum_into_scratch(grads, n);
+  Kokkos::deep_copy(View1<float>(grads, n), View1<float>(const_cast<float*>(sum), n));
 }
 
 void HierarchicalReducer::reduce_scatter_sum(const float* grads, float* shard, std::size_t n) {
   const std::size_t P = std::size_t(flat_.size());
   require(n % P == 0, "reduce_scatter_sum: buffer not divisible by the group size");
-  if (full_.extent(0) < n) full_ = View1<float>("tapestry::hier_full", n);
-  View1<float> full(full_.data(), n);
-  Kokkos::deep_copy(full, View1<float>(const_cast<float*>(grads), n));
-  all_reduce_sum(full.data(), n);
+  const float* sum = sum_into_scratch(grads, n);
   const std::size_t s = n / P;
-  Kokkos::deep_copy(View1<float>(shard, s), View1<float>(full.data() + std::size_t(flat_.rank()) * s, s));
+  Kokkos::deep_copy(View1<float>(shard, s), View1<float>(const_cast<float*>(sum) + std::size_t(flat_.rank()) * s, s));
 }
 
 void HierarchicalReducer::all_gather(float* params, std::size_t n) {

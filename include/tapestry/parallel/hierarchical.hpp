@@ -60,9 +60,11 @@ class HierarchicalReducer final : public GradReducer {
   std::unique_ptr<Collectives> node_, site_, cross_;
   Collectives& flat_;
   kernels::Compression compression_;
-  View1<float> scratch_, piece_, full_, residual_, payload_;
+  View1<float> scratch_, piece_, residual_, payload_;
   std::uint64_t cross_bytes_ = 0;
   void cross_site_sum(float* piece, std::size_t n);
+  /// Copies grads (n) into the padded scratch and sums it over the DP group there; returns it.
+  const float* sum_into_scratch(const float* grads, std::size_t n);
 };
 
 }  // namespace tapestry::parallel
