@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <sstream>
 
@@ -109,4 +110,76 @@ TEST_CASE("a global batch that does not divide is one error on one rank, and no 
     right = world_rank() != 0;
   }
   REQUIRE(all_ranks(right));
+}
+
+namespace {
+/// Largest relative difference of the validation losses (over every rank's data, so comparable
+/// between DiLoCo, whose step line shows site 0's training loss, and plain DP).
+double worst_val_diff(const train::TrainResult& a, const train::TrainResult& b) {
+  if (a.val.size() != b.val.size()) return 1e9;
+  double worst = 0;
+  for (std::size_t s = 0; s < a.val.size(); ++s)
+    worst = std::max(worst, std::abs(a.val[s].loss - b.val[s].loss) / a.val[s].loss);
+  if (world_rank() == 0) std::printf("val loss difference: %.3g\n", worst);
+  return worst;
+}
+
+bool same_params_everywhere(const train::TrainResult& r) {
+  double lo = r.param_checksum, hi = r.param_checksum;
+  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return lo == hi;
+}
+}  // namespace
+
+TEST_CASE("DiLoCo: one site with H = 1, outer lr 1 and no momentum is plain DP", "[mpi][dp][diloco]") {
+  const int P = world_size();
+  const auto ref = single_rank(run_config(2 * P));
+  auto c = run_config(2 * P);
+  c.batch_size = 2;
+  c.parallel.outer_steps = 1, c.parallel.outer_lr = 1, c.parallel.outer_momentum = 0, c.parallel.sites = 1;
+  // The outer step computes outer - (outer - local): local up to one rounding per step.
+  SECTION("inner AdamW whole") { require_same_curve(ref, data_parallel(c)); }
+  SECTION("inner AdamW sharded (ZeRO-1)") {
+    c.parallel.zero = 1;
+    require_same_curve(ref, data_parallel(c));
+  }
+}
+
+TEST_CASE("DiLoCo over sites: sites train apart, meet at every outer step", "[mpi][dp][diloco]") {
+  const int P = world_size();
+  if (P % 2 != 0) return;  // needs two sites
+  auto c = run_config(2 * P);
+  c.batch_size = 2;
+  c.parallel.sites = 2;
+  const auto plain = data_parallel(c);
+  SECTION("H = 1, outer lr 1, no momentum: parameter averaging, close to plain DP") {
+    // Not equal: each site's AdamW normalises its own gradients, so the average of the two
+    // updates differs from one update on the averaged gradient (it would be equal with inner
+    // SGD). Validation loss after 10 and 20 steps: 0.95% relative at 2 ranks, 0.72% at 4
+    // (measured); 2% is the bound, and a difference of 0 would mean the sites never trained apart.
+    c.parallel.outer_steps = 1, c.parallel.outer_lr = 1, c.parallel.outer_momentum = 0;
+    const auto d = data_parallel(c);
+    const double worst = worst_val_diff(plain, d);
+    CAPTURE(worst);
+    REQUIRE(all_ranks(worst < 2e-2 && worst > 0));
+    REQUIRE(same_params_everywhere(d));
+  }
+  SECTION("H = 5 with Nesterov momentum, plain and int8: equal parameters after each outer step") {
+    c.parallel.outer_steps = 5;  // 20 steps: the run ends on an outer step
+    const auto d = data_parallel(c);
+    REQUIRE(same_params_everywhere(d));
+    REQUIRE(d.steps[2].loss != plain.steps[2].loss);  // the sites really trained apart
+    c.parallel.compress = "int8";
+    const auto q = data_parallel(c);
+    REQUIRE(same_params_everywhere(q));
+    // int8 with error feedback against fp32 pseudo-gradients: 7.7e-6 (2 ranks), 2.0e-6 (4 ranks).
+    const double worst = worst_val_diff(d, q);
+    CAPTURE(worst);
+    REQUIRE(all_ranks(worst < 1e-3));
+  }
+  SECTION("H = 7 ending mid-round: the sites' parameters differ") {
+    c.parallel.outer_steps = 7;
+    REQUIRE(!same_params_everywhere(data_parallel(c)));
+  }
 }

@@ -55,10 +55,19 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--grad-reduce", p.grad_reduce,
                 "flat, or hierarchical: reduce inside the node, then the site, then across sites")
       ->capture_default_str()->group("Parallelism");
-  t->add_option("--compress", p.compress, "Cross-site encoding (hierarchical only): none, bf16, int8; with error feedback")
+  t->add_option("--compress", p.compress,
+                "Cross-site encoding (hierarchical gradients or DiLoCo's outer step): none, bf16, int8; with error feedback")
       ->capture_default_str()->group("Parallelism");
   t->add_option("--sites", p.sites, "Sites in this job: contiguous blocks of DP ranks (TAPESTRY_SITE overrides per rank)")
       ->capture_default_str()->group("Parallelism");
+  t->add_option("--outer-steps", p.outer_steps,
+                "DiLoCo: each site trains with its own AdamW for H steps, then the sites average their "
+                "parameter change with an outer Nesterov SGD step; 0: off")
+      ->capture_default_str()->group("Cross-site (DiLoCo)");
+  t->add_option("--outer-lr", p.outer_lr, "DiLoCo outer learning rate")->capture_default_str()->group("Cross-site (DiLoCo)");
+  t->add_option("--outer-momentum", p.outer_momentum, "DiLoCo outer momentum")->capture_default_str()->group("Cross-site (DiLoCo)");
+  t->add_option("--outer-nesterov", p.outer_nesterov, "DiLoCo: Nesterov (true) or plain (false) outer momentum")
+      ->capture_default_str()->group("Cross-site (DiLoCo)");
   t->add_option("--global-batch", c.global_batch,
                 "Sequences per optimizer step over all ranks; sets grad-accum = global / (batch-size * dp)")
       ->capture_default_str()->group("Training");

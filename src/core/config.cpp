@@ -64,8 +64,12 @@ void validate(const ParallelConfig& p) {
   require(p.sites >= 1, "sites must be >= 1 (got " + num(p.sites) + ")");
   require(p.compress == "none" || p.compress == "bf16" || p.compress == "int8",
           "compress must be none, bf16 or int8 (got '" + p.compress + "')");
-  require(p.compress == "none" || p.grad_reduce == "hierarchical",
-          "--compress needs --grad-reduce hierarchical (it applies to the cross-site step)");
+  require(p.compress == "none" || p.grad_reduce == "hierarchical" || p.outer_steps > 0,
+          "--compress needs --grad-reduce hierarchical or --outer-steps (it applies to the cross-site step)");
+  require(p.outer_steps >= 0, "outer-steps must be >= 0 (got " + num(p.outer_steps) + ")");
+  require(p.outer_lr > 0, "outer-lr must be > 0 (got " + num(p.outer_lr) + ")");
+  require(p.outer_momentum >= 0 && p.outer_momentum < 1,
+          "outer-momentum must be in [0, 1) (got " + num(p.outer_momentum) + ")");
 }
 
 void resolve_batch(TrainConfig& c, int dp) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <fstream>
@@ -101,7 +102,13 @@ struct Reader {
   }
 };
 
+/// Opens group `p`, creating it (and its parents) when it does not exist yet.
 H5 group(hid_t file, const std::string& p) {
+  if (H5Lexists(file, p.c_str(), H5P_DEFAULT) > 0) {
+    H5 g(H5Gopen2(file, p.c_str(), H5P_DEFAULT), H5Gclose);
+    require(g.ok(), "cannot open group " + p);
+    return g;
+  }
   H5 lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl, 1);
   H5 g(H5Gcreate2(file, p.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
@@ -206,7 +213,8 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
   H5Pset_create_intermediate_group(lcpl, 1);
 
   // Every dataset: created collectively; each rank writes its part of the flat range.
-  auto write_tensors = [&](const std::string& prefix, const float* data, std::size_t data_begin) {
+  auto write_tensors = [&](const std::string& prefix, const float* data, std::size_t data_begin,
+                           std::size_t write_begin, std::size_t write_end) {
     for (const auto& t : tensors) {
       const auto d = dims(t.shape), c = chunk_dims(t.shape);
       H5 space(H5Screate_simple(int(d.size()), d.data(), nullptr), H5Sclose);
@@ -216,7 +224,7 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
       const std::string name = prefix + "/" + t.path;
       H5 ds(H5Dcreate2(file, name.c_str(), H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT), H5Dclose);
       require(ds.ok(), "cannot create dataset " + name + " in '" + path + "'");
-      const std::size_t lo = std::max(t.offset, slice.write_begin), hi = std::min(t.offset + t.size, slice.write_end);
+      const std::size_t lo = std::max(t.offset, write_begin), hi = std::min(t.offset + t.size, write_end);
       const std::size_t n = hi > lo ? hi - lo : 0;
       const float* src = n ? data + (lo - data_begin) : data;
       // Collective: every rank makes exactly three calls, selecting nothing where it has no block.
@@ -254,7 +262,7 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
     attr(g, "architecture", "GPT-2: learned positions, pre-LayerNorm, GELU(tanh) MLP, tied output layer");
     attr(g, "dtype", "float32");
   }
-  write_tensors("/model", slice.params, 0);
+  write_tensors("/model", slice.params, 0, slice.write_begin, slice.write_end);
   {
     H5 g = group(file, "/optimizer");
     attr(g, "name", "adamw");
@@ -270,8 +278,19 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
     attr(g, "weight_decay", st.optim.weight_decay);
     attr(g, "grad_clip", st.optim.grad_clip);
   }
-  write_tensors("/optimizer/adam_m", slice.m, slice.moments_begin);
-  write_tensors("/optimizer/adam_v", slice.v, slice.moments_begin);
+  write_tensors("/optimizer/adam_m", slice.m, slice.moments_begin, slice.write_begin, slice.write_end);
+  write_tensors("/optimizer/adam_v", slice.v, slice.moments_begin, slice.write_begin, slice.write_end);
+  for (const auto& x : slice.extra) write_tensors(x.prefix, x.data, x.data_begin, x.write_begin, x.write_end);
+  if (st.diloco_sites > 0) {
+    H5 g = group(file, "/diloco");
+    attr(g, "sites", std::int64_t(st.diloco_sites));
+    attr(g, "outer_steps", std::int64_t(st.outer_steps));
+    attr(g, "outer_lr", st.outer_lr);
+    attr(g, "outer_momentum", st.outer_momentum);
+    attr(g, "outer_nesterov", std::int64_t(st.outer_nesterov ? 1 : 0));
+    attr(g, "note", "site 0's inner state is /model and /optimizer; site s > 0's is under site_SS; "
+                    "outer/model and outer/momentum: the outer SGD's parameters and momentum");
+  }
   {
     H5 g = group(file, "/data");
     attr(g, "train_data", st.train_data);
@@ -361,46 +380,86 @@ CheckpointState read_checkpoint_state(const std::string& path) {
   H5 rng(H5Gopen2(file, "/rng", H5P_DEFAULT), H5Gclose);
   require(rng.ok(), "checkpoint '" + path + "' has no /rng group");
   st.seed = r.u64(rng, "init_seed");
+  if (H5Lexists(file, "/diloco", H5P_DEFAULT) > 0) {
+    H5 dl(H5Gopen2(file, "/diloco", H5P_DEFAULT), H5Gclose);
+    st.diloco_sites = int(r.i64(dl, "sites"));
+    st.outer_steps = int(r.i64(dl, "outer_steps"));
+    st.outer_lr = r.f64(dl, "outer_lr");
+    st.outer_momentum = r.f64(dl, "outer_momentum");
+    st.outer_nesterov = r.i64(dl, "outer_nesterov") != 0;
+  }
   return st;
+}
+
+namespace {
+void read_tensor_range(hid_t file, const std::string& path, const std::string& name, const FlatTensor& t, float* dst,
+                       std::size_t a, std::size_t b) {
+  H5 ds(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  require(ds.ok(), "checkpoint '" + path + "' lacks tensor " + name);
+  H5 space(H5Dget_space(ds), H5Sclose);
+  std::vector<hsize_t> d(std::size_t(std::max(0, H5Sget_simple_extent_ndims(space))));
+  H5Sget_simple_extent_dims(space, d.data(), nullptr);
+  std::vector<std::int64_t> got(d.begin(), d.end());
+  require(got == t.shape, "checkpoint '" + path + "': tensor " + name + " has shape " + shape_str(got) +
+                              ", the run expects " + shape_str(t.shape));
+  for (const auto& k : flat_blocks(t.shape, a, b)) {
+    H5Sselect_hyperslab(space, H5S_SELECT_SET, k.start, nullptr, k.count, nullptr);
+    H5 mem(H5Screate_simple(int(t.shape.size()), k.count, nullptr), H5Sclose);
+    check(H5Dread(ds, H5T_NATIVE_FLOAT, mem, space, H5P_DEFAULT, dst + k.buffer_offset),
+          "checkpoint '" + path + "': tensor " + name + " is corrupted (Fletcher32 checksum mismatch) or unreadable");
+  }
+}
+
+/// Reads [begin, end) of the buffer under `prefix` from an open file.
+void read_section(hid_t file, const std::string& path, const std::string& prefix,
+                  const std::vector<FlatTensor>& tensors, float* dst, std::size_t begin, std::size_t end) {
+  for (const auto& t : tensors) {
+    const std::size_t lo = std::max(t.offset, begin), hi = std::min(t.offset + t.size, end);
+    if (lo < hi) read_tensor_range(file, path, prefix + "/" + t.path, t, dst + (lo - begin), lo - t.offset, hi - t.offset);
+  }
+}
+}  // namespace
+
+std::string diloco_site_prefix(int site, const char* what) {
+  if (site == 0) return std::string(what) == std::string("model") ? "/model" : std::string("/optimizer/") + what;
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "/diloco/site_%02d/%s", site, what);
+  return buf;
+}
+
+void read_flat_section(const std::string& path, const std::string& prefix, const std::vector<FlatTensor>& tensors,
+                       float* dst, std::size_t begin, std::size_t end) {
+  H5 file = open_file(path);
+  read_section(file, path, prefix, tensors, dst, begin, end);
 }
 
 void read_checkpoint_tensors(const std::string& path, const std::vector<FlatTensor>& tensors, float* params,
                              std::size_t n, float* m, float* v, std::size_t m_begin, std::size_t m_end) {
   H5 file = open_file(path);
-  auto read = [&](const std::string& name, const FlatTensor& t, float* dst, std::size_t a, std::size_t b) {
-    H5 ds(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
-    require(ds.ok(), "checkpoint '" + path + "' lacks tensor " + name);
-    H5 space(H5Dget_space(ds), H5Sclose);
-    std::vector<hsize_t> d(std::size_t(std::max(0, H5Sget_simple_extent_ndims(space))));
-    H5Sget_simple_extent_dims(space, d.data(), nullptr);
-    std::vector<std::int64_t> got(d.begin(), d.end());
-    require(got == t.shape, "checkpoint '" + path + "': tensor " + name + " has shape " + shape_str(got) +
-                                ", the run expects " + shape_str(t.shape));
-    for (const auto& k : flat_blocks(t.shape, a, b)) {
-      H5Sselect_hyperslab(space, H5S_SELECT_SET, k.start, nullptr, k.count, nullptr);
-      H5 mem(H5Screate_simple(int(t.shape.size()), k.count, nullptr), H5Sclose);
-      check(H5Dread(ds, H5T_NATIVE_FLOAT, mem, space, H5P_DEFAULT, dst + k.buffer_offset),
-            "checkpoint '" + path + "': tensor " + name + " is corrupted (Fletcher32 checksum mismatch) or unreadable");
-    }
-  };
-  for (const auto& t : tensors) {
-    require(t.offset + t.size <= n, "read_checkpoint_tensors: tensor outside the buffer");
-    read("/model/" + t.path, t, params + t.offset, 0, t.size);
-    const std::size_t lo = std::max(t.offset, m_begin), hi = std::min(t.offset + t.size, m_end);
-    if (lo < hi) {
-      read("/optimizer/adam_m/" + t.path, t, m + (lo - m_begin), lo - t.offset, hi - t.offset);
-      read("/optimizer/adam_v/" + t.path, t, v + (lo - m_begin), lo - t.offset, hi - t.offset);
-    }
+  for (const auto& t : tensors) require(t.offset + t.size <= n, "read_checkpoint_tensors: tensor outside the buffer");
+  read_section(file, path, "/model", tensors, params, 0, n);
+  if (m_end > m_begin) {
+    read_section(file, path, "/optimizer/adam_m", tensors, m, m_begin, m_end);
+    read_section(file, path, "/optimizer/adam_v", tensors, v, m_begin, m_end);
   }
 }
 
 std::vector<TensorReport> inspect_checkpoint(const std::string& path, const std::vector<FlatTensor>& tensors) {
   H5 file = open_file(path);
   std::vector<TensorReport> out;
-  std::vector<std::string> names;
-  for (const char* prefix : {"/model/", "/optimizer/adam_m/", "/optimizer/adam_v/"})
-    for (const auto& t : tensors) names.push_back(prefix + t.path);
   Reader r{path};
+  std::vector<std::string> prefixes = {"/model/", "/optimizer/adam_m/", "/optimizer/adam_v/"};
+  if (H5Lexists(file, "/diloco", H5P_DEFAULT) > 0) {
+    H5 dl(H5Gopen2(file, "/diloco", H5P_DEFAULT), H5Gclose);
+    const int sites = int(r.i64(dl, "sites"));
+    for (int s = 1; s < sites; ++s)
+      for (const char* what : {"model", "adam_m", "adam_v"}) prefixes.push_back(diloco_site_prefix(s, what) + "/");
+    prefixes.push_back(std::string(kOuterParams) + "/");
+    prefixes.push_back(std::string(kOuterMomentum) + "/");
+  }
+  std::vector<std::string> names;
+  for (const auto& prefix : prefixes)
+    for (const auto& t : tensors) names.push_back(prefix + t.path);
   for (const auto& name : names) {
     TensorReport rep;
     rep.path = name;

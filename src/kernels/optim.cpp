@@ -49,6 +49,27 @@ template <class T> double sum_squares(const ExecSpace& exec, In1<T> x) {
   return s;
 }
 
+template <class T>
+void pseudo_gradient(const ExecSpace& exec, In1<T> outer, In1<T> local, View1<T> delta) {
+  Kokkos::parallel_for(
+      "tapestry::pseudo_gradient", Kokkos::RangePolicy<ExecSpace>(exec, 0, delta.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) { delta(i) = outer(i) - local(i); });
+}
+
+template <class T>
+void outer_sgd_update(const ExecSpace& exec, View1<T> outer, View1<T> momentum, In1<T> delta, const OuterStep& s) {
+  const T lr = T(s.lr), mu = T(s.momentum), scale = T(s.delta_scale);
+  const bool nesterov = s.nesterov;
+  Kokkos::parallel_for(
+      "tapestry::outer_sgd_update", Kokkos::RangePolicy<ExecSpace>(exec, 0, outer.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) {
+        const T g = delta(i) * scale;
+        const T b = mu * momentum(i) + g;
+        momentum(i) = b;
+        outer(i) -= lr * (nesterov ? g + mu * b : b);
+      });
+}
+
 double clip_factor(double norm, double max_norm) {
   if (max_norm <= 0 || !(norm > max_norm)) return 1.0;
   return max_norm / norm;
@@ -57,7 +78,9 @@ double clip_factor(double norm, double max_norm) {
 #define TAPESTRY_INSTANTIATE(T)                                                                 \
   template void adamw_update<T>(const ExecSpace&, View1<T>, View1<T>, View1<T>, In1<T>,        \
                                 const AdamWStep&);                                              \
-  template double sum_squares<T>(const ExecSpace&, In1<T>);
+  template double sum_squares<T>(const ExecSpace&, In1<T>);                                     \
+  template void pseudo_gradient<T>(const ExecSpace&, In1<T>, In1<T>, View1<T>);                \
+  template void outer_sgd_update<T>(const ExecSpace&, View1<T>, View1<T>, In1<T>, const OuterStep&);
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)
 #undef TAPESTRY_INSTANTIATE

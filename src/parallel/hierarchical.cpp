@@ -46,35 +46,38 @@ HierarchicalReducer::HierarchicalReducer(const SiteTopology& topo, Backend backe
       site_(make_collectives(backend, topo.site_nodes())),
       cross_(make_collectives(backend, topo.cross_site())),
       flat_(dp_flat),
-      compression_(compression) {}
+      xsum_(*cross_, compression) {}
 
 std::string HierarchicalReducer::describe() const {
   const char* c[] = {"none", "bf16", "int8"};
   return std::string("hierarchical all-reduce (") + flat_.name() + "), " + topo_.describe() +
-         ", cross-site compression " + c[int(compression_)];
+         ", cross-site compression " + c[int(xsum_.compression())];
 }
 
-void HierarchicalReducer::cross_site_sum(float* piece, std::size_t n) {
-  const std::size_t S = std::size_t(cross_->size());
+CrossSiteSum::CrossSiteSum(Collectives& cross, kernels::Compression compression)
+    : cross_(cross), compression_(compression) {}
+
+void CrossSiteSum::sum(float* piece, std::size_t n) {
+  const std::size_t S = std::size_t(cross_.size());
   if (S == 1) return;
   if (compression_ == kernels::Compression::none) {
-    cross_->all_reduce_sum(piece, n);
-    cross_bytes_ += 2 * (S - 1) * n * sizeof(float) / S;  // ring all-reduce: 2(S-1)/S of the data
+    cross_.all_reduce_sum(piece, n);
+    bytes_ += 2 * (S - 1) * n * sizeof(float) / S;  // ring all-reduce: 2(S-1)/S of the data
     return;
   }
   const std::size_t bytes = kernels::compressed_bytes(compression_, n), words = (bytes + 3) / 4;
   if (residual_.extent(0) != n) residual_ = View1<float>("tapestry::xsite_residual", n);  // zero: no error yet
   if (payload_.extent(0) < S * words) payload_ = View1<float>("tapestry::xsite_payload", S * words);
   const ExecSpace ex;
-  auto* mine = reinterpret_cast<std::uint8_t*>(payload_.data() + std::size_t(cross_->rank()) * words);
+  auto* mine = reinterpret_cast<std::uint8_t*>(payload_.data() + std::size_t(cross_.rank()) * words);
   kernels::compress_with_feedback(ex, compression_, View1<float>(piece, n), residual_, mine);
-  cross_->all_gather_inplace(payload_.data(), words);
+  cross_.all_gather_inplace(payload_.data(), words);
   View1<float> acc(piece, n);
   Kokkos::deep_copy(ex, acc, 0.0f);
   for (std::size_t s = 0; s < S; ++s)  // site order: the same sum on every rank
     kernels::decompress_add(ex, compression_, reinterpret_cast<const std::uint8_t*>(payload_.data() + s * words), acc);
   ex.fence();
-  cross_bytes_ += (S - 1) * bytes;
+  bytes_ += (S - 1) * bytes;
 }
 
 const float* HierarchicalReducer::sum_into_scratch(const float* grads, std::size_t n) {
@@ -93,7 +96,7 @@ const float* HierarchicalReducer::sum_into_scratch(const float* grads, std::size
   node_->reduce_scatter_sum(buf.data(), p, node_piece);
   float* q = buf.data();  // reuse the front of the scratch for the site-level piece
   site_->reduce_scatter_sum(p, q, site_piece);
-  cross_site_sum(q, site_piece);
+  xsum_.sum(q, site_piece);
   // 4) back up: site's nodes, then node.
   Kokkos::deep_copy(View1<float>(p + std::size_t(site_->rank()) * site_piece, site_piece), View1<float>(q, site_piece));
   site_->all_gather_inplace(p, site_piece);

@@ -145,7 +145,7 @@ void bench_ckpt(const BenchCkptConfig& cfg, const parallel::Comm& world, std::os
   for (int it = 0; it < cfg.iters; ++it) {
     world.barrier();
     auto t0 = Clock::now();
-    io::write_checkpoint(path, world.get(), st, tensors, {params.data(), b, b + part, m.data(), v.data(), b});
+    io::write_checkpoint(path, world.get(), st, tensors, {params.data(), b, b + part, m.data(), v.data(), b, {}});
     world.barrier();
     double w = since(t0);
     t0 = Clock::now();

@@ -1,5 +1,7 @@
 #include "tapestry/train/trainer.hpp"
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -18,6 +20,7 @@
 #include "tapestry/parallel/grad_reducer.hpp"
 #include "tapestry/parallel/hierarchical.hpp"
 #include "tapestry/train/checkpointing.hpp"
+#include "tapestry/train/diloco.hpp"
 #include "text.hpp"
 
 namespace tapestry::train {
@@ -49,6 +52,40 @@ double evaluate(model::GPT& gpt, const kernels::Blas& blas, io::DataLoader& load
   return all_sum(sum / calls, dp) / dp.size();
 }
 
+/// \brief Stop and failure flags agreed over the job. Blocking by default; with `lagged`, the vote
+/// started after step s is read after step s + 1, so sites that only talk every H steps (DiLoCo)
+/// do not pay a cross-site round trip per step.
+class StepVote {
+ public:
+  StepVote(MPI_Comm comm, bool lagged) : comm_(comm), lagged_(lagged) {}
+  ~StepVote() {
+    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+  }
+  StepVote(const StepVote&) = delete;
+  StepVote& operator=(const StepVote&) = delete;
+  /// {stop, failed} as the maximum over ranks; `last`: also settle this step's vote now.
+  std::array<int, 2> vote(bool stop, bool failed, bool last) {
+    std::array<int, 2> got{0, 0};
+    if (req_ != MPI_REQUEST_NULL) {
+      MPI_Wait(&req_, MPI_STATUS_IGNORE);
+      got = recv_;
+    }
+    send_ = {stop ? 1 : 0, failed ? 1 : 0};
+    if (lagged_ && !last) {
+      MPI_Iallreduce(send_.data(), recv_.data(), 2, MPI_INT, MPI_MAX, comm_, &req_);
+      return got;
+    }
+    MPI_Allreduce(send_.data(), recv_.data(), 2, MPI_INT, MPI_MAX, comm_);
+    return {std::max(got[0], recv_[0]), std::max(got[1], recv_[1])};
+  }
+
+ private:
+  MPI_Comm comm_;
+  bool lagged_;
+  MPI_Request req_ = MPI_REQUEST_NULL;
+  std::array<int, 2> send_{}, recv_{};
+};
+
 /// Everything a run holds, built collectively (an error on any rank stops all ranks).
 struct Run {
   TrainConfig cfg;
@@ -57,8 +94,18 @@ struct Run {
   std::unique_ptr<optim::AdamW> adamw;
   std::unique_ptr<parallel::Collectives> coll;
   std::unique_ptr<parallel::SiteTopology> sites;
+  // DiLoCo: gradients are reduced inside the site only (inner_coll over the site's ranks).
+  std::unique_ptr<parallel::Collectives> inner_coll;
+  std::unique_ptr<parallel::SiteTopology> inner_topo;  // the site alone, for a hierarchical inner reducer
+  std::unique_ptr<Diloco> diloco;
   std::unique_ptr<parallel::GradReducer> reducer;
   std::uint64_t xsite_seen = 0;  // cross-site bytes counted so far
+  int site = 0;
+  /// The ranks whose gradients are summed each step: the DP group, or with DiLoCo the site's ranks.
+  const parallel::Comm* reduce_comm = nullptr;
+  std::uint64_t cross_site_bytes() const {
+    return reducer->cross_site_bytes() + (diloco ? diloco->cross_site_bytes() : 0);
+  }
   View1<float> grad_shard;  // ZeRO-1: this rank's summed gradients
   std::vector<io::FlatTensor> tensors;  // the checkpoint's view of the flat buffer
   int start_step = 0;
@@ -72,19 +119,37 @@ std::string model_str(const ModelConfig& m) {
          " maxT=" + std::to_string(m.max_seq_len);
 }
 
-/// Loads parameters, AdamW moments and step, and the loader position from `path` (any layout).
+/// Loads parameters, AdamW moments and step, the loader position and DiLoCo's state from `path`
+/// (any layout; a DiLoCo checkpoint needs the same number of sites, or a run without DiLoCo, which
+/// continues from site 0's state).
 void resume_from(Run& r, const std::string& path) {
   const auto st = io::read_checkpoint_state(path);
   const auto& m = r.cfg.model;
   require(model_str(st.model) == model_str(m), "checkpoint '" + path + "' holds model " + model_str(st.model) +
                                                    " but the run asks for " + model_str(m));
+  const int sites = r.diloco ? r.sites->num_sites() : 0;
+  require(st.diloco_sites == 0 || sites == 0 || st.diloco_sites == sites,
+          "checkpoint '" + path + "' holds the DiLoCo state of " + std::to_string(st.diloco_sites) +
+              " sites but this run has " + std::to_string(sites));
+  const int s = st.diloco_sites > 0 && sites > 0 ? r.site : 0;  // whose inner state this rank loads
   auto params = Kokkos::create_mirror_view(r.gpt->params());
   auto mm = Kokkos::create_mirror_view(r.adamw->m()), vv = Kokkos::create_mirror_view(r.adamw->v());
-  io::read_checkpoint_tensors(path, r.tensors, params.data(), params.extent(0), mm.data(), vv.data(),
-                              r.adamw->begin(), r.adamw->end());
+  const auto b = r.adamw->begin(), e = r.adamw->end();
+  io::read_flat_section(path, io::diloco_site_prefix(s, "model"), r.tensors, params.data(), 0, params.extent(0));
+  io::read_flat_section(path, io::diloco_site_prefix(s, "adam_m"), r.tensors, mm.data(), b, e);
+  io::read_flat_section(path, io::diloco_site_prefix(s, "adam_v"), r.tensors, vv.data(), b, e);
   Kokkos::deep_copy(r.gpt->params(), params);
   Kokkos::deep_copy(r.adamw->m(), mm);
   Kokkos::deep_copy(r.adamw->v(), vv);
+  if (r.diloco && st.diloco_sites > 0) {
+    auto outer = Kokkos::create_mirror_view(r.diloco->outer()), mom = Kokkos::create_mirror_view(r.diloco->momentum());
+    io::read_flat_section(path, io::kOuterParams, r.tensors, outer.data(), r.diloco->begin(), r.diloco->end());
+    io::read_flat_section(path, io::kOuterMomentum, r.tensors, mom.data(), r.diloco->begin(), r.diloco->end());
+    Kokkos::deep_copy(r.diloco->outer(), outer);
+    Kokkos::deep_copy(r.diloco->momentum(), mom);
+  } else if (r.diloco) {
+    r.diloco->reset(r.gpt->params());
+  }
   r.adamw->set_steps_taken(st.adam_t);
   r.train_loader->set_position({st.loader_file, st.loader_offset, st.loader_epoch});
   r.start_step = int(st.step);
@@ -120,10 +185,35 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   if (cfg.init_from.empty()) r.gpt->init_random(cfg.seed);
   else r.gpt->load_params(io::read_llmc_params(cfg.init_from, std::size_t(cfg.model.num_parameters())));
   const std::size_t n = r.gpt->padded_size();
-  if (cfg.parallel.zero == 1) {
-    const std::size_t shard = n / std::size_t(dp);
-    r.adamw = std::make_unique<optim::AdamW>(cfg.optim, r.gpt->tensors(), shard * std::size_t(drank),
-                                             shard * std::size_t(drank + 1));
+  const auto backend = parallel::parse_backend(cfg.parallel.collectives);
+  r.coll = parallel::make_collectives(backend, grid.dp());
+  const auto& pc = cfg.parallel;
+  r.site = parallel::SiteTopology::site_of(drank, dp, pc.sites);
+  if (pc.grad_reduce == "hierarchical" || pc.outer_steps > 0)
+    r.sites = std::make_unique<parallel::SiteTopology>(grid.dp(), r.site, pc.sites);
+  r.reduce_comm = &grid.dp();
+  if (pc.outer_steps > 0) {
+    r.reduce_comm = &r.sites->site_ranks();
+    r.inner_coll = parallel::make_collectives(backend, *r.reduce_comm);
+    if (pc.grad_reduce == "hierarchical") {
+      r.inner_topo = std::make_unique<parallel::SiteTopology>(*r.reduce_comm, 0, 1);
+      r.reducer = std::make_unique<parallel::HierarchicalReducer>(*r.inner_topo, backend, *r.inner_coll);
+    } else {
+      r.reducer = std::make_unique<parallel::FlatReducer>(*r.inner_coll, std::size_t(pc.bucket_mb * (1 << 20)));
+    }
+    r.diloco = std::make_unique<Diloco>(*r.sites, backend, pc, r.gpt->params());
+  } else if (pc.grad_reduce == "hierarchical") {
+    r.reducer = std::make_unique<parallel::HierarchicalReducer>(*r.sites, backend, *r.coll,
+                                                                kernels::parse_compression(pc.compress));
+  } else {
+    r.reducer = std::make_unique<parallel::FlatReducer>(*r.coll, std::size_t(pc.bucket_mb * (1 << 20)));
+  }
+  // AdamW state: whole, or with ZeRO-1 one shard per rank of the reducing group.
+  const int rsize = r.reduce_comm->size(), rrank = r.reduce_comm->rank();
+  if (pc.zero == 1) {
+    const std::size_t shard = n / std::size_t(rsize);
+    r.adamw = std::make_unique<optim::AdamW>(cfg.optim, r.gpt->tensors(), shard * std::size_t(rrank),
+                                             shard * std::size_t(rrank + 1));
     r.grad_shard = View1<float>("tapestry::grad_shard", shard);
   } else {
     r.adamw = std::make_unique<optim::AdamW>(cfg.optim, r.gpt->tensors(), 0, n);
@@ -131,16 +221,6 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   r.tensors = checkpoint_tensors(cfg.model);
   const std::string resume = resolve_resume(cfg.resume, cfg.ckpt_dir);
   if (!resume.empty()) resume_from(r, resume);
-  const auto backend = parallel::parse_backend(cfg.parallel.collectives);
-  r.coll = parallel::make_collectives(backend, grid.dp());
-  const int site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
-  if (cfg.parallel.grad_reduce == "hierarchical") {
-    r.sites = std::make_unique<parallel::SiteTopology>(grid.dp(), site, cfg.parallel.sites);
-    r.reducer = std::make_unique<parallel::HierarchicalReducer>(*r.sites, backend, *r.coll,
-                                                                kernels::parse_compression(cfg.parallel.compress));
-  } else {
-    r.reducer = std::make_unique<parallel::FlatReducer>(*r.coll, std::size_t(cfg.parallel.bucket_mb * (1 << 20)));
-  }
 }
 
 /// Saves the run's state at `step` (collective over the DP group).
@@ -164,10 +244,35 @@ std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wal
   const auto params = Kokkos::create_mirror_view_and_copy(HostSpace(), r.gpt->params());
   const auto m = Kokkos::create_mirror_view_and_copy(HostSpace(), r.adamw->m());
   const auto v = Kokkos::create_mirror_view_and_copy(HostSpace(), r.adamw->v());
-  // Each DP rank writes 1/dp of every buffer: replicated values are written once.
-  const std::size_t n = r.gpt->padded_size(), part = n / std::size_t(grid.dp().size());
-  const std::size_t b = part * std::size_t(grid.dp().rank());
-  io::RankSlice slice{params.data(), b, b + part, m.data(), v.data(), r.adamw->begin()};
+  const std::size_t n = r.gpt->padded_size();
+  io::RankSlice slice{params.data(), 0, 0, m.data(), v.data(), r.adamw->begin(), {}};
+  std::remove_const_t<decltype(params)> outer, mom;
+  if (!r.diloco) {  // each DP rank writes 1/dp of every buffer: replicated values are written once
+    const std::size_t part = n / std::size_t(grid.dp().size()), b = part * std::size_t(grid.dp().rank());
+    slice.write_begin = b, slice.write_end = b + part;
+  } else {
+    // Every site's inner state, each written by its own ranks (1/k each); site 0's in the usual
+    // places. The outer state is the same at every site: site 0 writes it.
+    const int S = r.sites->num_sites(), k = r.reduce_comm->size();
+    const std::size_t part = n / std::size_t(k), b = part * std::size_t(r.reduce_comm->rank());
+    auto mine = [&](bool yes) { return yes ? std::pair<std::size_t, std::size_t>{b, b + part} : std::pair<std::size_t, std::size_t>{0, 0}; };
+    std::tie(slice.write_begin, slice.write_end) = mine(r.site == 0);
+    for (int s = 1; s < S; ++s) {
+      const auto [lo, hi] = mine(r.site == s);
+      slice.extra.push_back({io::diloco_site_prefix(s, "model"), params.data(), 0, lo, hi});
+      slice.extra.push_back({io::diloco_site_prefix(s, "adam_m"), m.data(), r.adamw->begin(), lo, hi});
+      slice.extra.push_back({io::diloco_site_prefix(s, "adam_v"), v.data(), r.adamw->begin(), lo, hi});
+    }
+    outer = Kokkos::create_mirror_view_and_copy(HostSpace(), r.diloco->outer());
+    mom = Kokkos::create_mirror_view_and_copy(HostSpace(), r.diloco->momentum());
+    const auto [lo, hi] = mine(r.site == 0);
+    slice.extra.push_back({io::kOuterParams, outer.data(), r.diloco->begin(), lo, hi});
+    slice.extra.push_back({io::kOuterMomentum, mom.data(), r.diloco->begin(), lo, hi});
+    st.diloco_sites = S;
+    st.outer_steps = cfg.parallel.outer_steps;
+    st.outer_lr = cfg.parallel.outer_lr, st.outer_momentum = cfg.parallel.outer_momentum;
+    st.outer_nesterov = cfg.parallel.outer_nesterov;
+  }
   CheckpointManager mgr(cfg.ckpt_dir, cfg.keep, grid.dp().get());
   return mgr.save(st, r.tensors, slice);
 }
@@ -197,7 +302,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       << "), " << grid.layout().describe() << ", global batch " << cfg.global_batch << " x T=" << T
       << " (B=" << B << " per rank, grad_accum=" << cfg.grad_accum << ")" << (zero ? ", ZeRO-1" : "")
       << ", " << r.train_loader->num_tokens() << " training tokens, " << cfg.steps << " steps\n";
-  if (dp > 1) out << "gradients: " << r.reducer->describe() << "\n";
+  if (dp > 1) out << "gradients: " << r.reducer->describe() << (r.diloco ? " (inside each site)" : "") << "\n";
+  if (r.diloco) out << r.diloco->describe() << "\n";
   if (!r.resumed_from.empty()) out << "resumed from " << r.resumed_from << " at step " << r.start_step << "\n";
   install_stop_signals();
   const auto run_start = Clock::now();
@@ -209,6 +315,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   }
 
   TrainResult result;
+  StepVote vote(grid.world().get(), r.diloco != nullptr);
   std::vector<int> in, tg;
   View1<float> params = gpt.params(), grads = gpt.grads();
   const std::size_t n = gpt.padded_size();
@@ -231,37 +338,43 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     }
     ex.fence();
     const auto tc = Clock::now();
-    // Gradients are summed over DP; dividing by dp is folded into the norm and AdamW's scale.
+    // Gradients are summed over the reducing group (DP, or the site with DiLoCo); dividing by its
+    // size is folded into the norm and AdamW's scale.
+    const parallel::Comm& red = *r.reduce_comm;
+    const int nred = red.size();
     double sumsq = 0;
     if (zero) {
       r.reducer->reduce_scatter_sum(grads.data(), r.grad_shard.data(), n);
-      sumsq = all_sum(kernels::sum_squares<float>(ex, r.grad_shard), dpc);
+      sumsq = all_sum(kernels::sum_squares<float>(ex, r.grad_shard), red);
     } else {
       r.reducer->all_reduce_sum(grads.data(), n);
       sumsq = kernels::sum_squares<float>(ex, grads);
     }
     rec.comm_ms = 1e3 * since(tc);
-    {  // bytes that crossed sites this step, all ranks together
-      const std::uint64_t now = r.reducer->cross_site_bytes();
-      double sent = double(now - r.xsite_seen);
-      r.xsite_seen = now;
-      rec.cross_site_mb = all_sum(sent, dpc) / 1e6;
-    }
-    loss = all_sum(loss, dpc) / dp;  // the same value on every rank
-    if (!std::isfinite(loss)) {
-      if (!root) throw parallel::PeerError();
-      throw Error("loss is not finite at step " + std::to_string(step + 1) + " (lower --lr or enable --grad-clip)");
-    }
-    rec.grad_norm = std::sqrt(sumsq) / dp;
+    // The mean over the reducing group: every DP rank, or with DiLoCo this site's ranks (sites do
+    // not talk between outer steps; the log shows site 0's loss).
+    loss = all_sum(loss, red) / nred;
+    rec.grad_norm = std::sqrt(sumsq) / nred;
     rec.lr = optim::lr_at(cfg.optim, step, cfg.steps);
-    const double scale = kernels::clip_factor(rec.grad_norm, cfg.optim.grad_clip) / dp;
+    const double scale = kernels::clip_factor(rec.grad_norm, cfg.optim.grad_clip) / nred;
     r.adamw->step(ex, params, zero ? r.grad_shard : grads, rec.lr, scale);
     if (zero) {
       const auto tg0 = Clock::now();
       r.reducer->all_gather(params.data(), n);
       rec.comm_ms += 1e3 * since(tg0);
     }
+    if (r.diloco && r.diloco->due(step + 1)) {
+      const auto to = Clock::now();
+      r.diloco->outer_step(params);
+      rec.comm_ms += 1e3 * since(to);
+    }
     ex.fence();
+    if (r.sites && (!r.diloco || r.diloco->due(step + 1))) {  // bytes that crossed sites, all ranks together
+      const std::uint64_t now = r.cross_site_bytes();
+      const double sent = double(now - r.xsite_seen);
+      r.xsite_seen = now;
+      rec.cross_site_mb = all_sum(sent, dpc) / 1e6;
+    }
     const double dt = since(t0);
     rec.step = step + 1;
     rec.loss = loss;
@@ -287,8 +400,11 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     }
     result.steps.push_back(rec);
     // Save on schedule, at the end, or when any rank got a stop signal (then exit cleanly).
-    int stop = stop_requested() ? 1 : 0;
-    MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, grid.world().get());
+    const auto [stop, failed] = vote.vote(stop_requested(), !std::isfinite(loss), rec.step == cfg.steps);
+    if (failed) {
+      if (!root) throw parallel::PeerError();
+      throw Error("loss is not finite by step " + std::to_string(rec.step) + " (lower --lr or enable --grad-clip)");
+    }
     const bool scheduled = cfg.save_every > 0 && (rec.step % cfg.save_every == 0 || rec.step == cfg.steps);
     if (scheduled || stop) {
       const auto ts = Clock::now();

@@ -48,7 +48,12 @@ struct ParallelConfig {
   std::string collectives = "auto";  ///< mpi, nccl or auto
   std::string grad_reduce = "flat";  ///< flat or hierarchical (node, site, cross-site)
   int sites = 1;              ///< sites in this job: contiguous blocks of DP ranks (or TAPESTRY_SITE)
-  std::string compress = "none";  ///< cross-site encoding with hierarchical: none, bf16 or int8
+  std::string compress = "none";  ///< cross-site encoding (hierarchical or DiLoCo): none, bf16 or int8
+  // DiLoCo: sites train apart for outer_steps inner steps, then average their parameter change.
+  int outer_steps = 0;            ///< H; 0: off (every step reduces over all DP ranks)
+  double outer_lr = 0.7;          ///< outer SGD learning rate (DiLoCo's default)
+  double outer_momentum = 0.9;    ///< outer SGD momentum (DiLoCo's default)
+  bool outer_nesterov = true;     ///< Nesterov momentum in the outer step
 };
 
 /// \brief One training run.

@@ -41,6 +41,25 @@ struct CheckpointState {
   std::int64_t loader_file = 0, loader_offset = 0, loader_epoch = 0;
   int batch_size = 0, seq_len = 0, global_batch = 0;
   std::uint64_t seed = 0;  ///< initialisation seed (no randomness is drawn after initialisation)
+  // DiLoCo (written as /diloco when diloco_sites > 0)
+  int diloco_sites = 0;          ///< sites, each with its own inner state
+  int outer_steps = 0;           ///< H: inner steps per outer step
+  double outer_lr = 0, outer_momentum = 0;
+  bool outer_nesterov = true;
+};
+
+/// Path prefixes of the DiLoCo state: site s's inner parameters and moments (site 0's are the
+/// ordinary /model and /optimizer/adam_{m,v}), and the outer parameters and momentum.
+std::string diloco_site_prefix(int site, const char* what);  ///< what: model, adam_m, adam_v
+constexpr const char* kOuterParams = "/diloco/outer/model";
+constexpr const char* kOuterMomentum = "/diloco/outer/momentum";
+
+/// \brief A further flat buffer written under `prefix` (e.g. DiLoCo state): this rank writes flat
+/// range [write_begin, write_end); element 0 of `data` is flat index `data_begin`.
+struct FlatSection {
+  std::string prefix;
+  const float* data = nullptr;
+  std::size_t data_begin = 0, write_begin = 0, write_end = 0;
 };
 
 /// \brief This rank's part of a checkpoint write or read: flat ranges of the parameter and AdamW
@@ -52,6 +71,9 @@ struct RankSlice {
   const float* m = nullptr;
   const float* v = nullptr;
   std::size_t moments_begin = 0;
+  /// Further buffers, in the same order on every rank (a rank that writes nothing of one passes an
+  /// empty range).
+  std::vector<FlatSection> extra;
 };
 
 /// Writes `path` collectively over `comm` (every rank calls it). Each flat element in [0, n) must be
@@ -70,6 +92,11 @@ void read_checkpoint_tensors(const std::string& path, const std::vector<FlatTens
                              float* params, std::size_t n, float* m, float* v, std::size_t m_begin,
                              std::size_t m_end);
 
+/// Reads flat range [begin, end) of the buffer stored under `prefix` (e.g. "/model") into `dst`
+/// (element 0 = flat index begin). Errors as read_checkpoint_tensors.
+void read_flat_section(const std::string& path, const std::string& prefix, const std::vector<FlatTensor>& tensors,
+                       float* dst, std::size_t begin, std::size_t end);
+
 /// \brief One tensor as `ckpt info` / `ckpt verify` report it.
 struct TensorReport {
   std::string path;
@@ -79,7 +106,7 @@ struct TensorReport {
   bool ok = false;
 };
 
-/// Reads every tensor under /model and /optimizer/adam_{m,v}, recomputes norms and checksums. A
+/// Reads every tensor under /model and /optimizer/adam_{m,v} (and /diloco, if present), recomputes norms and checksums. A
 /// dataset that is missing or fails Fletcher32 is reported with ok = false.
 std::vector<TensorReport> inspect_checkpoint(const std::string& path, const std::vector<FlatTensor>& tensors);
 

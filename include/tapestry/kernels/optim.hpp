@@ -27,6 +27,23 @@ void adamw_update(const ExecSpace& exec, View1<T> param, View1<T> m, View1<T> v,
 /// sum of x^2, accumulated in double.
 template <class T> double sum_squares(const ExecSpace& exec, In1<T> x);
 
+/// DiLoCo's pseudo-gradient: delta (n) = outer - local.
+template <class T>
+void pseudo_gradient(const ExecSpace& exec, In1<T> outer, In1<T> local, View1<T> delta);
+
+/// \brief One outer SGD step of DiLoCo on the averaged pseudo-gradient.
+struct OuterStep {
+  double lr = 0.7;
+  double momentum = 0.9;
+  bool nesterov = true;
+  double delta_scale = 1.0;  ///< multiplies delta first (1 / sites when delta is a sum)
+};
+
+/// With g = delta * delta_scale: momentum = mu * momentum + g; outer -= lr * (nesterov ?
+/// g + mu * momentum : momentum) (PyTorch's SGD with dampening 0). outer, momentum, delta: n.
+template <class T>
+void outer_sgd_update(const ExecSpace& exec, View1<T> outer, View1<T> momentum, In1<T> delta, const OuterStep& s);
+
 /// Clip factor for a global norm: min(1, max_norm / norm); 1 when max_norm <= 0.
 double clip_factor(double norm, double max_norm);
 

@@ -27,6 +27,7 @@ class SiteTopology {
 
   int site() const { return site_; }
   int num_sites() const { return num_sites_; }
+  const Comm& site_ranks() const { return site_comm_; }  ///< every rank of this site
   const Comm& node() const { return node_; }
   const Comm& site_nodes() const { return site_nodes_; }
   const Comm& cross_site() const { return cross_; }
@@ -37,17 +38,33 @@ class SiteTopology {
   Comm site_comm_, node_, site_nodes_, cross_;
 };
 
+/// \brief Sums a buffer over a cross-site communicator (one rank per site), as is or compressed
+/// (bf16, or int8 with a scale per 256 values) with error feedback: each rank encodes its buffer
+/// plus the error left from its previous call, the encodings are all-gathered, and every rank
+/// decodes and sums them in site order (the same sum everywhere). Counts the bytes this rank sends.
+class CrossSiteSum {
+ public:
+  CrossSiteSum(Collectives& cross, kernels::Compression compression);
+  void sum(float* buf, std::size_t n);
+  std::uint64_t bytes_sent() const { return bytes_; }
+  kernels::Compression compression() const { return compression_; }
+
+ private:
+  Collectives& cross_;
+  kernels::Compression compression_;
+  View1<float> residual_, payload_;
+  std::uint64_t bytes_ = 0;
+};
+
 /// \brief Reduce-scatter inside the node, reduce-scatter across the site's nodes, all-reduce of
 /// each 1/(ranks per site) piece across sites among the ranks that hold it (so a site sends over
-/// all its ranks' links in parallel), then all-gather back. Buffers of any size (padded internally).
-/// Across sites the pieces can travel compressed (bf16, or int8 with a scale per 256 values): each
-/// rank encodes its site's piece plus the error left from its previous call (error feedback), the
-/// encodings are all-gathered, and every rank decodes and sums them in site order.
+/// all its ranks' links in parallel, see CrossSiteSum), then all-gather back. Buffers of any size
+/// (padded internally).
 class HierarchicalReducer final : public GradReducer {
  public:
   HierarchicalReducer(const SiteTopology& topo, Backend backend, Collectives& dp_flat,
                       kernels::Compression compression = kernels::Compression::none);
-  std::uint64_t cross_site_bytes() const override { return cross_bytes_; }
+  std::uint64_t cross_site_bytes() const override { return xsum_.bytes_sent(); }
   std::string describe() const override;
   void all_reduce_sum(float* grads, std::size_t n) override;
   /// ZeRO-1 shards follow DP rank order: the full sum is formed hierarchically, then this rank
@@ -59,10 +76,8 @@ class HierarchicalReducer final : public GradReducer {
   const SiteTopology& topo_;
   std::unique_ptr<Collectives> node_, site_, cross_;
   Collectives& flat_;
-  kernels::Compression compression_;
-  View1<float> scratch_, piece_, residual_, payload_;
-  std::uint64_t cross_bytes_ = 0;
-  void cross_site_sum(float* piece, std::size_t n);
+  CrossSiteSum xsum_;
+  View1<float> scratch_, piece_;
   /// Copies grads (n) into the padded scratch and sums it over the DP group there; returns it.
   const float* sum_into_scratch(const float* grads, std::size_t n);
 };
