@@ -1,6 +1,7 @@
 # Finds every third-party dependency and repairs what distributions ship broken.
 
 find_package(MPI REQUIRED COMPONENTS C)
+find_package(Threads REQUIRED)  # the federation watchdog
 # C bindings only: keep Open MPI's deprecated C++ bindings out of every translation unit.
 add_library(tapestry_mpi INTERFACE)
 target_link_libraries(tapestry_mpi INTERFACE MPI::MPI_C)

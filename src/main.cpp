@@ -7,6 +7,7 @@
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/tokenizer.hpp"
 #include "tapestry/parallel/comm.hpp"
+#include "tapestry/parallel/federation.hpp"
 #include "tapestry/parallel/runtime.hpp"
 #include "tapestry/train/bench.hpp"
 #include "tapestry/train/checkpointing.hpp"
@@ -24,9 +25,19 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
       return inv.exit_code;
     case Command::train: {
       const auto& p = inv.train.parallel;
+      par::Comm federated;  // with --federation: every site's ranks, ordered by site
+      if (!p.federation.empty()) {
+        par::agree(world, [&] { tapestry::validate(p); });
+        federated = par::federate(world, {p.federation, p.site_id, p.sites, p.federation_timeout},
+                                  tapestry::federation_fingerprint(inv.train));
+        if (world.rank() == 0)  // in every site's job log
+          out << "federation '" << p.federation << "': joined as site " << p.site_id << " of " << p.sites << " ("
+              << world.size() << " of " << federated.size() << " ranks)" << std::endl;
+      }
+      const par::Comm& all = p.federation.empty() ? world : federated;
       std::unique_ptr<par::ProcessGrid> grid;
-      par::agree(world, [&] {
-        grid = std::make_unique<par::ProcessGrid>(rt.world(), par::Layout::make(rt.size(), p.tp, p.pp, p.dp));
+      par::agree(all, [&] {
+        grid = std::make_unique<par::ProcessGrid>(all.get(), par::Layout::make(all.size(), p.tp, p.pp, p.dp));
       });
       tapestry::train::run_training(inv.train, *grid, out);
       return 0;

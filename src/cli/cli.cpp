@@ -68,6 +68,13 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--outer-momentum", p.outer_momentum, "DiLoCo outer momentum")->capture_default_str()->group("Cross-site (DiLoCo)");
   t->add_option("--outer-nesterov", p.outer_nesterov, "DiLoCo: Nesterov (true) or plain (false) outer momentum")
       ->capture_default_str()->group("Cross-site (DiLoCo)");
+  t->add_option("--federation", p.federation,
+                "Join the federated run NAME: this job is one site (mpirun --ompi-server file:URI of the run's ompi-server)")
+      ->group("Cross-site (federation)");
+  t->add_option("--site-id", p.site_id, "This job's site in the federation (0 hosts the rendezvous); --sites: the number of jobs")
+      ->capture_default_str()->group("Cross-site (federation)");
+  t->add_option("--federation-timeout", p.federation_timeout, "Seconds for every site to join; then one error and exit 1")
+      ->capture_default_str()->group("Cross-site (federation)");
   t->add_option("--global-batch", c.global_batch,
                 "Sequences per optimizer step over all ranks; sets grad-accum = global / (batch-size * dp)")
       ->capture_default_str()->group("Training");

@@ -66,10 +66,29 @@ void validate(const ParallelConfig& p) {
           "compress must be none, bf16 or int8 (got '" + p.compress + "')");
   require(p.compress == "none" || p.grad_reduce == "hierarchical" || p.outer_steps > 0,
           "--compress needs --grad-reduce hierarchical or --outer-steps (it applies to the cross-site step)");
+  require(p.federation.empty() || (p.sites >= 2 && p.site_id >= 0 && p.site_id < p.sites),
+          "--federation needs --sites N >= 2 (the jobs of the run) and --site-id in [0, N) (got sites " +
+              num(p.sites) + ", site-id " + num(p.site_id) + ")");
+  require(p.federation_timeout > 0, "federation-timeout must be > 0");
   require(p.outer_steps >= 0, "outer-steps must be >= 0 (got " + num(p.outer_steps) + ")");
   require(p.outer_lr > 0, "outer-lr must be > 0 (got " + num(p.outer_lr) + ")");
   require(p.outer_momentum >= 0 && p.outer_momentum < 1,
           "outer-momentum must be in [0, 1) (got " + num(p.outer_momentum) + ")");
+}
+
+std::string federation_fingerprint(const TrainConfig& c) {
+  const auto& m = c.model;
+  const auto& o = c.optim;
+  const auto& p = c.parallel;
+  return "model L=" + num(m.n_layer) + " H=" + num(m.n_head) + " C=" + num(m.d_model) + " V=" + num(m.vocab_size) +
+         "/" + num(m.vocab_padded()) + " maxT=" + num(m.max_seq_len) + "; B=" + num(c.batch_size) +
+         " T=" + num(c.seq_len) + " global_batch=" + num(c.global_batch) + " grad_accum=" + num(c.grad_accum) +
+         " steps=" + num(c.steps) + " seed=" + std::to_string(c.seed) + "; lr=" + num(o.lr) + " warmup=" +
+         num(o.warmup_steps) + " min_lr_ratio=" + num(o.min_lr_ratio) + " wd=" + num(o.weight_decay) +
+         " clip=" + num(o.grad_clip) + "; tp=" + num(p.tp) + " pp=" + num(p.pp) + " zero=" + num(p.zero) +
+         " grad_reduce=" + p.grad_reduce + " compress=" + p.compress + " sites=" + num(p.sites) +
+         " outer_steps=" + num(p.outer_steps) + " outer_lr=" + num(p.outer_lr) + " outer_momentum=" +
+         num(p.outer_momentum);
 }
 
 void resolve_batch(TrainConfig& c, int dp) {

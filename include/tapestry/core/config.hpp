@@ -54,6 +54,10 @@ struct ParallelConfig {
   double outer_lr = 0.7;          ///< outer SGD learning rate (DiLoCo's default)
   double outer_momentum = 0.9;    ///< outer SGD momentum (DiLoCo's default)
   bool outer_nesterov = true;     ///< Nesterov momentum in the outer step
+  // Federation: this job is one site of a run made of `sites` separately launched jobs.
+  std::string federation;         ///< the run's name at the rendezvous; "": not federated
+  int site_id = 0;                ///< this job's site (0 hosts the rendezvous)
+  double federation_timeout = 120;  ///< seconds for all sites to join
 };
 
 /// \brief One training run.
@@ -87,6 +91,10 @@ void validate(const ModelConfig& m);
 void validate(const OptimConfig& o);
 void validate(const TrainConfig& c);
 void validate(const ParallelConfig& p);
+
+/// What every site of a federated run must agree on (model, batch, schedule, layout, cross-site
+/// algorithm), as one line; file paths are left out (each site has its own file system).
+std::string federation_fingerprint(const TrainConfig& c);
 
 /// Fixes grad_accum and global_batch for `dp` data-parallel ranks: global_batch (when set) must be
 /// a multiple of batch_size * dp. Throws tapestry::Error otherwise.

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Federation: two separately started mpirun jobs (two "sites") join one run through ompi-server.
+# Usage: federation.sh MODE TAPESTRY MPIRUN DATA_DIR WORK_DIR
+#   match      2 jobs x 2 ranks, hierarchical all-reduce, then DiLoCo (H=5, int8): the losses of
+#              one 4-rank job with --sites 2, step for step (relative 1e-6)
+#   mismatch   sites with different model configs: one error line naming the difference in each
+#              job's output, both exit non-zero
+#   unequal    sites of 2 and 1 ranks: one clear error in each job, both exit non-zero
+#   timeout    no rendezvous (mpirun without --ompi-server): each job ends with one error line
+#              after --federation-timeout, non-zero, no hang
+set -eu
+mode=$1 exe=$2 mpirun=$3 data=$4 work=$5
+src=$(cd "$(dirname "$0")/.." && pwd)
+rm -rf "$work" && mkdir -p "$work" && cd "$work"
+fail() { echo "FAIL: $*" >&2; tail -5 ./*.log >&2 || true; exit 1; }
+server=""
+cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null || true; }
+trap cleanup EXIT
+start_server() {
+  ompi-server --no-daemonize --report-uri uri > server.log 2>&1 &
+  server=$!
+  for _ in $(seq 100); do [ -s uri ] && return; sleep 0.1; done
+  fail "ompi-server did not write its URI"
+}
+export OPENBLAS_NUM_THREADS=1
+train=(train -c "$src/inputs/default.toml" --train-data "$data/corpus_train.bin" --val-data "$data/corpus_val.bin"
+       --batch-size 2 --steps 12 --val-every 6 --val-batches 2 --log-every 1 --sites 2 --federation-timeout 60)
+# fed NAME NP0 NP1 [args...]: site 0 and site 1 as two mpirun jobs; exit codes in rc0, rc1.
+fed() {
+  local name=$1 np0=$2 np1=$3; shift 3
+  local srv=(); [ -f uri ] && srv=(--ompi-server file:uri)
+  $mpirun "${srv[@]}" -np "$np0" "$exe" "${train[@]}" --federation "$name" --site-id 0 "$@" ${SITE0_ARGS:-} \
+    > "$name.site0.log" 2>&1 &
+  local p0=$!
+  rc1=0; $mpirun "${srv[@]}" -np "$np1" "$exe" "${train[@]}" --federation "$name" --site-id 1 "$@" ${SITE1_ARGS:-} \
+    > "$name.site1.log" 2>&1 || rc1=$?
+  rc0=0; wait $p0 || rc0=$?
+}
+# same_losses A.jsonl B.jsonl: every step's training loss (and every validation loss) within 1e-6.
+same_losses() {
+  /usr/bin/python3 - "$1" "$2" <<'PY' || fail "losses differ: $1 vs $2"
+import json, sys
+a, b = ([json.loads(l) for l in open(f)] for f in sys.argv[1:3])
+assert len(a) == len(b) and len(a) > 0, (len(a), len(b))
+worst = 0.0
+for x, y in zip(a, b):
+    k = "loss" if "loss" in x else "val_loss"
+    assert x["step"] == y["step"] and k in y
+    worst = max(worst, abs(x[k] - y[k]) / abs(x[k]))
+print(f"{len(a)} records, largest relative loss difference {worst:.3g}")
+assert worst <= 1e-6
+PY
+}
+
+case "$mode" in
+match)
+  start_server
+  for variant in "hier|--grad-reduce hierarchical" "diloco|--outer-steps 5 --compress int8"; do
+    name=${variant%%|*}; read -r -a extra <<< "${variant#*|}"
+    $mpirun -np 4 "$exe" "${train[@]}" "${extra[@]}" --metrics-file one_job.jsonl > "$name.one.log" 2>&1 \
+      || fail "$name: single job failed"
+    SITE0_ARGS="--metrics-file federated.jsonl" fed "$name" 2 2 "${extra[@]}"
+    [ "$rc0" = 0 ] && [ "$rc1" = 0 ] || fail "$name: federated jobs exited $rc0 / $rc1"
+    grep -q "joined as site 0 of 2 (2 of 4 ranks)" "$name.site0.log" || fail "$name: site 0 did not report joining"
+    grep -q "joined as site 1 of 2 (2 of 4 ranks)" "$name.site1.log" || fail "$name: site 1 did not report joining"
+    grep -q "2 site(s) x 1 node(s) x 2 rank(s) per node" "$name.site0.log" || fail "$name: topology not printed"
+    echo -n "$name: "; same_losses one_job.jsonl federated.jsonl
+  done
+  ;;
+mismatch)
+  start_server
+  SITE1_ARGS="--n-layer 2" fed mismatch 2 2
+  for s in 0 1; do
+    log=mismatch.site$s.log
+    [ "$(eval echo \$rc$s)" != 0 ] || fail "site $s exited 0"
+    [ "$(grep -c "tapestry: error:" $log)" = 1 ] || fail "site $s: not exactly one error line"
+    grep -q "error: federation 'mismatch': site 1's config differs: L=2 (site 0: L=4)" $log || fail "site $s: message"
+  done
+  echo "mismatch: one error line per site, both exit non-zero"
+  ;;
+unequal)
+  start_server
+  fed unequal 2 1
+  for s in 0 1; do
+    [ "$(eval echo \$rc$s)" != 0 ] || fail "site $s exited 0"
+    [ "$(grep -c "tapestry: error:" unequal.site$s.log)" = 1 ] || fail "site $s: not exactly one error line"
+    grep -q "has 1 ranks but site 0 has 2 (sites must be the same size)" unequal.site$s.log || fail "site $s: message"
+  done
+  echo "unequal: one error line per site, both exit non-zero"
+  ;;
+timeout)
+  start=$(date +%s)
+  SITE0_ARGS="--federation-timeout 5" SITE1_ARGS="--federation-timeout 5" fed lonely 1 1
+  took=$(( $(date +%s) - start ))
+  for s in 0 1; do
+    [ "$(eval echo \$rc$s)" != 0 ] || fail "site $s exited 0"
+    [ "$(grep -c "tapestry: error:" lonely.site$s.log)" = 1 ] || fail "site $s: not exactly one error line"
+    grep -q "site $s of 2: not all sites joined within 5 s" lonely.site$s.log || fail "site $s: message"
+  done
+  [ "$took" -lt 40 ] || fail "took $took s"
+  echo "timeout: both sites gave up with one error line after ${took} s"
+  ;;
+*) fail "unknown mode $mode" ;;
+esac
