@@ -1,6 +1,7 @@
 // The collectives interface under mpirun, against values computed from size() (any rank count).
 #include <mpi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 
@@ -146,15 +147,22 @@ TEST_CASE("the hierarchical reducer equals the flat one for every site split and
       flat.all_reduce_sum(a.data(), n);
       hier.all_reduce_sum(b.data(), n);
       ok = ok && host(a) == host(b);
-      // ZeRO-1 pieces: the hierarchical reduce-scatter hands each rank its DP-ordered shard
-      const std::size_t m = n * std::size_t(P);
+      // ZeRO-1 pieces: sharded over the ranks of a site; rank j of a site gets slice j of the sum
+      const std::size_t k = std::size_t(topo.site_ranks().size()), j = std::size_t(topo.site_ranks().rank());
+      const std::size_t m = n * k;
       std::vector<float> y(m);
       for (std::size_t i = 0; i < m; ++i) y[i] = float((i + std::size_t(r)) % 5);
       auto c = device(y), d = device(y);
-      View1<float> s1("s1", n), s2("s2", n);
-      flat.reduce_scatter_sum(c.data(), s1.data(), m);
+      View1<float> s2("s2", n);
+      flat.all_reduce_sum(c.data(), m);
       hier.reduce_scatter_sum(d.data(), s2.data(), m);
-      ok = ok && host(s1) == host(s2);
+      const auto full = host(c), mine = host(s2);
+      ok = ok && std::equal(mine.begin(), mine.end(), full.begin() + std::ptrdiff_t(j * n));
+      // and the all-gather inside the site puts every slice back
+      auto e = device(std::vector<float>(m, 0.0f));
+      Kokkos::deep_copy(View1<float>(e.data() + j * n, n), s2);
+      hier.all_gather(e.data(), m);
+      ok = ok && host(e) == full;
     }
   }
   REQUIRE(all_ranks(ok));

@@ -284,12 +284,14 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
   if (st.diloco_sites > 0) {
     H5 g = group(file, "/diloco");
     attr(g, "sites", std::int64_t(st.diloco_sites));
+    attr(g, "sites_in_file", std::int64_t(st.diloco_sites_in_file));
     attr(g, "outer_steps", std::int64_t(st.outer_steps));
     attr(g, "outer_lr", st.outer_lr);
     attr(g, "outer_momentum", st.outer_momentum);
     attr(g, "outer_nesterov", std::int64_t(st.outer_nesterov ? 1 : 0));
-    attr(g, "note", "site 0's inner state is /model and /optimizer; site s > 0's is under site_SS; "
-                    "outer/model and outer/momentum: the outer SGD's parameters and momentum");
+    attr(g, "note", "site 0's inner state (or, with sites_in_file = 1, this federated site's own) is /model and "
+                    "/optimizer; site s > 0's is under site_SS; outer/model and outer/momentum: the outer SGD's "
+                    "parameters and momentum");
   }
   {
     H5 g = group(file, "/data");
@@ -383,6 +385,7 @@ CheckpointState read_checkpoint_state(const std::string& path) {
   if (H5Lexists(file, "/diloco", H5P_DEFAULT) > 0) {
     H5 dl(H5Gopen2(file, "/diloco", H5P_DEFAULT), H5Gclose);
     st.diloco_sites = int(r.i64(dl, "sites"));
+    st.diloco_sites_in_file = int(r.i64(dl, "sites_in_file"));
     st.outer_steps = int(r.i64(dl, "outer_steps"));
     st.outer_lr = r.f64(dl, "outer_lr");
     st.outer_momentum = r.f64(dl, "outer_momentum");
@@ -451,7 +454,7 @@ std::vector<TensorReport> inspect_checkpoint(const std::string& path, const std:
   std::vector<std::string> prefixes = {"/model/", "/optimizer/adam_m/", "/optimizer/adam_v/"};
   if (H5Lexists(file, "/diloco", H5P_DEFAULT) > 0) {
     H5 dl(H5Gopen2(file, "/diloco", H5P_DEFAULT), H5Gclose);
-    const int sites = int(r.i64(dl, "sites"));
+    const int sites = int(r.i64(dl, "sites_in_file"));
     for (int s = 1; s < sites; ++s)
       for (const char* what : {"model", "adam_m", "adam_v"}) prefixes.push_back(diloco_site_prefix(s, what) + "/");
     prefixes.push_back(std::string(kOuterParams) + "/");

@@ -45,6 +45,7 @@ HierarchicalReducer::HierarchicalReducer(const SiteTopology& topo, Backend backe
       node_(make_collectives(backend, topo.node())),
       site_(make_collectives(backend, topo.site_nodes())),
       cross_(make_collectives(backend, topo.cross_site())),
+      site_all_(make_collectives(backend, topo.site_ranks())),
       flat_(dp_flat),
       xsum_(*cross_, compression) {}
 
@@ -112,17 +113,17 @@ void HierarchicalReducer::all_reduce_sum(float* grads, std::size_t n) {
 }
 
 void HierarchicalReducer::reduce_scatter_sum(const float* grads, float* shard, std::size_t n) {
-  const std::size_t P = std::size_t(flat_.size());
-  require(n % P == 0, "reduce_scatter_sum: buffer not divisible by the group size");
+  const std::size_t P = std::size_t(site_all_->size());
+  require(n % P == 0, "reduce_scatter_sum: buffer not divisible by the ranks of a site");
   const float* sum = sum_into_scratch(grads, n);
   const std::size_t s = n / P;
-  Kokkos::deep_copy(View1<float>(shard, s), View1<float>(const_cast<float*>(sum) + std::size_t(flat_.rank()) * s, s));
+  Kokkos::deep_copy(View1<float>(shard, s), View1<float>(const_cast<float*>(sum) + std::size_t(site_all_->rank()) * s, s));
 }
 
 void HierarchicalReducer::all_gather(float* params, std::size_t n) {
-  const std::size_t P = std::size_t(flat_.size());
-  require(n % P == 0, "all_gather: buffer not divisible by the group size");
-  if (P > 1) flat_.all_gather_inplace(params, n / P);
+  const std::size_t P = std::size_t(site_all_->size());
+  require(n % P == 0, "all_gather: buffer not divisible by the ranks of a site");
+  if (P > 1) site_all_->all_gather_inplace(params, n / P);
 }
 
 }  // namespace tapestry::parallel

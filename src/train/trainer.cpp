@@ -101,8 +101,20 @@ struct Run {
   std::unique_ptr<parallel::GradReducer> reducer;
   std::uint64_t xsite_seen = 0;  // cross-site bytes counted so far
   int site = 0;
+  bool federated = false;  // this job is one site of a federated run: per-site checkpoints
   /// The ranks whose gradients are summed each step: the DP group, or with DiLoCo the site's ranks.
-  const parallel::Comm* reduce_comm = nullptr;
+  const parallel::Comm* sum_comm = nullptr;
+  /// The ranks the AdamW state is sharded over with ZeRO-1 (and that write a checkpoint's slices):
+  /// the DP group, or with sites (hierarchical, DiLoCo) the site's ranks, so that every site holds a
+  /// full copy and no parameter all-gather crosses sites.
+  const parallel::Comm* shard_comm = nullptr;
+  /// Checkpoints of a federated run: one file per site, in <ckpt-dir>/site_NN (written by the site).
+  std::string ckpt_dir() const {
+    if (!federated) return cfg.ckpt_dir;
+    char buf[16];
+    std::snprintf(buf, sizeof(buf), "/site_%02d", site);
+    return cfg.ckpt_dir + buf;
+  }
   std::uint64_t cross_site_bytes() const {
     return reducer->cross_site_bytes() + (diloco ? diloco->cross_site_bytes() : 0);
   }
@@ -131,7 +143,8 @@ void resume_from(Run& r, const std::string& path) {
   require(st.diloco_sites == 0 || sites == 0 || st.diloco_sites == sites,
           "checkpoint '" + path + "' holds the DiLoCo state of " + std::to_string(st.diloco_sites) +
               " sites but this run has " + std::to_string(sites));
-  const int s = st.diloco_sites > 0 && sites > 0 ? r.site : 0;  // whose inner state this rank loads
+  // Whose inner state this rank loads: its own site's when the file holds every site's.
+  const int s = st.diloco_sites_in_file > 1 && sites > 0 ? r.site : 0;
   auto params = Kokkos::create_mirror_view(r.gpt->params());
   auto mm = Kokkos::create_mirror_view(r.adamw->m()), vv = Kokkos::create_mirror_view(r.adamw->v());
   const auto b = r.adamw->begin(), e = r.adamw->end();
@@ -189,27 +202,32 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   r.coll = parallel::make_collectives(backend, grid.dp());
   const auto& pc = cfg.parallel;
   r.site = parallel::SiteTopology::site_of(drank, dp, pc.sites);
-  if (pc.grad_reduce == "hierarchical" || pc.outer_steps > 0)
+  r.federated = !pc.federation.empty();
+  if (pc.sites > 1 || pc.grad_reduce == "hierarchical" || pc.outer_steps > 0)
     r.sites = std::make_unique<parallel::SiteTopology>(grid.dp(), r.site, pc.sites);
-  r.reduce_comm = &grid.dp();
+  r.sum_comm = r.shard_comm = &grid.dp();
   if (pc.outer_steps > 0) {
-    r.reduce_comm = &r.sites->site_ranks();
-    r.inner_coll = parallel::make_collectives(backend, *r.reduce_comm);
+    r.sum_comm = r.shard_comm = &r.sites->site_ranks();
+    r.inner_coll = parallel::make_collectives(backend, *r.sum_comm);
     if (pc.grad_reduce == "hierarchical") {
-      r.inner_topo = std::make_unique<parallel::SiteTopology>(*r.reduce_comm, 0, 1);
+      r.inner_topo = std::make_unique<parallel::SiteTopology>(*r.sum_comm, 0, 1);
       r.reducer = std::make_unique<parallel::HierarchicalReducer>(*r.inner_topo, backend, *r.inner_coll);
     } else {
       r.reducer = std::make_unique<parallel::FlatReducer>(*r.inner_coll, std::size_t(pc.bucket_mb * (1 << 20)));
     }
     r.diloco = std::make_unique<Diloco>(*r.sites, backend, pc, r.gpt->params());
   } else if (pc.grad_reduce == "hierarchical") {
+    r.shard_comm = &r.sites->site_ranks();
     r.reducer = std::make_unique<parallel::HierarchicalReducer>(*r.sites, backend, *r.coll,
                                                                 kernels::parse_compression(pc.compress));
   } else {
     r.reducer = std::make_unique<parallel::FlatReducer>(*r.coll, std::size_t(pc.bucket_mb * (1 << 20)));
   }
-  // AdamW state: whole, or with ZeRO-1 one shard per rank of the reducing group.
-  const int rsize = r.reduce_comm->size(), rrank = r.reduce_comm->rank();
+  require(!r.federated || r.shard_comm != &grid.dp() || pc.zero == 0,
+          "a federated run with --zero 1 needs --grad-reduce hierarchical or --outer-steps (then ZeRO-1 shards "
+          "inside each site and every site writes its own checkpoint)");
+  // AdamW state: whole, or with ZeRO-1 one shard per rank of the shard group.
+  const int rsize = r.shard_comm->size(), rrank = r.shard_comm->rank();
   if (pc.zero == 1) {
     const std::size_t shard = n / std::size_t(rsize);
     r.adamw = std::make_unique<optim::AdamW>(cfg.optim, r.gpt->tensors(), shard * std::size_t(rrank),
@@ -219,8 +237,14 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
     r.adamw = std::make_unique<optim::AdamW>(cfg.optim, r.gpt->tensors(), 0, n);
   }
   r.tensors = checkpoint_tensors(cfg.model);
-  const std::string resume = resolve_resume(cfg.resume, cfg.ckpt_dir);
+  const std::string resume = resolve_resume(cfg.resume, r.ckpt_dir());
   if (!resume.empty()) resume_from(r, resume);
+  // Every site must continue from the same step (federated sites resume from their own files).
+  int lo = r.start_step, hi = r.start_step;
+  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_INT, MPI_MIN, grid.world().get());
+  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_INT, MPI_MAX, grid.world().get());
+  require(lo == hi, "ranks would resume from different steps (" + std::to_string(lo) + " and " + std::to_string(hi) +
+                        "): every site's --ckpt-dir must hold a checkpoint of the same step");
 }
 
 /// Saves the run's state at `step` (collective over the DP group).
@@ -247,33 +271,40 @@ std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wal
   const std::size_t n = r.gpt->padded_size();
   io::RankSlice slice{params.data(), 0, 0, m.data(), v.data(), r.adamw->begin(), {}};
   std::remove_const_t<decltype(params)> outer, mom;
-  if (!r.diloco) {  // each DP rank writes 1/dp of every buffer: replicated values are written once
+  const parallel::Comm& writers = r.federated ? r.sites->site_ranks() : grid.dp();
+  if (r.shard_comm == &grid.dp() && !r.federated) {  // each DP rank writes 1/dp of every buffer: replicated values are written once
     const std::size_t part = n / std::size_t(grid.dp().size()), b = part * std::size_t(grid.dp().rank());
     slice.write_begin = b, slice.write_end = b + part;
   } else {
-    // Every site's inner state, each written by its own ranks (1/k each); site 0's in the usual
-    // places. The outer state is the same at every site: site 0 writes it.
-    const int S = r.sites->num_sites(), k = r.reduce_comm->size();
-    const std::size_t part = n / std::size_t(k), b = part * std::size_t(r.reduce_comm->rank());
+    // Sharded inside sites: rank j of a site writes slice j. One file for the job: site 0's ranks
+    // write the state (with DiLoCo, every site its own inner state, site s > 0 under /diloco/site_SS).
+    // Federated: every site writes its own file.
+    const parallel::Comm& g = r.federated ? r.sites->site_ranks() : *r.shard_comm;
+    const std::size_t k = std::size_t(g.size()), part = n / k, b = part * std::size_t(g.rank());
     auto mine = [&](bool yes) { return yes ? std::pair<std::size_t, std::size_t>{b, b + part} : std::pair<std::size_t, std::size_t>{0, 0}; };
-    std::tie(slice.write_begin, slice.write_end) = mine(r.site == 0);
-    for (int s = 1; s < S; ++s) {
-      const auto [lo, hi] = mine(r.site == s);
-      slice.extra.push_back({io::diloco_site_prefix(s, "model"), params.data(), 0, lo, hi});
-      slice.extra.push_back({io::diloco_site_prefix(s, "adam_m"), m.data(), r.adamw->begin(), lo, hi});
-      slice.extra.push_back({io::diloco_site_prefix(s, "adam_v"), v.data(), r.adamw->begin(), lo, hi});
+    const bool main_writer = r.federated || r.site == 0;
+    std::tie(slice.write_begin, slice.write_end) = mine(main_writer);
+    if (r.diloco) {
+      const int S = r.sites->num_sites();
+      for (int s = 1; s < S && !r.federated; ++s) {
+        const auto [lo, hi] = mine(r.site == s);
+        slice.extra.push_back({io::diloco_site_prefix(s, "model"), params.data(), 0, lo, hi});
+        slice.extra.push_back({io::diloco_site_prefix(s, "adam_m"), m.data(), r.adamw->begin(), lo, hi});
+        slice.extra.push_back({io::diloco_site_prefix(s, "adam_v"), v.data(), r.adamw->begin(), lo, hi});
+      }
+      outer = Kokkos::create_mirror_view_and_copy(HostSpace(), r.diloco->outer());
+      mom = Kokkos::create_mirror_view_and_copy(HostSpace(), r.diloco->momentum());
+      const auto [lo, hi] = mine(main_writer);
+      slice.extra.push_back({io::kOuterParams, outer.data(), r.diloco->begin(), lo, hi});
+      slice.extra.push_back({io::kOuterMomentum, mom.data(), r.diloco->begin(), lo, hi});
+      st.diloco_sites = S;
+      st.diloco_sites_in_file = r.federated ? 1 : S;
+      st.outer_steps = cfg.parallel.outer_steps;
+      st.outer_lr = cfg.parallel.outer_lr, st.outer_momentum = cfg.parallel.outer_momentum;
+      st.outer_nesterov = cfg.parallel.outer_nesterov;
     }
-    outer = Kokkos::create_mirror_view_and_copy(HostSpace(), r.diloco->outer());
-    mom = Kokkos::create_mirror_view_and_copy(HostSpace(), r.diloco->momentum());
-    const auto [lo, hi] = mine(r.site == 0);
-    slice.extra.push_back({io::kOuterParams, outer.data(), r.diloco->begin(), lo, hi});
-    slice.extra.push_back({io::kOuterMomentum, mom.data(), r.diloco->begin(), lo, hi});
-    st.diloco_sites = S;
-    st.outer_steps = cfg.parallel.outer_steps;
-    st.outer_lr = cfg.parallel.outer_lr, st.outer_momentum = cfg.parallel.outer_momentum;
-    st.outer_nesterov = cfg.parallel.outer_nesterov;
   }
-  CheckpointManager mgr(cfg.ckpt_dir, cfg.keep, grid.dp().get());
+  CheckpointManager mgr(r.ckpt_dir(), cfg.keep, writers.get());
   return mgr.save(st, r.tensors, slice);
 }
 
@@ -340,12 +371,12 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     const auto tc = Clock::now();
     // Gradients are summed over the reducing group (DP, or the site with DiLoCo); dividing by its
     // size is folded into the norm and AdamW's scale.
-    const parallel::Comm& red = *r.reduce_comm;
+    const parallel::Comm& red = *r.sum_comm;
     const int nred = red.size();
     double sumsq = 0;
     if (zero) {
       r.reducer->reduce_scatter_sum(grads.data(), r.grad_shard.data(), n);
-      sumsq = all_sum(kernels::sum_squares<float>(ex, r.grad_shard), red);
+      sumsq = all_sum(kernels::sum_squares<float>(ex, r.grad_shard), *r.shard_comm);
     } else {
       r.reducer->all_reduce_sum(grads.data(), n);
       sumsq = kernels::sum_squares<float>(ex, grads);

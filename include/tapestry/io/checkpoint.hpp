@@ -43,6 +43,7 @@ struct CheckpointState {
   std::uint64_t seed = 0;  ///< initialisation seed (no randomness is drawn after initialisation)
   // DiLoCo (written as /diloco when diloco_sites > 0)
   int diloco_sites = 0;          ///< sites, each with its own inner state
+  int diloco_sites_in_file = 0;  ///< whose inner state the file holds: all sites, or 1 (a federated site's own file)
   int outer_steps = 0;           ///< H: inner steps per outer step
   double outer_lr = 0, outer_momentum = 0;
   bool outer_nesterov = true;

@@ -67,14 +67,16 @@ class HierarchicalReducer final : public GradReducer {
   std::uint64_t cross_site_bytes() const override { return xsum_.bytes_sent(); }
   std::string describe() const override;
   void all_reduce_sum(float* grads, std::size_t n) override;
-  /// ZeRO-1 shards follow DP rank order: the full sum is formed hierarchically, then this rank
-  /// keeps its shard.
+  /// ZeRO-1 shards the state over the ranks of a site (every site holds a full copy, so no
+  /// parameter all-gather crosses sites): the full sum is formed hierarchically, then this rank
+  /// keeps shard (its rank in the site) of n / (ranks per site).
   void reduce_scatter_sum(const float* grads, float* shard, std::size_t n) override;
+  /// All-gather of the shards inside the site.
   void all_gather(float* params, std::size_t n) override;
 
  private:
   const SiteTopology& topo_;
-  std::unique_ptr<Collectives> node_, site_, cross_;
+  std::unique_ptr<Collectives> node_, site_, cross_, site_all_;
   Collectives& flat_;
   CrossSiteSum xsum_;
   View1<float> scratch_, piece_;
