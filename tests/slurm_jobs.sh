@@ -10,7 +10,8 @@ fail() { echo "FAIL: $*" >&2; [ -n "${out:-}" ] && [ -f "$out" ] && tail -20 "$o
 rm -rf "$work" && mkdir -p "$work" && cd "$work"
 
 # ---- bad input first: the scripts refuse to run outside a scheduler, before any work
-for s in jobs/slurm/train.sbatch jobs/slurm/scaling.sbatch jobs/pbs/train.pbs jobs/pbs/scaling.pbs; do
+for s in jobs/slurm/train.sbatch jobs/slurm/scaling.sbatch jobs/slurm/federation.sbatch jobs/pbs/train.pbs \
+         jobs/pbs/scaling.pbs jobs/pbs/federation.pbs; do
   msg=$(env -u SLURM_JOB_ID -u PBS_JOBID bash "$src/$s" 2>&1) && fail "$s ran outside a scheduler"
   echo "$msg" | grep -q "not inside a .* job" || fail "$s: unclear message outside a scheduler: $msg"
 done
@@ -28,6 +29,7 @@ echo "PASS #PBS blocks"
 # Start Slurm unless it runs already; stop it at the end if this script started it.
 D=${TAPESTRY_SLURM_DIR:-/tmp/tapestry-slurm}
 if ! { [ -s "$D/run/slurmctld.pid" ] && kill -0 "$(cat "$D/run/slurmctld.pid")" 2>/dev/null; }; then
+  stop_slurm=1
   trap '"$src/tools/slurm/stop.sh"' EXIT
 fi
 eval "$("$src/tools/slurm/start.sh" | tail -1)"  # export SLURM_CONF=...
@@ -98,4 +100,59 @@ wait_job "$jid"; out=tapestry-$jid.out
 grep -q "the layout tp=4 x pp=1 needs a multiple of 4 ranks; this job has 2" "$out" || fail "no clear layout message"
 grep -q "step" "$out" && fail "training started despite a bad layout"
 echo "PASS a layout larger than the job is refused before any work"
+# ---- 7. federation.sbatch: two jobs (two sites, one rank each) meet at an ompi-server and train
+# as one run; the time-limit signal at one site stops both at the same step, both save and
+# resubmit, and the follow-up jobs meet again, resume and finish.
+rm -rf checkpoints fedckpt
+ompi-server --no-daemonize --report-uri "$work/rendezvous.uri" > ompi-server.log 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; [ -n "${stop_slurm:-}" ] && "$src/tools/slurm/stop.sh"' EXIT
+for _ in $(seq 100); do [ -s rendezvous.uri ] && break; sleep 0.1; done
+fed_env() { echo "ALL,TAPESTRY_FEDERATION=slurmfed,TAPESTRY_SITE_ID=$1,TAPESTRY_SITES=2,TAPESTRY_RENDEZVOUS=$work/rendezvous.uri,TAPESTRY_FEDERATION_TIMEOUT=120,TAPESTRY_CKPT_DIR=fedckpt,TAPESTRY_RESUBMIT=1"; }
+export TAPESTRY_ARGS="$common --steps 30 --val-every 0 --outer-steps 5 --compress int8"
+j0=$(sbatch --parsable --ntasks=1 --export="$(fed_env 0)" "$src/jobs/slurm/federation.sbatch")
+j1=$(sbatch --parsable --ntasks=1 --export="$(fed_env 1)" "$src/jobs/slurm/federation.sbatch")
+out=tapestry-site-$j0.out
+for _ in $(seq 600); do grep -q "step     3/30" "$out" 2>/dev/null && break; sleep 0.1; done
+grep -q "federation 'slurmfed': joined as site 0 of 2 (1 of 2 ranks)" "$out" || fail "site 0 did not join"
+grep -q "federation 'slurmfed': joined as site 1 of 2 (1 of 2 ranks)" "tapestry-site-$j1.out" || { out=tapestry-site-$j1.out; fail "site 1 did not join"; }
+scancel --batch --signal=USR1 "$j1"   # what --signal=B:USR1@180 sends at one site
+wait_job "$j0"; wait_job "$j1"
+unset TAPESTRY_ARGS
+for j in $j0 $j1; do
+  out=tapestry-site-$j.out
+  [ "$(state "$j")" = JobState=COMPLETED ] || fail "federated job $j: $(state "$j")"
+  grep -q "resubmitted as job" "$out" || fail "federated job $j did not resubmit"
+done
+step=$(sed -n 's/.*saved at step \([0-9]*\), exiting.*/\1/p' "tapestry-site-$j0.out")
+[ -n "$step" ] || { out=tapestry-site-$j0.out; fail "site 0 did not save on the other site's signal"; }
+for s in 00 01; do
+  "$exe" ckpt verify "fedckpt/site_$s/step_$(printf %08d "$step").h5" > /dev/null || fail "site $s checkpoint does not verify"
+done
+n0=$(sed -n 's/.*resubmitted as job \([0-9]*\).*/\1/p' "tapestry-site-$j0.out")
+n1=$(sed -n 's/.*resubmitted as job \([0-9]*\).*/\1/p' "tapestry-site-$j1.out")
+wait_job "$n0"; wait_job "$n1"; out=tapestry-site-$n0.out
+grep -q "resumed from fedckpt/site_00/step_$(printf %08d "$step").h5 at step $step" "$out" || fail "site 0 did not resume"
+grep -q "step    30/30 | loss" "$out" || fail "the resumed federated run did not finish"
+grep -q "federation.sbatch: training finished" "tapestry-site-$n1.out" || { out=tapestry-site-$n1.out; fail "site 1 did not finish"; }
+echo "PASS federation.sbatch: 2 sites joined; a signal at site 1 stopped both at step $step; both saved, resubmitted, met again, resumed, finished"
+
+# ---- 8. federation.pbs with the PBS shim (two sites, two shells) and a missing parameter
+printf 'localhost\n' > nodefile1
+pbs_pids=()
+for s in 0 1; do
+  env -u SLURM_JOB_ID PBS_JOBID=77$s.pbs PBS_O_WORKDIR="$work" PBS_NODEFILE="$work/nodefile1" TAPESTRY_WALLTIME=3600 \
+    TAPESTRY_FEDERATION=pbsfed TAPESTRY_SITE_ID=$s TAPESTRY_SITES=2 TAPESTRY_RENDEZVOUS="$work/rendezvous.uri" \
+    TAPESTRY_CKPT_DIR=pbsckpt TAPESTRY_ARGS="$common --steps 3 --val-every 0" bash "$src/jobs/pbs/federation.pbs" \
+    > pbsfed$s.out 2>&1 &
+  pbs_pids+=($!)
+done
+wait "${pbs_pids[@]}" || true
+out=pbsfed0.out
+grep -q "joined as site 0 of 2" "$out" && grep -q "step     3/3 | loss" "$out" || fail "federation.pbs site 0"
+grep -q "federation.pbs: training finished" pbsfed1.out || { out=pbsfed1.out; fail "federation.pbs site 1"; }
+msg=$(env -u SLURM_JOB_ID -u TAPESTRY_FEDERATION PBS_JOBID=1 bash "$src/jobs/pbs/federation.pbs" 2>&1) &&
+  fail "federation.pbs ran without TAPESTRY_FEDERATION"
+echo "$msg" | grep -q "TAPESTRY_FEDERATION is not set" || fail "unclear message: $msg"
+echo "PASS federation.pbs with the PBS shim; a missing parameter is refused"
 echo "all scheduler checks passed"

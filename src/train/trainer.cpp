@@ -335,7 +335,10 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       << ", " << r.train_loader->num_tokens() << " training tokens, " << cfg.steps << " steps\n";
   if (dp > 1) out << "gradients: " << r.reducer->describe() << (r.diloco ? " (inside each site)" : "") << "\n";
   if (r.diloco) out << r.diloco->describe() << "\n";
-  if (!r.resumed_from.empty()) out << "resumed from " << r.resumed_from << " at step " << r.start_step << "\n";
+  // Saving, resuming and stopping also show in every federated site's own job log (its scripts act on them).
+  const bool site_first = r.federated && r.sites->site_ranks().rank() == 0;
+  std::ostream& site_out = root || site_first ? out_root : null_sink;
+  if (!r.resumed_from.empty()) site_out << "resumed from " << r.resumed_from << " at step " << r.start_step << "\n";
   install_stop_signals();
   const auto run_start = Clock::now();
 
@@ -440,11 +443,10 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     if (scheduled || stop) {
       const auto ts = Clock::now();
       const std::string path = save(r, grid, rec.step, r.wall_before + since(run_start));
-      out << "saved checkpoint " << path << " (" << fmt("%.2f", since(ts)) << " s)\n";
-      out.flush();
+      site_out << "saved checkpoint " << path << " (" << fmt("%.2f", since(ts)) << " s)" << std::endl;
     }
     if (stop) {
-      out << "stop signal received: saved at step " << rec.step << ", exiting\n";
+      site_out << "stop signal received: saved at step " << rec.step << ", exiting" << std::endl;
       result.stopped = true;
       break;
     }
