@@ -241,6 +241,77 @@ TEST_CASE("embedding forward gathers rows and backward scatters deterministicall
   REQUIRE(max_rel_err(to_vec(gpe), finite_diff(wpe, [&](const V& x) { return dot(fwd(wte, x), w); })) < kGradTol);
 }
 
+TEST_CASE("vocabulary-parallel embedding: the shards' outputs and gradients add up to the whole", "[kernels][embedding][tp]") {
+  ExecSpace ex;
+  const int B = 2, T = 3, C = 4, Vp = 8, maxT = 3, R = 2, rows = Vp / R;
+  const std::vector<int> tok = {3, 0, 5, 7, 3, 4};
+  const V wte = randn(std::size_t(Vp) * C, 54), wpe = randn(std::size_t(maxT) * C, 55), w = randn(std::size_t(B) * T * C, 56);
+  TokenView vt("tok", B, T);
+  View2<double> vte("wte", Vp, C), vpe("wpe", maxT, C), gte("gwte", Vp, C), gpe("gwpe", maxT, C);
+  View3<double> whole("y", B, T, C), gy("gy", B, T, C);
+  from_vec(vt, tok), from_vec(vte, wte), from_vec(vpe, wpe), from_vec(gy, w);
+  embedding_forward(ex, whole, vt, vte, vpe);
+  embedding_backward(ex, gte, gpe, gy, vt);
+  V sum(std::size_t(B) * T * C, 0.0), gshards;
+  for (int r = 0; r < R; ++r) {
+    View2<double> shard("shard", rows, C), gshard("gshard", rows, C), gpe_r("gpe_r", maxT, C);
+    from_vec(shard, V(wte.begin() + r * rows * C, wte.begin() + (r + 1) * rows * C));
+    View3<double> y("y_r", B, T, C);
+    embedding_forward(ex, y, vt, shard, vpe, r * rows, r == 0);  // position once
+    const V yr = to_vec(y);
+    for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += yr[i];
+    embedding_backward(ex, gshard, gpe_r, gy, vt, r * rows);
+    const V g = to_vec(gshard);
+    gshards.insert(gshards.end(), g.begin(), g.end());
+    REQUIRE(max_rel_err(to_vec(gpe_r), to_vec(gpe)) < 1e-15);  // every shard: the whole position gradient
+  }
+  REQUIRE(max_rel_err(sum, to_vec(whole)) < 1e-15);
+  REQUIRE(max_rel_err(gshards, to_vec(gte)) < 1e-15);
+}
+
+TEST_CASE("vocabulary-parallel cross-entropy equals the whole-row one, padding masked", "[kernels][xent][tp]") {
+  ExecSpace ex;
+  // Vr = 11 real columns of Vp = 16, over R = 2 and 4 shards: the last shard is all padding at R = 4.
+  const int N = 5, Vr = 11, Vp = 16;
+  V logits = randn(std::size_t(N) * Vp, 62, 3.0);
+  for (int n = 0; n < N; ++n)
+    for (int v = Vr; v < Vp; ++v) logits[std::size_t(n * Vp + v)] = 50.0;
+  std::vector<int> tg(static_cast<std::size_t>(N));
+  for (int n = 0; n < N; ++n) tg[std::size_t(n)] = (4 * n + 2) % Vr;
+  Kokkos::View<int*, Layout, MemSpace> vt("targets", N);
+  from_vec(vt, tg);
+  View2<double> vl("logits", N, Vp), probs("probs", N, Vp);
+  View1<double> losses("losses", N);
+  from_vec(vl, logits);
+  softmax_xent_forward(ex, probs, losses, vl, vt, Vr);
+  softmax_xent_backward(ex, probs, probs, vt, 0.37, Vr);  // FD-checked above
+  const V want_loss = to_vec(losses), want_grad = to_vec(probs);
+  for (const int R : {2, 4}) {
+    CAPTURE(R);
+    const int Vl = Vp / R;
+    std::vector<View2<double>> shard(static_cast<std::size_t>(R));
+    View3<double> all("all_stats", R, N, 3);
+    for (int r = 0; r < R; ++r) {
+      V part;
+      for (int n = 0; n < N; ++n)
+        part.insert(part.end(), logits.begin() + n * Vp + r * Vl, logits.begin() + n * Vp + (r + 1) * Vl);
+      shard[std::size_t(r)] = View2<double>("shard", N, Vl);
+      from_vec(shard[std::size_t(r)], part);
+      xent_shard_stats<double>(ex, Kokkos::subview(all, r, Kokkos::ALL, Kokkos::ALL), shard[std::size_t(r)], vt, Vr, r * Vl);
+    }
+    for (int r = 0; r < R; ++r) {
+      View1<double> l("l", N);
+      xent_shard_finish<double>(ex, shard[std::size_t(r)], l, shard[std::size_t(r)], all, Vr, r * Vl);
+      REQUIRE(max_rel_err(to_vec(l), want_loss) < 1e-13);
+      softmax_xent_backward<double>(ex, shard[std::size_t(r)], shard[std::size_t(r)], vt, 0.37, Vr, r * Vl);
+      const V g = to_vec(shard[std::size_t(r)]);
+      for (int n = 0; n < N; ++n)
+        for (int v = 0; v < Vl; ++v)
+          REQUIRE(std::abs(g[std::size_t(n * Vl + v)] - want_grad[std::size_t(n * Vp + r * Vl + v)]) < 1e-14);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- softmax + cross-entropy
 TEST_CASE("softmax cross-entropy ignores padded columns and its backward matches finite differences", "[kernels][xent]") {
   ExecSpace ex;

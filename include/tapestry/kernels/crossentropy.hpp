@@ -13,9 +13,23 @@ void softmax_xent_forward(const ExecSpace& exec, View2<T> probs, View1<T> losses
                           In1<int> targets, int V);
 
 /// dlogits (N, Vp) = dloss * (probs - onehot(target)), padded columns 0 (overwritten; may alias
-/// probs). This is the gradient of dloss * sum_n losses(n).
+/// probs). This is the gradient of dloss * sum_n losses(n). Vocabulary-parallel: the columns are
+/// global columns [vocab_begin, vocab_begin + Vp) and columns >= V are padding.
 template <class T>
 void softmax_xent_backward(const ExecSpace& exec, View2<T> dlogits, In2<T> probs,
-                           In1<int> targets, double dloss, int V);
+                           In1<int> targets, double dloss, int V, int vocab_begin = 0);
+
+/// \brief Vocabulary-parallel softmax cross-entropy (Megatron's): each rank holds the logits of
+/// global columns [vocab_begin, vocab_begin + Vl); the full row is never gathered.
+/// Step 1, per rank: stats (N, 3) = {max over this rank's real columns (-1e30 if none),
+/// sum of exp(logit - that max), the target's logit if this rank holds it, else 0}.
+template <class T>
+void xent_shard_stats(const ExecSpace& exec, View2<T> stats, In2<T> logits, In1<int> targets, int V,
+                      int vocab_begin);
+/// Step 2, after every rank has every rank's stats, all_stats (R, N, 3): probs (N, Vl) = softmax
+/// over the whole vocabulary (padding 0; may alias logits), losses (N) = logsumexp - target logit.
+template <class T>
+void xent_shard_finish(const ExecSpace& exec, View2<T> probs, View1<T> losses, In2<T> logits,
+                       In3<T> all_stats, int V, int vocab_begin);
 
 }  // namespace tapestry::kernels
