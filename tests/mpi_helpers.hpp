@@ -61,11 +61,12 @@ inline const io::PrepareResult& corpus() {
   return r;
 }
 
-/// Trains `c` data parallel over all ranks of `comm` (MPI_COMM_SELF: one rank), log discarded.
-inline train::TrainResult train_on(const TrainConfig& c, MPI_Comm comm) {
+/// Trains `c` over all ranks of `comm` (MPI_COMM_SELF: one rank), `tp`-way tensor parallel and
+/// data parallel over the rest; log discarded.
+inline train::TrainResult train_on(const TrainConfig& c, MPI_Comm comm, int tp = 1) {
   int n = 1;
   MPI_Comm_size(comm, &n);
-  parallel::ProcessGrid grid(comm, parallel::Layout::make(n, 1, 1));
+  parallel::ProcessGrid grid(comm, parallel::Layout::make(n, tp, 1));
   std::ostringstream log;
   return train::run_training(c, grid, log);
 }

@@ -19,17 +19,18 @@ enum Idx { WTE, WPE, LN1W, LN1B, QKVW, QKVB, ATTPROJW, ATTPROJB, LN2W, LN2B, FCW
 View1<float> as1(const View2<float>& v) { return View1<float>(v.data(), v.size()); }
 }  // namespace
 
-std::vector<ParamTensor> param_layout(const ModelConfig& m) {
-  const std::int64_t C = m.d_model, L = m.n_layer, Vp = m.vocab_padded(), maxT = m.max_seq_len;
+std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp) {
+  const std::int64_t C = m.d_model, L = m.n_layer, Vp = m.vocab_padded(), maxT = m.max_seq_len, k = tp;
+  const std::int64_t Cl = C / k;  // this rank's share of C (whole heads)
   std::vector<ParamTensor> t = {
-      {"wte", {Vp, C}, 0, 0, true},          {"wpe", {maxT, C}, 0, 0, true},
-      {"ln1w", {L, C}, 0, 0, false},         {"ln1b", {L, C}, 0, 0, false},
-      {"qkvw", {L, 3 * C, C}, 0, 0, true},   {"qkvb", {L, 3 * C}, 0, 0, false},
-      {"attprojw", {L, C, C}, 0, 0, true},   {"attprojb", {L, C}, 0, 0, false},
-      {"ln2w", {L, C}, 0, 0, false},         {"ln2b", {L, C}, 0, 0, false},
-      {"fcw", {L, 4 * C, C}, 0, 0, true},    {"fcb", {L, 4 * C}, 0, 0, false},
-      {"fcprojw", {L, C, 4 * C}, 0, 0, true}, {"fcprojb", {L, C}, 0, 0, false},
-      {"lnfw", {C}, 0, 0, false},            {"lnfb", {C}, 0, 0, false},
+      {"wte", {Vp / k, C}, 0, 0, true, Split::rows},        {"wpe", {maxT, C}, 0, 0, true, Split::none},
+      {"ln1w", {L, C}, 0, 0, false, Split::none},           {"ln1b", {L, C}, 0, 0, false, Split::none},
+      {"qkvw", {L, 3 * Cl, C}, 0, 0, true, Split::rows_qkv}, {"qkvb", {L, 3 * Cl}, 0, 0, false, Split::rows_qkv},
+      {"attprojw", {L, C, Cl}, 0, 0, true, Split::cols},    {"attprojb", {L, C}, 0, 0, false, Split::none},
+      {"ln2w", {L, C}, 0, 0, false, Split::none},           {"ln2b", {L, C}, 0, 0, false, Split::none},
+      {"fcw", {L, 4 * Cl, C}, 0, 0, true, Split::rows},     {"fcb", {L, 4 * Cl}, 0, 0, false, Split::rows},
+      {"fcprojw", {L, C, 4 * Cl}, 0, 0, true, Split::cols}, {"fcprojb", {L, C}, 0, 0, false, Split::none},
+      {"lnfw", {C}, 0, 0, false, Split::none},              {"lnfb", {C}, 0, 0, false, Split::none},
   };
   std::size_t off = 0;
   for (auto& p : t) {
@@ -41,9 +42,73 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m) {
   return t;
 }
 
-GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple)
-    : cfg_(cfg), B_(B), T_(T), layout_(param_layout(cfg)) {
+void validate_tp(const ModelConfig& m, int tp) {
+  require(tp >= 1, "tp must be >= 1 (got " + std::to_string(tp) + ")");
+  require(m.n_head % tp == 0, "n_head (" + std::to_string(m.n_head) + ") is not divisible by tp (" +
+                                  std::to_string(tp) + "): attention heads are split over the tensor-parallel ranks");
+  require(m.vocab_padded() % tp == 0, "the padded vocabulary (" + std::to_string(m.vocab_padded()) +
+                                          ") is not divisible by tp (" + std::to_string(tp) +
+                                          "): set --padded-vocab-size to a multiple of tp");
+}
+
+template <class F> void GPT::for_each_element(F&& f) const {
+  const int r = tp_->rank();
+  for (std::size_t i = 0; i < layout_.size(); ++i) {
+    const auto &t = layout_[i], &w = whole_[i];
+    const bool stacked = !(t.name == "wte" || t.name == "wpe" || t.name == "lnfw" || t.name == "lnfb");
+    const std::size_t layers = stacked ? std::size_t(t.shape[0]) : 1;
+    const std::size_t d = stacked ? 1 : 0;  // first per-layer dimension
+    const bool two_d = t.shape.size() == d + 2;
+    const std::size_t Rl = std::size_t(t.shape[d]), Cl = two_d ? std::size_t(t.shape[d + 1]) : 1;
+    const std::size_t Rw = std::size_t(w.shape[d]), Cw = two_d ? std::size_t(w.shape[d + 1]) : 1;
+    const bool replicated = t.split == Split::none;
+    for (std::size_t l = 0; l < layers; ++l)
+      for (std::size_t a = 0; a < Rl; ++a) {
+        std::size_t ga = a, col0 = 0;
+        if (t.split == Split::rows) ga = std::size_t(r) * Rl + a;
+        if (t.split == Split::rows_qkv) {
+          const std::size_t b = Rl / 3;
+          ga = (a / b) * (Rw / 3) + std::size_t(r) * b + a % b;
+        }
+        if (t.split == Split::cols) col0 = std::size_t(r) * Cl;
+        const std::size_t lo = t.offset + (l * Rl + a) * Cl, wo = w.offset + (l * Rw + ga) * Cw + col0;
+        for (std::size_t c = 0; c < Cl; ++c) f(lo + c, wo + c, replicated);
+      }
+  }
+}
+
+std::vector<float> GPT::take_part(const std::vector<float>& whole) const {
+  require(whole.size() == n_whole_, "take_part: parameter count mismatch");
+  std::vector<float> part(n_params_);
+  for_each_element([&](std::size_t l, std::size_t w, bool) { part[l] = whole[w]; });
+  return part;
+}
+
+std::vector<float> GPT::gather_whole(View1<float> local) const {
+  const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), local);
+  std::vector<float> whole(n_whole_, 0.0f);
+  const bool lead = tp_->rank() == 0;  // replicated tensors: from one rank, so the sum counts them once
+  for_each_element([&](std::size_t l, std::size_t w, bool replicated) {
+    if (!replicated || lead) whole[w] = h(l);
+  });
+  if (tp_->size() > 1) {
+    View1<float> dev("tapestry::gather_whole", n_whole_);
+    Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> hw(whole.data(), whole.size());
+    Kokkos::deep_copy(dev, hw);
+    tp_->all_reduce_sum(dev.data(), n_whole_);
+    Kokkos::deep_copy(hw, dev);
+  }
+  return whole;
+}
+
+GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const TpGroup* tp)
+    : cfg_(cfg), B_(B), T_(T), tp_(tp != nullptr ? tp : &solo_) {
   validate(cfg_);
+  const int k = tp_->size();
+  validate_tp(cfg_, k);
+  layout_ = param_layout(cfg_, k);
+  whole_ = param_layout(cfg_, 1);
+  n_whole_ = whole_.back().offset + whole_.back().size;
   require(T <= cfg_.max_seq_len, "seq_len (" + std::to_string(T) + ") is above the model's max_seq_len (" +
                                      std::to_string(cfg_.max_seq_len) + ")");
   n_params_ = layout_.back().offset + layout_.back().size;
@@ -51,37 +116,39 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple)
   const std::size_t n = (n_params_ + pad - 1) / pad * pad;
   params_ = View1<float>("tapestry::params", n);
   grads_ = View1<float>("tapestry::grads", n);
-  const int N = B * T, C = cfg_.d_model, NH = cfg_.n_head, Vp = cfg_.vocab_padded();
+  const int N = B * T, C = cfg_.d_model, Cl = C / k, NHl = cfg_.n_head / k, Vl = cfg_.vocab_padded() / k;
   tokens_ = TokenView("tapestry::tokens", B, T);
   targets_ = decltype(targets_)("tapestry::targets", N);
   encoded_ = View2<float>("tapestry::encoded", N, C);
   lnf_ = View2<float>("tapestry::lnf", N, C);
-  logits_ = View2<float>("tapestry::logits", N, Vp);
+  logits_ = View2<float>("tapestry::logits", N, Vl);
   lnf_mean_ = View1<float>("tapestry::lnf_mean", N);
   lnf_rstd_ = View1<float>("tapestry::lnf_rstd", N);
   losses_ = View1<float>("tapestry::losses", N);
   layers_.resize(std::size_t(cfg_.n_layer));
   for (auto& a : layers_) {
     a.ln1 = View2<float>("tapestry::ln1", N, C);
-    a.qkv = View2<float>("tapestry::qkv", N, 3 * C);
-    a.atty = View2<float>("tapestry::atty", N, C);
+    a.qkv = View2<float>("tapestry::qkv", N, 3 * Cl);
+    a.atty = View2<float>("tapestry::atty", N, Cl);
     a.res2 = View2<float>("tapestry::res2", N, C);
     a.ln2 = View2<float>("tapestry::ln2", N, C);
-    a.fch = View2<float>("tapestry::fch", N, 4 * C);
-    a.fch_gelu = View2<float>("tapestry::fch_gelu", N, 4 * C);
+    a.fch = View2<float>("tapestry::fch", N, 4 * Cl);
+    a.fch_gelu = View2<float>("tapestry::fch_gelu", N, 4 * Cl);
     a.res3 = View2<float>("tapestry::res3", N, C);
     a.ln1_mean = View1<float>("tapestry::ln1_mean", N);
     a.ln1_rstd = View1<float>("tapestry::ln1_rstd", N);
     a.ln2_mean = View1<float>("tapestry::ln2_mean", N);
     a.ln2_rstd = View1<float>("tapestry::ln2_rstd", N);
-    a.att = View4<float>("tapestry::att", B, NH, T, T);
+    a.att = View4<float>("tapestry::att", B, NHl, T, T);
   }
   proj_ = View2<float>("tapestry::proj", N, C);
   dres_ = View2<float>("tapestry::dresidual", N, C);
   dtmp_ = View2<float>("tapestry::dtmp", N, C);
-  dbig_ = View2<float>("tapestry::dfch", N, 4 * C);
-  dqkv_ = View2<float>("tapestry::dqkv", N, 3 * C);
-  datt_ = View4<float>("tapestry::datt", B, NH, T, T);
+  dbig_ = View2<float>("tapestry::dfch", N, 4 * Cl);
+  dqkv_ = View2<float>("tapestry::dqkv", N, 3 * Cl);
+  datty_ = View2<float>("tapestry::datty", N, Cl);
+  datt_ = View4<float>("tapestry::datt", B, NHl, T, T);
+  if (k > 1) xent_stats_ = View3<float>("tapestry::xent_stats", k, N, 3);
 }
 
 View2<float> GPT::p2(const View1<float>& flat, int idx, int layer) const {
@@ -98,14 +165,13 @@ View1<float> GPT::p1(const View1<float>& flat, int idx, int layer) const {
 }
 
 void GPT::init_random(std::uint64_t seed) {
-  auto h = Kokkos::create_mirror_view(params_);
-  Kokkos::deep_copy(h, 0.0f);
+  std::vector<float> h(n_whole_, 0.0f);  // the whole model, then this rank's part of it
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 0.02f);
   const float resid_std = 0.02f / std::sqrt(2.0f * float(cfg_.n_layer));
   std::normal_distribution<float> normal_resid(0.0f, resid_std);
-  for (std::size_t i = 0; i < layout_.size(); ++i) {
-    const auto& t = layout_[i];
+  for (std::size_t i = 0; i < whole_.size(); ++i) {
+    const auto& t = whole_[i];
     float* p = h.data() + t.offset;
     std::size_t n = t.size;
     if (t.name == "wte") n = std::size_t(cfg_.vocab_size) * std::size_t(cfg_.d_model);
@@ -120,20 +186,15 @@ void GPT::init_random(std::uint64_t seed) {
       p[j] = v;
     }
   }
-  Kokkos::deep_copy(params_, h);
+  load_params(h);
 }
 
 void GPT::load_params(const std::vector<float>& host) {
-  require(host.size() == n_params_, "load_params: parameter count mismatch");
-  Kokkos::View<const float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host.data(), host.size());
+  require(host.size() == n_whole_, "load_params: parameter count mismatch");
+  const std::vector<float> part = tp_->size() == 1 ? host : take_part(host);
+  Kokkos::deep_copy(params_, 0.0f);
+  Kokkos::View<const float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(part.data(), part.size());
   Kokkos::deep_copy(View1<float>(params_.data(), n_params_), h);
-}
-
-std::vector<float> GPT::params_to_host() const {
-  std::vector<float> out(n_params_);
-  Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(out.data(), out.size());
-  Kokkos::deep_copy(h, View1<float>(params_.data(), n_params_));
-  return out;
 }
 
 void GPT::zero_grad() { Kokkos::deep_copy(grads_, 0.0f); }
@@ -143,7 +204,7 @@ std::size_t GPT::param_bytes() const { return 2 * params_.span() * sizeof(float)
 std::size_t GPT::activation_bytes() const {
   std::size_t n = encoded_.span() + lnf_.span() + logits_.span() + lnf_mean_.span() + lnf_rstd_.span() +
                   losses_.span() + proj_.span() + dres_.span() + dtmp_.span() + dbig_.span() +
-                  dqkv_.span() + datt_.span();
+                  dqkv_.span() + datty_.span() + datt_.span() + xent_stats_.span();
   for (const auto& a : layers_)
     n += a.ln1.span() + a.qkv.span() + a.atty.span() + a.res2.span() + a.ln2.span() + a.fch.span() +
          a.fch_gelu.span() + a.res3.span() + a.ln1_mean.span() + a.ln1_rstd.span() +
@@ -155,7 +216,9 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
                     const std::vector<int>& targets) {
   using namespace kernels;
   const auto& ex = blas.exec();
-  const int N = B_ * T_, C = cfg_.d_model, NH = cfg_.n_head;
+  const int k = tp_->size(), N = B_ * T_, C = cfg_.d_model, Cl = C / k, NHl = cfg_.n_head / k;
+  const int v0 = tp_->rank() * (cfg_.vocab_padded() / k);  // this rank's first vocabulary row
+  const bool lead = tp_->rank() == 0;  // adds the replicated terms that a sum over the group must count once
   require(inputs.size() == std::size_t(N) && targets.size() == std::size_t(N),
           "forward: expected " + std::to_string(N) + " inputs and targets");
   for (std::size_t i = 0; i < inputs.size(); ++i)
@@ -169,26 +232,39 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
     Kokkos::deep_copy(ex, targets_, ht);
   }
   const auto& P = params_;
-  embedding_forward(ex, View3<float>(encoded_.data(), B_, T_, C), tokens_, p2(P, WTE), p2(P, WPE));
+  embedding_forward(ex, View3<float>(encoded_.data(), B_, T_, C), tokens_, p2(P, WTE), p2(P, WPE), v0, lead);
+  reduce_from_tp_region_forward(*tp_, encoded_);  // vocabulary-parallel embedding
   View2<float> x = encoded_;
   for (int l = 0; l < cfg_.n_layer; ++l) {
     auto& a = layers_[std::size_t(l)];
     layernorm_forward(ex, a.ln1, a.ln1_mean, a.ln1_rstd, x, p1(P, LN1W, l), p1(P, LN1B, l));
+    // Attention: column-parallel QKV (this rank's heads), row-parallel output projection.
     matmul_forward(blas, a.qkv, a.ln1, p2(P, QKVW, l), p1(P, QKVB, l));
-    attention_forward(blas, View3<float>(a.atty.data(), B_, T_, C), a.att,
-                      View3<float>(a.qkv.data(), B_, T_, 3 * C), NH);
-    matmul_forward(blas, proj_, a.atty, p2(P, ATTPROJW, l), p1(P, ATTPROJB, l));
+    attention_forward(blas, View3<float>(a.atty.data(), B_, T_, Cl), a.att,
+                      View3<float>(a.qkv.data(), B_, T_, 3 * Cl), NHl);
+    matmul_forward(blas, proj_, a.atty, p2(P, ATTPROJW, l), lead ? p1(P, ATTPROJB, l) : View1<float>());
+    reduce_from_tp_region_forward(*tp_, proj_);
     residual_forward(ex, as1(a.res2), as1(x), as1(proj_));
     layernorm_forward(ex, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, p1(P, LN2W, l), p1(P, LN2B, l));
     matmul_forward(blas, a.fch, a.ln2, p2(P, FCW, l), p1(P, FCB, l));
     gelu_forward(ex, as1(a.fch_gelu), as1(a.fch));
-    matmul_forward(blas, proj_, a.fch_gelu, p2(P, FCPROJW, l), p1(P, FCPROJB, l));
+    matmul_forward(blas, proj_, a.fch_gelu, p2(P, FCPROJW, l), lead ? p1(P, FCPROJB, l) : View1<float>());
+    reduce_from_tp_region_forward(*tp_, proj_);
     residual_forward(ex, as1(a.res3), as1(a.res2), as1(proj_));
     x = a.res3;
   }
   layernorm_forward(ex, lnf_, lnf_mean_, lnf_rstd_, x, p1(P, LNFW), p1(P, LNFB));
-  matmul_forward(blas, logits_, lnf_, p2(P, WTE), View1<float>());
-  softmax_xent_forward(ex, logits_, losses_, logits_, targets_, cfg_.vocab_size);
+  matmul_forward(blas, logits_, lnf_, p2(P, WTE), View1<float>());  // this rank's vocabulary columns
+  if (k == 1) {
+    softmax_xent_forward(ex, logits_, losses_, logits_, targets_, cfg_.vocab_size);
+  } else {  // vocabulary-parallel cross-entropy: 3 numbers per row and rank cross the group
+    Kokkos::deep_copy(ex, xent_stats_, 0.0f);
+    xent_shard_stats<float>(ex, Kokkos::subview(xent_stats_, tp_->rank(), Kokkos::ALL, Kokkos::ALL), logits_,
+                            targets_, cfg_.vocab_size, v0);
+    Kokkos::fence();
+    tp_->all_reduce_sum(xent_stats_.data(), xent_stats_.size());
+    xent_shard_finish<float>(ex, logits_, losses_, logits_, xent_stats_, cfg_.vocab_size, v0);
+  }
   double sum = 0;
   const auto losses = losses_;
   Kokkos::parallel_reduce(
@@ -200,10 +276,12 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
 void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   using namespace kernels;
   const auto& ex = blas.exec();
-  const int N = B_ * T_, C = cfg_.d_model, NH = cfg_.n_head;
+  const int k = tp_->size(), N = B_ * T_, Cl = cfg_.d_model / k, NHl = cfg_.n_head / k;
+  const int v0 = tp_->rank() * (cfg_.vocab_padded() / k);
   const auto &P = params_, &G = grads_;
-  softmax_xent_backward(ex, logits_, logits_, targets_, loss_scale / N, cfg_.vocab_size);
+  softmax_xent_backward(ex, logits_, logits_, targets_, loss_scale / N, cfg_.vocab_size, v0);
   matmul_backward(blas, dtmp_, p2(G, WTE), View1<float>(), logits_, lnf_, p2(P, WTE));
+  copy_to_tp_region_backward(*tp_, dtmp_);
   Kokkos::deep_copy(ex, dres_, 0.0f);
   const View2<float> xlast = layers_.back().res3;
   layernorm_backward(ex, dres_, p1(G, LNFW), p1(G, LNFB), dtmp_, xlast, p1(P, LNFW), lnf_mean_, lnf_rstd_);
@@ -214,19 +292,21 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     matmul_backward(blas, dbig_, p2(G, FCPROJW, l), p1(G, FCPROJB, l), dres_, a.fch_gelu, p2(P, FCPROJW, l));
     gelu_backward(ex, as1(dbig_), as1(a.fch), as1(dbig_));
     matmul_backward(blas, dtmp_, p2(G, FCW, l), p1(G, FCB, l), dbig_, a.ln2, p2(P, FCW, l));
+    copy_to_tp_region_backward(*tp_, dtmp_);
     layernorm_backward(ex, dres_, p1(G, LN2W, l), p1(G, LN2B, l), dtmp_, a.res2, p1(P, LN2W, l),
                        a.ln2_mean, a.ln2_rstd);
     // dres holds d(res2): through attention.
-    matmul_backward(blas, dtmp_, p2(G, ATTPROJW, l), p1(G, ATTPROJB, l), dres_, a.atty, p2(P, ATTPROJW, l));
-    attention_backward(blas, View3<float>(dqkv_.data(), B_, T_, 3 * C), datt_,
-                       View3<float>(dtmp_.data(), B_, T_, C), View3<float>(a.qkv.data(), B_, T_, 3 * C),
-                       a.att, NH);
+    matmul_backward(blas, datty_, p2(G, ATTPROJW, l), p1(G, ATTPROJB, l), dres_, a.atty, p2(P, ATTPROJW, l));
+    attention_backward(blas, View3<float>(dqkv_.data(), B_, T_, 3 * Cl), datt_,
+                       View3<float>(datty_.data(), B_, T_, Cl), View3<float>(a.qkv.data(), B_, T_, 3 * Cl),
+                       a.att, NHl);
     matmul_backward(blas, dtmp_, p2(G, QKVW, l), p1(G, QKVB, l), dqkv_, a.ln1, p2(P, QKVW, l));
+    copy_to_tp_region_backward(*tp_, dtmp_);
     layernorm_backward(ex, dres_, p1(G, LN1W, l), p1(G, LN1B, l), dtmp_, x, p1(P, LN1W, l),
                        a.ln1_mean, a.ln1_rstd);
     // dres holds d(x), the layer input.
   }
-  embedding_backward(ex, p2(G, WTE), p2(G, WPE), View3<float>(dres_.data(), B_, T_, C), tokens_);
+  embedding_backward(ex, p2(G, WTE), p2(G, WPE), View3<float>(dres_.data(), B_, T_, cfg_.d_model), tokens_, v0);
 }
 
 }  // namespace tapestry::model

@@ -86,9 +86,36 @@ class StepVote {
   std::array<int, 2> send_{}, recv_{};
 };
 
+/// \brief The model's tensor-parallel group on top of the collectives over the grid's TP communicator.
+class CollectivesTp final : public model::TpGroup {
+ public:
+  explicit CollectivesTp(std::unique_ptr<parallel::Collectives> c) : c_(std::move(c)) {}
+  int size() const override { return c_->size(); }
+  int rank() const override { return c_->rank(); }
+  void all_reduce_sum(float* buf, std::size_t n) const override { c_->all_reduce_sum(buf, n); }
+
+ private:
+  std::unique_ptr<parallel::Collectives> c_;
+};
+
+/// Squared L2 norms of the gradients g (element 0 is flat index `begin`): {tensors split over
+/// TP, replicated tensors}. The first sums over the TP group, the second is the same on every TP
+/// rank, so the global norm counts every parameter once.
+std::array<double, 2> split_sumsq(const ExecSpace& ex, View1<float> g, std::size_t begin,
+                                  const std::vector<model::ParamTensor>& tensors) {
+  std::array<double, 2> s{0, 0};
+  for (const auto& t : tensors) {
+    const std::size_t lo = std::max(t.offset, begin), hi = std::min(t.offset + t.size, begin + g.extent(0));
+    if (lo < hi)
+      s[t.split == model::Split::none ? 1 : 0] += kernels::sum_squares<float>(ex, View1<float>(g.data() + (lo - begin), hi - lo));
+  }
+  return s;
+}
+
 /// Everything a run holds, built collectively (an error on any rank stops all ranks).
 struct Run {
   TrainConfig cfg;
+  std::unique_ptr<CollectivesTp> tp;  // before gpt, which uses it
   std::unique_ptr<io::DataLoader> train_loader, val_loader;
   std::unique_ptr<model::GPT> gpt;
   std::unique_ptr<optim::AdamW> adamw;
@@ -148,9 +175,22 @@ void resume_from(Run& r, const std::string& path) {
   auto params = Kokkos::create_mirror_view(r.gpt->params());
   auto mm = Kokkos::create_mirror_view(r.adamw->m()), vv = Kokkos::create_mirror_view(r.adamw->v());
   const auto b = r.adamw->begin(), e = r.adamw->end();
-  io::read_flat_section(path, io::diloco_site_prefix(s, "model"), r.tensors, params.data(), 0, params.extent(0));
-  io::read_flat_section(path, io::diloco_site_prefix(s, "adam_m"), r.tensors, mm.data(), b, e);
-  io::read_flat_section(path, io::diloco_site_prefix(s, "adam_v"), r.tensors, vv.data(), b, e);
+  if (r.gpt->tp().size() == 1) {
+    io::read_flat_section(path, io::diloco_site_prefix(s, "model"), r.tensors, params.data(), 0, params.extent(0));
+    io::read_flat_section(path, io::diloco_site_prefix(s, "adam_m"), r.tensors, mm.data(), b, e);
+    io::read_flat_section(path, io::diloco_site_prefix(s, "adam_v"), r.tensors, vv.data(), b, e);
+  } else {  // the file holds whole tensors: read them, keep this rank's part (and its ZeRO shard)
+    const std::size_t nw = r.gpt->whole_num_params();
+    std::vector<float> whole(nw);
+    auto part_into = [&](const char* prefix, float* dst, std::size_t from, std::size_t to) {
+      io::read_flat_section(path, prefix, r.tensors, whole.data(), 0, nw);
+      const auto part = r.gpt->take_part(whole);
+      for (std::size_t i = from; i < to; ++i) dst[i - from] = i < part.size() ? part[i] : 0.0f;
+    };
+    part_into("/model", params.data(), 0, params.extent(0));
+    part_into("/optimizer/adam_m", mm.data(), b, e);
+    part_into("/optimizer/adam_v", vv.data(), b, e);
+  }
   Kokkos::deep_copy(r.gpt->params(), params);
   Kokkos::deep_copy(r.adamw->m(), mm);
   Kokkos::deep_copy(r.adamw->v(), vv);
@@ -174,9 +214,11 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   TrainConfig& cfg = r.cfg;
   cfg = cfg_in;
   const auto& layout = grid.layout();
-  require(layout.tp() == 1 && layout.pp() == 1,
-          "tensor and pipeline parallelism are not implemented yet: run with --tp 1 --pp 1 (got " +
-              layout.describe() + ")");
+  require(layout.pp() == 1,
+          "pipeline parallelism is not implemented yet: run with --pp 1 (got " + layout.describe() + ")");
+  require(layout.tp() == 1 || (cfg.parallel.outer_steps == 0 && cfg.parallel.federation.empty()),
+          "tensor parallelism with DiLoCo or federation is not implemented yet (got --tp " +
+              std::to_string(layout.tp()) + ")");
   if (!cfg.init_from.empty()) {
     const ModelConfig m = io::read_llmc_header(cfg.init_from);
     if (cfg.model.vocab_size != m.vocab_size || cfg.model.n_layer != m.n_layer ||
@@ -193,7 +235,23 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   if (cfg.val_every > 0)
     r.val_loader = std::make_unique<io::DataLoader>(std::vector<std::string>{cfg.val_data}, B, T,
                                                     cfg.model.vocab_size, drank, dp, cfg.grad_accum);
-  r.gpt = std::make_unique<model::GPT>(cfg.model, B, T, std::size_t(dp));
+  const auto backend0 = parallel::parse_backend(cfg.parallel.collectives);
+  r.tp = std::make_unique<CollectivesTp>(parallel::make_collectives(backend0, grid.tp()));
+  if (layout.tp() > 1) {
+    model::validate_tp(cfg.model, layout.tp());
+    // A TP group exchanges activations in every layer: it belongs inside one node, never across sites.
+    const int site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
+    int lo = site, hi = site;
+    MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_INT, MPI_MIN, grid.tp().get());
+    MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_INT, MPI_MAX, grid.tp().get());
+    require(lo == hi, "a tensor-parallel group spans sites " + std::to_string(lo) + " and " + std::to_string(hi) +
+                          ": TP groups must stay inside a site (check TAPESTRY_SITE or --tp)");
+    const auto tp_node = grid.tp().split_shared();
+    if (tp_node.size() < grid.tp().size())
+      out << "warning: the tensor-parallel group of " << grid.tp().size() << " ranks spans nodes (" << tp_node.size()
+          << " on this one): TP across nodes is slow; use --tp <= ranks per node\n";
+  }
+  r.gpt = std::make_unique<model::GPT>(cfg.model, B, T, std::size_t(dp), r.tp.get());
   // Every rank initialises identically (same seed or same file), so no broadcast is needed.
   if (cfg.init_from.empty()) r.gpt->init_random(cfg.seed);
   else r.gpt->load_params(io::read_llmc_params(cfg.init_from, std::size_t(cfg.model.num_parameters())));
@@ -221,7 +279,13 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
     r.reducer = std::make_unique<parallel::HierarchicalReducer>(*r.sites, backend, *r.coll,
                                                                 kernels::parse_compression(pc.compress));
   } else {
-    r.reducer = std::make_unique<parallel::FlatReducer>(*r.coll, std::size_t(pc.bucket_mb * (1 << 20)));
+    auto flat = std::make_unique<parallel::FlatReducer>(*r.coll, std::size_t(pc.bucket_mb * (1 << 20)));
+    if (r.sites) {  // for the estimate of the bytes a flat ring sends across sites
+      std::vector<int> site_of(static_cast<std::size_t>(dp));
+      MPI_Allgather(&r.site, 1, MPI_INT, site_of.data(), 1, MPI_INT, grid.dp().get());
+      flat->set_next_rank_across_sites(site_of[std::size_t((drank + 1) % dp)] != r.site);
+    }
+    r.reducer = std::move(flat);
   }
   require(!r.federated || r.shard_comm != &grid.dp() || pc.zero == 0,
           "a federated run with --zero 1 needs --grad-reduce hierarchical or --outer-steps (then ZeRO-1 shards "
@@ -271,8 +335,28 @@ std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wal
   const std::size_t n = r.gpt->padded_size();
   io::RankSlice slice{params.data(), 0, 0, m.data(), v.data(), r.adamw->begin(), {}};
   std::remove_const_t<decltype(params)> outer, mom;
-  const parallel::Comm& writers = r.federated ? r.sites->site_ranks() : grid.dp();
-  if (r.shard_comm == &grid.dp() && !r.federated) {  // each DP rank writes 1/dp of every buffer: replicated values are written once
+  const parallel::Comm& writers = grid.layout().tp() > 1 ? grid.world() : r.federated ? r.sites->site_ranks() : grid.dp();
+  std::vector<float> whole_p, whole_m, whole_v;
+  if (grid.layout().tp() > 1) {
+    // The file holds whole tensors: assemble the parameters and moments from the TP ranks' parts
+    // (the moments first from their ZeRO shards), then the first TP rank of each DP rank writes 1/dp.
+    auto full_moments = [&](const auto& shard) {
+      std::vector<float> full(r.gpt->padded_size(), 0.0f);
+      std::copy(shard.data(), shard.data() + shard.extent(0), full.begin() + std::ptrdiff_t(r.adamw->begin()));
+      if (r.adamw->end() - r.adamw->begin() < full.size())
+        MPI_Allreduce(MPI_IN_PLACE, full.data(), int(full.size()), MPI_FLOAT, MPI_SUM, r.shard_comm->get());
+      View1<float> dev("tapestry::moments", full.size());
+      Kokkos::deep_copy(dev, Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(full.data(), full.size()));
+      return r.gpt->gather_whole(dev);
+    };
+    whole_p = r.gpt->gather_whole(r.gpt->params());
+    whole_m = full_moments(m);
+    whole_v = full_moments(v);
+    const std::size_t nw = whole_p.size(), d = std::size_t(grid.dp().rank()), D = std::size_t(grid.dp().size());
+    const bool writes = grid.tp().rank() == 0;
+    slice = io::RankSlice{whole_p.data(), writes ? nw * d / D : 0, writes ? nw * (d + 1) / D : 0,
+                          whole_m.data(), whole_v.data(), 0, {}};
+  } else if (r.shard_comm == &grid.dp() && !r.federated) {  // each DP rank writes 1/dp of every buffer: replicated values are written once
     const std::size_t part = n / std::size_t(grid.dp().size()), b = part * std::size_t(grid.dp().rank());
     slice.write_begin = b, slice.write_end = b + part;
   } else {
@@ -320,7 +404,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   const TrainConfig& cfg = r.cfg;
   model::GPT& gpt = *r.gpt;
   const parallel::Comm& dpc = grid.dp();
-  const int dp = dpc.size(), B = cfg.batch_size, T = cfg.seq_len;
+  const int dp = dpc.size(), tp = grid.layout().tp(), B = cfg.batch_size, T = cfg.seq_len;
   const bool zero = cfg.parallel.zero == 1;
   kernels::Blas blas;
   const auto& ex = blas.exec();
@@ -377,13 +461,16 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     const parallel::Comm& red = *r.sum_comm;
     const int nred = red.size();
     double sumsq = 0;
-    if (zero) {
-      r.reducer->reduce_scatter_sum(grads.data(), r.grad_shard.data(), n);
-      sumsq = all_sum(kernels::sum_squares<float>(ex, r.grad_shard), *r.shard_comm);
-    } else {
-      r.reducer->all_reduce_sum(grads.data(), n);
-      sumsq = kernels::sum_squares<float>(ex, grads);
+    if (zero) r.reducer->reduce_scatter_sum(grads.data(), r.grad_shard.data(), n);
+    else r.reducer->all_reduce_sum(grads.data(), n);
+    const View1<float> mine = zero ? r.grad_shard : grads;
+    if (tp == 1) {
+      sumsq = kernels::sum_squares<float>(ex, mine);
+    } else {  // split tensors: summed over the TP group; replicated ones: counted once
+      const auto parts = split_sumsq(ex, mine, zero ? r.adamw->begin() : 0, gpt.tensors());
+      sumsq = all_sum(parts[0], grid.tp()) + parts[1];
     }
+    if (zero) sumsq = all_sum(sumsq, *r.shard_comm);
     rec.comm_ms = 1e3 * since(tc);
     // The mean over the reducing group: every DP rank, or with DiLoCo this site's ranks (sites do
     // not talk between outer steps; the log shows site 0's loss).
@@ -452,13 +539,17 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     }
   }
   double checksum = 0;
-  {
+  if (tp > 1) {  // of the whole model, the same on every rank
+    for (float x : gpt.gather_whole(params)) checksum += double(x);
+  } else {
     const auto p = params;
     Kokkos::parallel_reduce(
         "tapestry::param_checksum", Kokkos::RangePolicy<ExecSpace>(ex, 0, n),
         KOKKOS_LAMBDA(std::size_t i, double& acc) { acc += double(p(i)); }, checksum);
   }
   result.param_checksum = checksum;
+  result.param_bytes = gpt.num_params() * sizeof(float);
+  result.optimizer_bytes = r.adamw->state_bytes();
   if (!cfg.export_llmc.empty()) {
     const auto host = gpt.params_to_host();
     if (root) {

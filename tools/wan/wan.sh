@@ -127,8 +127,8 @@ check() {   # round trip and TCP rate, first site -> second, over the real path 
   local a b
   read -r a b _ <<<"$(made_sites)"
   [ -n "${b:-}" ] || die "check needs 2 sites up"
-  ip netns exec "$b" python3 "$HERE/probe.py" serve 5999 &
-  ip netns exec "$a" python3 "$HERE/probe.py" client 10.77.2.1 5999 "${CHECK_MB:-64}"
+  timeout 60 ip netns exec "$b" python3 "$HERE/probe.py" serve 5999 &
+  timeout 60 ip netns exec "$a" python3 "$HERE/probe.py" client 10.77.2.1 5999 "${CHECK_MB:-64}"
   wait
 }
 

@@ -11,32 +11,49 @@
 #include "tapestry/core/config.hpp"
 #include "tapestry/core/views.hpp"
 #include "tapestry/kernels/blas.hpp"
+#include "tapestry/model/tensor_parallel.hpp"
 
 namespace tapestry::model {
+
+/// How a tensor is split over the tensor-parallel ranks (Megatron-style).
+enum class Split {
+  none,     ///< replicated (LayerNorms, position embedding, row-parallel biases)
+  rows,     ///< output rows: column-parallel weights and their biases, the vocabulary of wte
+  rows_qkv, ///< the q, k and v row blocks each split by heads
+  cols,     ///< input columns: row-parallel weights (attention and MLP output projections)
+};
 
 /// \brief One named parameter tensor inside the flat buffer.
 struct ParamTensor {
   std::string name;                 ///< llm.c's name: wte, wpe, ln1w, ..., lnfb
-  std::vector<std::int64_t> shape;  ///< all layers stacked first where per-layer
+  std::vector<std::int64_t> shape;  ///< all layers stacked first where per-layer (this rank's part)
   std::size_t offset = 0;
   std::size_t size = 0;
   bool decay = false;               ///< weight decay applies (matrices and embeddings)
+  Split split = Split::none;
 };
 
-/// The 16 tensors of llm.c's layout for this shape, in order.
-std::vector<ParamTensor> param_layout(const ModelConfig& m);
+/// The 16 tensors of llm.c's layout for this shape, in order: whole (tp = 1) or one tensor-parallel
+/// rank's part of each (shapes divided along the split dimension).
+std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp = 1);
+
+/// Checks that `m` can be split over `tp` ranks (heads, vocabulary); throws tapestry::Error.
+void validate_tp(const ModelConfig& m, int tp);
 
 /// \brief Parameters, gradients and the activations of one (B, T) micro-batch.
 class GPT {
  public:
   /// The flat parameter and gradient buffers are padded with zeros to a multiple of
-  /// `pad_multiple` elements (data-parallel ranks shard them evenly).
-  GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple = 1);
+  /// `pad_multiple` elements (data-parallel ranks shard them evenly). With a tensor-parallel group
+  /// (which must outlive the model) this rank holds its part of every split tensor and the
+  /// replicated ones whole.
+  GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple = 1, const TpGroup* tp = nullptr);
 
   const ModelConfig& config() const { return cfg_; }
   int batch_size() const { return B_; }
   int seq_len() const { return T_; }
   const std::vector<ParamTensor>& tensors() const { return layout_; }
+  const TpGroup& tp() const { return *tp_; }
   /// Parameters in llm.c's order, then zero padding: padded_size() elements.
   View1<float> params() const { return params_; }
   View1<float> grads() const { return grads_; }
@@ -44,11 +61,20 @@ class GPT {
   std::size_t padded_size() const { return params_.extent(0); }
 
   /// GPT-2 initialisation: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 n_layer),
-  /// zero biases, unit LayerNorm gains. Deterministic in `seed`; padded vocabulary rows are zero.
+  /// zero biases, unit LayerNorm gains. Deterministic in `seed`, and the same model for every
+  /// tensor-parallel size; padded vocabulary rows are zero.
   void init_random(std::uint64_t seed);
-  /// Copies host parameters (llm.c order) in.
+  /// Copies the whole model's parameters (host, llm.c order) in: this rank takes its part.
   void load_params(const std::vector<float>& host);
-  std::vector<float> params_to_host() const;
+  /// The whole model's parameters (llm.c order) from this rank's part of a buffer laid out like
+  /// params() (e.g. the parameters, or AdamW's moments): every rank of the tensor-parallel group
+  /// gets the whole. Collective over the group.
+  std::vector<float> gather_whole(View1<float> local) const;
+  /// This rank's part (params() layout, num_params() long) of a whole-model host buffer.
+  std::vector<float> take_part(const std::vector<float>& whole) const;
+  std::vector<float> params_to_host() const { return gather_whole(params_); }
+  /// Parameters of the whole model (llm.c order) and of this rank's part.
+  std::size_t whole_num_params() const { return n_whole_; }
 
   /// Forward pass on inputs and targets (B*T each, row-major (B, T)); returns the mean loss.
   /// Keeps the activations for backward().
@@ -71,18 +97,24 @@ class GPT {
   View2<float> p2(const View1<float>& flat, int idx, int layer = 0) const;
   View1<float> p1(const View1<float>& flat, int idx, int layer = 0) const;
 
+  /// Calls f(local flat index, whole-model flat index) for every element of this rank's part.
+  template <class F> void for_each_element(F&& f) const;
+
   ModelConfig cfg_;
   int B_, T_;
-  std::vector<ParamTensor> layout_;
-  std::size_t n_params_ = 0;
+  SoloTp solo_;
+  const TpGroup* tp_;
+  std::vector<ParamTensor> layout_, whole_;
+  std::size_t n_params_ = 0, n_whole_ = 0;
   View1<float> params_, grads_;
   TokenView tokens_;
   Kokkos::View<int*, Layout, MemSpace> targets_;
   View2<float> encoded_, lnf_, logits_;  // logits (BT, Vp) hold probs, then dlogits
   View1<float> lnf_mean_, lnf_rstd_, losses_;
   std::vector<LayerActs> layers_;
-  View2<float> proj_, dres_, dtmp_, dbig_, dqkv_;  // scratch
+  View2<float> proj_, dres_, dtmp_, dbig_, dqkv_, datty_;  // scratch
   View4<float> datt_;
+  View3<float> xent_stats_;  // (tp, BT, 3): every rank's vocabulary-shard statistics
 };
 
 }  // namespace tapestry::model

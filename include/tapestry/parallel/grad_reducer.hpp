@@ -36,10 +36,20 @@ class FlatReducer final : public GradReducer {
   void all_reduce_sum(float* grads, std::size_t n) override;
   void reduce_scatter_sum(const float* grads, float* shard, std::size_t n) override;
   void all_gather(float* params, std::size_t n) override;
+  /// With sites: an estimate, not a measurement. It models every collective as a ring in rank
+  /// order: 2(P-1)/P of the data (all-reduce) or (P-1)/P (reduce-scatter, all-gather) leaves each
+  /// rank towards the next one, and it counts when that next rank is at another site. MPI may pick
+  /// another algorithm.
+  std::uint64_t cross_site_bytes() const override { return cross_bytes_; }
+  /// Tells the estimate whether this rank's ring neighbour (rank + 1 mod P) is at another site.
+  void set_next_rank_across_sites(bool across) { next_across_ = across; }
 
  private:
   Collectives& coll_;
   std::size_t bucket_elems_;
+  bool next_across_ = false;
+  std::uint64_t cross_bytes_ = 0;
+  void count(std::size_t n, double share);
 };
 
 }  // namespace tapestry::parallel

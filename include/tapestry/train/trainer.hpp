@@ -28,6 +28,8 @@ struct TrainResult {
   std::vector<StepRecord> steps;
   std::vector<ValRecord> val;
   double param_checksum = 0;  ///< sum of all parameters at the end (equal on every rank)
+  std::size_t param_bytes = 0;      ///< this rank's parameters (its tensor-parallel part)
+  std::size_t optimizer_bytes = 0;  ///< this rank's AdamW moments
   bool stopped = false;       ///< ended early on a stop signal, after saving
 };
 
