@@ -33,7 +33,7 @@ TrainConfig run_config(int global) {
 // Tolerance: TP splits every matmul's inner sum (row-parallel layers) and the softmax's sums, and
 // adds the partial results in another order (fp32 reassociation, ~1e-7 relative per sum), which
 // Adam carries into the weights. Measured over these 12 steps: 1.6e-8 (tp 2), 2.1e-8 (tp 4),
-// 1.2e-8 (tp 2 x dp 2, with and without ZeRO-1); 1e-6 relative is the bound. A missing all-reduce,
+// 1.2e-8 (tp 2 x dp 2, with and without ZeRO-1), SP: see the log; 1e-6 relative is the bound. A missing all-reduce,
 // a bias added tp times or a wrong shard shows up at 1e-2 or more in the first step.
 constexpr double kRelTol = 1e-6;
 
@@ -52,25 +52,42 @@ double worst_diff(const train::TrainResult& ref, const train::TrainResult& run) 
 
 }  // namespace
 
-TEST_CASE("tp = world matches one rank, step for step", "[mpi][tp]") {
+TEST_CASE("tp = world matches one rank, step for step, with and without sequence parallelism", "[mpi][tp]") {
   const int P = world_size();
   const auto ref = train_on(run_config(4), MPI_COMM_SELF);
-  const auto run = train_on(run_config(4), MPI_COMM_WORLD, P);
-  const double worst = worst_diff(ref, run);
-  CAPTURE(worst);
-  REQUIRE(all_ranks(worst <= kRelTol && worst > 0));  // > 0: the ranks really split the work
-  // the whole model at the end: the same on every rank, and close to one rank's
-  REQUIRE(all_ranks(std::abs(run.param_checksum - ref.param_checksum) <= 1e-4 * std::abs(ref.param_checksum)));
+  for (const bool sp : {false, true}) {
+    CAPTURE(sp);
+    auto c = run_config(4);
+    c.parallel.sequence_parallel = sp;
+    const auto run = train_on(c, MPI_COMM_WORLD, P);
+    const double worst = worst_diff(ref, run);
+    CAPTURE(worst);
+    REQUIRE(all_ranks(worst <= kRelTol && worst > 0));  // > 0: the ranks really split the work
+    // the whole model at the end: the same on every rank, and close to one rank's
+    REQUIRE(all_ranks(std::abs(run.param_checksum - ref.param_checksum) <= 1e-4 * std::abs(ref.param_checksum)));
+  }
 }
 
-TEST_CASE("tp x dp = 2 x 2 matches one rank, with and without ZeRO-1", "[mpi][tp][dp]") {
+TEST_CASE("sequence parallelism with gradient accumulation matches one rank", "[mpi][tp]") {
+  const int P = world_size();
+  const auto ref = train_on(run_config(4), MPI_COMM_SELF);
+  auto c = run_config(4);
+  c.batch_size = 2, c.global_batch = 4;  // two micro-batches: the LayerNorm gradients accumulate
+  c.parallel.sequence_parallel = true;
+  const double worst = worst_diff(ref, train_on(c, MPI_COMM_WORLD, P));
+  CAPTURE(worst);
+  REQUIRE(all_ranks(worst <= kRelTol));
+}
+
+TEST_CASE("tp x dp = 2 x 2 matches one rank, with and without ZeRO-1 and sequence parallelism", "[mpi][tp][dp]") {
   if (world_size() != 4) return;
   const auto ref = train_on(run_config(4), MPI_COMM_SELF);
-  for (int zero : {0, 1}) {
-    CAPTURE(zero);
+  for (int variant : {0, 1, 2}) {
+    CAPTURE(variant);
     auto c = run_config(4);
     c.batch_size = 2;  // global batch 4 = 2 x dp 2
-    c.parallel.zero = zero;
+    c.parallel.zero = variant == 1 ? 1 : 0;
+    c.parallel.sequence_parallel = variant == 2;
     const auto run = train_on(c, MPI_COMM_WORLD, 2);
     const double worst = worst_diff(ref, run);
     CAPTURE(worst);

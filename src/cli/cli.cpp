@@ -47,6 +47,10 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
 
   auto& p = c.parallel;
   t->add_option("--tp", p.tp, "Tensor-parallel ranks")->capture_default_str()->group("Parallelism");
+  t->add_flag("--sequence-parallel", p.sequence_parallel,
+              "With --tp: split LayerNorm and residual regions along the tokens (all-gather / reduce-scatter "
+              "instead of all-reduce)")
+      ->group("Parallelism");
   t->add_option("--pp", p.pp, "Pipeline stages")->capture_default_str()->group("Parallelism");
   t->add_option("--dp", p.dp, "Data-parallel ranks; 0: world / (tp * pp)")->capture_default_str()->group("Parallelism");
   t->add_option("--zero", p.zero, "1: shard the AdamW state over data-parallel ranks (ZeRO-1)")->capture_default_str()->group("Parallelism");

@@ -101,11 +101,15 @@ std::vector<float> GPT::gather_whole(View1<float> local) const {
   return whole;
 }
 
-GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const TpGroup* tp)
+GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const TpGroup* tp, bool sequence_parallel)
     : cfg_(cfg), B_(B), T_(T), tp_(tp != nullptr ? tp : &solo_) {
   validate(cfg_);
   const int k = tp_->size();
   validate_tp(cfg_, k);
+  sp_ = sequence_parallel && k > 1;
+  require(!sp_ || (B * T) % k == 0, "sequence parallelism splits the " + std::to_string(B * T) +
+                                        " tokens of a micro-batch (batch-size x seq-len) over tp = " +
+                                        std::to_string(k) + ": they must divide");
   layout_ = param_layout(cfg_, k);
   whole_ = param_layout(cfg_, 1);
   n_whole_ = whole_.back().offset + whole_.back().size;
@@ -117,38 +121,52 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const T
   params_ = View1<float>("tapestry::params", n);
   grads_ = View1<float>("tapestry::grads", n);
   const int N = B * T, C = cfg_.d_model, Cl = C / k, NHl = cfg_.n_head / k, Vl = cfg_.vocab_padded() / k;
+  const int Nc = sp_ ? N / k : N;
+  rows_ = Nc;
+  // A chunk view: its own (Nc, C) buffer with sequence parallelism, else the full view itself.
+  auto chunk_of = [&](const View2<float>& full, const char* name) {
+    return sp_ ? View2<float>(std::string(name), std::size_t(Nc), std::size_t(C)) : full;
+  };
   tokens_ = TokenView("tapestry::tokens", B, T);
   targets_ = decltype(targets_)("tapestry::targets", N);
-  encoded_ = View2<float>("tapestry::encoded", N, C);
+  emb_full_ = View2<float>("tapestry::embedding_partial", N, C);
+  encoded_ = chunk_of(emb_full_, "tapestry::encoded");
   lnf_ = View2<float>("tapestry::lnf", N, C);
+  lnfc_ = chunk_of(lnf_, "tapestry::lnf_chunk");
   logits_ = View2<float>("tapestry::logits", N, Vl);
-  lnf_mean_ = View1<float>("tapestry::lnf_mean", N);
-  lnf_rstd_ = View1<float>("tapestry::lnf_rstd", N);
+  lnf_mean_ = View1<float>("tapestry::lnf_mean", Nc);
+  lnf_rstd_ = View1<float>("tapestry::lnf_rstd", Nc);
   losses_ = View1<float>("tapestry::losses", N);
   layers_.resize(std::size_t(cfg_.n_layer));
   for (auto& a : layers_) {
     a.ln1 = View2<float>("tapestry::ln1", N, C);
+    a.ln1c = chunk_of(a.ln1, "tapestry::ln1_chunk");
     a.qkv = View2<float>("tapestry::qkv", N, 3 * Cl);
     a.atty = View2<float>("tapestry::atty", N, Cl);
-    a.res2 = View2<float>("tapestry::res2", N, C);
+    a.res2 = View2<float>("tapestry::res2", Nc, C);
     a.ln2 = View2<float>("tapestry::ln2", N, C);
+    a.ln2c = chunk_of(a.ln2, "tapestry::ln2_chunk");
     a.fch = View2<float>("tapestry::fch", N, 4 * Cl);
     a.fch_gelu = View2<float>("tapestry::fch_gelu", N, 4 * Cl);
-    a.res3 = View2<float>("tapestry::res3", N, C);
-    a.ln1_mean = View1<float>("tapestry::ln1_mean", N);
-    a.ln1_rstd = View1<float>("tapestry::ln1_rstd", N);
-    a.ln2_mean = View1<float>("tapestry::ln2_mean", N);
-    a.ln2_rstd = View1<float>("tapestry::ln2_rstd", N);
+    a.res3 = View2<float>("tapestry::res3", Nc, C);
+    a.ln1_mean = View1<float>("tapestry::ln1_mean", Nc);
+    a.ln1_rstd = View1<float>("tapestry::ln1_rstd", Nc);
+    a.ln2_mean = View1<float>("tapestry::ln2_mean", Nc);
+    a.ln2_rstd = View1<float>("tapestry::ln2_rstd", Nc);
     a.att = View4<float>("tapestry::att", B, NHl, T, T);
   }
   proj_ = View2<float>("tapestry::proj", N, C);
-  dres_ = View2<float>("tapestry::dresidual", N, C);
+  projc_ = chunk_of(proj_, "tapestry::proj_chunk");
+  dres_ = View2<float>("tapestry::dresidual", Nc, C);
+  dresf_ = sp_ ? View2<float>("tapestry::dresidual_full", N, C) : dres_;
   dtmp_ = View2<float>("tapestry::dtmp", N, C);
+  dtmpc_ = chunk_of(dtmp_, "tapestry::dtmp_chunk");
   dbig_ = View2<float>("tapestry::dfch", N, 4 * Cl);
   dqkv_ = View2<float>("tapestry::dqkv", N, 3 * Cl);
   datty_ = View2<float>("tapestry::datty", N, Cl);
   datt_ = View4<float>("tapestry::datt", B, NHl, T, T);
   if (k > 1) xent_stats_ = View3<float>("tapestry::xent_stats", k, N, 3);
+  if (sp_) ln_grad_saved_ = View1<float>("tapestry::ln_grad_saved", n);
 }
 
 View2<float> GPT::p2(const View1<float>& flat, int idx, int layer) const {
@@ -202,13 +220,16 @@ void GPT::zero_grad() { Kokkos::deep_copy(grads_, 0.0f); }
 std::size_t GPT::param_bytes() const { return 2 * params_.span() * sizeof(float); }
 
 std::size_t GPT::activation_bytes() const {
-  std::size_t n = encoded_.span() + lnf_.span() + logits_.span() + lnf_mean_.span() + lnf_rstd_.span() +
+  std::size_t n = emb_full_.span() + lnf_.span() + logits_.span() + lnf_mean_.span() + lnf_rstd_.span() +
                   losses_.span() + proj_.span() + dres_.span() + dtmp_.span() + dbig_.span() +
-                  dqkv_.span() + datty_.span() + datt_.span() + xent_stats_.span();
-  for (const auto& a : layers_)
+                  dqkv_.span() + datty_.span() + datt_.span() + xent_stats_.span() + ln_grad_saved_.span();
+  if (sp_) n += encoded_.span() + lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span();
+  for (const auto& a : layers_) {
     n += a.ln1.span() + a.qkv.span() + a.atty.span() + a.res2.span() + a.ln2.span() + a.fch.span() +
          a.fch_gelu.span() + a.res3.span() + a.ln1_mean.span() + a.ln1_rstd.span() +
          a.ln2_mean.span() + a.ln2_rstd.span() + a.att.span();
+    if (sp_) n += a.ln1c.span() + a.ln2c.span();
+  }
   return n * sizeof(float) + (tokens_.span() + targets_.span()) * sizeof(int);
 }
 
@@ -232,28 +253,41 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
     Kokkos::deep_copy(ex, targets_, ht);
   }
   const auto& P = params_;
-  embedding_forward(ex, View3<float>(encoded_.data(), B_, T_, C), tokens_, p2(P, WTE), p2(P, WPE), v0, lead);
-  reduce_from_tp_region_forward(*tp_, encoded_);  // vocabulary-parallel embedding
+  // Megatron's communication around the split layers; with sequence parallelism the full (BT, C)
+  // tensors meet the token chunks through all-gather / reduce-scatter instead of all-reduce.
+  auto into_chunk = [&](View2<float> full, View2<float> chunk) {  // g: partial sums -> summed chunk
+    if (sp_) reduce_scatter_to_sequence_region(*tp_, full, chunk);
+    else reduce_from_tp_region_forward(*tp_, full);
+  };
+  auto into_full = [&](View2<float> chunk, View2<float> full) {  // f: chunk -> full input
+    if (sp_) gather_from_sequence_region(*tp_, chunk, full);
+  };
+  embedding_forward(ex, View3<float>(emb_full_.data(), B_, T_, C), tokens_, p2(P, WTE), p2(P, WPE), v0, lead);
+  into_chunk(emb_full_, encoded_);  // vocabulary-parallel embedding
   View2<float> x = encoded_;
   for (int l = 0; l < cfg_.n_layer; ++l) {
     auto& a = layers_[std::size_t(l)];
-    layernorm_forward(ex, a.ln1, a.ln1_mean, a.ln1_rstd, x, p1(P, LN1W, l), p1(P, LN1B, l));
+    layernorm_forward(ex, a.ln1c, a.ln1_mean, a.ln1_rstd, x, p1(P, LN1W, l), p1(P, LN1B, l));
+    into_full(a.ln1c, a.ln1);
     // Attention: column-parallel QKV (this rank's heads), row-parallel output projection.
     matmul_forward(blas, a.qkv, a.ln1, p2(P, QKVW, l), p1(P, QKVB, l));
     attention_forward(blas, View3<float>(a.atty.data(), B_, T_, Cl), a.att,
                       View3<float>(a.qkv.data(), B_, T_, 3 * Cl), NHl);
     matmul_forward(blas, proj_, a.atty, p2(P, ATTPROJW, l), lead ? p1(P, ATTPROJB, l) : View1<float>());
-    reduce_from_tp_region_forward(*tp_, proj_);
-    residual_forward(ex, as1(a.res2), as1(x), as1(proj_));
-    layernorm_forward(ex, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, p1(P, LN2W, l), p1(P, LN2B, l));
+    into_chunk(proj_, projc_);
+    residual_forward(ex, as1(a.res2), as1(x), as1(projc_));
+    layernorm_forward(ex, a.ln2c, a.ln2_mean, a.ln2_rstd, a.res2, p1(P, LN2W, l), p1(P, LN2B, l));
+    into_full(a.ln2c, a.ln2);
+    // MLP: column-parallel up projection, row-parallel down projection.
     matmul_forward(blas, a.fch, a.ln2, p2(P, FCW, l), p1(P, FCB, l));
     gelu_forward(ex, as1(a.fch_gelu), as1(a.fch));
     matmul_forward(blas, proj_, a.fch_gelu, p2(P, FCPROJW, l), lead ? p1(P, FCPROJB, l) : View1<float>());
-    reduce_from_tp_region_forward(*tp_, proj_);
-    residual_forward(ex, as1(a.res3), as1(a.res2), as1(proj_));
+    into_chunk(proj_, projc_);
+    residual_forward(ex, as1(a.res3), as1(a.res2), as1(projc_));
     x = a.res3;
   }
-  layernorm_forward(ex, lnf_, lnf_mean_, lnf_rstd_, x, p1(P, LNFW), p1(P, LNFB));
+  layernorm_forward(ex, lnfc_, lnf_mean_, lnf_rstd_, x, p1(P, LNFW), p1(P, LNFB));
+  into_full(lnfc_, lnf_);
   matmul_forward(blas, logits_, lnf_, p2(P, WTE), View1<float>());  // this rank's vocabulary columns
   if (k == 1) {
     softmax_xent_forward(ex, logits_, losses_, logits_, targets_, cfg_.vocab_size);
@@ -279,34 +313,63 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   const int k = tp_->size(), N = B_ * T_, Cl = cfg_.d_model / k, NHl = cfg_.n_head / k;
   const int v0 = tp_->rank() * (cfg_.vocab_padded() / k);
   const auto &P = params_, &G = grads_;
+  // The LayerNorm gains and biases see only this rank's token chunk with sequence parallelism:
+  // their gradients are partial and get summed over the group below (this micro-batch's only).
+  std::vector<View1<float>> ln_grads;
+  if (sp_)
+    for (const auto& [first, last] : {std::pair{LN1W, LN1B}, std::pair{LN2W, LN2B}, std::pair{LNFW, LNFB}}) {
+      const std::size_t off = layout_[std::size_t(first)].offset;
+      const std::size_t len = layout_[std::size_t(last)].offset + layout_[std::size_t(last)].size - off;
+      ln_grads.emplace_back(G.data() + off, len);
+      Kokkos::deep_copy(ex, View1<float>(ln_grad_saved_.data() + off, len), ln_grads.back());
+      Kokkos::deep_copy(ex, ln_grads.back(), 0.0f);
+    }
+  auto input_grad = [&](View2<float> full, View2<float> chunk) {  // backward of f: sum the partials
+    if (sp_) reduce_scatter_to_sequence_region(*tp_, full, chunk);
+    else copy_to_tp_region_backward(*tp_, full);
+  };
+  auto output_grad = [&](View2<float> chunk, View2<float> full) {  // backward of g: the full gradient
+    if (sp_) gather_from_sequence_region(*tp_, chunk, full);
+  };
   softmax_xent_backward(ex, logits_, logits_, targets_, loss_scale / N, cfg_.vocab_size, v0);
   matmul_backward(blas, dtmp_, p2(G, WTE), View1<float>(), logits_, lnf_, p2(P, WTE));
-  copy_to_tp_region_backward(*tp_, dtmp_);
+  input_grad(dtmp_, dtmpc_);
   Kokkos::deep_copy(ex, dres_, 0.0f);
   const View2<float> xlast = layers_.back().res3;
-  layernorm_backward(ex, dres_, p1(G, LNFW), p1(G, LNFB), dtmp_, xlast, p1(P, LNFW), lnf_mean_, lnf_rstd_);
+  layernorm_backward(ex, dres_, p1(G, LNFW), p1(G, LNFB), dtmpc_, xlast, p1(P, LNFW), lnf_mean_, lnf_rstd_);
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     auto& a = layers_[std::size_t(l)];
     const View2<float> x = l == 0 ? encoded_ : layers_[std::size_t(l - 1)].res3;
     // dres holds d(res3): through the MLP.
-    matmul_backward(blas, dbig_, p2(G, FCPROJW, l), p1(G, FCPROJB, l), dres_, a.fch_gelu, p2(P, FCPROJW, l));
+    output_grad(dres_, dresf_);
+    matmul_backward(blas, dbig_, p2(G, FCPROJW, l), p1(G, FCPROJB, l), dresf_, a.fch_gelu, p2(P, FCPROJW, l));
     gelu_backward(ex, as1(dbig_), as1(a.fch), as1(dbig_));
     matmul_backward(blas, dtmp_, p2(G, FCW, l), p1(G, FCB, l), dbig_, a.ln2, p2(P, FCW, l));
-    copy_to_tp_region_backward(*tp_, dtmp_);
-    layernorm_backward(ex, dres_, p1(G, LN2W, l), p1(G, LN2B, l), dtmp_, a.res2, p1(P, LN2W, l),
+    input_grad(dtmp_, dtmpc_);
+    layernorm_backward(ex, dres_, p1(G, LN2W, l), p1(G, LN2B, l), dtmpc_, a.res2, p1(P, LN2W, l),
                        a.ln2_mean, a.ln2_rstd);
     // dres holds d(res2): through attention.
-    matmul_backward(blas, datty_, p2(G, ATTPROJW, l), p1(G, ATTPROJB, l), dres_, a.atty, p2(P, ATTPROJW, l));
+    output_grad(dres_, dresf_);
+    matmul_backward(blas, datty_, p2(G, ATTPROJW, l), p1(G, ATTPROJB, l), dresf_, a.atty, p2(P, ATTPROJW, l));
     attention_backward(blas, View3<float>(dqkv_.data(), B_, T_, 3 * Cl), datt_,
                        View3<float>(datty_.data(), B_, T_, Cl), View3<float>(a.qkv.data(), B_, T_, 3 * Cl),
                        a.att, NHl);
     matmul_backward(blas, dtmp_, p2(G, QKVW, l), p1(G, QKVB, l), dqkv_, a.ln1, p2(P, QKVW, l));
-    copy_to_tp_region_backward(*tp_, dtmp_);
-    layernorm_backward(ex, dres_, p1(G, LN1W, l), p1(G, LN1B, l), dtmp_, x, p1(P, LN1W, l),
+    input_grad(dtmp_, dtmpc_);
+    layernorm_backward(ex, dres_, p1(G, LN1W, l), p1(G, LN1B, l), dtmpc_, x, p1(P, LN1W, l),
                        a.ln1_mean, a.ln1_rstd);
     // dres holds d(x), the layer input.
   }
-  embedding_backward(ex, p2(G, WTE), p2(G, WPE), View3<float>(dres_.data(), B_, T_, cfg_.d_model), tokens_, v0);
+  output_grad(dres_, dresf_);
+  embedding_backward(ex, p2(G, WTE), p2(G, WPE), View3<float>(dresf_.data(), B_, T_, cfg_.d_model), tokens_, v0);
+  if (sp_) {
+    Kokkos::fence();
+    for (auto& g : ln_grads) {
+      tp_->all_reduce_sum(g.data(), g.extent(0));
+      const std::size_t off = std::size_t(g.data() - G.data());
+      residual_forward(ex, g, g, View1<float>(ln_grad_saved_.data() + off, g.extent(0)));  // + earlier micro-batches
+    }
+  }
 }
 
 }  // namespace tapestry::model

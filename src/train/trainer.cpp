@@ -93,6 +93,10 @@ class CollectivesTp final : public model::TpGroup {
   int size() const override { return c_->size(); }
   int rank() const override { return c_->rank(); }
   void all_reduce_sum(float* buf, std::size_t n) const override { c_->all_reduce_sum(buf, n); }
+  void all_gather_inplace(float* buf, std::size_t n) const override { c_->all_gather_inplace(buf, n); }
+  void reduce_scatter_sum(const float* send, float* recv, std::size_t n) const override {
+    c_->reduce_scatter_sum(send, recv, n);
+  }
 
  private:
   std::unique_ptr<parallel::Collectives> c_;
@@ -251,7 +255,7 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
       out << "warning: the tensor-parallel group of " << grid.tp().size() << " ranks spans nodes (" << tp_node.size()
           << " on this one): TP across nodes is slow; use --tp <= ranks per node\n";
   }
-  r.gpt = std::make_unique<model::GPT>(cfg.model, B, T, std::size_t(dp), r.tp.get());
+  r.gpt = std::make_unique<model::GPT>(cfg.model, B, T, std::size_t(dp), r.tp.get(), cfg.parallel.sequence_parallel);
   // Every rank initialises identically (same seed or same file), so no broadcast is needed.
   if (cfg.init_from.empty()) r.gpt->init_random(cfg.seed);
   else r.gpt->load_params(io::read_llmc_params(cfg.init_from, std::size_t(cfg.model.num_parameters())));

@@ -41,6 +41,7 @@ struct OptimConfig {
 /// \brief How the ranks are laid out and how gradients travel.
 struct ParallelConfig {
   int tp = 1;                 ///< tensor-parallel ranks
+  bool sequence_parallel = false;  ///< with tp: LayerNorm and residual regions split along the tokens
   int pp = 1;                 ///< pipeline stages
   int dp = 0;                 ///< data-parallel ranks; 0: world / (tp * pp)
   int zero = 0;               ///< 1: shard AdamW state over DP (ZeRO-1)

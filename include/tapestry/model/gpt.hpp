@@ -46,8 +46,10 @@ class GPT {
   /// The flat parameter and gradient buffers are padded with zeros to a multiple of
   /// `pad_multiple` elements (data-parallel ranks shard them evenly). With a tensor-parallel group
   /// (which must outlive the model) this rank holds its part of every split tensor and the
-  /// replicated ones whole.
-  GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple = 1, const TpGroup* tp = nullptr);
+  /// replicated ones whole. `sequence_parallel` (with a group) splits the LayerNorm and residual
+  /// regions along the B*T tokens: each rank computes and keeps B*T / size rows there.
+  GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple = 1, const TpGroup* tp = nullptr,
+      bool sequence_parallel = false);
 
   const ModelConfig& config() const { return cfg_; }
   int batch_size() const { return B_; }
@@ -89,9 +91,11 @@ class GPT {
   std::size_t activation_bytes() const;
 
  private:
+  // Without sequence parallelism every "chunk" view below is the full view itself.
   struct LayerActs {
-    View2<float> ln1, qkv, atty, res2, ln2, fch, fch_gelu, res3;  // (BT, *)
-    View1<float> ln1_mean, ln1_rstd, ln2_mean, ln2_rstd;          // (BT)
+    View2<float> ln1, qkv, atty, ln2, fch, fch_gelu;     // (BT, *): inputs and outputs of the split layers
+    View2<float> ln1c, ln2c, res2, res3;                 // (BT / size, C): this rank's token chunk
+    View1<float> ln1_mean, ln1_rstd, ln2_mean, ln2_rstd;  // (BT / size)
     View4<float> att;                                              // (B, NH, T, T)
   };
   View2<float> p2(const View1<float>& flat, int idx, int layer = 0) const;
@@ -104,12 +108,16 @@ class GPT {
   int B_, T_;
   SoloTp solo_;
   const TpGroup* tp_;
+  bool sp_ = false;
+  int rows_ = 0;  // rows of the token chunk: B*T, or B*T / size with sequence parallelism
   std::vector<ParamTensor> layout_, whole_;
   std::size_t n_params_ = 0, n_whole_ = 0;
   View1<float> params_, grads_;
   TokenView tokens_;
   Kokkos::View<int*, Layout, MemSpace> targets_;
-  View2<float> encoded_, lnf_, logits_;  // logits (BT, Vp) hold probs, then dlogits
+  View2<float> encoded_, lnf_, logits_;  // logits (BT, Vp) hold probs, then dlogits; encoded_ a chunk
+  View2<float> emb_full_, lnfc_, projc_, dresf_, dtmpc_;  // full/chunk partners (aliases without SP)
+  View1<float> ln_grad_saved_;  // sequence parallelism: LayerNorm gradients of earlier micro-batches
   View1<float> lnf_mean_, lnf_rstd_, losses_;
   std::vector<LayerActs> layers_;
   View2<float> proj_, dres_, dtmp_, dbig_, dqkv_, datty_;  // scratch
