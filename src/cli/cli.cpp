@@ -155,6 +155,8 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   step->add_option("--iters", bs.iters, "Timed steps")->capture_default_str();
   step->add_option("--peak-flops", bs.peak_flops, "Peak FLOP/s for MFU")->capture_default_str();
   step->add_option("--json", bs.json, "Also write the result as JSON here");
+  step->add_option("--tp", bs.tp, "Tensor-parallel ranks (the rest of the job is data parallel)")->capture_default_str();
+  step->add_flag("--sequence-parallel", bs.sequence_parallel, "With --tp: sequence parallelism");
   auto* gemm = bench->add_subcommand("gemm", "Measure the BLAS sgemm rate (M = N = K = size)");
   gemm->add_option("--size", inv.bench_gemm.size, "Matrix size")->capture_default_str();
   gemm->add_option("--iters", inv.bench_gemm.iters, "Timed calls")->capture_default_str();

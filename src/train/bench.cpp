@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -19,6 +20,8 @@
 #include "tapestry/train/checkpointing.hpp"
 #include <filesystem>
 #include "text.hpp"
+#include "tp_group.hpp"
+#include "tapestry/parallel/comm.hpp"
 
 namespace tapestry::train {
 
@@ -41,14 +44,22 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   std::ofstream null_sink;
   std::ostream& out = world.rank() == 0 ? out_root : null_sink;
   const int B = cfg.batch_size, T = cfg.seq_len, P = world.size();
+  std::unique_ptr<parallel::ProcessGrid> grid_owner;
+  parallel::agree(world, [&] {
+    grid_owner = std::make_unique<parallel::ProcessGrid>(world.get(), parallel::Layout::make(P, cfg.tp, 1));
+    model::validate_tp(cfg.model, cfg.tp);
+  });
+  const parallel::ProcessGrid& grid = *grid_owner;
+  const int dp = grid.layout().dp(), tp = cfg.tp;
   kernels::Blas blas;
-  model::GPT gpt(cfg.model, B, T, std::size_t(P));
+  detail::CollectivesTp tpg(parallel::make_collectives(parallel::parse_backend("auto"), grid.tp()));
+  model::GPT gpt(cfg.model, B, T, std::size_t(dp), &tpg, cfg.sequence_parallel);
   gpt.init_random(cfg.seed);
   OptimConfig oc;
   optim::AdamW adamw(oc, gpt.tensors(), 0, gpt.padded_size());
-  auto coll = parallel::make_collectives(parallel::parse_backend("auto"), world);
+  auto coll = parallel::make_collectives(parallel::parse_backend("auto"), grid.dp());
   parallel::FlatReducer reducer(*coll, std::size_t(25) << 20);
-  std::mt19937 rng(unsigned(cfg.seed) + unsigned(world.rank()));
+  std::mt19937 rng(unsigned(cfg.seed) + unsigned(grid.dp().rank()));  // TP ranks share their batch
   std::uniform_int_distribution<int> tok(0, cfg.model.vocab_size - 1);
   std::vector<int> in(std::size_t(B) * T), tg(in.size());
   for (std::size_t i = 0; i < in.size(); ++i) in[i] = tok(rng), tg[i] = tok(rng);
@@ -73,8 +84,8 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
     ex.fence();
     const double c = since(t2);
     auto t3 = Clock::now();
-    const double norm = optim::grad_norm(ex, gpt.grads()) / P;
-    adamw.step(ex, gpt.params(), gpt.grads(), 1e-4, kernels::clip_factor(norm, 1.0) / P);
+    const double norm = optim::grad_norm(ex, gpt.grads()) / dp;  // (this rank's part: timing only)
+    adamw.step(ex, gpt.params(), gpt.grads(), 1e-4, kernels::clip_factor(norm, 1.0) / dp);
     ex.fence();
     const double u = since(t3);
     if (timed) {
@@ -86,7 +97,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   }
   r.gemm_ms = 1e3 * blas.seconds() / cfg.iters;
   r.ms_per_step = r.forward_ms + r.backward_ms + r.comm_ms + r.update_ms;
-  const double tokens = double(B) * T * P;
+  const double tokens = double(B) * T * dp;
   r.tokens_per_s = tokens / (r.ms_per_step / 1e3);
   r.gflops = cfg.model.flops_per_token(T) * tokens / (r.ms_per_step / 1e3) / 1e9;
   r.mfu = r.gflops * 1e9 / (cfg.peak_flops * P);
@@ -96,7 +107,8 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
 
   out << "# bench step: L=" << cfg.model.n_layer << " H=" << cfg.model.n_head << " C=" << cfg.model.d_model
       << " V=" << cfg.model.vocab_size << " B=" << B << " T=" << T << " params=" << cfg.model.num_parameters()
-      << " ranks=" << P << " (" << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
+      << " ranks=" << P << " (tp=" << tp << (cfg.sequence_parallel && tp > 1 ? " with sequence parallelism" : "")
+      << ", dp=" << dp << "; " << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
       << "  ms/step " << fmt("%.1f", r.ms_per_step) << "  (forward " << fmt("%.1f", r.forward_ms)
       << ", backward " << fmt("%.1f", r.backward_ms) << ", all-reduce " << fmt("%.1f", r.comm_ms)
       << ", grad-norm+AdamW " << fmt("%.1f", r.update_ms)
@@ -106,6 +118,15 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
       << "  memory: peak RSS " << fmt("%.0f", r.peak_rss_mib) << " MiB; params+grads+AdamW "
       << fmt("%.0f", r.model_state_mib) << " MiB + activations " << fmt("%.0f", r.activation_mib) << " MiB = "
       << fmt("%.0f", r.model_state_mib + r.activation_mib) << " MiB\n";
+  if (tp > 1) {
+    // Per layer and micro-batch: 2 all-reduces of (B*T, C) floats forward (attention and MLP
+    // outputs), 2 backward (their inputs' gradients); with sequence parallelism each is an
+    // all-gather plus a reduce-scatter, the same bytes. A ring sends 2(tp-1)/tp of the data.
+    const double per_layer = 4.0 * B * T * cfg.model.d_model * sizeof(float) * 2.0 * (tp - 1) / tp;
+    out << "  TP traffic (from the shapes): " << fmt("%.2f", per_layer / 1e6) << " MB sent per rank per layer per step"
+        << " (4 all-reduces of B*T*C floats, ring), " << fmt("%.1f", per_layer * cfg.model.n_layer / 1e6)
+        << " MB for " << cfg.model.n_layer << " layers, plus the embedding and output layer\n";
+  }
   if (!cfg.json.empty() && world.rank() == 0) {
     std::string j = "{\"n_layer\":" + std::to_string(cfg.model.n_layer) + ",\"n_head\":" + std::to_string(cfg.model.n_head) +
                     ",\"d_model\":" + std::to_string(cfg.model.d_model) + ",\"vocab_size\":" + std::to_string(cfg.model.vocab_size) +

@@ -22,6 +22,7 @@
 #include "tapestry/train/checkpointing.hpp"
 #include "tapestry/train/diloco.hpp"
 #include "text.hpp"
+#include "tp_group.hpp"
 
 namespace tapestry::train {
 
@@ -29,6 +30,7 @@ namespace {
 using detail::Clock;
 using detail::fmt;
 using detail::since;
+using detail::CollectivesTp;
 
 /// Sum of a host scalar over a communicator.
 double all_sum(double v, const parallel::Comm& comm) {
@@ -84,22 +86,6 @@ class StepVote {
   bool lagged_;
   MPI_Request req_ = MPI_REQUEST_NULL;
   std::array<int, 2> send_{}, recv_{};
-};
-
-/// \brief The model's tensor-parallel group on top of the collectives over the grid's TP communicator.
-class CollectivesTp final : public model::TpGroup {
- public:
-  explicit CollectivesTp(std::unique_ptr<parallel::Collectives> c) : c_(std::move(c)) {}
-  int size() const override { return c_->size(); }
-  int rank() const override { return c_->rank(); }
-  void all_reduce_sum(float* buf, std::size_t n) const override { c_->all_reduce_sum(buf, n); }
-  void all_gather_inplace(float* buf, std::size_t n) const override { c_->all_gather_inplace(buf, n); }
-  void reduce_scatter_sum(const float* send, float* recv, std::size_t n) const override {
-    c_->reduce_scatter_sum(send, recv, n);
-  }
-
- private:
-  std::unique_ptr<parallel::Collectives> c_;
 };
 
 /// Squared L2 norms of the gradients g (element 0 is flat index `begin`): {tensors split over

@@ -108,6 +108,8 @@ namespace tapestry {
 /// \brief `tapestry bench step`: time forward + backward + update of one shape on random tokens.
 struct BenchStepConfig {
   ModelConfig model;
+  int tp = 1;                      ///< tensor-parallel ranks (the rest of the job is data parallel)
+  bool sequence_parallel = false;
   int batch_size = 4;
   int seq_len = 64;
   int warmup = 2;
