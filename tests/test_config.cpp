@@ -41,7 +41,7 @@ TEST_CASE("a valid config passes and each impossible one names its problem", "[c
   REQUIRE_THROWS_WITH(validate(c), "beta2 must be in [0, 1) (got 1)");
   c = good();
   c.grad_accum = 0;
-  REQUIRE_THROWS_WITH(validate(c), "grad_accum must be >= 1 (got 0)");
+  REQUIRE_THROWS_WITH(validate(c), "grad-accum (micro-batches) must be >= 1 (got 0)");
 }
 
 TEST_CASE("parameter count matches GPT-2 124M and the flat layout", "[config]") {
@@ -68,4 +68,14 @@ TEST_CASE("warmup then cosine decay to the minimum", "[config][optim]") {
   REQUIRE(optim::lr_at(o, 100, 100) == Approx(0.1));
   o.warmup_steps = 0;
   REQUIRE(optim::lr_at(o, 0, 100) == Approx(1.0));
+}
+
+TEST_CASE("pipeline stages: even split with the remainder first, explicit splits checked", "[config][pipeline]") {
+  REQUIRE(stage_layers(12, 4, "") == std::vector<int>{3, 3, 3, 3});
+  REQUIRE(stage_layers(10, 4, "") == std::vector<int>{3, 3, 2, 2});
+  REQUIRE(stage_layers(4, 2, "3,1") == std::vector<int>{3, 1});
+  REQUIRE_THROWS_WITH(stage_layers(3, 4, ""), "pipeline of 4 stages for 3 layers: every stage needs at least one layer (more stages than layers)");
+  REQUIRE_THROWS_WITH(stage_layers(4, 2, "3,3"), "--pp-split '3,3' gives 2 stages and 6 layers; the run has 2 stages and n_layer = 4");
+  REQUIRE_THROWS_WITH(stage_layers(4, 2, "4,0"), "--pp-split '4,0': '0' is not a layer count >= 1");
+  REQUIRE_THROWS_WITH(stage_layers(4, 2, "2,x"), "--pp-split '2,x': 'x' is not a layer count >= 1");
 }

@@ -37,7 +37,9 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
 
   t->add_option("--batch-size,-b", c.batch_size, "Sequences per micro-batch (B)")->capture_default_str()->group("Training");
   t->add_option("--seq-len,-t", c.seq_len, "Tokens per sequence (T)")->capture_default_str()->group("Training");
-  t->add_option("--grad-accum", c.grad_accum, "Micro-batches per optimizer step")->capture_default_str()->group("Training");
+  t->add_option("--grad-accum,--micro-batches", c.grad_accum,
+                "Micro-batches per optimizer step (M); with --pp the 1F1B schedule pipelines them")
+      ->capture_default_str()->group("Training");
   t->add_option("--steps", c.steps, "Optimizer steps")->capture_default_str()->group("Training");
   t->add_option("--seed", c.seed, "Seed of the parameter initialisation")->capture_default_str()->group("Training");
   t->add_option("--val-every", c.val_every, "Evaluate the validation loss every N steps; 0: never")->capture_default_str()->group("Training");
@@ -51,7 +53,8 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
               "With --tp: split LayerNorm and residual regions along the tokens (all-gather / reduce-scatter "
               "instead of all-reduce)")
       ->group("Parallelism");
-  t->add_option("--pp", p.pp, "Pipeline stages")->capture_default_str()->group("Parallelism");
+  t->add_option("--pp", p.pp, "Pipeline stages (1F1B schedule over --micro-batches)")->capture_default_str()->group("Parallelism");
+  t->add_option("--pp-split", p.pp_split, "Layers per pipeline stage, e.g. 3,3,2 (default: even)")->group("Parallelism");
   t->add_option("--dp", p.dp, "Data-parallel ranks; 0: world / (tp * pp)")->capture_default_str()->group("Parallelism");
   t->add_option("--zero", p.zero, "1: shard the AdamW state over data-parallel ranks (ZeRO-1)")->capture_default_str()->group("Parallelism");
   t->add_option("--bucket-mb", p.bucket_mb, "Gradient all-reduce bucket size, MiB")->capture_default_str()->group("Parallelism");

@@ -1,5 +1,8 @@
 #include "tapestry/core/config.hpp"
 
+#include <algorithm>
+#include <cstdlib>
+
 #include "tapestry/core/error.hpp"
 
 namespace tapestry {
@@ -91,6 +94,32 @@ std::string federation_fingerprint(const TrainConfig& c) {
          num(p.outer_momentum);
 }
 
+std::vector<int> stage_layers(int n_layer, int pp, const std::string& split) {
+  require(pp >= 1 && pp <= n_layer, "pipeline of " + num(pp) + " stages for " + num(n_layer) +
+                                        " layers: every stage needs at least one layer (more stages than layers)");
+  std::vector<int> out;
+  if (split.empty()) {
+    for (int s = 0; s < pp; ++s) out.push_back(n_layer / pp + (s < n_layer % pp ? 1 : 0));
+    return out;
+  }
+  int sum = 0;
+  std::size_t pos = 0;
+  while (pos <= split.size()) {
+    const std::size_t comma = std::min(split.find(',', pos), split.size());
+    const std::string item = split.substr(pos, comma - pos);
+    char* end = nullptr;
+    const long v = std::strtol(item.c_str(), &end, 10);
+    require(!item.empty() && *end == '\0' && v >= 1, "--pp-split '" + split + "': '" + item + "' is not a layer count >= 1");
+    out.push_back(int(v));
+    sum += int(v);
+    pos = comma + 1;
+  }
+  require(int(out.size()) == pp && sum == n_layer, "--pp-split '" + split + "' gives " + num(double(out.size())) +
+                                                       " stages and " + num(sum) + " layers; the run has " + num(pp) +
+                                                       " stages and n_layer = " + num(n_layer));
+  return out;
+}
+
 void resolve_batch(TrainConfig& c, int dp) {
   const int per_micro = c.batch_size * dp;
   if (c.global_batch > 0) {
@@ -113,7 +142,7 @@ void validate(const TrainConfig& c) {
   require(c.seq_len <= c.model.max_seq_len, "seq_len (" + num(c.seq_len) +
                                                 ") is above the model's max_seq_len (" +
                                                 num(c.model.max_seq_len) + ")");
-  require(c.grad_accum >= 1, "grad_accum must be >= 1 (got " + num(c.grad_accum) + ")");
+  require(c.grad_accum >= 1, "grad-accum (micro-batches) must be >= 1 (got " + num(c.grad_accum) + ")");
   require(c.steps >= 0, "steps must be >= 0");
   require(c.val_every >= 0, "val_every must be >= 0");
   require(c.val_every == 0 || c.val_batches >= 1, "val_batches must be >= 1 when val_every > 0");

@@ -19,8 +19,10 @@ enum Idx { WTE, WPE, LN1W, LN1B, QKVW, QKVB, ATTPROJW, ATTPROJB, LN2W, LN2B, FCW
 View1<float> as1(const View2<float>& v) { return View1<float>(v.data(), v.size()); }
 }  // namespace
 
-std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp) {
-  const std::int64_t C = m.d_model, L = m.n_layer, Vp = m.vocab_padded(), maxT = m.max_seq_len, k = tp;
+std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage& stage) {
+  const std::int64_t C = m.d_model, L = stage.num_layers < 0 ? m.n_layer : stage.num_layers, k = tp;
+  const std::int64_t Vp = stage.embed || stage.head ? m.vocab_padded() : 0, maxT = stage.embed ? m.max_seq_len : 0;
+  const std::int64_t Cf = stage.head ? C : 0;  // final LayerNorm
   const std::int64_t Cl = C / k;  // this rank's share of C (whole heads)
   std::vector<ParamTensor> t = {
       {"wte", {Vp / k, C}, 0, 0, true, Split::rows},        {"wpe", {maxT, C}, 0, 0, true, Split::none},
@@ -30,7 +32,7 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp) {
       {"ln2w", {L, C}, 0, 0, false, Split::none},           {"ln2b", {L, C}, 0, 0, false, Split::none},
       {"fcw", {L, 4 * Cl, C}, 0, 0, true, Split::rows},     {"fcb", {L, 4 * Cl}, 0, 0, false, Split::rows},
       {"fcprojw", {L, C, 4 * Cl}, 0, 0, true, Split::cols}, {"fcprojb", {L, C}, 0, 0, false, Split::none},
-      {"lnfw", {C}, 0, 0, false, Split::none},              {"lnfb", {C}, 0, 0, false, Split::none},
+      {"lnfw", {Cf}, 0, 0, false, Split::none},             {"lnfb", {Cf}, 0, 0, false, Split::none},
   };
   std::size_t off = 0;
   for (auto& p : t) {
@@ -55,13 +57,15 @@ template <class F> void GPT::for_each_element(F&& f) const {
   const int r = tp_->rank();
   for (std::size_t i = 0; i < layout_.size(); ++i) {
     const auto &t = layout_[i], &w = whole_[i];
+    if (t.size == 0) continue;  // not on this pipeline stage
     const bool stacked = !(t.name == "wte" || t.name == "wpe" || t.name == "lnfw" || t.name == "lnfb");
     const std::size_t layers = stacked ? std::size_t(t.shape[0]) : 1;
     const std::size_t d = stacked ? 1 : 0;  // first per-layer dimension
     const bool two_d = t.shape.size() == d + 2;
     const std::size_t Rl = std::size_t(t.shape[d]), Cl = two_d ? std::size_t(t.shape[d + 1]) : 1;
     const std::size_t Rw = std::size_t(w.shape[d]), Cw = two_d ? std::size_t(w.shape[d + 1]) : 1;
-    const bool replicated = t.split == Split::none;
+    const bool replicated = t.split == Split::none;  // whole on every TP rank
+    const std::size_t l0 = stacked ? std::size_t(stage_.first_layer) : 0;
     for (std::size_t l = 0; l < layers; ++l)
       for (std::size_t a = 0; a < Rl; ++a) {
         std::size_t ga = a, col0 = 0;
@@ -71,7 +75,7 @@ template <class F> void GPT::for_each_element(F&& f) const {
           ga = (a / b) * (Rw / 3) + std::size_t(r) * b + a % b;
         }
         if (t.split == Split::cols) col0 = std::size_t(r) * Cl;
-        const std::size_t lo = t.offset + (l * Rl + a) * Cl, wo = w.offset + (l * Rw + ga) * Cw + col0;
+        const std::size_t lo = t.offset + (l * Rl + a) * Cl, wo = w.offset + ((l0 + l) * Rw + ga) * Cw + col0;
         for (std::size_t c = 0; c < Cl; ++c) f(lo + c, wo + c, replicated);
       }
   }
@@ -89,7 +93,8 @@ std::vector<float> GPT::gather_whole(View1<float> local) const {
   std::vector<float> whole(n_whole_, 0.0f);
   const bool lead = tp_->rank() == 0;  // replicated tensors: from one rank, so the sum counts them once
   for_each_element([&](std::size_t l, std::size_t w, bool replicated) {
-    if (!replicated || lead) whole[w] = h(l);
+    const bool tied_copy = !stage_.embed && w < whole_[0].size;  // the last stage's wte
+    if (!tied_copy && (!replicated || lead)) whole[w] = h(l);
   });
   if (tp_->size() > 1) {
     View1<float> dev("tapestry::gather_whole", n_whole_);
@@ -101,8 +106,10 @@ std::vector<float> GPT::gather_whole(View1<float> local) const {
   return whole;
 }
 
-GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const TpGroup* tp, bool sequence_parallel)
-    : cfg_(cfg), B_(B), T_(T), tp_(tp != nullptr ? tp : &solo_) {
+GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const TpGroup* tp, bool sequence_parallel,
+         const Stage& stage)
+    : cfg_(cfg), B_(B), T_(T), tp_(tp != nullptr ? tp : &solo_), stage_(stage) {
+  if (stage_.num_layers < 0) stage_.num_layers = cfg.n_layer;
   validate(cfg_);
   const int k = tp_->size();
   validate_tp(cfg_, k);
@@ -110,7 +117,7 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const T
   require(!sp_ || (B * T) % k == 0, "sequence parallelism splits the " + std::to_string(B * T) +
                                         " tokens of a micro-batch (batch-size x seq-len) over tp = " +
                                         std::to_string(k) + ": they must divide");
-  layout_ = param_layout(cfg_, k);
+  layout_ = param_layout(cfg_, k, stage_);
   whole_ = param_layout(cfg_, 1);
   n_whole_ = whole_.back().offset + whole_.back().size;
   require(T <= cfg_.max_seq_len, "seq_len (" + std::to_string(T) + ") is above the model's max_seq_len (" +
@@ -137,7 +144,7 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const T
   lnf_mean_ = View1<float>("tapestry::lnf_mean", Nc);
   lnf_rstd_ = View1<float>("tapestry::lnf_rstd", Nc);
   losses_ = View1<float>("tapestry::losses", N);
-  layers_.resize(std::size_t(cfg_.n_layer));
+  layers_.resize(std::size_t(stage_.num_layers));
   for (auto& a : layers_) {
     a.ln1 = View2<float>("tapestry::ln1", N, C);
     a.ln1c = chunk_of(a.ln1, "tapestry::ln1_chunk");
@@ -209,7 +216,7 @@ void GPT::init_random(std::uint64_t seed) {
 
 void GPT::load_params(const std::vector<float>& host) {
   require(host.size() == n_whole_, "load_params: parameter count mismatch");
-  const std::vector<float> part = tp_->size() == 1 ? host : take_part(host);
+  const std::vector<float> part = tp_->size() == 1 && stage_.whole() ? host : take_part(host);
   Kokkos::deep_copy(params_, 0.0f);
   Kokkos::View<const float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(part.data(), part.size());
   Kokkos::deep_copy(View1<float>(params_.data(), n_params_), h);
@@ -262,10 +269,12 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
   auto into_full = [&](View2<float> chunk, View2<float> full) {  // f: chunk -> full input
     if (sp_) gather_from_sequence_region(*tp_, chunk, full);
   };
-  embedding_forward(ex, View3<float>(emb_full_.data(), B_, T_, C), tokens_, p2(P, WTE), p2(P, WPE), v0, lead);
-  into_chunk(emb_full_, encoded_);  // vocabulary-parallel embedding
+  if (stage_.embed) {
+    embedding_forward(ex, View3<float>(emb_full_.data(), B_, T_, C), tokens_, p2(P, WTE), p2(P, WPE), v0, lead);
+    into_chunk(emb_full_, encoded_);  // vocabulary-parallel embedding
+  }
   View2<float> x = encoded_;
-  for (int l = 0; l < cfg_.n_layer; ++l) {
+  for (int l = 0; l < stage_.num_layers; ++l) {
     auto& a = layers_[std::size_t(l)];
     layernorm_forward(ex, a.ln1c, a.ln1_mean, a.ln1_rstd, x, p1(P, LN1W, l), p1(P, LN1B, l));
     into_full(a.ln1c, a.ln1);
@@ -286,6 +295,7 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
     residual_forward(ex, as1(a.res3), as1(a.res2), as1(projc_));
     x = a.res3;
   }
+  if (!stage_.head) return 0.0;
   layernorm_forward(ex, lnfc_, lnf_mean_, lnf_rstd_, x, p1(P, LNFW), p1(P, LNFB));
   into_full(lnfc_, lnf_);
   matmul_forward(blas, logits_, lnf_, p2(P, WTE), View1<float>());  // this rank's vocabulary columns
@@ -331,13 +341,15 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   auto output_grad = [&](View2<float> chunk, View2<float> full) {  // backward of g: the full gradient
     if (sp_) gather_from_sequence_region(*tp_, chunk, full);
   };
-  softmax_xent_backward(ex, logits_, logits_, targets_, loss_scale / N, cfg_.vocab_size, v0);
-  matmul_backward(blas, dtmp_, p2(G, WTE), View1<float>(), logits_, lnf_, p2(P, WTE));
-  input_grad(dtmp_, dtmpc_);
-  Kokkos::deep_copy(ex, dres_, 0.0f);
-  const View2<float> xlast = layers_.back().res3;
-  layernorm_backward(ex, dres_, p1(G, LNFW), p1(G, LNFB), dtmpc_, xlast, p1(P, LNFW), lnf_mean_, lnf_rstd_);
-  for (int l = cfg_.n_layer - 1; l >= 0; --l) {
+  if (stage_.head) {
+    softmax_xent_backward(ex, logits_, logits_, targets_, loss_scale / N, cfg_.vocab_size, v0);
+    matmul_backward(blas, dtmp_, p2(G, WTE), View1<float>(), logits_, lnf_, p2(P, WTE));
+    input_grad(dtmp_, dtmpc_);
+    Kokkos::deep_copy(ex, dres_, 0.0f);
+    layernorm_backward(ex, dres_, p1(G, LNFW), p1(G, LNFB), dtmpc_, stage_output(), p1(P, LNFW), lnf_mean_,
+                       lnf_rstd_);
+  }  // else dres_ holds d(stage output), from the next stage
+  for (int l = stage_.num_layers - 1; l >= 0; --l) {
     auto& a = layers_[std::size_t(l)];
     const View2<float> x = l == 0 ? encoded_ : layers_[std::size_t(l - 1)].res3;
     // dres holds d(res3): through the MLP.
@@ -360,8 +372,10 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
                        a.ln1_mean, a.ln1_rstd);
     // dres holds d(x), the layer input.
   }
-  output_grad(dres_, dresf_);
-  embedding_backward(ex, p2(G, WTE), p2(G, WPE), View3<float>(dresf_.data(), B_, T_, cfg_.d_model), tokens_, v0);
+  if (stage_.embed) {
+    output_grad(dres_, dresf_);
+    embedding_backward(ex, p2(G, WTE), p2(G, WPE), View3<float>(dresf_.data(), B_, T_, cfg_.d_model), tokens_, v0);
+  }  // else dres_ holds d(stage input), for the previous stage
   if (sp_) {
     Kokkos::fence();
     for (auto& g : ln_grads) {

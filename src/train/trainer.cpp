@@ -23,6 +23,8 @@
 #include "tapestry/train/diloco.hpp"
 #include "text.hpp"
 #include "tp_group.hpp"
+#include "pipeline.hpp"
+#include "tapestry/parallel/pipeline_schedule.hpp"
 
 namespace tapestry::train {
 
@@ -41,15 +43,15 @@ double all_sum(double v, const parallel::Comm& comm) {
 
 /// Mean loss over the first `global_batches` global batches of the validation data: the same rows
 /// for every layout (each rank reads its micro-batches of each global batch).
-double evaluate(model::GPT& gpt, const kernels::Blas& blas, io::DataLoader& loader, int global_batches,
-                int grad_accum, const parallel::Comm& dp) {
+double evaluate(model::GPT& gpt, detail::Pipeline* pipe, const kernels::Blas& blas, io::DataLoader& loader,
+                int global_batches, int grad_accum, const parallel::Comm& dp) {
   loader.reset();
   std::vector<int> in, tg;
   double sum = 0;
   const int calls = global_batches * grad_accum;
   for (int i = 0; i < calls; ++i) {
     loader.next_batch(in, tg);
-    sum += gpt.forward(blas, in, tg);
+    sum += pipe != nullptr ? pipe->forward_only(blas, in, tg) : gpt.forward(blas, in, tg);
   }
   return all_sum(sum / calls, dp) / dp.size();
 }
@@ -92,9 +94,10 @@ class StepVote {
 /// TP, replicated tensors}. The first sums over the TP group, the second is the same on every TP
 /// rank, so the global norm counts every parameter once.
 std::array<double, 2> split_sumsq(const ExecSpace& ex, View1<float> g, std::size_t begin,
-                                  const std::vector<model::ParamTensor>& tensors) {
+                                  const std::vector<model::ParamTensor>& tensors, bool skip_wte) {
   std::array<double, 2> s{0, 0};
   for (const auto& t : tensors) {
+    if (skip_wte && t.name == "wte") continue;
     const std::size_t lo = std::max(t.offset, begin), hi = std::min(t.offset + t.size, begin + g.extent(0));
     if (lo < hi)
       s[t.split == model::Split::none ? 1 : 0] += kernels::sum_squares<float>(ex, View1<float>(g.data() + (lo - begin), hi - lo));
@@ -108,6 +111,9 @@ struct Run {
   std::unique_ptr<CollectivesTp> tp;  // before gpt, which uses it
   std::unique_ptr<io::DataLoader> train_loader, val_loader;
   std::unique_ptr<model::GPT> gpt;
+  std::unique_ptr<detail::Pipeline> pipe;            // pp > 1
+  std::unique_ptr<parallel::Collectives> embed_coll; // pp > 1: first + last stage (tied wte)
+  parallel::Comm embed_comm;
   std::unique_ptr<optim::AdamW> adamw;
   std::unique_ptr<parallel::Collectives> coll;
   std::unique_ptr<parallel::SiteTopology> sites;
@@ -165,7 +171,7 @@ void resume_from(Run& r, const std::string& path) {
   auto params = Kokkos::create_mirror_view(r.gpt->params());
   auto mm = Kokkos::create_mirror_view(r.adamw->m()), vv = Kokkos::create_mirror_view(r.adamw->v());
   const auto b = r.adamw->begin(), e = r.adamw->end();
-  if (r.gpt->tp().size() == 1) {
+  if (r.gpt->tp().size() == 1 && r.gpt->stage().whole()) {
     io::read_flat_section(path, io::diloco_site_prefix(s, "model"), r.tensors, params.data(), 0, params.extent(0));
     io::read_flat_section(path, io::diloco_site_prefix(s, "adam_m"), r.tensors, mm.data(), b, e);
     io::read_flat_section(path, io::diloco_site_prefix(s, "adam_v"), r.tensors, vv.data(), b, e);
@@ -204,11 +210,9 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   TrainConfig& cfg = r.cfg;
   cfg = cfg_in;
   const auto& layout = grid.layout();
-  require(layout.pp() == 1,
-          "pipeline parallelism is not implemented yet: run with --pp 1 (got " + layout.describe() + ")");
-  require(layout.tp() == 1 || (cfg.parallel.outer_steps == 0 && cfg.parallel.federation.empty()),
-          "tensor parallelism with DiLoCo or federation is not implemented yet (got --tp " +
-              std::to_string(layout.tp()) + ")");
+  require((layout.tp() == 1 && layout.pp() == 1) || (cfg.parallel.outer_steps == 0 && cfg.parallel.federation.empty()),
+          "tensor or pipeline parallelism with DiLoCo or federation is not implemented yet (got " +
+              layout.describe() + ")");
   if (!cfg.init_from.empty()) {
     const ModelConfig m = io::read_llmc_header(cfg.init_from);
     if (cfg.model.vocab_size != m.vocab_size || cfg.model.n_layer != m.n_layer ||
@@ -241,7 +245,29 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
       out << "warning: the tensor-parallel group of " << grid.tp().size() << " ranks spans nodes (" << tp_node.size()
           << " on this one): TP across nodes is slow; use --tp <= ranks per node\n";
   }
-  r.gpt = std::make_unique<model::GPT>(cfg.model, B, T, std::size_t(dp), r.tp.get(), cfg.parallel.sequence_parallel);
+  model::Stage stage;
+  const int pp = layout.pp(), ps = grid.pp().rank();
+  if (pp > 1) {
+    const auto per = stage_layers(cfg.model.n_layer, pp, cfg.parallel.pp_split);
+    for (int s = 0; s < ps; ++s) stage.first_layer += per[std::size_t(s)];
+    stage.num_layers = per[std::size_t(ps)];
+    stage.embed = ps == 0;
+    stage.head = ps == pp - 1;
+    if (cfg.grad_accum < pp)
+      out << "warning: " << cfg.grad_accum << " micro-batches for " << pp << " pipeline stages: the pipeline bubble is "
+          << fmt("%.0f", 100 * parallel::bubble_fraction(pp, cfg.grad_accum))
+          << "% of the step; use --micro-batches >= " << pp << " (better 4x)\n";
+  }
+  r.gpt = std::make_unique<model::GPT>(cfg.model, B, T, std::size_t(dp), r.tp.get(), cfg.parallel.sequence_parallel,
+                                       stage);
+  if (pp > 1) {
+    r.pipe = std::make_unique<detail::Pipeline>(*r.gpt, grid.pp(), cfg.grad_accum);
+    // The output layer is tied to the token embedding: the first and last stage each hold wte and
+    // sum their gradients, as Megatron does.
+    const bool ends = ps == 0 || ps == pp - 1;
+    r.embed_comm = grid.pp().split(ends ? 0 : 1, ps);
+    r.embed_coll = parallel::make_collectives(backend0, r.embed_comm);
+  }
   // Every rank initialises identically (same seed or same file), so no broadcast is needed.
   if (cfg.init_from.empty()) r.gpt->init_random(cfg.seed);
   else r.gpt->load_params(io::read_llmc_params(cfg.init_from, std::size_t(cfg.model.num_parameters())));
@@ -301,6 +327,15 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
                         "): every site's --ckpt-dir must hold a checkpoint of the same step");
 }
 
+/// The whole model's values (llm.c order) of a buffer laid out like the parameters, from every
+/// TP rank's part and every pipeline stage's layers. Collective over TP and PP.
+std::vector<float> whole_of(const model::GPT& gpt, const parallel::ProcessGrid& grid, View1<float> local) {
+  auto whole = gpt.gather_whole(local);
+  if (grid.layout().pp() > 1)
+    MPI_Allreduce(MPI_IN_PLACE, whole.data(), int(whole.size()), MPI_FLOAT, MPI_SUM, grid.pp().get());
+  return whole;
+}
+
 /// Saves the run's state at `step` (collective over the DP group).
 std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wall) {
   const auto& cfg = r.cfg;
@@ -325,11 +360,13 @@ std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wal
   const std::size_t n = r.gpt->padded_size();
   io::RankSlice slice{params.data(), 0, 0, m.data(), v.data(), r.adamw->begin(), {}};
   std::remove_const_t<decltype(params)> outer, mom;
-  const parallel::Comm& writers = grid.layout().tp() > 1 ? grid.world() : r.federated ? r.sites->site_ranks() : grid.dp();
+  const bool split_model = grid.layout().tp() > 1 || grid.layout().pp() > 1;
+  const parallel::Comm& writers = split_model ? grid.world() : r.federated ? r.sites->site_ranks() : grid.dp();
   std::vector<float> whole_p, whole_m, whole_v;
-  if (grid.layout().tp() > 1) {
+  if (split_model) {
     // The file holds whole tensors: assemble the parameters and moments from the TP ranks' parts
-    // (the moments first from their ZeRO shards), then the first TP rank of each DP rank writes 1/dp.
+    // and the stages' layers (the moments first from their ZeRO shards), then the first TP rank
+    // of the first stage of each DP rank writes 1/dp.
     auto full_moments = [&](const auto& shard) {
       std::vector<float> full(r.gpt->padded_size(), 0.0f);
       std::copy(shard.data(), shard.data() + shard.extent(0), full.begin() + std::ptrdiff_t(r.adamw->begin()));
@@ -337,13 +374,13 @@ std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wal
         MPI_Allreduce(MPI_IN_PLACE, full.data(), int(full.size()), MPI_FLOAT, MPI_SUM, r.shard_comm->get());
       View1<float> dev("tapestry::moments", full.size());
       Kokkos::deep_copy(dev, Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(full.data(), full.size()));
-      return r.gpt->gather_whole(dev);
+      return whole_of(*r.gpt, grid, dev);
     };
-    whole_p = r.gpt->gather_whole(r.gpt->params());
+    whole_p = whole_of(*r.gpt, grid, r.gpt->params());
     whole_m = full_moments(m);
     whole_v = full_moments(v);
     const std::size_t nw = whole_p.size(), d = std::size_t(grid.dp().rank()), D = std::size_t(grid.dp().size());
-    const bool writes = grid.tp().rank() == 0;
+    const bool writes = grid.tp().rank() == 0 && grid.pp().rank() == 0;
     slice = io::RankSlice{whole_p.data(), writes ? nw * d / D : 0, writes ? nw * (d + 1) / D : 0,
                           whole_m.data(), whole_v.data(), 0, {}};
   } else if (r.shard_comm == &grid.dp() && !r.federated) {  // each DP rank writes 1/dp of every buffer: replicated values are written once
@@ -407,6 +444,13 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       << "), " << grid.layout().describe() << ", global batch " << cfg.global_batch << " x T=" << T
       << " (B=" << B << " per rank, grad_accum=" << cfg.grad_accum << ")" << (zero ? ", ZeRO-1" : "")
       << ", " << r.train_loader->num_tokens() << " training tokens, " << cfg.steps << " steps\n";
+  if (r.pipe) {
+    const auto per = stage_layers(cfg.model.n_layer, grid.layout().pp(), cfg.parallel.pp_split);
+    out << "pipeline: " << per.size() << " stages (layers";
+    for (int l : per) out << " " << l;
+    out << "), " << cfg.grad_accum << " micro-batches, 1F1B; bubble (pp-1)/(M+pp-1) = "
+        << fmt("%.1f", 100 * parallel::bubble_fraction(grid.layout().pp(), cfg.grad_accum)) << "%\n";
+  }
   if (dp > 1) out << "gradients: " << r.reducer->describe() << (r.diloco ? " (inside each site)" : "") << "\n";
   if (r.diloco) out << r.diloco->describe() << "\n";
   // Saving, resuming and stopping also show in every federated site's own job log (its scripts act on them).
@@ -429,7 +473,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   const std::size_t n = gpt.padded_size();
   for (int step = r.start_step; step <= cfg.steps; ++step) {
     if (r.val_loader && (step % cfg.val_every == 0 || step == cfg.steps)) {
-      const ValRecord v{step, evaluate(gpt, blas, *r.val_loader, cfg.val_batches, cfg.grad_accum, dpc)};
+      const ValRecord v{step, evaluate(gpt, r.pipe.get(), blas, *r.val_loader, cfg.val_batches, cfg.grad_accum, dpc)};
       out << "step " << std::setw(5) << step << "/" << cfg.steps << " | val loss " << fmt("%.4f", v.loss) << "\n";
       if (metrics) metrics << "{\"step\":" << v.step << ",\"val_loss\":" << v.loss << "}\n";
       result.val.push_back(v);
@@ -439,10 +483,21 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     const auto t0 = Clock::now();
     gpt.zero_grad();
     double loss = 0;
-    for (int micro = 0; micro < cfg.grad_accum; ++micro) {
-      r.train_loader->next_batch(in, tg);
-      loss += gpt.forward(blas, in, tg) / cfg.grad_accum;
-      gpt.backward(blas, 1.0 / cfg.grad_accum);
+    if (r.pipe) {  // 1F1B over the stages
+      std::vector<std::vector<int>> ins(std::size_t(cfg.grad_accum)), tgs(ins.size());
+      for (std::size_t m = 0; m < ins.size(); ++m) r.train_loader->next_batch(ins[m], tgs[m]);
+      loss = r.pipe->train_step(blas, ins, tgs);
+      const auto& wte = gpt.tensors()[0];
+      if (gpt.stage().embed || gpt.stage().head) {  // the tied embedding: sum the two stages' gradients
+        ex.fence();
+        r.embed_coll->all_reduce_sum(grads.data() + wte.offset, wte.size);
+      }
+    } else {
+      for (int micro = 0; micro < cfg.grad_accum; ++micro) {
+        r.train_loader->next_batch(in, tg);
+        loss += gpt.forward(blas, in, tg) / cfg.grad_accum;
+        gpt.backward(blas, 1.0 / cfg.grad_accum);
+      }
     }
     ex.fence();
     const auto tc = Clock::now();
@@ -454,11 +509,13 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     if (zero) r.reducer->reduce_scatter_sum(grads.data(), r.grad_shard.data(), n);
     else r.reducer->all_reduce_sum(grads.data(), n);
     const View1<float> mine = zero ? r.grad_shard : grads;
-    if (tp == 1) {
+    if (tp == 1 && !r.pipe) {
       sumsq = kernels::sum_squares<float>(ex, mine);
-    } else {  // split tensors: summed over the TP group; replicated ones: counted once
-      const auto parts = split_sumsq(ex, mine, zero ? r.adamw->begin() : 0, gpt.tensors());
+    } else {  // split tensors: summed over the TP group; replicated ones: counted once; then over stages
+      const bool tied_copy = gpt.stage().head && !gpt.stage().embed;  // the last stage's wte: counted at stage 0
+      const auto parts = split_sumsq(ex, mine, zero ? r.adamw->begin() : 0, gpt.tensors(), tied_copy);
       sumsq = all_sum(parts[0], grid.tp()) + parts[1];
+      sumsq = all_sum(sumsq, grid.pp());
     }
     if (zero) sumsq = all_sum(sumsq, *r.shard_comm);
     rec.comm_ms = 1e3 * since(tc);
@@ -487,6 +544,11 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       rec.cross_site_mb = all_sum(sent, dpc) / 1e6;
     }
     const double dt = since(t0);
+    if (r.pipe) {
+      rec.pp_idle.resize(std::size_t(grid.pp().size()));
+      const double mine_idle = r.pipe->idle_seconds() / dt;
+      MPI_Allgather(&mine_idle, 1, MPI_DOUBLE, rec.pp_idle.data(), 1, MPI_DOUBLE, grid.pp().get());
+    }
     rec.step = step + 1;
     rec.loss = loss;
     rec.ms = dt * 1e3;
@@ -499,13 +561,23 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
           << fmt("%.1f", 100 * rec.mfu) << "%";
       if (dp > 1) out << " | comm " << fmt("%.1f", rec.comm_ms) << " ms";
       if (r.sites) out << " | xsite " << fmt("%.2f", rec.cross_site_mb) << " MB";
+      if (r.pipe) {
+        out << " | idle";
+        for (double f : rec.pp_idle) out << " " << fmt("%.0f", 100 * f) << "%";
+      }
       out << "\n";
       out.flush();
     }
     if (metrics) {
       metrics << "{\"step\":" << rec.step << ",\"loss\":" << rec.loss << ",\"lr\":" << rec.lr
               << ",\"grad_norm\":" << rec.grad_norm << ",\"ms\":" << rec.ms << ",\"comm_ms\":" << rec.comm_ms
-              << ",\"cross_site_mb\":" << rec.cross_site_mb
+              << ",\"cross_site_mb\":" << rec.cross_site_mb;
+      if (r.pipe) {
+        metrics << ",\"pp_idle\":[";
+        for (std::size_t i = 0; i < rec.pp_idle.size(); ++i) metrics << (i ? "," : "") << rec.pp_idle[i];
+        metrics << "]";
+      }
+      metrics
               << ",\"tokens_per_s\":" << rec.tokens_per_s << ",\"mfu\":" << rec.mfu << "}\n";
       metrics.flush();
     }
@@ -529,8 +601,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     }
   }
   double checksum = 0;
-  if (tp > 1) {  // of the whole model, the same on every rank
-    for (float x : gpt.gather_whole(params)) checksum += double(x);
+  if (tp > 1 || r.pipe) {  // of the whole model, the same on every rank
+    for (float x : whole_of(gpt, grid, params)) checksum += double(x);
   } else {
     const auto p = params;
     Kokkos::parallel_reduce(
@@ -541,7 +613,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   result.param_bytes = gpt.num_params() * sizeof(float);
   result.optimizer_bytes = r.adamw->state_bytes();
   if (!cfg.export_llmc.empty()) {
-    const auto host = gpt.params_to_host();
+    const auto host = whole_of(gpt, grid, params);
     if (root) {
       io::write_llmc_checkpoint(cfg.export_llmc, cfg.model, host);
       out << "wrote llm.c checkpoint " << cfg.export_llmc << "\n";

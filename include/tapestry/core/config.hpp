@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace tapestry {
 
@@ -43,6 +44,7 @@ struct ParallelConfig {
   int tp = 1;                 ///< tensor-parallel ranks
   bool sequence_parallel = false;  ///< with tp: LayerNorm and residual regions split along the tokens
   int pp = 1;                 ///< pipeline stages
+  std::string pp_split;       ///< layers per stage, e.g. "3,3,2"; "": as even as possible
   int dp = 0;                 ///< data-parallel ranks; 0: world / (tp * pp)
   int zero = 0;               ///< 1: shard AdamW state over DP (ZeRO-1)
   double bucket_mb = 25.0;    ///< gradient all-reduce bucket, MiB
@@ -96,6 +98,11 @@ void validate(const ParallelConfig& p);
 /// What every site of a federated run must agree on (model, batch, schedule, layout, cross-site
 /// algorithm), as one line; file paths are left out (each site has its own file system).
 std::string federation_fingerprint(const TrainConfig& c);
+
+/// Layers of each of `pp` stages: `split` ("3,3,2") or as even as possible (earlier stages take
+/// the remainder). Throws tapestry::Error for more stages than layers or a split that does not
+/// sum to n_layer.
+std::vector<int> stage_layers(int n_layer, int pp, const std::string& split);
 
 /// Fixes grad_accum and global_batch for `dp` data-parallel ranks: global_batch (when set) must be
 /// a multiple of batch_size * dp. Throws tapestry::Error otherwise.

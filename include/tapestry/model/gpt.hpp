@@ -33,9 +33,20 @@ struct ParamTensor {
   Split split = Split::none;
 };
 
-/// The 16 tensors of llm.c's layout for this shape, in order: whole (tp = 1) or one tensor-parallel
-/// rank's part of each (shapes divided along the split dimension).
-std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp = 1);
+/// \brief Which part of the network a pipeline stage runs.
+struct Stage {
+  int first_layer = 0;
+  int num_layers = -1;  ///< -1: all layers
+  bool embed = true;    ///< the first stage: token and position embeddings
+  bool head = true;     ///< the last stage: final LayerNorm, output layer (tied to wte), loss
+  bool whole() const { return embed && head; }  ///< the only stage: every layer
+};
+
+/// The 16 tensors of llm.c's layout for this shape, in order: whole (tp = 1, whole stage) or one
+/// tensor-parallel rank's part of each (shapes divided along the split dimension) for one pipeline
+/// stage (its layers only; tensors the stage does not use have size 0; the last stage holds a
+/// copy of wte for the tied output layer).
+std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp = 1, const Stage& stage = {});
 
 /// Checks that `m` can be split over `tp` ranks (heads, vocabulary); throws tapestry::Error.
 void validate_tp(const ModelConfig& m, int tp);
@@ -49,7 +60,8 @@ class GPT {
   /// replicated ones whole. `sequence_parallel` (with a group) splits the LayerNorm and residual
   /// regions along the B*T tokens: each rank computes and keeps B*T / size rows there.
   GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple = 1, const TpGroup* tp = nullptr,
-      bool sequence_parallel = false);
+      bool sequence_parallel = false, const Stage& stage = {});
+  const Stage& stage() const { return stage_; }
 
   const ModelConfig& config() const { return cfg_; }
   int batch_size() const { return B_; }
@@ -78,12 +90,20 @@ class GPT {
   /// Parameters of the whole model (llm.c order) and of this rank's part.
   std::size_t whole_num_params() const { return n_whole_; }
 
-  /// Forward pass on inputs and targets (B*T each, row-major (B, T)); returns the mean loss.
-  /// Keeps the activations for backward().
+  /// Forward pass on inputs and targets (B*T each, row-major (B, T)); returns the mean loss (0 on
+  /// a stage without the head). Keeps the activations for backward(). A stage without the
+  /// embedding starts from stage_input(), filled by the caller.
   double forward(const kernels::Blas& blas, const std::vector<int>& inputs,
                  const std::vector<int>& targets);
   /// Accumulates into grads() the gradient of `loss_scale` * (mean loss of the last forward()).
+  /// A stage without the head starts from output_grad() (d loss / d stage_output()), filled by the
+  /// caller; a stage without the embedding leaves d loss / d stage_input() in input_grad().
   void backward(const kernels::Blas& blas, double loss_scale);
+  /// Pipeline stage boundaries, (rows, C): rows = B*T, or B*T / tp with sequence parallelism.
+  View2<float> stage_input() const { return encoded_; }
+  View2<float> stage_output() const { return layers_.empty() ? encoded_ : layers_.back().res3; }
+  View2<float> output_grad() const { return dres_; }
+  View2<float> input_grad() const { return dres_; }
   void zero_grad();
 
   /// Bytes held: parameters + gradients, and activations (incl. backward scratch).
@@ -108,6 +128,7 @@ class GPT {
   int B_, T_;
   SoloTp solo_;
   const TpGroup* tp_;
+  Stage stage_;
   bool sp_ = false;
   int rows_ = 0;  // rows of the token chunk: B*T, or B*T / size with sequence parallelism
   std::vector<ParamTensor> layout_, whole_;
