@@ -231,15 +231,19 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
                                                     cfg.model.vocab_size, drank, dp, cfg.grad_accum);
   const auto backend0 = parallel::parse_backend(cfg.parallel.collectives);
   r.tp = std::make_unique<CollectivesTp>(parallel::make_collectives(backend0, grid.tp()));
-  if (layout.tp() > 1) {
-    model::validate_tp(cfg.model, layout.tp());
-    // A TP group exchanges activations in every layer: it belongs inside one node, never across sites.
+  if (layout.tp() > 1) model::validate_tp(cfg.model, layout.tp());
+  {  // TP and PP groups exchange activations every step: never across sites
     const int site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
-    int lo = site, hi = site;
-    MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_INT, MPI_MIN, grid.tp().get());
-    MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_INT, MPI_MAX, grid.tp().get());
-    require(lo == hi, "a tensor-parallel group spans sites " + std::to_string(lo) + " and " + std::to_string(hi) +
-                          ": TP groups must stay inside a site (check TAPESTRY_SITE or --tp)");
+    for (const auto* g : {&grid.tp(), &grid.pp()}) {
+      int lo = site, hi = site;
+      MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_INT, MPI_MIN, g->get());
+      MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_INT, MPI_MAX, g->get());
+      require(lo == hi, std::string(g == &grid.tp() ? "a tensor" : "a pipeline") + "-parallel group spans sites " +
+                            std::to_string(lo) + " and " + std::to_string(hi) +
+                            ": TP and PP groups must stay inside a site (check TAPESTRY_SITE, --tp and --pp)");
+    }
+  }
+  if (layout.tp() > 1) {
     const auto tp_node = grid.tp().split_shared();
     if (tp_node.size() < grid.tp().size())
       out << "warning: the tensor-parallel group of " << grid.tp().size() << " ranks spans nodes (" << tp_node.size()
@@ -451,6 +455,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     out << "), " << cfg.grad_accum << " micro-batches, 1F1B; bubble (pp-1)/(M+pp-1) = "
         << fmt("%.1f", 100 * parallel::bubble_fraction(grid.layout().pp(), cfg.grad_accum)) << "%\n";
   }
+  if (r.sites && !r.diloco && cfg.parallel.grad_reduce != "hierarchical") out << "sites: " << r.sites->describe() << "\n";
   if (dp > 1) out << "gradients: " << r.reducer->describe() << (r.diloco ? " (inside each site)" : "") << "\n";
   if (r.diloco) out << r.diloco->describe() << "\n";
   // Saving, resuming and stopping also show in every federated site's own job log (its scripts act on them).
