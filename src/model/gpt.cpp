@@ -145,13 +145,16 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const T
   lnf_rstd_ = View1<float>("tapestry::lnf_rstd", Nc);
   losses_ = View1<float>("tapestry::losses", N);
   layers_.resize(std::size_t(stage_.num_layers));
+  // With sequence parallelism a layer keeps only its LayerNorm outputs' token chunks; the full
+  // inputs of the split layers are all-gathered into one shared buffer, again in backward.
+  if (sp_) ln_full_ = View2<float>("tapestry::ln_full", N, C);
   for (auto& a : layers_) {
-    a.ln1 = View2<float>("tapestry::ln1", N, C);
+    a.ln1 = sp_ ? ln_full_ : View2<float>("tapestry::ln1", N, C);
     a.ln1c = chunk_of(a.ln1, "tapestry::ln1_chunk");
     a.qkv = View2<float>("tapestry::qkv", N, 3 * Cl);
     a.atty = View2<float>("tapestry::atty", N, Cl);
     a.res2 = View2<float>("tapestry::res2", Nc, C);
-    a.ln2 = View2<float>("tapestry::ln2", N, C);
+    a.ln2 = sp_ ? ln_full_ : View2<float>("tapestry::ln2", N, C);
     a.ln2c = chunk_of(a.ln2, "tapestry::ln2_chunk");
     a.fch = View2<float>("tapestry::fch", N, 4 * Cl);
     a.fch_gelu = View2<float>("tapestry::fch_gelu", N, 4 * Cl);
@@ -173,7 +176,12 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const T
   datty_ = View2<float>("tapestry::datty", N, Cl);
   datt_ = View4<float>("tapestry::datt", B, NHl, T, T);
   if (k > 1) xent_stats_ = View3<float>("tapestry::xent_stats", k, N, 3);
-  if (sp_) ln_grad_saved_ = View1<float>("tapestry::ln_grad_saved", n);
+  if (sp_) {
+    std::size_t ln = 0;  // LayerNorm gains and biases
+    for (const auto& t : layout_)
+      if (t.name.rfind("ln", 0) == 0) ln += t.size;
+    ln_grad_saved_ = View1<float>("tapestry::ln_grad_saved", ln);
+  }
 }
 
 View2<float> GPT::p2(const View1<float>& flat, int idx, int layer) const {
@@ -230,9 +238,10 @@ std::size_t GPT::activation_bytes() const {
   std::size_t n = emb_full_.span() + lnf_.span() + logits_.span() + lnf_mean_.span() + lnf_rstd_.span() +
                   losses_.span() + proj_.span() + dres_.span() + dtmp_.span() + dbig_.span() +
                   dqkv_.span() + datty_.span() + datt_.span() + xent_stats_.span() + ln_grad_saved_.span();
-  if (sp_) n += encoded_.span() + lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span();
+  if (sp_) n += encoded_.span() + lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span() + ln_full_.span();
   for (const auto& a : layers_) {
-    n += a.ln1.span() + a.qkv.span() + a.atty.span() + a.res2.span() + a.ln2.span() + a.fch.span() +
+    if (!sp_) n += a.ln1.span() + a.ln2.span();
+    n += a.qkv.span() + a.atty.span() + a.res2.span() + a.fch.span() +
          a.fch_gelu.span() + a.res3.span() + a.ln1_mean.span() + a.ln1_rstd.span() +
          a.ln2_mean.span() + a.ln2_rstd.span() + a.att.span();
     if (sp_) n += a.ln1c.span() + a.ln2c.span();
@@ -326,14 +335,17 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   // The LayerNorm gains and biases see only this rank's token chunk with sequence parallelism:
   // their gradients are partial and get summed over the group below (this micro-batch's only).
   std::vector<View1<float>> ln_grads;
-  if (sp_)
+  if (sp_) {
+    std::size_t saved = 0;  // ln_grad_saved_ holds the three ranges back to back
     for (const auto& [first, last] : {std::pair{LN1W, LN1B}, std::pair{LN2W, LN2B}, std::pair{LNFW, LNFB}}) {
       const std::size_t off = layout_[std::size_t(first)].offset;
       const std::size_t len = layout_[std::size_t(last)].offset + layout_[std::size_t(last)].size - off;
       ln_grads.emplace_back(G.data() + off, len);
-      Kokkos::deep_copy(ex, View1<float>(ln_grad_saved_.data() + off, len), ln_grads.back());
+      Kokkos::deep_copy(ex, View1<float>(ln_grad_saved_.data() + saved, len), ln_grads.back());
       Kokkos::deep_copy(ex, ln_grads.back(), 0.0f);
+      saved += len;
     }
+  }
   auto input_grad = [&](View2<float> full, View2<float> chunk) {  // backward of f: sum the partials
     if (sp_) reduce_scatter_to_sequence_region(*tp_, full, chunk);
     else copy_to_tp_region_backward(*tp_, full);
@@ -356,6 +368,7 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     output_grad(dres_, dresf_);
     matmul_backward(blas, dbig_, p2(G, FCPROJW, l), p1(G, FCPROJB, l), dresf_, a.fch_gelu, p2(P, FCPROJW, l));
     gelu_backward(ex, as1(dbig_), as1(a.fch), as1(dbig_));
+    if (sp_) gather_from_sequence_region(*tp_, a.ln2c, a.ln2);  // recomputed, not kept
     matmul_backward(blas, dtmp_, p2(G, FCW, l), p1(G, FCB, l), dbig_, a.ln2, p2(P, FCW, l));
     input_grad(dtmp_, dtmpc_);
     layernorm_backward(ex, dres_, p1(G, LN2W, l), p1(G, LN2B, l), dtmpc_, a.res2, p1(P, LN2W, l),
@@ -366,6 +379,7 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     attention_backward(blas, View3<float>(dqkv_.data(), B_, T_, 3 * Cl), datt_,
                        View3<float>(datty_.data(), B_, T_, Cl), View3<float>(a.qkv.data(), B_, T_, 3 * Cl),
                        a.att, NHl);
+    if (sp_) gather_from_sequence_region(*tp_, a.ln1c, a.ln1);
     matmul_backward(blas, dtmp_, p2(G, QKVW, l), p1(G, QKVB, l), dqkv_, a.ln1, p2(P, QKVW, l));
     input_grad(dtmp_, dtmpc_);
     layernorm_backward(ex, dres_, p1(G, LN1W, l), p1(G, LN1B, l), dtmpc_, x, p1(P, LN1W, l),
@@ -378,10 +392,11 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   }  // else dres_ holds d(stage input), for the previous stage
   if (sp_) {
     Kokkos::fence();
+    std::size_t saved = 0;
     for (auto& g : ln_grads) {
       tp_->all_reduce_sum(g.data(), g.extent(0));
-      const std::size_t off = std::size_t(g.data() - G.data());
-      residual_forward(ex, g, g, View1<float>(ln_grad_saved_.data() + off, g.extent(0)));  // + earlier micro-batches
+      residual_forward(ex, g, g, View1<float>(ln_grad_saved_.data() + saved, g.extent(0)));  // + earlier micro-batches
+      saved += g.extent(0);
     }
   }
 }

@@ -138,6 +138,7 @@ class GPT {
   Kokkos::View<int*, Layout, MemSpace> targets_;
   View2<float> encoded_, lnf_, logits_;  // logits (BT, Vp) hold probs, then dlogits; encoded_ a chunk
   View2<float> emb_full_, lnfc_, projc_, dresf_, dtmpc_;  // full/chunk partners (aliases without SP)
+  View2<float> ln_full_;  // sequence parallelism: the all-gathered LayerNorm output, shared by the layers
   View1<float> ln_grad_saved_;  // sequence parallelism: LayerNorm gradients of earlier micro-batches
   View1<float> lnf_mean_, lnf_rstd_, losses_;
   std::vector<LayerActs> layers_;
