@@ -4,6 +4,7 @@
 
 #include "helpers.hpp"
 #include "tapestry/kernels/attention.hpp"
+#include "tapestry/kernels/attention_tiled.hpp"
 #include "tapestry/kernels/blas.hpp"
 #include "tapestry/kernels/crossentropy.hpp"
 #include "tapestry/kernels/elementwise.hpp"
@@ -172,6 +173,36 @@ TEST_CASE("attention forward matches the naive reference and backward matches fi
     attention_backward(blas, gqkv, scratch, gout, vqkv, att, NH);
     auto J = [&](const V& x) { return dot(naive_attention(x, B, T, C, NH), wout); };
     REQUIRE(max_rel_err(to_vec(gqkv), finite_diff(qkv, J)) < kGradTol);
+  }
+}
+
+TEST_CASE("tiled attention (no T x T matrix) matches the naive reference; its backward matches finite differences", "[kernels][attention][tiled]") {
+  ExecSpace ex;
+  // T = 37 and 70: several tiles of kAttnTile = 32 rows, the last one partial
+  for (const auto& shape : {std::tuple{2, 5, 6, 2}, std::tuple{1, 1, 1, 1}, std::tuple{1, 37, 6, 2}, std::tuple{1, 70, 4, 1}}) {
+    const int B = std::get<0>(shape), T = std::get<1>(shape), C = std::get<2>(shape), NH = std::get<3>(shape);
+    CAPTURE(B, T, C, NH);
+    const V qkv = randn(std::size_t(B) * T * 3 * C, 24);
+    const V wout = randn(std::size_t(B) * T * C, 25);
+    View3<double> vqkv("qkv", B, T, 3 * C), vout("out", B, T, C), lse("lse", B, NH, T);
+    from_vec(vqkv, qkv);
+    attention_tiled_forward<double>(ex, vout, lse, vqkv, NH);
+    REQUIRE(max_rel_err(to_vec(vout), naive_attention(qkv, B, T, C, NH)) < 1e-12);
+    View3<double> gqkv("gqkv", B, T, 3 * C), gout("gout", B, T, C);
+    from_vec(gout, wout);
+    from_vec(gqkv, randn(qkv.size(), 26));  // overwritten
+    attention_tiled_backward<double>(ex, gqkv, gout, vqkv, vout, lse, NH);
+    if (T > 40) {  // finite differences over 3*70*4 inputs are slow: compare with the FD-checked kernel
+      Blas blas;
+      View4<double> att("att", B, NH, T, T), scratch("scratch", B, NH, T, T);
+      View3<double> ref("ref", B, T, 3 * C), o2("o2", B, T, C);
+      attention_forward(blas, o2, att, vqkv, NH);
+      attention_backward(blas, ref, scratch, gout, vqkv, att, NH);
+      REQUIRE(max_rel_err(to_vec(gqkv), to_vec(ref)) < 1e-12);
+    } else {
+      auto J = [&](const V& x) { return dot(naive_attention(x, B, T, C, NH), wout); };
+      REQUIRE(max_rel_err(to_vec(gqkv), finite_diff(qkv, J)) < kGradTol);
+    }
   }
 }
 

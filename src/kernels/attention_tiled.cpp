@@ -1,0 +1,185 @@
+#include "tapestry/kernels/attention_tiled.hpp"
+
+#include <cmath>
+
+#include "tapestry/kernels/math.hpp"
+
+namespace tapestry::kernels {
+
+namespace {
+using Team = Kokkos::TeamPolicy<ExecSpace>;
+using Member = Team::member_type;
+template <class T>
+using Tile = Kokkos::View<T**, Kokkos::LayoutRight, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+template <class T>
+using Row = Kokkos::View<T*, Kokkos::LayoutRight, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+
+constexpr int kTile = kAttnTile;
+}  // namespace
+
+template <class T>
+void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, In3<T> qkv, int n_head) {
+  const int B = int(qkv.extent(0)), Tn = int(qkv.extent(1)), C = int(qkv.extent(2)) / 3, NH = n_head, hd = C / NH;
+  const int tiles = (Tn + kTile - 1) / kTile;
+  const T scale = T(1) / math::sqrt(T(hd));
+  const std::size_t bytes = 4 * Tile<T>::shmem_size(kTile, hd) + 2 * Row<T>::shmem_size(kTile);
+  Team policy(exec, B * NH * tiles, Kokkos::AUTO);
+  Kokkos::parallel_for(
+      "tapestry::attention_tiled_forward", policy.set_scratch_size(0, Kokkos::PerTeam(bytes)),
+      KOKKOS_LAMBDA(const Member& tm) {
+        const int qt = tm.league_rank() % tiles, h = (tm.league_rank() / tiles) % NH, b = tm.league_rank() / (tiles * NH);
+        const int q0 = qt * kTile, rows = Tn - q0 < kTile ? Tn - q0 : kTile;
+        Tile<T> Q(tm.team_scratch(0), kTile, hd), O(tm.team_scratch(0), kTile, hd);
+        Tile<T> K(tm.team_scratch(0), kTile, hd), V(tm.team_scratch(0), kTile, hd);
+        Row<T> M(tm.team_scratch(0), kTile), L(tm.team_scratch(0), kTile);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows * hd), [&](int e) {
+          const int r = e / hd, d = e % hd;
+          Q(r, d) = qkv(b, q0 + r, h * hd + d) * scale;
+          O(r, d) = 0;
+          if (d == 0) M(r) = T(-1e30), L(r) = 0;
+        });
+        const int last_key = q0 + rows - 1;
+        for (int k0 = 0; k0 <= last_key; k0 += kTile) {
+          const int cols = Tn - k0 < kTile ? Tn - k0 : kTile;
+          tm.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols * hd), [&](int e) {
+            const int c = e / hd, d = e % hd;
+            K(c, d) = qkv(b, k0 + c, C + h * hd + d);
+            V(c, d) = qkv(b, k0 + c, 2 * C + h * hd + d);
+          });
+          tm.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows), [&](int r) {
+            const int qi = q0 + r, ncols = qi - k0 + 1 < cols ? qi - k0 + 1 : cols;  // causal
+            if (ncols <= 0) return;
+            T s[kTile];
+            T mx = M(r);
+            for (int c = 0; c < ncols; ++c) {
+              T acc = 0;
+              for (int d = 0; d < hd; ++d) acc += Q(r, d) * K(c, d);
+              s[c] = acc;
+              mx = acc > mx ? acc : mx;
+            }
+            const T alpha = math::exp(M(r) - mx);
+            T l = L(r) * alpha;
+            for (int d = 0; d < hd; ++d) O(r, d) *= alpha;
+            for (int c = 0; c < ncols; ++c) {
+              const T p = math::exp(s[c] - mx);
+              l += p;
+              for (int d = 0; d < hd; ++d) O(r, d) += p * V(c, d);
+            }
+            M(r) = mx;
+            L(r) = l;
+          });
+        }
+        tm.team_barrier();
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows * hd), [&](int e) {
+          const int r = e / hd, d = e % hd;
+          out(b, q0 + r, h * hd + d) = O(r, d) / L(r);
+          if (d == 0) lse(b, h, q0 + r) = M(r) + math::log(L(r));
+        });
+      });
+}
+
+template <class T>
+void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout, In3<T> qkv, In3<T> out,
+                              In3<T> lse, int n_head) {
+  const int B = int(qkv.extent(0)), Tn = int(qkv.extent(1)), C = int(qkv.extent(2)) / 3, NH = n_head, hd = C / NH;
+  const int tiles = (Tn + kTile - 1) / kTile;
+  const T scale = T(1) / math::sqrt(T(hd));
+  const std::size_t bytes = 6 * Tile<T>::shmem_size(kTile, hd) + 2 * Row<T>::shmem_size(kTile);
+  // A query tile into scratch: Q (unscaled), dO, and per row lse and D = sum(dO * O).
+  auto load_queries = KOKKOS_LAMBDA(const Member& tm, int b, int h, int q0, int rows, Tile<T> Q, Tile<T> dO, Row<T> LSE,
+                          Row<T> D) {
+    Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows), [&](int r) {
+      T dsum = 0;
+      for (int d = 0; d < hd; ++d) {
+        Q(r, d) = qkv(b, q0 + r, h * hd + d);
+        dO(r, d) = dout(b, q0 + r, h * hd + d);
+        dsum += dO(r, d) * out(b, q0 + r, h * hd + d);
+      }
+      LSE(r) = lse(b, h, q0 + r);
+      D(r) = dsum;
+    });
+  };
+  auto load_keys = KOKKOS_LAMBDA(const Member& tm, int b, int h, int k0, int cols, Tile<T> K, Tile<T> V) {
+    Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols * hd), [&](int e) {
+      const int c = e / hd, d = e % hd;
+      K(c, d) = qkv(b, k0 + c, C + h * hd + d);
+      V(c, d) = qkv(b, k0 + c, 2 * C + h * hd + d);
+    });
+  };
+  Team policy(exec, B * NH * tiles, Kokkos::AUTO);
+  // 1) per key tile: dK and dV over every query tile at or after it
+  Kokkos::parallel_for(
+      "tapestry::attention_tiled_backward_dkv", policy.set_scratch_size(0, Kokkos::PerTeam(bytes)),
+      KOKKOS_LAMBDA(const Member& tm) {
+        const int kt = tm.league_rank() % tiles, h = (tm.league_rank() / tiles) % NH, b = tm.league_rank() / (tiles * NH);
+        const int k0 = kt * kTile, cols = Tn - k0 < kTile ? Tn - k0 : kTile;
+        Tile<T> K(tm.team_scratch(0), kTile, hd), V(tm.team_scratch(0), kTile, hd);
+        Tile<T> dK(tm.team_scratch(0), kTile, hd), dV(tm.team_scratch(0), kTile, hd);
+        Tile<T> Q(tm.team_scratch(0), kTile, hd), dO(tm.team_scratch(0), kTile, hd);
+        Row<T> LSE(tm.team_scratch(0), kTile), D(tm.team_scratch(0), kTile);
+        load_keys(tm, b, h, k0, cols, K, V);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols * hd), [&](int e) { dK(e / hd, e % hd) = dV(e / hd, e % hd) = 0; });
+        for (int q0 = k0 / kTile * kTile; q0 < Tn; q0 += kTile) {
+          const int rows = Tn - q0 < kTile ? Tn - q0 : kTile;
+          tm.team_barrier();
+          load_queries(tm, b, h, q0, rows, Q, dO, LSE, D);
+          tm.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols), [&](int c) {  // this thread's key row
+            for (int r = 0; r < rows; ++r) {
+              if (q0 + r < k0 + c) continue;  // causal
+              T sc = 0, dp = 0;
+              for (int d = 0; d < hd; ++d) sc += Q(r, d) * K(c, d), dp += dO(r, d) * V(c, d);
+              const T p = math::exp(sc * scale - LSE(r)), ds = p * (dp - D(r)) * scale;
+              for (int d = 0; d < hd; ++d) dV(c, d) += p * dO(r, d), dK(c, d) += ds * Q(r, d);
+            }
+          });
+        }
+        tm.team_barrier();
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols * hd), [&](int e) {
+          const int c = e / hd, d = e % hd;
+          dqkv(b, k0 + c, C + h * hd + d) = dK(c, d);
+          dqkv(b, k0 + c, 2 * C + h * hd + d) = dV(c, d);
+        });
+      });
+  // 2) per query tile: dQ over every key tile at or before it
+  Kokkos::parallel_for(
+      "tapestry::attention_tiled_backward_dq", policy.set_scratch_size(0, Kokkos::PerTeam(bytes)),
+      KOKKOS_LAMBDA(const Member& tm) {
+        const int qt = tm.league_rank() % tiles, h = (tm.league_rank() / tiles) % NH, b = tm.league_rank() / (tiles * NH);
+        const int q0 = qt * kTile, rows = Tn - q0 < kTile ? Tn - q0 : kTile;
+        Tile<T> K(tm.team_scratch(0), kTile, hd), V(tm.team_scratch(0), kTile, hd);
+        Tile<T> dQ(tm.team_scratch(0), kTile, hd), Q(tm.team_scratch(0), kTile, hd), dO(tm.team_scratch(0), kTile, hd);
+        Row<T> LSE(tm.team_scratch(0), kTile), D(tm.team_scratch(0), kTile);
+        load_queries(tm, b, h, q0, rows, Q, dO, LSE, D);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows * hd), [&](int e) { dQ(e / hd, e % hd) = 0; });
+        for (int k0 = 0; k0 < q0 + rows; k0 += kTile) {
+          const int cols = Tn - k0 < kTile ? Tn - k0 : kTile;
+          tm.team_barrier();
+          load_keys(tm, b, h, k0, cols, K, V);
+          tm.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows), [&](int r) {  // this thread's query row
+            for (int c = 0; c < cols && k0 + c <= q0 + r; ++c) {
+              T sc = 0, dp = 0;
+              for (int d = 0; d < hd; ++d) sc += Q(r, d) * K(c, d), dp += dO(r, d) * V(c, d);
+              const T p = math::exp(sc * scale - LSE(r)), ds = p * (dp - D(r)) * scale;
+              for (int d = 0; d < hd; ++d) dQ(r, d) += ds * K(c, d);
+            }
+          });
+        }
+        tm.team_barrier();
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows * hd), [&](int e) {
+          dqkv(b, q0 + e / hd, h * hd + e % hd) = dQ(e / hd, e % hd);
+        });
+      });
+}
+
+#define TAPESTRY_INSTANTIATE(T)                                                                        \
+  template void attention_tiled_forward<T>(const ExecSpace&, View3<T>, View3<T>, In3<T>, int);        \
+  template void attention_tiled_backward<T>(const ExecSpace&, View3<T>, In3<T>, In3<T>, In3<T>, In3<T>, int);
+TAPESTRY_INSTANTIATE(float)
+TAPESTRY_INSTANTIATE(double)
+#undef TAPESTRY_INSTANTIATE
+
+}  // namespace tapestry::kernels
