@@ -46,6 +46,10 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--val-batches", c.val_batches, "Batches per validation")->capture_default_str()->group("Training");
   t->add_option("--log-every", c.log_every, "Print a progress line every N steps")->capture_default_str()->group("Training");
   t->add_option("--peak-flops", c.peak_flops, "Peak FLOP/s of this rank's devices, for MFU")->capture_default_str()->group("Training");
+  t->add_option("--attention", c.attention,
+                "matrix (T x T probabilities in memory, BLAS), tiled (no T x T matrix; FlashAttention-2 style), "
+                "or auto (tiled on CUDA builds)")
+      ->capture_default_str()->group("Training");
 
   auto& p = c.parallel;
   t->add_option("--tp", p.tp, "Tensor-parallel ranks")->capture_default_str()->group("Parallelism");
@@ -160,6 +164,7 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   step->add_option("--json", bs.json, "Also write the result as JSON here");
   step->add_option("--tp", bs.tp, "Tensor-parallel ranks (the rest of the job is data parallel)")->capture_default_str();
   step->add_flag("--sequence-parallel", bs.sequence_parallel, "With --tp: sequence parallelism");
+  step->add_option("--attention", bs.attention, "matrix, tiled or auto (tiled on CUDA builds)")->capture_default_str();
   auto* gemm = bench->add_subcommand("gemm", "Measure the BLAS sgemm rate (M = N = K = size)");
   gemm->add_option("--size", inv.bench_gemm.size, "Matrix size")->capture_default_str();
   gemm->add_option("--iters", inv.bench_gemm.iters, "Timed calls")->capture_default_str();

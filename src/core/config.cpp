@@ -152,6 +152,8 @@ void validate(const TrainConfig& c) {
   require(c.keep >= 0, "keep must be >= 0");
   require(!c.train_data.empty(), "train_data is not set");
   require(c.peak_flops > 0, "peak_flops must be > 0");
+  require(c.attention == "auto" || c.attention == "matrix" || c.attention == "tiled",
+          "attention must be auto, matrix or tiled (got '" + c.attention + "')");
 }
 
 }  // namespace tapestry
@@ -166,6 +168,8 @@ void validate(const BenchStepConfig& c) {
               std::to_string(c.model.max_seq_len) + "]");
   require(c.warmup >= 0 && c.iters >= 1, "bench needs warmup >= 0 and iters >= 1");
   require(c.peak_flops > 0, "peak_flops must be > 0");
+  require(c.attention == "auto" || c.attention == "matrix" || c.attention == "tiled",
+          "attention must be auto, matrix or tiled (got '" + c.attention + "')");
 }
 
 void validate(const BenchAllreduceConfig& c) {

@@ -5,6 +5,7 @@
 
 #include "tapestry/core/error.hpp"
 #include "tapestry/kernels/attention.hpp"
+#include "tapestry/kernels/attention_tiled.hpp"
 #include "tapestry/kernels/crossentropy.hpp"
 #include "tapestry/kernels/elementwise.hpp"
 #include "tapestry/kernels/embedding.hpp"
@@ -106,9 +107,10 @@ std::vector<float> GPT::gather_whole(View1<float> local) const {
   return whole;
 }
 
-GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const TpGroup* tp, bool sequence_parallel,
-         const Stage& stage)
-    : cfg_(cfg), B_(B), T_(T), tp_(tp != nullptr ? tp : &solo_), stage_(stage) {
+GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const GptOptions& options)
+    : cfg_(cfg), B_(B), T_(T), tp_(options.tp != nullptr ? options.tp : &solo_), stage_(options.stage),
+      tiled_(options.tiled_attention) {
+  const bool sequence_parallel = options.sequence_parallel;
   if (stage_.num_layers < 0) stage_.num_layers = cfg.n_layer;
   validate(cfg_);
   const int k = tp_->size();
@@ -163,7 +165,8 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const T
     a.ln1_rstd = View1<float>("tapestry::ln1_rstd", Nc);
     a.ln2_mean = View1<float>("tapestry::ln2_mean", Nc);
     a.ln2_rstd = View1<float>("tapestry::ln2_rstd", Nc);
-    a.att = View4<float>("tapestry::att", B, NHl, T, T);
+    if (tiled_) a.lse = View3<float>("tapestry::attention_lse", B, NHl, T);
+    else a.att = View4<float>("tapestry::att", B, NHl, T, T);
   }
   proj_ = View2<float>("tapestry::proj", N, C);
   projc_ = chunk_of(proj_, "tapestry::proj_chunk");
@@ -174,7 +177,7 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const T
   dbig_ = View2<float>("tapestry::dfch", N, 4 * Cl);
   dqkv_ = View2<float>("tapestry::dqkv", N, 3 * Cl);
   datty_ = View2<float>("tapestry::datty", N, Cl);
-  datt_ = View4<float>("tapestry::datt", B, NHl, T, T);
+  if (!tiled_) datt_ = View4<float>("tapestry::datt", B, NHl, T, T);
   if (k > 1) xent_stats_ = View3<float>("tapestry::xent_stats", k, N, 3);
   if (sp_) {
     std::size_t ln = 0;  // LayerNorm gains and biases
@@ -243,7 +246,7 @@ std::size_t GPT::activation_bytes() const {
     if (!sp_) n += a.ln1.span() + a.ln2.span();
     n += a.qkv.span() + a.atty.span() + a.res2.span() + a.fch.span() +
          a.fch_gelu.span() + a.res3.span() + a.ln1_mean.span() + a.ln1_rstd.span() +
-         a.ln2_mean.span() + a.ln2_rstd.span() + a.att.span();
+         a.ln2_mean.span() + a.ln2_rstd.span() + a.att.span() + a.lse.span();
     if (sp_) n += a.ln1c.span() + a.ln2c.span();
   }
   return n * sizeof(float) + (tokens_.span() + targets_.span()) * sizeof(int);
@@ -289,8 +292,12 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
     into_full(a.ln1c, a.ln1);
     // Attention: column-parallel QKV (this rank's heads), row-parallel output projection.
     matmul_forward(blas, a.qkv, a.ln1, p2(P, QKVW, l), p1(P, QKVB, l));
-    attention_forward(blas, View3<float>(a.atty.data(), B_, T_, Cl), a.att,
-                      View3<float>(a.qkv.data(), B_, T_, 3 * Cl), NHl);
+    if (tiled_)
+      attention_tiled_forward<float>(ex, View3<float>(a.atty.data(), B_, T_, Cl), a.lse,
+                                     View3<float>(a.qkv.data(), B_, T_, 3 * Cl), NHl);
+    else
+      attention_forward(blas, View3<float>(a.atty.data(), B_, T_, Cl), a.att,
+                        View3<float>(a.qkv.data(), B_, T_, 3 * Cl), NHl);
     matmul_forward(blas, proj_, a.atty, p2(P, ATTPROJW, l), lead ? p1(P, ATTPROJB, l) : View1<float>());
     into_chunk(proj_, projc_);
     residual_forward(ex, as1(a.res2), as1(x), as1(projc_));
@@ -376,9 +383,14 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     // dres holds d(res2): through attention.
     output_grad(dres_, dresf_);
     matmul_backward(blas, datty_, p2(G, ATTPROJW, l), p1(G, ATTPROJB, l), dresf_, a.atty, p2(P, ATTPROJW, l));
-    attention_backward(blas, View3<float>(dqkv_.data(), B_, T_, 3 * Cl), datt_,
-                       View3<float>(datty_.data(), B_, T_, Cl), View3<float>(a.qkv.data(), B_, T_, 3 * Cl),
-                       a.att, NHl);
+    if (tiled_)
+      attention_tiled_backward<float>(ex, View3<float>(dqkv_.data(), B_, T_, 3 * Cl),
+                                      View3<float>(datty_.data(), B_, T_, Cl), View3<float>(a.qkv.data(), B_, T_, 3 * Cl),
+                                      View3<float>(a.atty.data(), B_, T_, Cl), a.lse, NHl);
+    else
+      attention_backward(blas, View3<float>(dqkv_.data(), B_, T_, 3 * Cl), datt_,
+                         View3<float>(datty_.data(), B_, T_, Cl), View3<float>(a.qkv.data(), B_, T_, 3 * Cl),
+                         a.att, NHl);
     if (sp_) gather_from_sequence_region(*tp_, a.ln1c, a.ln1);
     matmul_backward(blas, dtmp_, p2(G, QKVW, l), p1(G, QKVB, l), dqkv_, a.ln1, p2(P, QKVW, l));
     input_grad(dtmp_, dtmpc_);

@@ -53,7 +53,10 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   const int dp = grid.layout().dp(), tp = cfg.tp;
   kernels::Blas blas;
   detail::CollectivesTp tpg(parallel::make_collectives(parallel::parse_backend("auto"), grid.tp()));
-  model::GPT gpt(cfg.model, B, T, std::size_t(dp), &tpg, cfg.sequence_parallel);
+  model::GptOptions opt;
+  opt.tp = &tpg, opt.sequence_parallel = cfg.sequence_parallel;
+  if (cfg.attention != "auto") opt.tiled_attention = cfg.attention == "tiled";
+  model::GPT gpt(cfg.model, B, T, std::size_t(dp), opt);
   gpt.init_random(cfg.seed);
   OptimConfig oc;
   optim::AdamW adamw(oc, gpt.tensors(), 0, gpt.padded_size());

@@ -262,8 +262,10 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
           << fmt("%.0f", 100 * parallel::bubble_fraction(pp, cfg.grad_accum))
           << "% of the step; use --micro-batches >= " << pp << " (better 4x)\n";
   }
-  r.gpt = std::make_unique<model::GPT>(cfg.model, B, T, std::size_t(dp), r.tp.get(), cfg.parallel.sequence_parallel,
-                                       stage);
+  model::GptOptions opt;
+  opt.tp = r.tp.get(), opt.sequence_parallel = cfg.parallel.sequence_parallel, opt.stage = stage;
+  if (cfg.attention != "auto") opt.tiled_attention = cfg.attention == "tiled";
+  r.gpt = std::make_unique<model::GPT>(cfg.model, B, T, std::size_t(dp), opt);
   if (pp > 1) {
     r.pipe = std::make_unique<detail::Pipeline>(*r.gpt, grid.pp(), cfg.grad_accum);
     // The output layer is tied to the token embedding: the first and last stage each hold wte and

@@ -87,6 +87,7 @@ struct TrainConfig {
   int keep = 3;              ///< keep the newest K checkpoints; 0: keep all
   std::string resume;        ///< "", "auto" (ckpt_dir/latest if any) or a checkpoint path
   double peak_flops = 437e9;  ///< for MFU: FP32 FMA peak of the devices this rank uses
+  std::string attention = "auto";  ///< matrix (T x T in memory, BLAS), tiled, or auto (tiled on CUDA)
 };
 
 /// \brief Throws tapestry::Error with one line naming the first problem found.
@@ -117,6 +118,7 @@ struct BenchStepConfig {
   ModelConfig model;
   int tp = 1;                      ///< tensor-parallel ranks (the rest of the job is data parallel)
   bool sequence_parallel = false;
+  std::string attention = "auto";  ///< as TrainConfig::attention
   int batch_size = 4;
   int seq_len = 64;
   int warmup = 2;

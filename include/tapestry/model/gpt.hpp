@@ -42,6 +42,20 @@ struct Stage {
   bool whole() const { return embed && head; }  ///< the only stage: every layer
 };
 
+/// \brief How a GPT instance runs (not what it is: that is ModelConfig).
+struct GptOptions {
+  const TpGroup* tp = nullptr;     ///< tensor-parallel group (must outlive the model); null: alone
+  bool sequence_parallel = false;  ///< with tp: LayerNorm and residual regions split along the tokens
+  Stage stage;                     ///< pipeline stage
+  /// Attention without the T x T matrices in memory (kernels/attention_tiled.hpp). The default is
+  /// on for CUDA builds and off elsewhere, where the BLAS-batched kernel is faster.
+#ifdef KOKKOS_ENABLE_CUDA
+  bool tiled_attention = true;
+#else
+  bool tiled_attention = false;
+#endif
+};
+
 /// The 16 tensors of llm.c's layout for this shape, in order: whole (tp = 1, whole stage) or one
 /// tensor-parallel rank's part of each (shapes divided along the split dimension) for one pipeline
 /// stage (its layers only; tensors the stage does not use have size 0; the last stage holds a
@@ -56,11 +70,10 @@ class GPT {
  public:
   /// The flat parameter and gradient buffers are padded with zeros to a multiple of
   /// `pad_multiple` elements (data-parallel ranks shard them evenly). With a tensor-parallel group
-  /// (which must outlive the model) this rank holds its part of every split tensor and the
-  /// replicated ones whole. `sequence_parallel` (with a group) splits the LayerNorm and residual
-  /// regions along the B*T tokens: each rank computes and keeps B*T / size rows there.
-  GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple = 1, const TpGroup* tp = nullptr,
-      bool sequence_parallel = false, const Stage& stage = {});
+  /// this rank holds its part of every split tensor and the replicated ones whole. Sequence
+  /// parallelism splits the LayerNorm and residual regions along the B*T tokens: each rank
+  /// computes and keeps B*T / size rows there.
+  GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple = 1, const GptOptions& options = {});
   const Stage& stage() const { return stage_; }
 
   const ModelConfig& config() const { return cfg_; }
@@ -116,7 +129,8 @@ class GPT {
     View2<float> ln1, qkv, atty, ln2, fch, fch_gelu;     // (BT, *): inputs and outputs of the split layers
     View2<float> ln1c, ln2c, res2, res3;                 // (BT / size, C): this rank's token chunk
     View1<float> ln1_mean, ln1_rstd, ln2_mean, ln2_rstd;  // (BT / size)
-    View4<float> att;                                              // (B, NH, T, T)
+    View4<float> att;                                              // (B, NH, T, T); empty when tiled
+    View3<float> lse;                                              // (B, NH, T): tiled attention
   };
   View2<float> p2(const View1<float>& flat, int idx, int layer = 0) const;
   View1<float> p1(const View1<float>& flat, int idx, int layer = 0) const;
@@ -129,7 +143,7 @@ class GPT {
   SoloTp solo_;
   const TpGroup* tp_;
   Stage stage_;
-  bool sp_ = false;
+  bool sp_ = false, tiled_ = false;
   int rows_ = 0;  // rows of the token chunk: B*T, or B*T / size with sequence parallelism
   std::vector<ParamTensor> layout_, whole_;
   std::size_t n_params_ = 0, n_whole_ = 0;
