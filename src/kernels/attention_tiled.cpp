@@ -15,6 +15,10 @@ template <class T>
 using Row = Kokkos::View<T*, Kokkos::LayoutRight, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
 
 constexpr int kTile = kAttnTile;
+// Team scratch level 0 is the GPU's shared memory (48 KiB a block on CUDA without opt-in, less what
+// Kokkos reserves): the backward's tiles exceed it from head size 64 in fp32. Larger tiles go to level 1
+// (global memory, per team) instead of failing at launch.
+inline int scratch_level(std::size_t bytes) { return bytes <= std::size_t(Team::scratch_size_max(0)) ? 0 : 1; }
 }  // namespace
 
 template <class T>
@@ -23,15 +27,16 @@ void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, 
   const int tiles = (Tn + kTile - 1) / kTile;
   const T scale = T(1) / math::sqrt(T(hd));
   const std::size_t bytes = 4 * Tile<T>::shmem_size(kTile, hd) + 2 * Row<T>::shmem_size(kTile);
+  const int lvl = scratch_level(bytes);
   Team policy(exec, B * NH * tiles, Kokkos::AUTO);
   Kokkos::parallel_for(
-      "tapestry::attention_tiled_forward", policy.set_scratch_size(0, Kokkos::PerTeam(bytes)),
+      "tapestry::attention_tiled_forward", policy.set_scratch_size(lvl, Kokkos::PerTeam(bytes)),
       KOKKOS_LAMBDA(const Member& tm) {
         const int qt = tm.league_rank() % tiles, h = (tm.league_rank() / tiles) % NH, b = tm.league_rank() / (tiles * NH);
         const int q0 = qt * kTile, rows = Tn - q0 < kTile ? Tn - q0 : kTile;
-        Tile<T> Q(tm.team_scratch(0), kTile, hd), O(tm.team_scratch(0), kTile, hd);
-        Tile<T> K(tm.team_scratch(0), kTile, hd), V(tm.team_scratch(0), kTile, hd);
-        Row<T> M(tm.team_scratch(0), kTile), L(tm.team_scratch(0), kTile);
+        Tile<T> Q(tm.team_scratch(lvl), kTile, hd), O(tm.team_scratch(lvl), kTile, hd);
+        Tile<T> K(tm.team_scratch(lvl), kTile, hd), V(tm.team_scratch(lvl), kTile, hd);
+        Row<T> M(tm.team_scratch(lvl), kTile), L(tm.team_scratch(lvl), kTile);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows * hd), [&](int e) {
           const int r = e / hd, d = e % hd;
           Q(r, d) = qkv(b, q0 + r, h * hd + d) * scale;
@@ -87,6 +92,7 @@ void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout,
   const int tiles = (Tn + kTile - 1) / kTile;
   const T scale = T(1) / math::sqrt(T(hd));
   const std::size_t bytes = 6 * Tile<T>::shmem_size(kTile, hd) + 2 * Row<T>::shmem_size(kTile);
+  const int lvl = scratch_level(bytes);
   // A query tile into scratch: Q (unscaled), dO, and per row lse and D = sum(dO * O).
   auto load_queries = KOKKOS_LAMBDA(const Member& tm, int b, int h, int q0, int rows, Tile<T> Q, Tile<T> dO, Row<T> LSE,
                           Row<T> D) {
@@ -111,14 +117,14 @@ void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout,
   Team policy(exec, B * NH * tiles, Kokkos::AUTO);
   // 1) per key tile: dK and dV over every query tile at or after it
   Kokkos::parallel_for(
-      "tapestry::attention_tiled_backward_dkv", policy.set_scratch_size(0, Kokkos::PerTeam(bytes)),
+      "tapestry::attention_tiled_backward_dkv", policy.set_scratch_size(lvl, Kokkos::PerTeam(bytes)),
       KOKKOS_LAMBDA(const Member& tm) {
         const int kt = tm.league_rank() % tiles, h = (tm.league_rank() / tiles) % NH, b = tm.league_rank() / (tiles * NH);
         const int k0 = kt * kTile, cols = Tn - k0 < kTile ? Tn - k0 : kTile;
-        Tile<T> K(tm.team_scratch(0), kTile, hd), V(tm.team_scratch(0), kTile, hd);
-        Tile<T> dK(tm.team_scratch(0), kTile, hd), dV(tm.team_scratch(0), kTile, hd);
-        Tile<T> Q(tm.team_scratch(0), kTile, hd), dO(tm.team_scratch(0), kTile, hd);
-        Row<T> LSE(tm.team_scratch(0), kTile), D(tm.team_scratch(0), kTile);
+        Tile<T> K(tm.team_scratch(lvl), kTile, hd), V(tm.team_scratch(lvl), kTile, hd);
+        Tile<T> dK(tm.team_scratch(lvl), kTile, hd), dV(tm.team_scratch(lvl), kTile, hd);
+        Tile<T> Q(tm.team_scratch(lvl), kTile, hd), dO(tm.team_scratch(lvl), kTile, hd);
+        Row<T> LSE(tm.team_scratch(lvl), kTile), D(tm.team_scratch(lvl), kTile);
         load_keys(tm, b, h, k0, cols, K, V);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols * hd), [&](int e) { dK(e / hd, e % hd) = dV(e / hd, e % hd) = 0; });
         for (int q0 = k0 / kTile * kTile; q0 < Tn; q0 += kTile) {
@@ -145,13 +151,13 @@ void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout,
       });
   // 2) per query tile: dQ over every key tile at or before it
   Kokkos::parallel_for(
-      "tapestry::attention_tiled_backward_dq", policy.set_scratch_size(0, Kokkos::PerTeam(bytes)),
+      "tapestry::attention_tiled_backward_dq", policy.set_scratch_size(lvl, Kokkos::PerTeam(bytes)),
       KOKKOS_LAMBDA(const Member& tm) {
         const int qt = tm.league_rank() % tiles, h = (tm.league_rank() / tiles) % NH, b = tm.league_rank() / (tiles * NH);
         const int q0 = qt * kTile, rows = Tn - q0 < kTile ? Tn - q0 : kTile;
-        Tile<T> K(tm.team_scratch(0), kTile, hd), V(tm.team_scratch(0), kTile, hd);
-        Tile<T> dQ(tm.team_scratch(0), kTile, hd), Q(tm.team_scratch(0), kTile, hd), dO(tm.team_scratch(0), kTile, hd);
-        Row<T> LSE(tm.team_scratch(0), kTile), D(tm.team_scratch(0), kTile);
+        Tile<T> K(tm.team_scratch(lvl), kTile, hd), V(tm.team_scratch(lvl), kTile, hd);
+        Tile<T> dQ(tm.team_scratch(lvl), kTile, hd), Q(tm.team_scratch(lvl), kTile, hd), dO(tm.team_scratch(lvl), kTile, hd);
+        Row<T> LSE(tm.team_scratch(lvl), kTile), D(tm.team_scratch(lvl), kTile);
         load_queries(tm, b, h, q0, rows, Q, dO, LSE, D);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows * hd), [&](int e) { dQ(e / hd, e % hd) = 0; });
         for (int k0 = 0; k0 < q0 + rows; k0 += kTile) {
