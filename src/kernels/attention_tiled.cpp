@@ -19,6 +19,17 @@ constexpr int kTile = kAttnTile;
 // Kokkos reserves): the backward's tiles exceed it from head size 64 in fp32. Larger tiles go to level 1
 // (global memory, per team) instead of failing at launch.
 inline int scratch_level(std::size_t bytes) { return bytes <= std::size_t(Team::scratch_size_max(0)) ? 0 : 1; }
+
+/// Key tile [k0, k0 + cols) of head h into scratch: K and V from the packed qkv (B, T, 3C).
+template <class T>
+KOKKOS_INLINE_FUNCTION void load_key_tile(const Member& tm, const In3<T>& qkv, int C, int hd, int b, int h, int k0,
+                                          int cols, const Tile<T>& K, const Tile<T>& V) {
+  Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols * hd), [&](int e) {
+    const int c = e / hd, d = e % hd;
+    K(c, d) = qkv(b, k0 + c, C + h * hd + d);
+    V(c, d) = qkv(b, k0 + c, 2 * C + h * hd + d);
+  });
+}
 }  // namespace
 
 template <class T>
@@ -47,11 +58,7 @@ void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, 
         for (int k0 = 0; k0 <= last_key; k0 += kTile) {
           const int cols = Tn - k0 < kTile ? Tn - k0 : kTile;
           tm.team_barrier();
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols * hd), [&](int e) {
-            const int c = e / hd, d = e % hd;
-            K(c, d) = qkv(b, k0 + c, C + h * hd + d);
-            V(c, d) = qkv(b, k0 + c, 2 * C + h * hd + d);
-          });
+          load_key_tile<T>(tm, qkv, C, hd, b, h, k0, cols, K, V);
           tm.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows), [&](int r) {
             const int qi = q0 + r, ncols = qi - k0 + 1 < cols ? qi - k0 + 1 : cols;  // causal
@@ -107,13 +114,6 @@ void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout,
       D(r) = dsum;
     });
   };
-  auto load_keys = KOKKOS_LAMBDA(const Member& tm, int b, int h, int k0, int cols, Tile<T> K, Tile<T> V) {
-    Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols * hd), [&](int e) {
-      const int c = e / hd, d = e % hd;
-      K(c, d) = qkv(b, k0 + c, C + h * hd + d);
-      V(c, d) = qkv(b, k0 + c, 2 * C + h * hd + d);
-    });
-  };
   Team policy(exec, B * NH * tiles, Kokkos::AUTO);
   // 1) per key tile: dK and dV over every query tile at or after it
   Kokkos::parallel_for(
@@ -125,7 +125,7 @@ void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout,
         Tile<T> dK(tm.team_scratch(lvl), kTile, hd), dV(tm.team_scratch(lvl), kTile, hd);
         Tile<T> Q(tm.team_scratch(lvl), kTile, hd), dO(tm.team_scratch(lvl), kTile, hd);
         Row<T> LSE(tm.team_scratch(lvl), kTile), D(tm.team_scratch(lvl), kTile);
-        load_keys(tm, b, h, k0, cols, K, V);
+        load_key_tile<T>(tm, qkv, C, hd, b, h, k0, cols, K, V);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols * hd), [&](int e) { dK(e / hd, e % hd) = dV(e / hd, e % hd) = 0; });
         for (int q0 = k0 / kTile * kTile; q0 < Tn; q0 += kTile) {
           const int rows = Tn - q0 < kTile ? Tn - q0 : kTile;
@@ -163,7 +163,7 @@ void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout,
         for (int k0 = 0; k0 < q0 + rows; k0 += kTile) {
           const int cols = Tn - k0 < kTile ? Tn - k0 : kTile;
           tm.team_barrier();
-          load_keys(tm, b, h, k0, cols, K, V);
+          load_key_tile<T>(tm, qkv, C, hd, b, h, k0, cols, K, V);
           tm.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows), [&](int r) {  // this thread's query row
             for (int c = 0; c < cols && k0 + c <= q0 + r; ++c) {

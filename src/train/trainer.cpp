@@ -105,6 +105,13 @@ std::array<double, 2> split_sumsq(const ExecSpace& ex, View1<float> g, std::size
   return s;
 }
 
+/// {min, max} of `v` over a communicator (equal when every rank agrees).
+std::array<int, 2> min_max(int v, const parallel::Comm& comm) {
+  std::array<int, 2> r{v, -v};
+  MPI_Allreduce(MPI_IN_PLACE, r.data(), 2, MPI_INT, MPI_MIN, comm.get());
+  return {r[0], -r[1]};
+}
+
 /// Everything a run holds, built collectively (an error on any rank stops all ranks).
 struct Run {
   TrainConfig cfg;
@@ -232,16 +239,13 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   const auto backend0 = parallel::parse_backend(cfg.parallel.collectives);
   r.tp = std::make_unique<CollectivesTp>(parallel::make_collectives(backend0, grid.tp()));
   if (layout.tp() > 1) model::validate_tp(cfg.model, layout.tp());
-  {  // TP and PP groups exchange activations every step: never across sites
-    const int site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
-    for (const auto* g : {&grid.tp(), &grid.pp()}) {
-      int lo = site, hi = site;
-      MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_INT, MPI_MIN, g->get());
-      MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_INT, MPI_MAX, g->get());
-      require(lo == hi, std::string(g == &grid.tp() ? "a tensor" : "a pipeline") + "-parallel group spans sites " +
-                            std::to_string(lo) + " and " + std::to_string(hi) +
-                            ": TP and PP groups must stay inside a site (check TAPESTRY_SITE, --tp and --pp)");
-    }
+  r.site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
+  // TP and PP groups exchange activations every step: never across sites
+  for (const auto* g : {&grid.tp(), &grid.pp()}) {
+    const auto [lo, hi] = min_max(r.site, *g);
+    require(lo == hi, std::string(g == &grid.tp() ? "a tensor" : "a pipeline") + "-parallel group spans sites " +
+                          std::to_string(lo) + " and " + std::to_string(hi) +
+                          ": TP and PP groups must stay inside a site (check TAPESTRY_SITE, --tp and --pp)");
   }
   if (layout.tp() > 1) {
     const auto tp_node = grid.tp().split_shared();
@@ -281,7 +285,6 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   const auto backend = parallel::parse_backend(cfg.parallel.collectives);
   r.coll = parallel::make_collectives(backend, grid.dp());
   const auto& pc = cfg.parallel;
-  r.site = parallel::SiteTopology::site_of(drank, dp, pc.sites);
   r.federated = !pc.federation.empty();
   if (pc.sites > 1 || pc.grad_reduce == "hierarchical" || pc.outer_steps > 0)
     r.sites = std::make_unique<parallel::SiteTopology>(grid.dp(), r.site, pc.sites);
@@ -326,9 +329,7 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   const std::string resume = resolve_resume(cfg.resume, r.ckpt_dir());
   if (!resume.empty()) resume_from(r, resume);
   // Every site must continue from the same step (federated sites resume from their own files).
-  int lo = r.start_step, hi = r.start_step;
-  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_INT, MPI_MIN, grid.world().get());
-  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_INT, MPI_MAX, grid.world().get());
+  const auto [lo, hi] = min_max(r.start_step, grid.world());
   require(lo == hi, "ranks would resume from different steps (" + std::to_string(lo) + " and " + std::to_string(hi) +
                         "): every site's --ckpt-dir must hold a checkpoint of the same step");
 }
