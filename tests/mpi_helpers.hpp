@@ -2,6 +2,9 @@
 // Helpers shared by the tests that run under mpirun.
 #include <mpi.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <string>
 
@@ -61,14 +64,39 @@ inline const io::PrepareResult& corpus() {
   return r;
 }
 
-/// Trains `c` over all ranks of `comm` (MPI_COMM_SELF: one rank), `tp`-way tensor parallel and
-/// data parallel over the rest; log discarded.
-inline train::TrainResult train_on(const TrainConfig& c, MPI_Comm comm, int tp = 1) {
+/// Trains `c` over all ranks of `comm` (MPI_COMM_SELF: one rank), `tp`-way tensor parallel, in `pp`
+/// pipeline stages, and data parallel over the rest; log discarded.
+inline train::TrainResult train_on(const TrainConfig& c, MPI_Comm comm, int tp = 1, int pp = 1) {
   int n = 1;
   MPI_Comm_size(comm, &n);
-  parallel::ProcessGrid grid(comm, parallel::Layout::make(n, tp, 1));
+  parallel::ProcessGrid grid(comm, parallel::Layout::make(n, tp, pp));
   std::ostringstream log;
   return train::run_training(c, grid, log);
+}
+
+/// Largest relative difference between `run` and steps from+1 ... of `ref` (a run resumed at step
+/// `from`): the training losses, and with from = 0 also the gradient norms (/ 10) and the
+/// validation losses. 1e9 when the runs do not line up (step counts or numbers). Rank 0 prints it.
+inline double curve_diff(const train::TrainResult& ref, const train::TrainResult& run, std::size_t from = 0) {
+  double worst = ref.steps.size() == run.steps.size() + from && (from > 0 || ref.val.size() == run.val.size()) ? 0 : 1e9;
+  for (std::size_t s = 0; worst < 1e9 && s < run.steps.size(); ++s) {
+    const auto &a = ref.steps[s + from], &b = run.steps[s];
+    if (a.step != b.step) worst = 1e9;
+    worst = std::max(worst, std::abs(a.loss - b.loss) / a.loss);
+    if (from == 0) worst = std::max(worst, std::abs(a.grad_norm - b.grad_norm) / a.grad_norm * 0.1);
+  }
+  for (std::size_t s = 0; worst < 1e9 && from == 0 && s < ref.val.size(); ++s)
+    worst = std::max(worst, std::abs(ref.val[s].loss - run.val[s].loss) / ref.val[s].loss);
+  if (world_rank() == 0) std::printf("largest relative difference to the reference run: %.3g\n", worst);
+  return worst;
+}
+
+/// True on every rank iff every rank ended with the same parameters (their checksum).
+inline bool same_params_everywhere(const train::TrainResult& r) {
+  double lo = r.param_checksum, hi = r.param_checksum;
+  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return lo == hi;
 }
 
 }  // namespace tapestry::test

@@ -32,17 +32,6 @@ TrainConfig config(int global) {
 }
 
 
-/// Losses of steps (from+1 .. 10) of `resumed` against the same steps of `full`.
-double max_rel_diff(const train::TrainResult& full, const train::TrainResult& resumed, int from) {
-  double worst = resumed.steps.size() == std::size_t(10 - from) ? 0.0 : 1e9;
-  for (std::size_t i = 0; i < resumed.steps.size() && worst < 1e9; ++i) {
-    const auto& a = full.steps[std::size_t(from) + i];
-    const auto& b = resumed.steps[i];
-    worst = std::max(worst, a.step == b.step ? std::abs(a.loss - b.loss) / a.loss : 1e9);
-  }
-  return worst;
-}
-
 }  // namespace
 
 TEST_CASE("resume on the same layout is bit-exact", "[mpi][checkpoint]") {
@@ -62,7 +51,7 @@ TEST_CASE("resume on the same layout is bit-exact", "[mpi][checkpoint]") {
     r.ckpt_dir = (dir / "again").string();
     r.resume = (dir / "step_00000005.h5").string();
     const auto resumed = train_on(r, MPI_COMM_WORLD);
-    REQUIRE(all_ranks(max_rel_diff(full, resumed, 5) == 0.0));  // bitwise
+    REQUIRE(all_ranks(curve_diff(full, resumed, 5) == 0.0));  // bitwise
     REQUIRE(all_ranks(resumed.param_checksum == full.param_checksum));
   }
 }
@@ -90,7 +79,7 @@ TEST_CASE("DiLoCo: resume mid-round is bit-exact; every site's state is in the f
     r.ckpt_dir = (dir / "again").string();
     r.resume = ck;
     const auto resumed = train_on(r, MPI_COMM_WORLD);
-    REQUIRE(all_ranks(max_rel_diff(full, resumed, 5) == 0.0));  // bitwise
+    REQUIRE(all_ranks(curve_diff(full, resumed, 5) == 0.0));  // bitwise
     REQUIRE(all_ranks(resumed.param_checksum == full.param_checksum));
     // A DiLoCo checkpoint needs the same number of sites.
     if (sites == 2) {
@@ -123,7 +112,7 @@ TEST_CASE("a checkpoint reloads on another layout", "[mpi][checkpoint]") {
   single.resume = (dir / "dp" / "step_00000005.h5").string();
   single.ckpt_dir = (dir / ("single_resumed_" + std::to_string(world_rank()))).string();
   const auto resumed1 = train_on(single, MPI_COMM_SELF);
-  double d1 = max_rel_diff(full, resumed1, 5);
+  double d1 = curve_diff(full, resumed1, 5);
   CAPTURE(d1);
   REQUIRE(all_ranks(d1 <= tol));
   // Saved on one rank (rank 0 writes it), resumed on dp = P with ZeRO-1.
@@ -137,7 +126,7 @@ TEST_CASE("a checkpoint reloads on another layout", "[mpi][checkpoint]") {
   r.ckpt_dir = (dir / "dp_resumed").string();
   r.resume = (dir / "single" / "step_00000005.h5").string();
   const auto resumed2 = train_on(r, MPI_COMM_WORLD);
-  double d2 = max_rel_diff(full, resumed2, 5);
+  double d2 = curve_diff(full, resumed2, 5);
   CAPTURE(d2);
   REQUIRE(all_ranks(d2 <= tol));
 }

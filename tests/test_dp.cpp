@@ -43,21 +43,10 @@ train::TrainResult data_parallel(const TrainConfig& c) { return train_on(c, MPI_
 constexpr double kRelTol = 1e-6;
 
 void require_same_curve(const train::TrainResult& ref, const train::TrainResult& dp) {
-  bool ok = ref.steps.size() == dp.steps.size() && ref.val.size() == dp.val.size();
-  double worst = 0;
-  for (std::size_t s = 0; ok && s < ref.steps.size(); ++s) {
-    worst = std::max(worst, std::abs(ref.steps[s].loss - dp.steps[s].loss) / ref.steps[s].loss);
-    worst = std::max(worst, std::abs(ref.steps[s].grad_norm - dp.steps[s].grad_norm) / ref.steps[s].grad_norm * 0.1);
-  }
-  for (std::size_t s = 0; ok && s < ref.val.size(); ++s)
-    worst = std::max(worst, std::abs(ref.val[s].loss - dp.val[s].loss) / ref.val[s].loss);
+  const double worst = curve_diff(ref, dp);
   CAPTURE(worst);
-  REQUIRE(all_ranks(ok && worst <= kRelTol));
-  // Every rank ends with the same parameters.
-  double lo = dp.param_checksum, hi = dp.param_checksum;
-  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
-  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  REQUIRE(lo == hi);
+  REQUIRE(all_ranks(worst <= kRelTol));
+  REQUIRE(same_params_everywhere(dp));  // every rank ends with the same parameters
 }
 
 }  // namespace
@@ -124,12 +113,6 @@ double worst_val_diff(const train::TrainResult& a, const train::TrainResult& b) 
   return worst;
 }
 
-bool same_params_everywhere(const train::TrainResult& r) {
-  double lo = r.param_checksum, hi = r.param_checksum;
-  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
-  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  return lo == hi;
-}
 }  // namespace
 
 TEST_CASE("DiLoCo: one site with H = 1, outer lr 1 and no momentum is plain DP", "[mpi][dp][diloco]") {

@@ -30,31 +30,10 @@ TrainConfig run_config() {
   return c;
 }
 
-train::TrainResult on_grid(const TrainConfig& c, int tp, int pp) {
-  parallel::ProcessGrid grid(MPI_COMM_WORLD, parallel::Layout::make(world_size(), tp, pp));
-  std::ostringstream log;
-  return train::run_training(c, grid, log);
-}
-
 // Tolerance: stages change only where the gradient norm's partial sums are added (and TP/DP their
 // reassociation). Measured over 12 steps: <= 1.1e-8 at pp 2 and 4 (even, 3+1 split, 2 micro-batches),
 // 1.8e-8 at tp x pp x dp = 2 x 2 x 2 (ZeRO-1, sequence parallel). 1e-6 relative, as for DP and TP.
 constexpr double kRelTol = 1e-6;
-
-double worst_diff(const train::TrainResult& ref, const train::TrainResult& run, std::size_t from = 0) {
-  if (ref.steps.size() != run.steps.size() + from) return 1e9;
-  double worst = 0;
-  for (std::size_t s = 0; s < run.steps.size(); ++s) {
-    worst = std::max(worst, std::abs(ref.steps[s + from].loss - run.steps[s].loss) / ref.steps[s + from].loss);
-    if (from == 0)
-      worst = std::max(worst, std::abs(ref.steps[s].grad_norm - run.steps[s].grad_norm) / ref.steps[s].grad_norm * 0.1);
-  }
-  if (from == 0 && ref.val.size() == run.val.size())
-    for (std::size_t s = 0; s < ref.val.size(); ++s)
-      worst = std::max(worst, std::abs(ref.val[s].loss - run.val[s].loss) / ref.val[s].loss);
-  if (world_rank() == 0) std::printf("largest relative difference to one rank: %.3g\n", worst);
-  return worst;
-}
 
 }  // namespace
 
@@ -63,20 +42,20 @@ TEST_CASE("pp = world matches one rank, even and explicit stage splits", "[mpi][
   if (P > 4) return;
   const auto ref = train_on(run_config(), MPI_COMM_SELF);
   auto c = run_config();
-  const auto even = on_grid(c, 1, P);
+  const auto even = train_on(c, MPI_COMM_WORLD, 1, P);
   CAPTURE(P);
-  REQUIRE(all_ranks(worst_diff(ref, even) <= kRelTol));
+  REQUIRE(all_ranks(curve_diff(ref, even) <= kRelTol));
   REQUIRE(all_ranks(even.param_checksum == Approx(ref.param_checksum).epsilon(1e-5)));
   // every stage reports its idle share
   REQUIRE(all_ranks(even.steps.back().pp_idle.size() == std::size_t(P)));
   if (P == 2) {
     c.parallel.pp_split = "3,1";
-    REQUIRE(all_ranks(worst_diff(ref, on_grid(c, 1, P)) <= kRelTol));
+    REQUIRE(all_ranks(curve_diff(ref, train_on(c, MPI_COMM_WORLD, 1, P)) <= kRelTol));
   }
   // fewer micro-batches than stages: a bigger bubble, the same losses
   c = run_config();
   c.batch_size = 4;  // 2 micro-batches
-  REQUIRE(all_ranks(worst_diff(ref, on_grid(c, 1, P)) <= kRelTol));
+  REQUIRE(all_ranks(curve_diff(ref, train_on(c, MPI_COMM_WORLD, 1, P)) <= kRelTol));
 }
 
 TEST_CASE("tp x pp x dp = 2 x 2 x 2 matches one rank, with ZeRO-1 and sequence parallelism", "[mpi][pp][tp][dp]") {
@@ -87,7 +66,7 @@ TEST_CASE("tp x pp x dp = 2 x 2 x 2 matches one rank, with ZeRO-1 and sequence p
     auto c = run_config();  // per DP rank: 2 micro-batches of 2
     c.parallel.zero = variant;
     c.parallel.sequence_parallel = variant == 1;
-    REQUIRE(all_ranks(worst_diff(ref, on_grid(c, 2, 2)) <= kRelTol));
+    REQUIRE(all_ranks(curve_diff(ref, train_on(c, MPI_COMM_WORLD, 2, 2)) <= kRelTol));
   }
 }
 
@@ -97,12 +76,12 @@ TEST_CASE("a pipeline checkpoint holds whole tensors and resumes on one rank", "
   const fs::path dir = fresh_dir("pp_ckpt");
   auto c = run_config();
   c.val_every = 0, c.save_every = 6, c.keep = 0, c.ckpt_dir = dir.string();
-  const auto full = on_grid(c, 1, P);
+  const auto full = train_on(c, MPI_COMM_WORLD, 1, P);
   auto s = run_config();
   s.val_every = 0, s.resume = (dir / "step_00000006.h5").string();
   s.ckpt_dir = (dir / ("single_" + std::to_string(world_rank()))).string();
   const auto single = train_on(s, MPI_COMM_SELF);
-  REQUIRE(all_ranks(worst_diff(full, single, 6) <= kRelTol));
+  REQUIRE(all_ranks(curve_diff(full, single, 6) <= kRelTol));
 }
 
 TEST_CASE("more stages than layers, or a split that does not add up, is one error", "[mpi][pp][bad-input]") {
@@ -121,7 +100,7 @@ TEST_CASE("more stages than layers, or a split that does not add up, is one erro
     }
     bool right = false;
     try {
-      on_grid(c, 1, P);
+      train_on(c, MPI_COMM_WORLD, 1, P);
     } catch (const Error& e) {
       right = world_rank() == 0 && std::string(e.what()).find(want) != std::string::npos;
     } catch (const parallel::PeerError&) {

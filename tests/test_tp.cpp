@@ -37,19 +37,6 @@ TrainConfig run_config(int global) {
 // a bias added tp times or a wrong shard shows up at 1e-2 or more in the first step.
 constexpr double kRelTol = 1e-6;
 
-double worst_diff(const train::TrainResult& ref, const train::TrainResult& run) {
-  if (ref.steps.size() != run.steps.size() || ref.val.size() != run.val.size()) return 1e9;
-  double worst = 0;
-  for (std::size_t s = 0; s < ref.steps.size(); ++s) {
-    worst = std::max(worst, std::abs(ref.steps[s].loss - run.steps[s].loss) / ref.steps[s].loss);
-    worst = std::max(worst, std::abs(ref.steps[s].grad_norm - run.steps[s].grad_norm) / ref.steps[s].grad_norm * 0.1);
-  }
-  for (std::size_t s = 0; s < ref.val.size(); ++s)
-    worst = std::max(worst, std::abs(ref.val[s].loss - run.val[s].loss) / ref.val[s].loss);
-  if (world_rank() == 0) std::printf("largest relative difference to one rank: %.3g\n", worst);
-  return worst;
-}
-
 }  // namespace
 
 TEST_CASE("tp = world matches one rank, step for step, with and without sequence parallelism", "[mpi][tp]") {
@@ -60,7 +47,7 @@ TEST_CASE("tp = world matches one rank, step for step, with and without sequence
     auto c = run_config(4);
     c.parallel.sequence_parallel = sp;
     const auto run = train_on(c, MPI_COMM_WORLD, P);
-    const double worst = worst_diff(ref, run);
+    const double worst = curve_diff(ref, run);
     CAPTURE(worst);
     REQUIRE(all_ranks(worst <= kRelTol && worst > 0));  // > 0: the ranks really split the work
     // the whole model at the end: the same on every rank, and close to one rank's
@@ -74,7 +61,7 @@ TEST_CASE("sequence parallelism with gradient accumulation matches one rank", "[
   auto c = run_config(4);
   c.batch_size = 2, c.global_batch = 4;  // two micro-batches: the LayerNorm gradients accumulate
   c.parallel.sequence_parallel = true;
-  const double worst = worst_diff(ref, train_on(c, MPI_COMM_WORLD, P));
+  const double worst = curve_diff(ref, train_on(c, MPI_COMM_WORLD, P));
   CAPTURE(worst);
   REQUIRE(all_ranks(worst <= kRelTol));
 }
@@ -89,7 +76,7 @@ TEST_CASE("tp x dp = 2 x 2 matches one rank, with and without ZeRO-1 and sequenc
     c.parallel.zero = variant == 1 ? 1 : 0;
     c.parallel.sequence_parallel = variant == 2;
     const auto run = train_on(c, MPI_COMM_WORLD, 2);
-    const double worst = worst_diff(ref, run);
+    const double worst = curve_diff(ref, run);
     CAPTURE(worst);
     REQUIRE(all_ranks(worst <= kRelTol));
   }
@@ -126,16 +113,11 @@ TEST_CASE("a TP checkpoint holds whole tensors: it resumes on one rank and on th
   auto r = c;
   r.resume = ck, r.ckpt_dir = (dir / "again").string();
   const auto same = train_on(r, MPI_COMM_WORLD, tp);
-  bool bitwise = same.steps.size() == 6;
-  for (std::size_t i = 0; bitwise && i < 6; ++i) bitwise = same.steps[i].loss == full.steps[6 + i].loss;
-  REQUIRE(all_ranks(bitwise));
+  REQUIRE(all_ranks(curve_diff(full, same, 6) == 0.0));  // bitwise
   // one rank, no TP, no ZeRO
   auto s = run_config(4);
   s.val_every = 0, s.resume = ck, s.ckpt_dir = (dir / ("single_" + std::to_string(world_rank()))).string();
-  const auto single = train_on(s, MPI_COMM_SELF);
-  double worst = single.steps.size() == 6 ? 0 : 1e9;
-  for (std::size_t i = 0; i < single.steps.size() && worst < 1e9; ++i)
-    worst = std::max(worst, std::abs(single.steps[i].loss - full.steps[6 + i].loss) / full.steps[6 + i].loss);
+  const double worst = curve_diff(full, train_on(s, MPI_COMM_SELF), 6);
   CAPTURE(worst);
   REQUIRE(all_ranks(worst <= kRelTol));
 }
