@@ -236,8 +236,8 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   if (cfg.val_every > 0)
     r.val_loader = std::make_unique<io::DataLoader>(std::vector<std::string>{cfg.val_data}, B, T,
                                                     cfg.model.vocab_size, drank, dp, cfg.grad_accum);
-  const auto backend0 = parallel::parse_backend(cfg.parallel.collectives);
-  r.tp = std::make_unique<CollectivesTp>(parallel::make_collectives(backend0, grid.tp()));
+  const auto backend = parallel::parse_backend(cfg.parallel.collectives);
+  r.tp = std::make_unique<CollectivesTp>(parallel::make_collectives(backend, grid.tp()));
   if (layout.tp() > 1) model::validate_tp(cfg.model, layout.tp());
   r.site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
   // TP and PP groups exchange activations every step: never across sites
@@ -276,13 +276,12 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
     // sum their gradients, as Megatron does.
     const bool ends = ps == 0 || ps == pp - 1;
     r.embed_comm = grid.pp().split(ends ? 0 : 1, ps);
-    r.embed_coll = parallel::make_collectives(backend0, r.embed_comm);
+    r.embed_coll = parallel::make_collectives(backend, r.embed_comm);
   }
   // Every rank initialises identically (same seed or same file), so no broadcast is needed.
   if (cfg.init_from.empty()) r.gpt->init_random(cfg.seed);
   else r.gpt->load_params(io::read_llmc_params(cfg.init_from, std::size_t(cfg.model.num_parameters())));
   const std::size_t n = r.gpt->padded_size();
-  const auto backend = parallel::parse_backend(cfg.parallel.collectives);
   r.coll = parallel::make_collectives(backend, grid.dp());
   const auto& pc = cfg.parallel;
   r.federated = !pc.federation.empty();
