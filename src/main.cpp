@@ -82,6 +82,11 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
 int main(int argc, char** argv) {
   tapestry::parallel::Runtime rt(argc, argv);
   const auto inv = tapestry::cli::parse(argc, argv, rt.rank() != 0);
+  using tapestry::cli::Command;
+  const bool computes = inv.command == Command::train || inv.command == Command::bench_step ||
+                        inv.command == Command::bench_allreduce || inv.command == Command::bench_gemm ||
+                        inv.command == Command::bench_ckpt;
+  if (computes && !rt.devices().empty()) std::cout << rt.devices() << std::flush;  // CUDA: each rank's GPU
   try {
     return run(inv, rt);
   } catch (const tapestry::parallel::PeerError&) {

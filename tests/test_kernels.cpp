@@ -5,7 +5,11 @@
 #include "helpers.hpp"
 #include "tapestry/kernels/attention.hpp"
 #include "tapestry/kernels/attention_tiled.hpp"
+#include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/blas.hpp"
+#ifdef TAPESTRY_HAVE_CUBLAS
+#include "tapestry/kernels/cublas.hpp"
+#endif
 #include "tapestry/kernels/crossentropy.hpp"
 #include "tapestry/kernels/elementwise.hpp"
 #include "tapestry/kernels/embedding.hpp"
@@ -17,6 +21,100 @@ using namespace tapestry;
 using namespace tapestry::kernels;
 using namespace tapestry::test;
 using V = std::vector<double>;
+
+// ---------------------------------------------------------------- bf16
+TEST_CASE("bf16 rounds to nearest even and keeps inf and NaN", "[kernels][bf16]") {
+  REQUIRE(to_bf16(1.0f) == 0x3f80);
+  REQUIRE(to_bf16(-2.0f) == 0xc000);
+  REQUIRE(round_bf16(1.0f + 0x1p-8f) == 1.0f);                   // halfway: to the even 1.0
+  REQUIRE(round_bf16(1.0f + 3 * 0x1p-8f) == 1.0f + 0x1p-6f);     // halfway: to the even 1 + 2^-6
+  REQUIRE(round_bf16(1.0f + 0x1p-8f + 0x1p-20f) == 1.0f + 0x1p-7f);  // above halfway: up
+  REQUIRE(round_bf16(3.4e38f) == std::numeric_limits<float>::infinity());  // overflow rounds to inf
+  REQUIRE(round_bf16(std::numeric_limits<float>::infinity()) == std::numeric_limits<float>::infinity());
+  REQUIRE(std::isnan(round_bf16(std::numeric_limits<float>::quiet_NaN())));
+  for (float x : {0.1f, -7.3e-5f, 12345.678f}) REQUIRE(std::abs(round_bf16(x) - x) <= std::abs(x) * 0x1p-9f);
+}
+
+namespace {
+// Row-major op(A)(M,K) op(B)(K,N) of `count` matrices, in double, inputs optionally rounded to bf16 first.
+V ref_gemm(const V& A, const V& B, bool ta, bool tb, int M, int N, int K, long sa, long sb, int count, bool bf16) {
+  auto r = [&](double x) { return bf16 ? double(round_bf16(float(x))) : double(float(x)); };
+  V C(std::size_t(count) * M * N);
+  for (int i = 0; i < count; ++i)
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < N; ++n) {
+        double s = 0;
+        for (int k = 0; k < K; ++k)
+          s += r(A[std::size_t(i * sa + (ta ? k * M + m : m * K + k))]) * r(B[std::size_t(i * sb + (tb ? n * K + k : k * N + n))]);
+        C[std::size_t((i * M + m) * N + n)] = s;
+      }
+  return C;
+}
+}  // namespace
+
+TEST_CASE("bf16 gemm: bf16-rounded inputs, fp32 accumulation; fp32 gemm is not rounded", "[kernels][bf16]") {
+  const int M = 19, N = 23, K = 301, count = 3;
+  const long sa = long(M) * K, sb = long(K) * N;
+  const V A = randn(std::size_t(sa) * count, 91), B = randn(std::size_t(sb) * count, 92);
+  View1<float> a("a", A.size()), b("b", B.size()), c("c", std::size_t(count) * M * N);
+  from_vec(a, A), from_vec(b, B);
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      CAPTURE(ta, tb);
+      const V exact = ref_gemm(A, B, ta, tb, M, N, K, sa, sb, count, false);
+      const V rounded = ref_gemm(A, B, ta, tb, M, N, K, sa, sb, count, true);
+      auto run = [&](Precision p) {
+        Blas blas(ExecSpace(), p);
+        blas.gemm_strided_batched<float>(ta, tb, M, N, K, 1.0f, a.data(), ta ? M : K, sa, b.data(), tb ? K : N, sb,
+                                         0.0f, c.data(), N, long(M) * N, count);
+        return to_vec(c);
+      };
+      // fp32 accumulation of K products of size ~1: error ~ sqrt(K) * 2^-24 * sqrt(K); bf16 input
+      // rounding moves each product by ~2^-8 relative: ~ sqrt(K) * 2^-8 in total.
+      auto max_abs = [](const V& x, const V& y) {
+        double m = 0;
+        for (std::size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
+        return m;
+      };
+      const V f32 = run(Precision::fp32), bf = run(Precision::bf16);
+      REQUIRE(max_abs(f32, exact) < 1e-3);
+      REQUIRE(max_abs(bf, rounded) < 1e-3);  // what the bf16 path computes
+      REQUIRE(max_abs(bf, exact) > 1e-2);    // and it is not the fp32 product
+      REQUIRE(max_abs(bf, exact) < 1.0);
+    }
+  // The attention's activation x activation products are not rounded to bf16: fp32 on hosts, TF32
+  // (10-bit mantissa, about 8x finer than bf16) on CUDA.
+  {
+    Blas bf16(ExecSpace(), Precision::bf16);
+    bf16.attention_gemm<float>(false, false, M, N, K, 1.0f, a.data(), K, sa, b.data(), N, sb, 0.0f, c.data(), N,
+                               long(M) * N, count);
+    const V got = to_vec(c), exact = ref_gemm(A, B, false, false, M, N, K, sa, sb, count, false);
+    double worst = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(got[i] - exact[i]));
+#ifdef KOKKOS_ENABLE_CUDA
+    REQUIRE(worst < 0.1);
+#else
+    REQUIRE(worst < 1e-3);
+#endif
+  }
+  // fp64 gemms are never rounded, whatever the precision.
+  View1<double> da("da", A.size()), db("db", B.size()), dc("dc", std::size_t(M) * N);
+  from_vec(da, A), from_vec(db, B);
+  Blas bf16(ExecSpace(), Precision::bf16);
+  bf16.gemm<double>(false, false, M, N, K, 1.0, da.data(), K, db.data(), N, 0.0, dc.data(), N);
+  const V exact = ref_gemm(A, B, false, false, M, N, K, 0, 0, 1, false);
+  REQUIRE(max_rel_err(to_vec(dc), V(exact.begin(), exact.begin() + M * N)) < 1e-5);  // ref rounds inputs to float
+}
+
+#ifdef TAPESTRY_HAVE_CUBLAS
+TEST_CASE("the cuBLAS host code links and answers without a GPU", "[kernels][cublas]") {
+  // Built wherever the CUDA toolkit is; cuBLAS reports its version with or without a device.
+  const std::string v = cublas::version();
+  INFO(v);
+  REQUIRE(v.find('.') != std::string::npos);
+  REQUIRE(std::stoi(v) >= 11);
+}
+#endif
 
 // ---------------------------------------------------------------- matmul
 namespace {
@@ -267,7 +365,10 @@ TEST_CASE("embedding forward gathers rows and backward scatters deterministicall
   from_vec(vt, tok), from_vec(vte, wte), from_vec(vpe, wpe), from_vec(gy, w);
   embedding_forward(ex, vy, vt, vte, vpe);
   REQUIRE(max_rel_err(to_vec(vy), fwd(wte, wpe)) == 0.0);
-  embedding_backward(ex, gte, gpe, gy, vt);
+  TokenRows rows_of;
+  rows_of.build(ex, tok, 0, Vp);
+  REQUIRE(rows_of.groups == 4);  // rows 0, 1, 3, 6
+  embedding_backward(ex, gte, gpe, gy, rows_of);
   REQUIRE(max_rel_err(to_vec(gte), finite_diff(wte, [&](const V& x) { return dot(fwd(x, wpe), w); })) < kGradTol);
   REQUIRE(max_rel_err(to_vec(gpe), finite_diff(wpe, [&](const V& x) { return dot(fwd(wte, x), w); })) < kGradTol);
 }
@@ -282,7 +383,9 @@ TEST_CASE("vocabulary-parallel embedding: the shards' outputs and gradients add 
   View3<double> whole("y", B, T, C), gy("gy", B, T, C);
   from_vec(vt, tok), from_vec(vte, wte), from_vec(vpe, wpe), from_vec(gy, w);
   embedding_forward(ex, whole, vt, vte, vpe);
-  embedding_backward(ex, gte, gpe, gy, vt);
+  TokenRows all_rows;
+  all_rows.build(ex, tok, 0, Vp);
+  embedding_backward(ex, gte, gpe, gy, all_rows);
   V sum(std::size_t(B) * T * C, 0.0), gshards;
   for (int r = 0; r < R; ++r) {
     View2<double> shard("shard", rows, C), gshard("gshard", rows, C), gpe_r("gpe_r", maxT, C);
@@ -291,7 +394,9 @@ TEST_CASE("vocabulary-parallel embedding: the shards' outputs and gradients add 
     embedding_forward(ex, y, vt, shard, vpe, r * rows, r == 0);  // position once
     const V yr = to_vec(y);
     for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += yr[i];
-    embedding_backward(ex, gshard, gpe_r, gy, vt, r * rows);
+    TokenRows shard_rows;
+    shard_rows.build(ex, tok, r * rows, rows);
+    embedding_backward(ex, gshard, gpe_r, gy, shard_rows);
     const V g = to_vec(gshard);
     gshards.insert(gshards.end(), g.begin(), g.end());
     REQUIRE(max_rel_err(to_vec(gpe_r), to_vec(gpe)) < 1e-15);  // every shard: the whole position gradient

@@ -84,21 +84,26 @@ TEST_CASE("the whole model's gradient matches finite differences (float, sampled
     Kokkos::deep_copy(g, gpt.grads());
     std::copy(g.data(), g.data() + g.size(), grad.begin());
   }
-  const float h = 1e-2f;
+  const float h = 2e-3f;  // small: some logits sit near softmax saturation (the loss curves sharply there)
   int checked = 0;
   for (const auto& t : gpt.tensors()) {
     for (std::size_t k = 0; k < 4; ++k) {
       std::size_t i = t.offset + (k * 7919) % t.size;
       if (t.name == "wte") i = t.offset + std::size_t(in[k] * tiny().d_model) + k;  // rows that are used
       if (t.name == "wpe") i = t.offset + k * std::size_t(tiny().d_model) + k;     // positions < T
-      auto p = host;
-      p[i] += h;
-      gpt.load_params(p);
-      const double jp = gpt.forward(blas, in, tg);
-      p[i] -= 2 * h;
-      gpt.load_params(p);
-      const double jm = gpt.forward(blas, in, tg);
-      const double fd = (jp - jm) / (2 * h);
+      auto central = [&](float step) {
+        auto p = host;
+        p[i] += step;
+        gpt.load_params(p);
+        const double jp = gpt.forward(blas, in, tg);
+        p[i] = host[i] - step;
+        gpt.load_params(p);
+        const double jm = gpt.forward(blas, in, tg);
+        return (jp - jm) / (2 * double(step));
+      };
+      // Richardson: the O(h^2) error of central differences cancels (these weights are large,
+      // so the loss curves noticeably over h).
+      const double fd = (4 * central(h / 2) - central(h)) / 3;
       CAPTURE(t.name, i, fd, grad[i]);
       REQUIRE(std::abs(fd - grad[i]) <= 2e-3 + 2e-2 * std::abs(fd));
       ++checked;
@@ -186,18 +191,60 @@ TEST_CASE("an exported llm.c checkpoint restarts with the same loss", "[train][l
   fs::remove(ckpt);
 }
 
-TEST_CASE("the default-sized model learns the embedded corpus", "[train][learns]") {
+namespace {
+/// A 2-layer C=64 model on the embedded corpus with validation every `val_every` steps.
+TrainConfig corpus_run(int steps, double lr, int val_every) {
   auto c = small_run();
   c.model.n_layer = 2, c.model.d_model = 64, c.model.n_head = 4, c.model.max_seq_len = 64;
-  c.seq_len = 64, c.batch_size = 8, c.steps = 60, c.val_every = 30, c.val_batches = 4;
-  c.optim.lr = 3e-3, c.optim.warmup_steps = 10;
+  c.seq_len = 64, c.batch_size = 8, c.steps = steps, c.val_every = val_every, c.val_batches = 4;
+  c.optim.lr = lr, c.optim.warmup_steps = 10;
   c.val_data = corpus().val;
+  return c;
+}
+}  // namespace
+
+TEST_CASE("the default-sized model learns the embedded corpus", "[train][learns]") {
+  const auto c = corpus_run(60, 3e-3, 30);
   std::ostringstream log;
   const auto r = run(c, log);
   REQUIRE(r.val.size() == 3);
   REQUIRE(r.val.front().loss > 5.0);                  // ~ln(256) = 5.55 at initialisation
   REQUIRE(r.val.back().loss < r.val.front().loss - 2.0);  // bytes of English: well below uniform
   REQUIRE(log.str().find("step    60/60 | loss") != std::string::npos);
+}
+
+TEST_CASE("bf16 mixed precision tracks the fp32 run over 100 steps", "[train][bf16]") {
+  // bf16 matmul inputs with fp32 accumulation, weights and AdamW: the losses differ from fp32 from
+  // the first step on (rounding). Stated tolerance: mean relative difference over the 100 steps
+  // < 0.5%, every step < 5%, final validation < 1%. Measured on the CPU: mean 0.06%, worst step
+  // 1.5% (step 98, after the corpus's loss spike at step 61 that both runs show), validation
+  // 0.02%; on an H100: mean 0.10%, worst step 1.7%, validation 0.12%. A single step parts more
+  // than the mean because the runs diverge slightly after the spike.
+  auto c = corpus_run(100, 1e-3, 50);
+  std::ostringstream log32, log16;
+  const auto f32 = run(c, log32);
+  c.precision = "bf16";
+  const auto b16 = run(c, log16);
+  REQUIRE(f32.steps.size() == 100);
+  REQUIRE(b16.steps.size() == 100);
+  double worst = 0, first = 0, mean = 0;
+  for (std::size_t i = 0; i < f32.steps.size(); ++i) {
+    const double d = std::abs(b16.steps[i].loss - f32.steps[i].loss) / f32.steps[i].loss;
+    worst = std::max(worst, d);
+    mean += d / double(f32.steps.size());
+    if (i == 0) first = d;
+  }
+  const double val = std::abs(b16.val.back().loss - f32.val.back().loss) / f32.val.back().loss;
+  std::printf("bf16 vs fp32 over 100 steps: relative train-loss difference mean %.3g, largest %.3g, step 1 %.3g; "
+              "final val loss %.4f vs %.4f (%.3g)\n",
+              mean, worst, first, b16.val.back().loss, f32.val.back().loss, val);
+  REQUIRE(first > 0);  // the matmuls really ran in bf16
+  REQUIRE(mean < 0.005);
+  REQUIRE(worst < 0.05);
+  REQUIRE(val < 0.01);
+  REQUIRE(f32.val.back().loss < f32.val.front().loss - 1.0);  // both learned
+  REQUIRE(b16.val.back().loss < b16.val.front().loss - 1.0);
+  REQUIRE(log16.str().find("bf16 matmuls") != std::string::npos);
 }
 
 TEST_CASE("a token id above the vocabulary is rejected before training", "[train][bad-input]") {

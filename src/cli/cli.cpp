@@ -48,7 +48,11 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--peak-flops", c.peak_flops, "Peak FLOP/s of this rank's devices, for MFU")->capture_default_str()->group("Training");
   t->add_option("--attention", c.attention,
                 "matrix (T x T probabilities in memory, BLAS), tiled (no T x T matrix; FlashAttention-2 style), "
-                "or auto (tiled on CUDA builds)")
+                "or auto (matrix; tiled is for sequences whose T x T matrices do not fit)")
+      ->capture_default_str()->group("Training");
+  t->add_option("--precision", c.precision,
+                "fp32, or bf16: matmuls take bf16 inputs and accumulate in fp32 (tensor cores); weights, "
+                "gradients, AdamW state and reductions stay fp32")
       ->capture_default_str()->group("Training");
 
   auto& p = c.parallel;
@@ -164,10 +168,14 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   step->add_option("--json", bs.json, "Also write the result as JSON here");
   step->add_option("--tp", bs.tp, "Tensor-parallel ranks (the rest of the job is data parallel)")->capture_default_str();
   step->add_flag("--sequence-parallel", bs.sequence_parallel, "With --tp: sequence parallelism");
-  step->add_option("--attention", bs.attention, "matrix, tiled or auto (tiled on CUDA builds)")->capture_default_str();
+  step->add_option("--attention", bs.attention, "matrix, tiled or auto (matrix)")->capture_default_str();
+  step->add_option("--precision", bs.precision, "fp32, or bf16 matmul inputs with fp32 accumulation")->capture_default_str();
+  step->add_flag("--kernel-times", bs.kernel_times, "List the time of every Kokkos kernel (each fenced: slows the step)");
   auto* gemm = bench->add_subcommand("gemm", "Measure the BLAS sgemm rate (M = N = K = size)");
   gemm->add_option("--size", inv.bench_gemm.size, "Matrix size")->capture_default_str();
   gemm->add_option("--iters", inv.bench_gemm.iters, "Timed calls")->capture_default_str();
+  gemm->add_option("--precision", inv.bench_gemm.precision, "fp32 (sgemm) or bf16 (bf16 inputs, fp32 accumulation)")
+      ->capture_default_str();
 
   // Kokkos's own --kokkos-* arguments are Kokkos's business (the runtime passes them on).
   std::vector<std::string> args;

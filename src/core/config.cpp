@@ -79,13 +79,19 @@ void validate(const ParallelConfig& p) {
           "outer-momentum must be in [0, 1) (got " + num(p.outer_momentum) + ")");
 }
 
+Precision parse_precision(const std::string& name) {
+  if (name == "fp32") return Precision::fp32;
+  if (name == "bf16") return Precision::bf16;
+  throw Error("precision must be fp32 or bf16 (got '" + name + "')");
+}
+
 std::string federation_fingerprint(const TrainConfig& c) {
   const auto& m = c.model;
   const auto& o = c.optim;
   const auto& p = c.parallel;
   return "model L=" + num(m.n_layer) + " H=" + num(m.n_head) + " C=" + num(m.d_model) + " V=" + num(m.vocab_size) +
          "/" + num(m.vocab_padded()) + " maxT=" + num(m.max_seq_len) + "; B=" + num(c.batch_size) +
-         " T=" + num(c.seq_len) + " global_batch=" + num(c.global_batch) + " grad_accum=" + num(c.grad_accum) +
+         " T=" + num(c.seq_len) + " precision=" + c.precision + " global_batch=" + num(c.global_batch) + " grad_accum=" + num(c.grad_accum) +
          " steps=" + num(c.steps) + " seed=" + std::to_string(c.seed) + "; lr=" + num(o.lr) + " warmup=" +
          num(o.warmup_steps) + " min_lr_ratio=" + num(o.min_lr_ratio) + " wd=" + num(o.weight_decay) +
          " clip=" + num(o.grad_clip) + "; tp=" + num(p.tp) + " pp=" + num(p.pp) + " zero=" + num(p.zero) +
@@ -154,6 +160,7 @@ void validate(const TrainConfig& c) {
   require(c.peak_flops > 0, "peak_flops must be > 0");
   require(c.attention == "auto" || c.attention == "matrix" || c.attention == "tiled",
           "attention must be auto, matrix or tiled (got '" + c.attention + "')");
+  parse_precision(c.precision);
 }
 
 }  // namespace tapestry
@@ -170,6 +177,7 @@ void validate(const BenchStepConfig& c) {
   require(c.peak_flops > 0, "peak_flops must be > 0");
   require(c.attention == "auto" || c.attention == "matrix" || c.attention == "tiled",
           "attention must be auto, matrix or tiled (got '" + c.attention + "')");
+  parse_precision(c.precision);
 }
 
 void validate(const BenchAllreduceConfig& c) {

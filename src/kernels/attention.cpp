@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "tapestry/kernels/math.hpp"
+#include "team.hpp"
 
 namespace tapestry::kernels {
 
@@ -31,29 +32,28 @@ void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv,
   for (int b = 0; b < s.B; ++b) {
     const T* q = qkv.data() + long(b) * Tn * 3 * C;
     // att(b, h) (T, T) = scale * Q (T, hs) @ K^T (hs, T)
-    blas.gemm_strided_batched<T>(false, true, Tn, Tn, hs, scale, q, 3 * C, hs, q + C, 3 * C, hs,
+    blas.attention_gemm<T>(false, true, Tn, Tn, hs, scale, q, 3 * C, hs, q + C, 3 * C, hs,
                                  T(0), att.data() + long(b) * NH * TT, Tn, TT, NH);
   }
   // Causal softmax per query row; entries above the diagonal become exactly 0.
   Kokkos::parallel_for(
-      "tapestry::attention_softmax_forward", Kokkos::RangePolicy<ExecSpace>(blas.exec(), 0, s.B * NH * Tn),
-      KOKKOS_LAMBDA(int i) {
-        const int t = i % Tn, h = (i / Tn) % NH, b = i / (Tn * NH);
-        T maxv = att(b, h, t, 0);
-        for (int t2 = 1; t2 <= t; ++t2) { const T x_ = att(b, h, t, t2); maxv = x_ > maxv ? x_ : maxv; }
-        T sum = 0;
-        for (int t2 = 0; t2 <= t; ++t2) {
+      "tapestry::attention_softmax_forward", detail::team_per_row(blas.exec(), s.B * NH * Tn),
+      KOKKOS_LAMBDA(const detail::Member& m) {
+        const int i = m.league_rank(), t = i % Tn, h = (i / Tn) % NH, b = i / (Tn * NH);
+        const T maxv = detail::team_max<T>(m, t + 1, T(-1e30), [&](int t2) { return att(b, h, t, t2); });
+        const T sum = detail::team_sum<T>(m, t + 1, [&](int t2) {
           const T e = math::exp(att(b, h, t, t2) - maxv);
           att(b, h, t, t2) = e;
-          sum += e;
-        }
+          return e;
+        });
         const T inv = T(1) / sum;
-        for (int t2 = 0; t2 <= t; ++t2) att(b, h, t, t2) *= inv;
-        for (int t2 = t + 1; t2 < Tn; ++t2) att(b, h, t, t2) = 0;
+        m.team_barrier();  // the exponentials are in att
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Tn),
+                             [&](int t2) { att(b, h, t, t2) = t2 <= t ? att(b, h, t, t2) * inv : T(0); });
       });
   for (int b = 0; b < s.B; ++b) {
     // out(b, :, head h) (T, hs) = att(b, h) (T, T) @ V (T, hs)
-    blas.gemm_strided_batched<T>(false, false, Tn, hs, Tn, T(1), att.data() + long(b) * NH * TT, Tn, TT,
+    blas.attention_gemm<T>(false, false, Tn, hs, Tn, T(1), att.data() + long(b) * NH * TT, Tn, TT,
                                  qkv.data() + long(b) * Tn * 3 * C + 2 * C, 3 * C, hs, T(0),
                                  out.data() + long(b) * Tn * C, C, hs, NH);
   }
@@ -72,28 +72,28 @@ void attention_backward(const Blas& blas, View3<T> dqkv, View4<T> dpre, In3<T> d
     T* dv = dqkv.data() + long(b) * Tn * 3 * C + 2 * C;
     const T* a = att.data() + long(b) * NH * TT;
     // dV (T, hs) = att^T (T, T) @ dY (T, hs)
-    blas.gemm_strided_batched<T>(true, false, Tn, hs, Tn, T(1), a, Tn, TT, dy, C, hs, T(0), dv, 3 * C, hs, NH);
+    blas.attention_gemm<T>(true, false, Tn, hs, Tn, T(1), a, Tn, TT, dy, C, hs, T(0), dv, 3 * C, hs, NH);
     // datt (T, T) = dY (T, hs) @ V^T (hs, T)
-    blas.gemm_strided_batched<T>(false, true, Tn, Tn, hs, T(1), dy, C, hs, v, 3 * C, hs, T(0),
+    blas.attention_gemm<T>(false, true, Tn, Tn, hs, T(1), dy, C, hs, v, 3 * C, hs, T(0),
                                  dpre.data() + long(b) * NH * TT, Tn, TT, NH);
   }
   // Softmax backward, in place: dpre = scale * att * (datt - sum_t2 att * datt); 0 above the diagonal.
   Kokkos::parallel_for(
-      "tapestry::attention_softmax_backward", Kokkos::RangePolicy<ExecSpace>(blas.exec(), 0, s.B * NH * Tn),
-      KOKKOS_LAMBDA(int i) {
-        const int t = i % Tn, h = (i / Tn) % NH, b = i / (Tn * NH);
-        T dot = 0;
-        for (int t2 = 0; t2 <= t; ++t2) dot += att(b, h, t, t2) * dpre(b, h, t, t2);
-        for (int t2 = 0; t2 <= t; ++t2) dpre(b, h, t, t2) = scale * att(b, h, t, t2) * (dpre(b, h, t, t2) - dot);
-        for (int t2 = t + 1; t2 < Tn; ++t2) dpre(b, h, t, t2) = 0;
+      "tapestry::attention_softmax_backward", detail::team_per_row(blas.exec(), s.B * NH * Tn),
+      KOKKOS_LAMBDA(const detail::Member& m) {
+        const int i = m.league_rank(), t = i % Tn, h = (i / Tn) % NH, b = i / (Tn * NH);
+        const T dot = detail::team_sum<T>(m, t + 1, [&](int t2) { return att(b, h, t, t2) * dpre(b, h, t, t2); });
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Tn), [&](int t2) {
+          dpre(b, h, t, t2) = t2 <= t ? scale * att(b, h, t, t2) * (dpre(b, h, t, t2) - dot) : T(0);
+        });
       });
   for (int b = 0; b < s.B; ++b) {
     const T* q = qkv.data() + long(b) * Tn * 3 * C;
     T* dq = dqkv.data() + long(b) * Tn * 3 * C;
     const T* ds = dpre.data() + long(b) * NH * TT;
     // dQ (T, hs) = dS (T, T) @ K (T, hs);  dK (T, hs) = dS^T (T, T) @ Q (T, hs)
-    blas.gemm_strided_batched<T>(false, false, Tn, hs, Tn, T(1), ds, Tn, TT, q + C, 3 * C, hs, T(0), dq, 3 * C, hs, NH);
-    blas.gemm_strided_batched<T>(true, false, Tn, hs, Tn, T(1), ds, Tn, TT, q, 3 * C, hs, T(0), dq + C, 3 * C, hs, NH);
+    blas.attention_gemm<T>(false, false, Tn, hs, Tn, T(1), ds, Tn, TT, q + C, 3 * C, hs, T(0), dq, 3 * C, hs, NH);
+    blas.attention_gemm<T>(true, false, Tn, hs, Tn, T(1), ds, Tn, TT, q, 3 * C, hs, T(0), dq + C, 3 * C, hs, NH);
   }
 }
 

@@ -2,25 +2,10 @@
 
 #include <cstring>
 
+#include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/math.hpp"
 
 namespace tapestry::kernels {
-
-namespace {
-KOKKOS_INLINE_FUNCTION std::uint16_t to_bf16(float x) {
-  std::uint32_t u;
-  memcpy(&u, &x, 4);
-  if ((u & 0x7f800000u) == 0x7f800000u) return std::uint16_t(u >> 16);  // inf / nan: truncate
-  u += 0x7fffu + ((u >> 16) & 1u);                                       // round to nearest even
-  return std::uint16_t(u >> 16);
-}
-KOKKOS_INLINE_FUNCTION float from_bf16(std::uint16_t h) {
-  const std::uint32_t u = std::uint32_t(h) << 16;
-  float x;
-  memcpy(&x, &u, 4);
-  return x;
-}
-}  // namespace
 
 Compression parse_compression(const std::string& name) {
   if (name == "bf16") return Compression::bf16;

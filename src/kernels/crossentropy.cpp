@@ -1,6 +1,7 @@
 #include "tapestry/kernels/crossentropy.hpp"
 
 #include "tapestry/kernels/math.hpp"
+#include "team.hpp"
 
 namespace tapestry::kernels {
 
@@ -9,20 +10,19 @@ void softmax_xent_forward(const ExecSpace& exec, View2<T> probs, View1<T> losses
                           In1<int> targets, int V) {
   const int N = int(logits.extent(0)), Vp = int(logits.extent(1));
   Kokkos::parallel_for(
-      "tapestry::softmax_xent_forward", Kokkos::RangePolicy<ExecSpace>(exec, 0, N),
-      KOKKOS_LAMBDA(int n) {
-        T maxv = -1e30;
-        for (int v = 0; v < V; ++v) { const T x_ = logits(n, v); maxv = x_ > maxv ? x_ : maxv; }
-        T sum = 0;
-        for (int v = 0; v < V; ++v) {
+      "tapestry::softmax_xent_forward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
+        const int n = m.league_rank();
+        const T maxv = detail::team_max<T>(m, V, T(-1e30), [&](int v) { return logits(n, v); });
+        const T sum = detail::team_sum<T>(m, V, [&](int v) {
           const T e = math::exp(logits(n, v) - maxv);
           probs(n, v) = e;
-          sum += e;
-        }
+          return e;
+        });
         const T inv = T(1) / sum;
-        for (int v = 0; v < V; ++v) probs(n, v) *= inv;
-        for (int v = V; v < Vp; ++v) probs(n, v) = 0;
-        losses(n) = -math::log(probs(n, targets(n)));
+        m.team_barrier();  // the exponentials are in probs
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vp), [&](int v) { probs(n, v) = v < V ? probs(n, v) * inv : T(0); });
+        m.team_barrier();
+        Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = -math::log(probs(n, targets(n))); });
       });
 }
 
@@ -33,9 +33,9 @@ void softmax_xent_backward(const ExecSpace& exec, View2<T> dlogits, In2<T> probs
   const T d = T(dloss);
   const int Vr = V - vocab_begin;  // this shard's real columns: [0, Vr)
   Kokkos::parallel_for(
-      "tapestry::softmax_xent_backward",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(exec, {0, 0}, {N, Vp}),
-      KOKKOS_LAMBDA(int n, int v) {
+      "tapestry::softmax_xent_backward", Kokkos::RangePolicy<ExecSpace>(exec, 0, std::size_t(N) * Vp),
+      KOKKOS_LAMBDA(std::size_t i) {  // flat: consecutive threads, consecutive columns
+        const int n = int(i / std::size_t(Vp)), v = int(i % std::size_t(Vp));
         const T p = v < Vr ? probs(n, v) : T(0);
         dlogits(n, v) = d * (p - (v + vocab_begin == targets(n) ? T(1) : T(0)));
       });
@@ -47,15 +47,16 @@ void xent_shard_stats(const ExecSpace& exec, View2<T> stats, In2<T> logits, In1<
   const int N = int(logits.extent(0)), Vl = int(logits.extent(1));
   const int Vr = V - vocab_begin < Vl ? V - vocab_begin : Vl;  // real columns here (may be <= 0)
   Kokkos::parallel_for(
-      "tapestry::xent_shard_stats", Kokkos::RangePolicy<ExecSpace>(exec, 0, N), KOKKOS_LAMBDA(int n) {
-        T maxv = -1e30;
-        for (int v = 0; v < Vr; ++v) maxv = logits(n, v) > maxv ? logits(n, v) : maxv;
-        T sum = 0;
-        for (int v = 0; v < Vr; ++v) sum += math::exp(logits(n, v) - maxv);
-        const int t = targets(n) - vocab_begin;
-        stats(n, 0) = maxv;
-        stats(n, 1) = sum;
-        stats(n, 2) = t >= 0 && t < Vr ? logits(n, t) : T(0);
+      "tapestry::xent_shard_stats", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
+        const int n = m.league_rank();
+        const T maxv = detail::team_max<T>(m, Vr, T(-1e30), [&](int v) { return logits(n, v); });
+        const T sum = detail::team_sum<T>(m, Vr, [&](int v) { return math::exp(logits(n, v) - maxv); });
+        Kokkos::single(Kokkos::PerTeam(m), [&] {
+          const int t = targets(n) - vocab_begin;
+          stats(n, 0) = maxv;
+          stats(n, 1) = sum;
+          stats(n, 2) = t >= 0 && t < Vr ? logits(n, t) : T(0);
+        });
       });
 }
 
@@ -65,8 +66,9 @@ void xent_shard_finish(const ExecSpace& exec, View2<T> probs, View1<T> losses, I
   const int N = int(logits.extent(0)), Vl = int(logits.extent(1)), R = int(all_stats.extent(0));
   const int Vr = V - vocab_begin < Vl ? V - vocab_begin : Vl;
   Kokkos::parallel_for(
-      "tapestry::xent_shard_finish", Kokkos::RangePolicy<ExecSpace>(exec, 0, N), KOKKOS_LAMBDA(int n) {
-        T M = -1e30, target = 0;
+      "tapestry::xent_shard_finish", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
+        const int n = m.league_rank();
+        T M = -1e30, target = 0;  // every thread of the team: R is the TP size
         for (int r = 0; r < R; ++r) M = all_stats(r, n, 0) > M ? all_stats(r, n, 0) : M;
         T S = 0;
         for (int r = 0; r < R; ++r) {
@@ -74,8 +76,9 @@ void xent_shard_finish(const ExecSpace& exec, View2<T> probs, View1<T> losses, I
           target += all_stats(r, n, 2);
         }
         const T lse = M + math::log(S);
-        for (int v = 0; v < Vl; ++v) probs(n, v) = v < Vr ? math::exp(logits(n, v) - lse) : T(0);
-        losses(n) = lse - target;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vl),
+                             [&](int v) { probs(n, v) = v < Vr ? math::exp(logits(n, v) - lse) : T(0); });
+        Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = lse - target; });
       });
 }
 

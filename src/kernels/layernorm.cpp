@@ -1,6 +1,7 @@
 #include "tapestry/kernels/layernorm.hpp"
 
 #include "tapestry/kernels/math.hpp"
+#include "team.hpp"
 
 namespace tapestry::kernels {
 
@@ -10,21 +11,20 @@ void layernorm_forward(const ExecSpace& exec, View2<T> out, View1<T> mean, View1
   const int N = int(inp.extent(0)), C = int(inp.extent(1));
   const T e = T(eps);
   Kokkos::parallel_for(
-      "tapestry::layernorm_forward", Kokkos::RangePolicy<ExecSpace>(exec, 0, N),
-      KOKKOS_LAMBDA(int n) {
-        T m = 0;
-        for (int c = 0; c < C; ++c) m += inp(n, c);
-        m /= C;
-        T var = 0;
-        for (int c = 0; c < C; ++c) {
-          const T d = inp(n, c) - m;
-          var += d * d;
-        }
-        var /= C;
+      "tapestry::layernorm_forward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& tm) {
+        const int n = tm.league_rank();
+        const T m = detail::team_sum<T>(tm, C, [&](int c) { return inp(n, c); }) / C;
+        const T var = detail::team_sum<T>(tm, C, [&](int c) {
+                        const T d = inp(n, c) - m;
+                        return d * d;
+                      }) / C;
         const T s = T(1) / math::sqrt(var + e);
-        for (int c = 0; c < C; ++c) out(n, c) = (inp(n, c) - m) * s * weight(c) + bias(c);
-        mean(n) = m;
-        rstd(n) = s;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C),
+                             [&](int c) { out(n, c) = (inp(n, c) - m) * s * weight(c) + bias(c); });
+        Kokkos::single(Kokkos::PerTeam(tm), [&] {
+          mean(n) = m;
+          rstd(n) = s;
+        });
       });
 }
 
@@ -34,35 +34,31 @@ void layernorm_backward(const ExecSpace& exec, View2<T> dinp, View1<T> dweight, 
   const int N = int(inp.extent(0)), C = int(inp.extent(1));
   // dinp: one row per work item.
   Kokkos::parallel_for(
-      "tapestry::layernorm_backward_input", Kokkos::RangePolicy<ExecSpace>(exec, 0, N),
-      KOKKOS_LAMBDA(int n) {
+      "tapestry::layernorm_backward_input", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& tm) {
+        const int n = tm.league_rank();
         const T m = mean(n), s = rstd(n);
-        T dnorm_mean = 0, dnorm_norm_mean = 0;
-        for (int c = 0; c < C; ++c) {
-          const T norm = (inp(n, c) - m) * s;
-          const T dnorm = weight(c) * dout(n, c);
-          dnorm_mean += dnorm;
-          dnorm_norm_mean += dnorm * norm;
-        }
-        dnorm_mean /= C;
-        dnorm_norm_mean /= C;
-        for (int c = 0; c < C; ++c) {
+        const T dnorm_mean = detail::team_sum<T>(tm, C, [&](int c) { return weight(c) * dout(n, c); }) / C;
+        const T dnorm_norm_mean =
+            detail::team_sum<T>(tm, C, [&](int c) {
+              const T norm = (inp(n, c) - m) * s;
+              return weight(c) * dout(n, c) * norm;
+            }) / C;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) {
           const T norm = (inp(n, c) - m) * s;
           const T dnorm = weight(c) * dout(n, c);
           dinp(n, c) += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
-        }
+        });
       });
-  // dweight, dbias: one channel per work item, reducing over rows (no atomics).
+  // dweight, dbias: one team per channel, reducing over rows (no atomics, a fixed order per backend).
   Kokkos::parallel_for(
-      "tapestry::layernorm_backward_params", Kokkos::RangePolicy<ExecSpace>(exec, 0, C),
-      KOKKOS_LAMBDA(int c) {
-        T dw = 0, db = 0;
-        for (int n = 0; n < N; ++n) {
-          dw += (inp(n, c) - mean(n)) * rstd(n) * dout(n, c);
-          db += dout(n, c);
-        }
-        dweight(c) += dw;
-        dbias(c) += db;
+      "tapestry::layernorm_backward_params", detail::team_per_row(exec, C), KOKKOS_LAMBDA(const detail::Member& tm) {
+        const int c = tm.league_rank();
+        const T dw = detail::team_sum<T>(tm, N, [&](int n) { return (inp(n, c) - mean(n)) * rstd(n) * dout(n, c); });
+        const T db = detail::team_sum<T>(tm, N, [&](int n) { return dout(n, c); });
+        Kokkos::single(Kokkos::PerTeam(tm), [&] {
+          dweight(c) += dw;
+          dbias(c) += db;
+        });
       });
 }
 

@@ -19,9 +19,8 @@ void matmul_forward(const Blas& blas, View2<T> out, In2<T> inp, In2<T> weight, I
   T beta = 0;
   if (bias.extent(0) > 0) {
     Kokkos::parallel_for(
-        "tapestry::matmul_forward_bias",
-        Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(blas.exec(), {0, 0}, {N, OC}),
-        KOKKOS_LAMBDA(int n, int o) { out(n, o) = bias(o); });
+        "tapestry::matmul_forward_bias", Kokkos::RangePolicy<ExecSpace>(blas.exec(), 0, std::size_t(N) * OC),
+        KOKKOS_LAMBDA(std::size_t i) { out.data()[i] = bias(int(i % std::size_t(OC))); });
     beta = 1;
   }
   // out (N,OC) = inp (N,C) @ weight^T (C,OC)

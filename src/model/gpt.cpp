@@ -202,10 +202,17 @@ View1<float> GPT::p1(const View1<float>& flat, int idx, int layer) const {
 
 void GPT::init_random(std::uint64_t seed) {
   std::vector<float> h(n_whole_, 0.0f);  // the whole model, then this rank's part of it
+  // Box-Muller on mt19937_64 words: no rejection loop (std::normal_distribution's polar method
+  // rejects on a rounded comparison, so one last-bit difference between compilers or -march
+  // flags shifts every later draw). Here a last-bit difference stays in its own value, and every
+  // build - CPU or CUDA, any layout - starts from the same weights.
   std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.02f);
-  const float resid_std = 0.02f / std::sqrt(2.0f * float(cfg_.n_layer));
-  std::normal_distribution<float> normal_resid(0.0f, resid_std);
+  auto uniform = [&rng] { return (double(rng() >> 11) + 0.5) * 0x1p-53; };  // (0, 1), never 0
+  auto normal = [&](double std) {
+    const double u1 = uniform(), u2 = uniform();
+    return float(std * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+  };
+  const double resid_std = 0.02 / std::sqrt(2.0 * double(cfg_.n_layer));
   for (std::size_t i = 0; i < whole_.size(); ++i) {
     const auto& t = whole_[i];
     float* p = h.data() + t.offset;
@@ -218,7 +225,7 @@ void GPT::init_random(std::uint64_t seed) {
       if (gain)
         v = 1.0f;
       else if (t.decay && j < n)
-        v = residual ? normal_resid(rng) : normal(rng);
+        v = normal(residual ? resid_std : 0.02);
       p[j] = v;
     }
   }
@@ -268,6 +275,7 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
   {
     Kokkos::View<const int**, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(inputs.data(), B_, T_);
     Kokkos::deep_copy(ex, tokens_, h);
+    if (stage_.embed) token_rows_.build(ex, inputs, v0, cfg_.vocab_padded() / k);
     Kokkos::View<const int*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> ht(targets.data(), N);
     Kokkos::deep_copy(ex, targets_, ht);
   }
@@ -400,7 +408,7 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   }
   if (stage_.embed) {
     output_grad(dres_, dresf_);
-    embedding_backward(ex, p2(G, WTE), p2(G, WPE), View3<float>(dresf_.data(), B_, T_, cfg_.d_model), tokens_, v0);
+    embedding_backward(ex, p2(G, WTE), p2(G, WPE), View3<float>(dresf_.data(), B_, T_, cfg_.d_model), token_rows_);
   }  // else dres_ holds d(stage input), for the previous stage
   if (sp_) {
     Kokkos::fence();

@@ -1,10 +1,112 @@
 #include "tapestry/parallel/runtime.hpp"
 
 #include <Kokkos_Core.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
+#ifdef KOKKOS_ENABLE_CUDA
+#include <cuda_runtime.h>
+#endif
+
 namespace tapestry::parallel {
+
+#ifdef KOKKOS_ENABLE_CUDA
+namespace {
+
+/// The compute capability the Kokkos found was built for (Kokkos builds one GPU architecture).
+int built_sm() {
+#if defined(KOKKOS_ARCH_BLACKWELL120)
+  return 120;
+#elif defined(KOKKOS_ARCH_BLACKWELL100)
+  return 100;
+#elif defined(KOKKOS_ARCH_HOPPER90)
+  return 90;
+#elif defined(KOKKOS_ARCH_ADA89)
+  return 89;
+#elif defined(KOKKOS_ARCH_AMPERE87)
+  return 87;
+#elif defined(KOKKOS_ARCH_AMPERE86)
+  return 86;
+#elif defined(KOKKOS_ARCH_AMPERE80)
+  return 80;
+#elif defined(KOKKOS_ARCH_TURING75)
+  return 75;
+#elif defined(KOKKOS_ARCH_VOLTA72)
+  return 72;
+#elif defined(KOKKOS_ARCH_VOLTA70)
+  return 70;
+#else
+  return 0;  // unknown to this list: no check
+#endif
+}
+
+std::string sm_name(int sm) { return "sm_" + std::to_string(sm); }
+
+/// This rank's GPU, from its node-local rank: device `local rank` when the node's ranks see enough
+/// GPUs, device 0 when each rank sees one (a scheduler's per-task binding). `error` is one line
+/// naming rank, node and device when that cannot work; `line` describes the choice for the log.
+struct GpuChoice {
+  int device = -1;
+  std::string error, line;
+};
+
+GpuChoice choose_gpu(MPI_Comm world, int rank) {
+  GpuChoice c;
+  MPI_Comm node;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+  int lr = 0, ls = 1;
+  MPI_Comm_rank(node, &lr);
+  MPI_Comm_size(node, &ls);
+  char host[MPI_MAX_PROCESSOR_NAME] = {};
+  int len = 0;
+  MPI_Get_processor_name(host, &len);
+  const char* cvd = std::getenv("CUDA_VISIBLE_DEVICES");
+  const std::string who = "rank " + std::to_string(rank) + " on node " + host + " (local rank " + std::to_string(lr) +
+                          " of " + std::to_string(ls) + ")";
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  unsigned char uuid[16] = {};
+  if (e != cudaSuccess || n == 0) {
+    c.error = who + ": no CUDA device visible (" + (e != cudaSuccess ? cudaGetErrorString(e) : "0 devices") +
+              "; CUDA_VISIBLE_DEVICES=" + (cvd ? "'" + std::string(cvd) + "'" : "unset") + ")";
+  } else if (ls > n && n > 1) {
+    c.error = who + ": " + std::to_string(ls) + " ranks on this node but " + std::to_string(n) +
+              " GPUs visible; start at most " + std::to_string(n) + " ranks per node (one per GPU)";
+  } else {
+    c.device = ls <= n ? lr : 0;
+    cudaDeviceProp p{};
+    cudaGetDeviceProperties(&p, c.device);
+    const int sm = p.major * 10 + p.minor, built = built_sm();
+    char bus[32];
+    std::snprintf(bus, sizeof(bus), "%04x:%02x:%02x", p.pciDomainID, p.pciBusID, p.pciDeviceID);
+    c.line = who + ": GPU " + std::to_string(c.device) + " of " + std::to_string(n) + ", " + p.name + ", " +
+             sm_name(sm) + ", " + std::to_string(p.totalGlobalMem >> 30) + " GiB, PCI " + bus;
+    if (built && sm < built)
+      c.error = who + ": GPU " + std::to_string(c.device) + " (" + p.name + ", " + sm_name(sm) + ") is older than " +
+                sm_name(built) + ", which this build's Kokkos targets; rebuild Kokkos with this GPU's architecture";
+    else if (built && sm > built)
+      c.line += " (binary built for " + sm_name(built) + ": runs through PTX JIT, below full speed)";
+    std::memcpy(uuid, p.uuid.bytes, 16);
+  }
+  // Two ranks of the node on one physical GPU (each sees one device, the same one): too many ranks.
+  std::vector<unsigned char> all(std::size_t(ls) * 16);
+  MPI_Allgather(uuid, 16, MPI_UNSIGNED_CHAR, all.data(), 16, MPI_UNSIGNED_CHAR, node);
+  if (c.error.empty())
+    for (int other = 0; other < lr; ++other)
+      if (std::memcmp(all.data() + std::size_t(other) * 16, uuid, 16) == 0) {
+        c.error = who + ": GPU " + std::to_string(c.device) + " is already used by local rank " + std::to_string(other) +
+                  ": more ranks on this node than GPUs (" + std::to_string(ls) + " ranks; give each rank its own GPU)";
+        break;
+      }
+  MPI_Comm_free(&node);
+  return c;
+}
+
+}  // namespace
+#endif
 
 Runtime::Runtime(int& argc, char**& argv) {
   int provided = 0;
@@ -13,8 +115,35 @@ Runtime::Runtime(int& argc, char**& argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
   // Kokkos sees only its own --kokkos-* arguments (otherwise it answers --help too).
   std::vector<char*> kargs{argv[0]};
+  bool device_given = false;
   for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]).rfind("--kokkos-", 0) == 0) kargs.push_back(argv[i]);
+    if (std::string(argv[i]).rfind("--kokkos-", 0) == 0) {
+      kargs.push_back(argv[i]);
+      device_given = device_given || std::string(argv[i]).rfind("--kokkos-device-id", 0) == 0 ||
+                     std::string(argv[i]).rfind("--kokkos-map-device-id-by", 0) == 0;
+    }
+#ifdef KOKKOS_ENABLE_CUDA
+  std::string device_arg;
+  if (!device_given) {
+    const GpuChoice g = choose_gpu(MPI_COMM_WORLD, rank_);
+    int bad = g.error.empty() ? 0 : 1, any = 0;
+    MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (any) {  // every rank leaves; the ranks at fault say why
+      if (bad) std::fprintf(stderr, "tapestry: error: %s\n", g.error.c_str());
+      MPI_Finalize();
+      std::exit(1);
+    }
+    // Rank 0 collects one line per rank for the log.
+    char mine[512] = {};
+    std::snprintf(mine, sizeof(mine), "%s", g.line.c_str());
+    std::vector<char> lines(rank_ == 0 ? std::size_t(size_) * sizeof(mine) : 0);
+    MPI_Gather(mine, int(sizeof(mine)), MPI_CHAR, lines.data(), int(sizeof(mine)), MPI_CHAR, 0, MPI_COMM_WORLD);
+    for (int r = 0; rank_ == 0 && r < size_; ++r) devices_ += std::string(lines.data() + std::size_t(r) * sizeof(mine)) + "\n";
+    device_arg = "--kokkos-device-id=" + std::to_string(g.device);
+    kargs.push_back(device_arg.data());
+  }
+#endif
+  (void)device_given;
   int kargc = int(kargs.size());
   kargs.push_back(nullptr);
   Kokkos::initialize(kargc, kargs.data());

@@ -1,6 +1,8 @@
 #include "tapestry/train/bench.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <map>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -37,6 +39,68 @@ double peak_rss_mib() {
     if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
   return 0;
 }
+
+/// Wall time per Kokkos kernel name, through Kokkos's tools callbacks: each kernel is fenced
+/// before and after, so the step is slower while it runs; it shows where the time goes. (cuBLAS
+/// calls are not Kokkos kernels: the BLAS share is timed separately.)
+class KernelTimes {
+ public:
+  explicit KernelTimes(bool on) : on_(on) {
+    if (!on_) return;
+    self_ = this;
+    namespace kt = Kokkos::Tools::Experimental;
+    kt::set_begin_parallel_for_callback(&begin), kt::set_end_parallel_for_callback(&end);
+    kt::set_begin_parallel_reduce_callback(&begin), kt::set_end_parallel_reduce_callback(&end);
+    kt::set_begin_parallel_scan_callback(&begin), kt::set_end_parallel_scan_callback(&end);
+  }
+  ~KernelTimes() {
+    if (!on_) return;
+    namespace kt = Kokkos::Tools::Experimental;
+    kt::set_begin_parallel_for_callback(nullptr), kt::set_end_parallel_for_callback(nullptr);
+    kt::set_begin_parallel_reduce_callback(nullptr), kt::set_end_parallel_reduce_callback(nullptr);
+    kt::set_begin_parallel_scan_callback(nullptr), kt::set_end_parallel_scan_callback(nullptr);
+    self_ = nullptr;
+  }
+  KernelTimes(const KernelTimes&) = delete;
+  KernelTimes& operator=(const KernelTimes&) = delete;
+  void record(bool r) { recording_ = r; }
+
+  /// The kernels by total time, ms per step.
+  void report(std::ostream& out, int steps, double step_ms) const {
+    if (!on_) return;
+    std::vector<std::pair<double, std::string>> rows;
+    double total = 0;
+    for (const auto& [name, t] : times_) rows.push_back({t.first, name}), total += t.first;
+    std::sort(rows.rbegin(), rows.rend());
+    out << "  Kokkos kernels (fenced each; ms per step, calls per step), " << fmt("%.1f", 1e3 * total / steps)
+        << " ms in all of " << fmt("%.1f", step_ms) << " ms:\n";
+    for (const auto& [s, name] : rows)
+      if (1e3 * s / steps >= 0.05)
+        out << "    " << fmt("%9.2f", 1e3 * s / steps) << "  " << fmt("%6.0f", double(times_.at(name).second) / steps)
+            << "  " << name << "\n";
+  }
+
+ private:
+  static void begin(const char* name, std::uint32_t, std::uint64_t* id) {
+    if (!self_ || !self_->recording_) return;
+    Kokkos::fence();
+    self_->names_.push_back(name);
+    *id = self_->names_.size() - 1;
+    self_->start_ = Clock::now();
+  }
+  static void end(std::uint64_t id) {
+    if (!self_ || !self_->recording_ || id >= self_->names_.size()) return;
+    Kokkos::fence();
+    auto& t = self_->times_[self_->names_[id]];
+    t.first += since(self_->start_);
+    t.second += 1;
+  }
+  static inline KernelTimes* self_ = nullptr;  // the callbacks are plain functions
+  bool on_, recording_ = false;
+  std::vector<std::string> names_;
+  std::map<std::string, std::pair<double, int>> times_;
+  Clock::time_point start_;
+};
 }  // namespace
 
 StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& world, std::ostream& out_root) {
@@ -51,7 +115,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   });
   const parallel::ProcessGrid& grid = *grid_owner;
   const int dp = grid.layout().dp(), tp = cfg.tp;
-  kernels::Blas blas;
+  kernels::Blas blas(ExecSpace(), parse_precision(cfg.precision));
   detail::CollectivesTp tpg(parallel::make_collectives(parallel::parse_backend("auto"), grid.tp()));
   model::GptOptions opt;
   opt.tp = &tpg, opt.sequence_parallel = cfg.sequence_parallel;
@@ -69,9 +133,11 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
 
   StepBenchResult r;
   const auto& ex = blas.exec();
+  KernelTimes kernel_times(cfg.kernel_times);
   for (int it = 0; it < cfg.warmup + cfg.iters; ++it) {
     const bool timed = it >= cfg.warmup;
     blas.set_timing(timed);
+    kernel_times.record(timed);
     world.barrier();
     auto t0 = Clock::now();
     gpt.zero_grad();
@@ -111,7 +177,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   out << "# bench step: L=" << cfg.model.n_layer << " H=" << cfg.model.n_head << " C=" << cfg.model.d_model
       << " V=" << cfg.model.vocab_size << " B=" << B << " T=" << T << " params=" << cfg.model.num_parameters()
       << " ranks=" << P << " (tp=" << tp << (cfg.sequence_parallel && tp > 1 ? " with sequence parallelism" : "")
-      << ", dp=" << dp << "; " << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
+      << ", dp=" << dp << "; " << cfg.precision << "; " << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
       << "  ms/step " << fmt("%.1f", r.ms_per_step) << "  (forward " << fmt("%.1f", r.forward_ms)
       << ", backward " << fmt("%.1f", r.backward_ms) << ", all-reduce " << fmt("%.1f", r.comm_ms)
       << ", grad-norm+AdamW " << fmt("%.1f", r.update_ms)
@@ -121,6 +187,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
       << "  memory: peak RSS " << fmt("%.0f", r.peak_rss_mib) << " MiB; params+grads+AdamW "
       << fmt("%.0f", r.model_state_mib) << " MiB + activations " << fmt("%.0f", r.activation_mib) << " MiB = "
       << fmt("%.0f", r.model_state_mib + r.activation_mib) << " MiB\n";
+  kernel_times.report(out, cfg.iters, r.ms_per_step);
   if (tp > 1) {
     // Per layer and micro-batch: 2 all-reduces of (B*T, C) floats forward (attention and MLP
     // outputs), 2 backward (their inputs' gradients); with sequence parallelism each is an
@@ -193,10 +260,18 @@ void bench_ckpt(const BenchCkptConfig& cfg, const parallel::Comm& world, std::os
 double bench_gemm(const BenchGemmConfig& cfg, std::ostream& out) {
   require(cfg.size >= 1 && cfg.iters >= 1, "bench gemm needs size >= 1 and iters >= 1");
   const int n = cfg.size;
-  kernels::Blas blas;
+  const Precision precision = parse_precision(cfg.precision);
+  kernels::Blas blas(ExecSpace(), precision);
   View2<float> a("tapestry::bench_a", n, n), b("tapestry::bench_b", n, n), c("tapestry::bench_c", n, n);
-  Kokkos::deep_copy(a, 1.0f);
-  Kokkos::deep_copy(b, 0.5f);
+  // Values in [-1, 1) from a multiplicative hash: tensor cores draw less power (and clock higher)
+  // on constant data, so constants would overstate the rate.
+  Kokkos::parallel_for(
+      "tapestry::bench_gemm_fill", Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>({0, 0}, {n, n}),
+      KOKKOS_LAMBDA(int i, int j) {
+        const std::uint32_t h = (std::uint32_t(i) * 2654435761u) ^ (std::uint32_t(j) * 2246822519u);
+        a(i, j) = float(h >> 8) / float(1u << 23) - 1.0f;
+        b(j, i) = float((h * 3266489917u) >> 8) / float(1u << 23) - 1.0f;
+      });
   blas.gemm<float>(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);  // warm-up
   blas.exec().fence();
   const auto t0 = Clock::now();
@@ -205,7 +280,8 @@ double bench_gemm(const BenchGemmConfig& cfg, std::ostream& out) {
   blas.exec().fence();
   const double dt = since(t0) / cfg.iters;
   const double gflops = 2.0 * n * double(n) * n / dt / 1e9;
-  out << "# bench gemm: sgemm M=N=K=" << n << "  " << fmt("%.2f", dt * 1e3) << " ms  " << fmt("%.1f", gflops)
+  out << "# bench gemm: " << (precision == Precision::bf16 ? "bf16 x bf16 -> fp32 (inputs rounded per call)" : "sgemm")
+      << " M=N=K=" << n << "  " << fmt("%.2f", dt * 1e3) << " ms  " << fmt("%.1f", gflops)
       << " GFLOP/s\n";
   return gflops;
 }

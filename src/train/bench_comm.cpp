@@ -67,6 +67,9 @@ std::vector<AllreduceRow> bench_allreduce(const BenchAllreduceConfig& cfg, const
   std::ostream& out = world.rank() == 0 ? out_root : null_sink;
   const int P = world.size();
   auto coll = parallel::make_collectives(parallel::parse_backend(cfg.collectives), world);
+  // The baseline: MPI_Allreduce on the same buffer (through host copies where the MPI cannot read
+  // device memory).
+  auto mpi_coll = parallel::make_collectives(parallel::Backend::mpi, world);
   std::unique_ptr<parallel::SiteTopology> topo;
   std::unique_ptr<parallel::GradReducer> owned;
   float tol = 0.0f;  // lossless and bf16 (small integers) are exact
@@ -101,7 +104,7 @@ std::vector<AllreduceRow> bench_allreduce(const BenchAllreduceConfig& cfg, const
     float* p = v.data();
     const std::size_t n = std::size_t(row.count);
     auto ours = [&] { reducer.all_reduce_sum(p, n); };
-    auto mpi = [&] { MPI_Allreduce(MPI_IN_PLACE, p, int(n), MPI_FLOAT, MPI_SUM, world.get()); };
+    auto mpi = [&] { mpi_coll->all_reduce_sum(p, n); };
     row.tapestry_wrong = count_wrong(v, ours, world, tol);
     row.mpi_wrong = count_wrong(v, mpi, world);
     Kokkos::deep_copy(v, 0.0f);  // timed calls sum zeros: no overflow, no denormals

@@ -439,7 +439,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   const parallel::Comm& dpc = grid.dp();
   const int dp = dpc.size(), tp = grid.layout().tp(), B = cfg.batch_size, T = cfg.seq_len;
   const bool zero = cfg.parallel.zero == 1;
-  kernels::Blas blas;
+  kernels::Blas blas(ExecSpace(), parse_precision(cfg.precision));
   const auto& ex = blas.exec();
 
   const double tokens_per_step = double(cfg.global_batch) * T;
@@ -449,6 +449,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       << " H=" << cfg.model.n_head << " C=" << cfg.model.d_model << " V=" << cfg.model.vocab_size
       << "), " << grid.layout().describe() << ", global batch " << cfg.global_batch << " x T=" << T
       << " (B=" << B << " per rank, grad_accum=" << cfg.grad_accum << ")" << (zero ? ", ZeRO-1" : "")
+      << (blas.precision() == Precision::bf16 ? ", bf16 matmuls (fp32 accumulation, weights and optimizer)" : "")
       << ", " << r.train_loader->num_tokens() << " training tokens, " << cfg.steps << " steps\n";
   if (r.pipe) {
     const auto per = stage_layers(cfg.model.n_layer, grid.layout().pp(), cfg.parallel.pp_split);

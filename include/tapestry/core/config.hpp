@@ -63,6 +63,13 @@ struct ParallelConfig {
   double federation_timeout = 120;  ///< seconds for all sites to join
 };
 
+/// Arithmetic of the fp32 matrix multiplies: fp32 throughout, or bf16 inputs (rounded to nearest
+/// even) with fp32 accumulation and an fp32 result, as on tensor cores. fp64 is never rounded.
+enum class Precision { fp32, bf16 };
+
+/// "fp32" or "bf16"; throws tapestry::Error naming the value otherwise.
+Precision parse_precision(const std::string& name);
+
 /// \brief One training run.
 struct TrainConfig {
   ModelConfig model;
@@ -87,7 +94,10 @@ struct TrainConfig {
   int keep = 3;              ///< keep the newest K checkpoints; 0: keep all
   std::string resume;        ///< "", "auto" (ckpt_dir/latest if any) or a checkpoint path
   double peak_flops = 437e9;  ///< for MFU: FP32 FMA peak of the devices this rank uses
-  std::string attention = "auto";  ///< matrix (T x T in memory, BLAS), tiled, or auto (tiled on CUDA)
+  std::string attention = "auto";  ///< matrix (T x T in memory, BLAS), tiled, or auto (= matrix)
+  /// fp32, or bf16: matrix multiplies take bf16 inputs and accumulate in fp32; master weights,
+  /// gradients, AdamW state, reductions and the other kernels stay fp32.
+  std::string precision = "fp32";
 };
 
 /// \brief Throws tapestry::Error with one line naming the first problem found.
@@ -119,6 +129,8 @@ struct BenchStepConfig {
   int tp = 1;                      ///< tensor-parallel ranks (the rest of the job is data parallel)
   bool sequence_parallel = false;
   std::string attention = "auto";  ///< as TrainConfig::attention
+  std::string precision = "fp32";  ///< as TrainConfig::precision
+  bool kernel_times = false;       ///< time every Kokkos kernel (fenced) and list them
   int batch_size = 4;
   int seq_len = 64;
   int warmup = 2;
@@ -132,6 +144,7 @@ struct BenchStepConfig {
 struct BenchGemmConfig {
   int size = 2048;
   int iters = 10;
+  std::string precision = "fp32";  ///< fp32, or bf16 inputs with fp32 accumulation
 };
 
 /// \brief `tapestry bench allreduce`: nccl-tests style sweep of message sizes.

@@ -3,21 +3,29 @@
 /// \brief Vendor BLAS behind one object: cuBLAS when Kokkos runs on CUDA, a host CBLAS otherwise.
 
 #include <memory>
+#include <string>
 
+#include "tapestry/core/config.hpp"
 #include "tapestry/core/views.hpp"
 
 namespace tapestry::kernels {
 
 /// \brief Owns the BLAS handle bound to one execution-space instance (its stream on GPUs).
 /// Matrices are row-major (LayoutRight) and live in ExecSpace's memory.
+///
+/// With Precision::bf16 every fp32 gemm rounds its inputs to bf16 first (into scratch that
+/// the object keeps): cuBLAS then multiplies bf16 x bf16 into fp32 on the tensor cores; a host
+/// BLAS multiplies the rounded values in fp32, which gives the same products (a product of two
+/// bf16 values is exact in fp32) with fp32 accumulation. gemv (bias gradients) stays fp32.
 class Blas {
  public:
-  explicit Blas(const ExecSpace& exec = ExecSpace());
+  explicit Blas(const ExecSpace& exec = ExecSpace(), Precision precision = Precision::fp32);
   ~Blas();
   Blas(const Blas&) = delete;
   Blas& operator=(const Blas&) = delete;
 
   const ExecSpace& exec() const { return exec_; }
+  Precision precision() const { return precision_; }
 
   /// C(M,N) = alpha * op(A) * op(B) + beta * C, row-major; op(A) is (M,K), op(B) is (K,N).
   template <class T>
@@ -29,6 +37,15 @@ class Blas {
   void gemm_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A,
                             int lda, long stride_a, const T* B, int ldb, long stride_b, T beta, T* C,
                             int ldc, long stride_c, int count) const;
+
+  /// The attention's products of two activations (Q K^T, P V and their gradients), batched over
+  /// heads. Under Precision::bf16 they run in TF32 on the GPU's tensor cores (fp32 inputs read as
+  /// TF32, fp32 accumulation) instead of rounding the T x T matrices to bf16 first, a pass over
+  /// memory that cost more than the products (docs/gpu.md); on hosts they stay fp32.
+  template <class T>
+  void attention_gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
+                      long stride_a, const T* B, int ldb, long stride_b, T beta, T* C, int ldc, long stride_c,
+                      int count) const;
 
   /// y(N) = alpha * A(M,N)^T * x(M) + beta * y, row-major A.
   template <class T>
@@ -44,9 +61,14 @@ class Blas {
 
  private:
   struct Impl;
+  template <class T>
+  void run_gemm(bool round_bf16, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
+                long stride_a, const T* B, int ldb, long stride_b, T beta, T* C, int ldc, long stride_c,
+                int count) const;
   template <class F> void timed(F&& f) const;
 
   ExecSpace exec_;
+  Precision precision_;
   std::unique_ptr<Impl> impl_;
   bool timing_ = false;
   mutable double seconds_ = 0;

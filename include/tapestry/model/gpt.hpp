@@ -11,6 +11,7 @@
 #include "tapestry/core/config.hpp"
 #include "tapestry/core/views.hpp"
 #include "tapestry/kernels/blas.hpp"
+#include "tapestry/kernels/embedding.hpp"
 #include "tapestry/model/tensor_parallel.hpp"
 
 namespace tapestry::model {
@@ -47,13 +48,10 @@ struct GptOptions {
   const TpGroup* tp = nullptr;     ///< tensor-parallel group (must outlive the model); null: alone
   bool sequence_parallel = false;  ///< with tp: LayerNorm and residual regions split along the tokens
   Stage stage;                     ///< pipeline stage
-  /// Attention without the T x T matrices in memory (kernels/attention_tiled.hpp). The default is
-  /// on for CUDA builds and off elsewhere, where the BLAS-batched kernel is faster.
-#ifdef KOKKOS_ENABLE_CUDA
-  bool tiled_attention = true;
-#else
+  /// Attention without the T x T matrices in memory (kernels/attention_tiled.hpp). Off by
+  /// default: the BLAS-batched kernel is faster on CPUs and, as measured on an H100 (docs/gpu.md),
+  /// on GPUs too; the tiled kernel is for sequences whose T x T matrices do not fit.
   bool tiled_attention = false;
-#endif
 };
 
 /// The 16 tensors of llm.c's layout for this shape, in order: whole (tp = 1, whole stage) or one
@@ -149,6 +147,7 @@ class GPT {
   std::size_t n_params_ = 0, n_whole_ = 0;
   View1<float> params_, grads_;
   TokenView tokens_;
+  kernels::TokenRows token_rows_;  ///< this batch's tokens grouped by wte row (embedding backward)
   Kokkos::View<int*, Layout, MemSpace> targets_;
   View2<float> encoded_, lnf_, logits_;  // logits (BT, Vp) hold probs, then dlogits; encoded_ a chunk
   View2<float> emb_full_, lnfc_, projc_, dresf_, dtmpc_;  // full/chunk partners (aliases without SP)
