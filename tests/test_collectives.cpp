@@ -2,6 +2,8 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <cmath>
 #include <numeric>
 
@@ -12,6 +14,7 @@
 #include "tapestry/core/error.hpp"
 #include "tapestry/parallel/grad_reducer.hpp"
 #include "tapestry/parallel/hierarchical.hpp"
+#include "tapestry/parallel/mpi_buffer.hpp"
 
 using namespace tapestry;
 using namespace tapestry::parallel;
@@ -112,6 +115,30 @@ TEST_CASE("the bucketed flat reducer equals one all-reduce for any bucket size",
   }
   REQUIRE(all_ranks(ok));
   REQUIRE_THROWS_AS(FlatReducer(*c, 0), tapestry::Error);
+}
+
+TEST_CASE("MPI message buffers: direct where MPI reads the memory, host copies otherwise", "[collectives][staging]") {
+  // TAPESTRY_MPI_STAGING=1 (the *_staged CTest runs) forces the host copies that a GPU build
+  // under a non-CUDA-aware MPI uses; on this host build MPI reads the buffers directly otherwise.
+  const char* force = std::getenv("TAPESTRY_MPI_STAGING");
+  const bool staged = force && std::string(force) == "1";
+  if (staged) REQUIRE_FALSE(mpi_reads_device_memory());
+  else if (Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) REQUIRE(mpi_reads_device_memory());
+  ExecSpace ex;
+  auto v = device({1, 2, 3, 4, 5});
+  auto b = MpiBuffer::over(v.data(), 5);
+  REQUIRE(b.size() == 5);
+  REQUIRE((b.data() == v.data()) == mpi_reads_device_memory());
+  b.copy_in(ex);
+  for (int i = 0; i < 5; ++i) b.data()[i] *= 10;  // what an MPI receive would write (host-readable here)
+  b.copy_out(ex);
+  REQUIRE(host(v) == std::vector<float>{10, 20, 30, 40, 50});
+  MpiBuffer own("own", 3);
+  auto w = device({7, 8, 9});
+  own.copy_from(ex, w.data());
+  auto z = device({0, 0, 0});
+  own.copy_to(ex, z.data());
+  REQUIRE(host(z) == std::vector<float>{7, 8, 9});
 }
 
 TEST_CASE("backend selection and NCCL's presence", "[collectives]") {

@@ -7,14 +7,15 @@ namespace tapestry::train::detail {
 
 Pipeline::Pipeline(model::GPT& gpt, const parallel::Comm& pp, int micro_batches)
     : gpt_(gpt), pp_(pp), stage_(pp.rank()), stages_(pp.size()), M_(micro_batches) {
-  const auto rows = gpt.stage_input().extent(0), C = gpt.stage_input().extent(1);
+  const std::size_t n = gpt.stage_input().size();
   for (int m = 0; m < M_; ++m) {
     if (stage_ > 0) {
-      inputs_.emplace_back("tapestry::pipe_input", rows, C);
-      send_grad_.emplace_back("tapestry::pipe_send_grad", rows, C);
+      inputs_.emplace_back("tapestry::pipe_input", n);
+      send_grad_.emplace_back("tapestry::pipe_send_grad", n);
     }
-    if (stage_ < stages_ - 1) send_act_.emplace_back("tapestry::pipe_send_act", rows, C);
+    if (stage_ < stages_ - 1) send_act_.emplace_back("tapestry::pipe_send_act", n);
   }
+  if (stage_ < stages_ - 1) recv_grad_ = parallel::MpiBuffer("tapestry::pipe_recv_grad", gpt.output_grad().size());
 }
 
 void Pipeline::wait(MPI_Request& req) {
@@ -32,7 +33,7 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
   double loss = 0;
   int forwarded = -1;  // the micro-batch whose activations the model holds
   auto forward = [&](int m) {
-    if (stage_ > 0) Kokkos::deep_copy(ex, gpt_.stage_input(), inputs_[std::size_t(m)]);
+    if (stage_ > 0) inputs_[std::size_t(m)].copy_to(ex, gpt_.stage_input().data());
     const double l = gpt_.forward(blas, ins[std::size_t(m)], tgs[std::size_t(m)]);
     forwarded = m;
     return l;
@@ -49,24 +50,22 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
       loss += forward(m) / M_;
       if (stage_ < stages_ - 1) {
         auto& buf = send_act_[std::size_t(m)];
-        Kokkos::deep_copy(ex, buf, gpt_.stage_output());
-        ex.fence();
+        buf.copy_from(ex, gpt_.stage_output().data());
         sends.emplace_back();
         MPI_Isend(buf.data(), int(buf.size()), MPI_FLOAT, stage_ + 1, 2 * m, comm, &sends.back());
       }
     } else {
       if (forwarded != m) forward(m);  // recompute this micro-batch's activations
       if (stage_ < stages_ - 1) {  // d loss / d output, from the next stage
-        auto g = gpt_.output_grad();
         MPI_Request req;
-        MPI_Irecv(g.data(), int(g.size()), MPI_FLOAT, stage_ + 1, 2 * m + 1, comm, &req);
+        MPI_Irecv(recv_grad_.data(), int(recv_grad_.size()), MPI_FLOAT, stage_ + 1, 2 * m + 1, comm, &req);
         wait(req);
+        recv_grad_.copy_to(ex, gpt_.output_grad().data());
       }
       gpt_.backward(blas, 1.0 / M_);
       if (stage_ > 0) {
         auto& buf = send_grad_[std::size_t(m)];
-        Kokkos::deep_copy(ex, buf, gpt_.input_grad());
-        ex.fence();
+        buf.copy_from(ex, gpt_.input_grad().data());
         sends.emplace_back();
         MPI_Isend(buf.data(), int(buf.size()), MPI_FLOAT, stage_ - 1, 2 * m + 1, comm, &sends.back());
       }
@@ -83,13 +82,14 @@ double Pipeline::forward_only(const kernels::Blas& blas, const std::vector<int>&
   const auto& ex = blas.exec();
   const MPI_Comm comm = pp_.get();
   if (stage_ > 0) {
-    auto x = gpt_.stage_input();
+    auto x = parallel::MpiBuffer::over(gpt_.stage_input().data(), gpt_.stage_input().size());
     MPI_Recv(x.data(), int(x.size()), MPI_FLOAT, stage_ - 1, 0, comm, MPI_STATUS_IGNORE);
+    x.copy_out(ex);
   }
   double loss = gpt_.forward(blas, in, tg);
   if (stage_ < stages_ - 1) {
-    ex.fence();
-    auto y = gpt_.stage_output();
+    auto y = parallel::MpiBuffer::over(gpt_.stage_output().data(), gpt_.stage_output().size());
+    y.copy_in(ex);
     MPI_Send(y.data(), int(y.size()), MPI_FLOAT, stage_ + 1, 0, comm);
   }
   MPI_Allreduce(MPI_IN_PLACE, &loss, 1, MPI_DOUBLE, MPI_SUM, comm);

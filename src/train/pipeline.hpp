@@ -9,6 +9,7 @@
 #include "tapestry/kernels/blas.hpp"
 #include "tapestry/model/gpt.hpp"
 #include "tapestry/parallel/comm.hpp"
+#include "tapestry/parallel/mpi_buffer.hpp"
 
 namespace tapestry::train::detail {
 
@@ -34,7 +35,10 @@ class Pipeline {
   model::GPT& gpt_;
   const parallel::Comm& pp_;
   int stage_, stages_, M_;
-  std::vector<View2<float>> inputs_, send_act_, send_grad_;  // per micro-batch
+  // Message buffers MPI can read (host copies on GPUs under a plain MPI): per micro-batch, and
+  // one for the gradient of the stage output (received and used at once).
+  std::vector<parallel::MpiBuffer> inputs_, send_act_, send_grad_;
+  parallel::MpiBuffer recv_grad_;
   double idle_s_ = 0;
   void wait(MPI_Request& req);  // and count the time as idle
 };
