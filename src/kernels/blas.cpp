@@ -53,7 +53,6 @@ struct Blas::Impl {
 #ifdef KOKKOS_ENABLE_CUDA
   std::unique_ptr<cublas::Handle> handle;
 #endif
-
 };
 
 Blas::Blas(const ExecSpace& exec, Precision precision)
