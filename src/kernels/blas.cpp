@@ -64,7 +64,8 @@ Blas::Blas(const ExecSpace& exec, Precision precision)
 
 Blas::~Blas() = default;
 
-template <class F> void Blas::timed(F&& f) const {
+template <class F>
+void Blas::timed(const char* what, bool ta, bool tb, int M, int N, int K, int count, F&& f) const {
   if (!timing_) {
     f();
     return;
@@ -73,7 +74,15 @@ template <class F> void Blas::timed(F&& f) const {
   const auto t0 = std::chrono::steady_clock::now();
   f();
   exec_.fence();
-  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  seconds_ += dt;
+  std::string key = std::string(what) + " " + (ta ? "T" : "N") + (tb ? "T" : "N") + " " + std::to_string(M) + "x" +
+                    std::to_string(N) + "x" + std::to_string(K);
+  if (count > 1) key += " x" + std::to_string(count);
+  auto& t = call_times_[key];
+  t.seconds += dt;
+  t.calls += 1;
+  t.flops += 2.0 * M * double(N) * K * count;
 }
 
 template <class T>
@@ -93,8 +102,8 @@ template <class T>
 void Blas::run_gemm(bool round_bf16, bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, long sa,
                     const T* B, int ldb, long sb, T beta, T* C, int ldc, long sc, int count) const {
   if (M == 0 || N == 0 || count == 0) return;
-  timed([&] {
-    const bool bf16 = std::is_same_v<T, float> && round_bf16 && K > 0;
+  const bool bf16 = std::is_same_v<T, float> && round_bf16 && K > 0;
+  timed(std::is_same_v<T, double> ? "gemm fp64" : bf16 ? "gemm bf16" : "gemm fp32", ta, tb, M, N, K, count, [&] {
     const void* a = A;
     const void* b = B;
     if constexpr (std::is_same_v<T, float>) {
@@ -129,7 +138,7 @@ void Blas::attention_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const 
   if (M == 0 || N == 0 || count == 0) return;
 #ifdef KOKKOS_ENABLE_CUDA
   if (std::is_same_v<T, float> && precision_ == Precision::bf16) {
-    timed([&] {
+    timed("gemm tf32", ta, tb, M, N, K, count, [&] {
       cublas::gemm(*impl_->handle, cublas::Inputs::tf32, ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc,
                    sc, count);
     });
@@ -142,7 +151,7 @@ void Blas::attention_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const 
 template <class T>
 void Blas::gemv_t(int M, int N, T alpha, const T* A, int lda, const T* x, T beta, T* y) const {
   if (N == 0) return;
-  timed([&] {
+  timed("gemv", true, false, M, N, 1, 1, [&] {
 #ifdef KOKKOS_ENABLE_CUDA
     cublas::gemv_t(*impl_->handle, std::is_same_v<T, float> ? cublas::Inputs::f32 : cublas::Inputs::f64, M, N,
                    alpha, A, lda, x, beta, y);

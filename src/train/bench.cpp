@@ -188,6 +188,18 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
       << fmt("%.0f", r.model_state_mib) << " MiB + activations " << fmt("%.0f", r.activation_mib) << " MiB = "
       << fmt("%.0f", r.model_state_mib + r.activation_mib) << " MiB\n";
   kernel_times.report(out, cfg.iters, r.ms_per_step);
+  if (cfg.kernel_times) {  // and the BLAS calls by shape (fenced each, as the BLAS share above)
+    std::vector<std::pair<double, std::string>> rows;
+    for (const auto& [shape, t] : blas.call_times()) rows.push_back({t.seconds, shape});
+    std::sort(rows.rbegin(), rows.rend());
+    out << "  BLAS calls by shape (ms per step, calls per step, GFLOP/s):\n";
+    for (const auto& [s, shape] : rows) {
+      const auto& t = blas.call_times().at(shape);
+      if (1e3 * s / cfg.iters >= 0.05)
+        out << "    " << fmt("%9.2f", 1e3 * s / cfg.iters) << "  " << fmt("%6.0f", double(t.calls) / cfg.iters) << "  "
+            << fmt("%9.0f", t.flops / s / 1e9) << "  " << shape << "\n";
+    }
+  }
   if (tp > 1) {
     // Per layer and micro-batch: 2 all-reduces of (B*T, C) floats forward (attention and MLP
     // outputs), 2 backward (their inputs' gradients); with sequence parallelism each is an

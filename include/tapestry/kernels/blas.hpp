@@ -2,6 +2,7 @@
 /// \file
 /// \brief Vendor BLAS behind one object: cuBLAS when Kokkos runs on CUDA, a host CBLAS otherwise.
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -55,6 +56,13 @@ class Blas {
   void set_timing(bool on) { timing_ = on; }
   double seconds() const { return seconds_; }
   void reset_seconds() { seconds_ = 0; }
+  /// While timing: per call shape, e.g. "gemm bf16 NT 8192x2304x768" (batched calls add " x12"),
+  /// the seconds (the bf16 rounding of the inputs counts with its call), calls and FLOPs.
+  struct CallTime {
+    double seconds = 0, flops = 0;
+    int calls = 0;
+  };
+  const std::map<std::string, CallTime>& call_times() const { return call_times_; }
 
   /// A device vector of at least `n` ones of type T (grown on demand, kept for reuse).
   template <class T> const T* ones(int n) const;
@@ -65,13 +73,14 @@ class Blas {
   void run_gemm(bool round_bf16, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                 long stride_a, const T* B, int ldb, long stride_b, T beta, T* C, int ldc, long stride_c,
                 int count) const;
-  template <class F> void timed(F&& f) const;
+  template <class F> void timed(const char* what, bool ta, bool tb, int M, int N, int K, int count, F&& f) const;
 
   ExecSpace exec_;
   Precision precision_;
   std::unique_ptr<Impl> impl_;
   bool timing_ = false;
   mutable double seconds_ = 0;
+  mutable std::map<std::string, CallTime> call_times_;
 };
 
 }  // namespace tapestry::kernels
