@@ -64,6 +64,18 @@ inline const io::PrepareResult& corpus() {
   return r;
 }
 
+/// The small model the MPI tests train: 2 layers, 2 heads, C = 32, T = 32, AdamW lr 3e-3, on the
+/// embedded corpus, validating on 2 batches (each test sets its steps, warm-up, batch and how
+/// often it validates); no progress lines.
+inline TrainConfig small_corpus_run() {
+  TrainConfig c;
+  c.model.n_layer = 2, c.model.n_head = 2, c.model.d_model = 32, c.model.max_seq_len = 32;
+  c.seq_len = 32, c.val_batches = 2, c.log_every = 1000, c.optim.lr = 3e-3;
+  c.train_data = corpus().train_path;
+  c.val_data = corpus().val_path;
+  return c;
+}
+
 /// Trains `c` over all ranks of `comm` (MPI_COMM_SELF: one rank), `tp`-way tensor parallel, in `pp`
 /// pipeline stages, and data parallel over the rest; log discarded.
 inline train::TrainResult train_on(const TrainConfig& c, MPI_Comm comm, int tp = 1, int pp = 1) {

@@ -23,11 +23,9 @@ namespace fs = std::filesystem;
 namespace {
 
 TrainConfig config(int global) {
-  TrainConfig c;
-  c.model.n_layer = 2, c.model.n_head = 2, c.model.d_model = 32, c.model.max_seq_len = 32;
-  c.seq_len = 32, c.batch_size = global, c.steps = 10, c.val_every = 0, c.log_every = 1000;
-  c.optim.warmup_steps = 3, c.optim.lr = 3e-3;
-  c.train_data = corpus().train_path;
+  auto c = small_corpus_run();
+  c.batch_size = global, c.steps = 10, c.val_every = 0, c.optim.warmup_steps = 3;
+  c.val_data.clear();  // no validation here
   return c;
 }
 

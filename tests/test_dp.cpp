@@ -23,12 +23,8 @@ namespace {
 
 /// 20 steps of a small model; `global` sequences per step.
 TrainConfig run_config(int global) {
-  TrainConfig c;
-  c.model.n_layer = 2, c.model.n_head = 2, c.model.d_model = 32, c.model.max_seq_len = 32;
-  c.seq_len = 32, c.batch_size = global, c.steps = 20, c.val_every = 10, c.val_batches = 2, c.log_every = 1000;
-  c.optim.warmup_steps = 5, c.optim.lr = 3e-3;
-  c.train_data = corpus().train_path;
-  c.val_data = corpus().val_path;
+  auto c = small_corpus_run();
+  c.batch_size = global, c.steps = 20, c.val_every = 10, c.optim.warmup_steps = 5;
   return c;
 }
 

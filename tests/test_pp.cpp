@@ -21,12 +21,9 @@ namespace {
 /// 12 steps of a 4-layer model (so pp = 4 gives one layer per stage); global batch 8 as
 /// 4 micro-batches of 2 on one rank.
 TrainConfig run_config() {
-  TrainConfig c;
-  c.model.n_layer = 4, c.model.n_head = 4, c.model.d_model = 32, c.model.max_seq_len = 32;
-  c.seq_len = 32, c.batch_size = 2, c.global_batch = 8, c.steps = 12, c.val_every = 6, c.val_batches = 2;
-  c.log_every = 1000, c.optim.warmup_steps = 4, c.optim.lr = 3e-3;
-  c.train_data = corpus().train_path;
-  c.val_data = corpus().val_path;
+  auto c = small_corpus_run();
+  c.model.n_layer = 4, c.model.n_head = 4;
+  c.batch_size = 2, c.global_batch = 8, c.steps = 12, c.val_every = 6, c.optim.warmup_steps = 4;
   return c;
 }
 

@@ -21,12 +21,9 @@ namespace {
 
 /// 12 steps of a model with 4 heads (so tp = 4 splits them), vocabulary 256 padded to 256.
 TrainConfig run_config(int global) {
-  TrainConfig c;
-  c.model.n_layer = 2, c.model.n_head = 4, c.model.d_model = 32, c.model.max_seq_len = 32;
-  c.seq_len = 32, c.batch_size = global, c.steps = 12, c.val_every = 6, c.val_batches = 2, c.log_every = 1000;
-  c.optim.warmup_steps = 4, c.optim.lr = 3e-3;
-  c.train_data = corpus().train_path;
-  c.val_data = corpus().val_path;
+  auto c = small_corpus_run();
+  c.model.n_head = 4;
+  c.batch_size = global, c.steps = 12, c.val_every = 6, c.optim.warmup_steps = 4;
   return c;
 }
 
