@@ -1,7 +1,5 @@
 #include "tapestry/kernels/compress.hpp"
 
-#include <cstring>
-
 #include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/math.hpp"
 

@@ -47,10 +47,11 @@ class MpiCollectives final : public Collectives {
   }
   void broadcast(float* buf, std::size_t n, int root) override {
     auto b = MpiBuffer::over(buf, n);
-    b.copy_in(ex_);
+    if (rank_ == root) b.copy_in(ex_);  // only the root's data travels
+    else ex_.fence();
     for (std::size_t off = 0; off < n; off += kMaxChunk)
       MPI_Bcast(b.data() + off, int(std::min(kMaxChunk, n - off)), MPI_FLOAT, root, comm_);
-    b.copy_out(ex_);
+    if (rank_ != root) b.copy_out(ex_);
   }
   void send(const float* buf, std::size_t n, int peer) override {
     auto b = MpiBuffer::over(const_cast<float*>(buf), n);

@@ -11,14 +11,18 @@
 namespace tapestry::parallel {
 
 bool mpi_reads_device_memory() {
-  const char* force = std::getenv("TAPESTRY_MPI_STAGING");
-  if (force && std::strcmp(force, "1") == 0) return false;
-  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) return true;
+  // Asked once per process: every collective call and pipeline message consults it.
+  static const bool reads = [] {
+    const char* force = std::getenv("TAPESTRY_MPI_STAGING");
+    if (force && std::strcmp(force, "1") == 0) return false;
+    if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) return true;
 #if defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
-  return MPIX_Query_cuda_support() == 1;
+    return MPIX_Query_cuda_support() == 1;
 #else
-  return false;
+    return false;
 #endif
+  }();
+  return reads;
 }
 
 namespace {
