@@ -55,11 +55,11 @@ kill)
 inspect)
   "${train[@]}" --steps 4 --save-every 4 > out.txt 2>&1 || fail "training failed"
   ck=checkpoints/step_00000004.h5
-  h5ls -r "$ck" | grep -q "/model/blocks/03/attn/qkv/weight Dataset {384, 128}" || fail "h5ls -r layout"
+  h5ls -r "$ck" | grep -q "/model/layers/03/attn/k/weight Dataset {128, 128}" || fail "h5ls -r layout"
   h5dump -A "$ck" | grep -q 'ATTRIBUTE "format_version"' || fail "h5dump -A attributes"
   "$exe" ckpt info "$ck" | grep -q "step 4 of 4" || fail "ckpt info"
-  "$exe" ckpt info "$ck" | grep -q "/optimizer/adam_v/final_ln/bias" || fail "ckpt info tensors"
-  /usr/bin/python3 "$src/tools/ckpt_to_numpy.py" "$ck" --npz params.npz | grep -q "52 tensors, 858880 parameters" || fail "h5py example"
+  "$exe" ckpt info "$ck" | grep -q "/optimizer/adam_v/final_norm/bias" || fail "ckpt info tensors"
+  /usr/bin/python3 "$src/tools/ckpt_to_numpy.py" "$ck" --npz params.npz | grep -q "68 tensors, 858880 parameters" || fail "h5py example"
   "$exe" ckpt export "$ck" -o exported.bin | grep -q "wrote llm.c checkpoint" || fail "ckpt export"
   # the export round-trips: --init-from it, 0 steps, --export-llmc again: the same bytes
   "${train[@]}" --steps 0 --init-from exported.bin --export-llmc again.bin > init.txt 2>&1 || fail "init-from export"

@@ -207,7 +207,7 @@ TEST_CASE("bad checkpoint files are one clear error each", "[checkpoint][bad-inp
     return p;
   };
   REQUIRE_THROWS_WITH(io::read_checkpoint_state(set_attr("v99.h5", "format_version", 99)),
-                      Catch::Matchers::Contains("has format version 99; this program reads version 1"));
+                      Catch::Matchers::Contains("has format version 99; this program reads versions 1 and 2"));
   REQUIRE_THROWS_WITH(io::read_checkpoint_state(set_attr("partial.h5", "complete", 0)),
                       Catch::Matchers::Contains("is incomplete"));
   // a model that does not match the run

@@ -31,8 +31,29 @@ TEST_CASE("a valid config passes and each impossible one names its problem", "[c
   c.val_data.clear();
   REQUIRE_THROWS_WITH(validate(c), "val_every > 0 needs val_data");
   c = good();
-  c.model.vocab_size = 70000;
-  REQUIRE_THROWS_AS(validate(c), Error);
+  c.model.vocab_size = 128256;  // Llama 3's vocabulary is a valid model
+  REQUIRE_NOTHROW(validate(c));
+  c.model.vocab_size = (1 << 30) + 1;
+  REQUIRE_THROWS_WITH(validate(c), "vocab_size must be in [2, 2^30] (got 1073741825)");
+  // the model spec's keys
+  c = good();
+  c.model.n_kv_head = 3;
+  REQUIRE_THROWS_WITH(validate(c), "n_kv_head (3) must divide n_head (4)");
+  c = good();
+  c.model.norm = "batchnorm";
+  REQUIRE_THROWS_WITH(validate(c), "norm must be layernorm or rmsnorm (got 'batchnorm')");
+  c = good();
+  c.model.mlp = "relu";
+  REQUIRE_THROWS_WITH(validate(c), "mlp must be gelu, swiglu or xielu (got 'relu')");
+  c = good();
+  c.model.positions = "rope", c.model.n_head = 128;  // head_dim 1
+  REQUIRE_THROWS_WITH(validate(c), "rope needs an even head dimension (d_model / n_head = 1)");
+  c = good();
+  c.model.rope_scaling = "yarn";
+  REQUIRE_THROWS_WITH(validate(c), "rope_scaling must be none or llama3 (got 'yarn')");
+  c = good();
+  c.model.arch = "mamba";
+  REQUIRE_THROWS_WITH(validate(c), "arch must be gpt2 or llama (got 'mamba')");
   c = good();
   c.model.padded_vocab_size = 100;
   REQUIRE_THROWS_WITH(validate(c), "padded_vocab_size (100) is smaller than vocab_size (256)");
@@ -55,6 +76,30 @@ TEST_CASE("parameter count matches GPT-2 124M and the flat layout", "[config]") 
   REQUIRE(d.vocab_padded() == 256);
   d.vocab_size = 257;
   REQUIRE(d.vocab_padded() == 384);
+}
+
+TEST_CASE("parameter counts of the Llama-family presets: published figures and the layout agree", "[config][spec]") {
+  auto llama = [](int L, int C, int H, int F, int V, const char* mlp, bool qk) {
+    ModelConfig m;
+    m.n_layer = L, m.d_model = C, m.n_head = H, m.n_kv_head = 8, m.ffn_dim = F, m.vocab_size = V;
+    m.max_seq_len = 131072, m.norm = "rmsnorm", m.positions = "rope", m.mlp = mlp, m.qk_norm = qk;
+    m.tie_embeddings = false, m.bias = false, m.arch = "llama";
+    validate(m);
+    // the flat layout (no allocation) holds exactly num_parameters() elements
+    const auto layout = model::param_layout(m);
+    REQUIRE(layout.back().offset + layout.back().size == std::size_t(m.num_parameters()));
+    return m.num_parameters();
+  };
+  REQUIRE(llama(32, 4096, 32, 14336, 128256, "swiglu", false) == 8030261248LL);   // Llama 3.1 8B, as published
+  REQUIRE(llama(80, 8192, 64, 28672, 128256, "swiglu", false) == 70553706496LL);  // Llama 3.1 70B, as published
+  REQUIRE(llama(32, 4096, 32, 21504, 131072, "xielu", true) == 8053338176LL);     // Apertus 8B
+  REQUIRE(llama(80, 8192, 64, 43008, 131072, "xielu", true) == 70599864480LL);    // Apertus 70B
+  // FLOPs per token: 6 x (all but the input embedding when untied) + attention
+  ModelConfig m;
+  m.n_layer = 2, m.d_model = 64, m.n_head = 4, m.n_kv_head = 2, m.ffn_dim = 96, m.vocab_size = 256;
+  m.positions = "rope", m.tie_embeddings = false, m.norm = "rmsnorm", m.mlp = "swiglu", m.bias = false;
+  const double matmul = double(m.num_parameters()) - 256.0 * 64;
+  REQUIRE(m.flops_per_token(32) == Approx(6 * matmul + 12.0 * 2 * 64 * 32));
 }
 
 TEST_CASE("warmup then cosine decay to the minimum", "[config][optim]") {

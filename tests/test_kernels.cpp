@@ -1,8 +1,11 @@
 // Every kernel: forward against a naive reference, backward against central finite differences,
 // both in double precision, on odd sizes; and float against double.
+#include <limits>
+#include <stdexcept>
 #include <tuple>
 
 #include "helpers.hpp"
+#include "tapestry/kernels/activation.hpp"
 #include "tapestry/kernels/attention.hpp"
 #include "tapestry/kernels/attention_tiled.hpp"
 #include "tapestry/kernels/bf16.hpp"
@@ -16,6 +19,8 @@
 #include "tapestry/kernels/layernorm.hpp"
 #include "tapestry/kernels/matmul.hpp"
 #include "tapestry/kernels/optim.hpp"
+#include "tapestry/kernels/rmsnorm.hpp"
+#include "tapestry/kernels/rope.hpp"
 
 using namespace tapestry;
 using namespace tapestry::kernels;
@@ -212,21 +217,124 @@ TEST_CASE("layernorm forward matches the naive reference and backward matches fi
   }
 }
 
+// ---------------------------------------------------------------- rmsnorm, QK-norm
+namespace {
+V naive_rmsnorm(const V& x, const V& w, int N, int C, double eps = 1e-5) {
+  V y(x.size());
+  for (int n = 0; n < N; ++n) {
+    double ms = 0;
+    for (int c = 0; c < C; ++c) ms += x[std::size_t(n * C + c)] * x[std::size_t(n * C + c)];
+    const double s = 1 / std::sqrt(ms / C + eps);
+    for (int c = 0; c < C; ++c) y[std::size_t(n * C + c)] = x[std::size_t(n * C + c)] * s * w[std::size_t(c)];
+  }
+  return y;
+}
+
+/// Per-head RMSNorm of columns [c0, c0 + nh hd) of x (N, W); the other columns of the result are base's.
+V naive_head_rmsnorm(const V& x, const V& w, const V& base, int N, int W, int c0, int nh, int hd, double eps = 1e-6) {
+  V y(base);
+  for (int n = 0; n < N; ++n)
+    for (int h = 0; h < nh; ++h) {
+      const std::size_t o = std::size_t(n * W + c0 + h * hd);
+      double ms = 0;
+      for (int i = 0; i < hd; ++i) ms += x[o + std::size_t(i)] * x[o + std::size_t(i)];
+      const double s = 1 / std::sqrt(ms / hd + eps);
+      for (int i = 0; i < hd; ++i) y[o + std::size_t(i)] = x[o + std::size_t(i)] * s * w[std::size_t(i)];
+    }
+  return y;
+}
+
+V plus(V a, const V& b) {
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] += b[i];
+  return a;
+}
+}  // namespace
+
+TEST_CASE("rmsnorm forward matches the naive reference and backward matches finite differences", "[kernels][rmsnorm]") {
+  ExecSpace ex;
+  for (const auto& shape : {std::pair{13, 7}, std::pair{1, 1}, std::pair{3, 64}}) {
+    const int N = shape.first, C = shape.second;
+    CAPTURE(N, C);
+    const V x = randn(std::size_t(N) * C, 101), w = randn(std::size_t(C), 102), wout = randn(std::size_t(N) * C, 103);
+    View2<double> vx("x", N, C), vy("y", N, C);
+    View1<double> vw("w", C), rstd("rstd", N);
+    from_vec(vx, x), from_vec(vw, w);
+    rmsnorm_forward(ex, vy, rstd, vx, vw);
+    REQUIRE(max_rel_err(to_vec(vy), naive_rmsnorm(x, w, N, C)) < 1e-12);
+
+    View2<double> gx("gx", N, C), gout("gout", N, C);
+    View1<double> gw("gw", C);
+    const V gx0 = randn(std::size_t(N) * C, 104), gw0 = randn(std::size_t(C), 105);
+    from_vec(gx, gx0), from_vec(gw, gw0), from_vec(gout, wout);
+    rmsnorm_backward(ex, gx, gw, gout, vx, vw, rstd);  // accumulates
+    REQUIRE(max_rel_err(to_vec(gx), plus(finite_diff(x, [&](const V& xx) { return dot(naive_rmsnorm(xx, w, N, C), wout); }), gx0)) < kGradTol);
+    REQUIRE(max_rel_err(to_vec(gw), plus(finite_diff(w, [&](const V& ww) { return dot(naive_rmsnorm(x, ww, N, C), wout); }), gw0)) < kGradTol);
+  }
+}
+
+TEST_CASE("per-head rmsnorm (QK-norm) normalises only its columns; backward matches finite differences, in place too", "[kernels][rmsnorm][qknorm]") {
+  ExecSpace ex;
+  // (N, W, c0, nh, hd): heads in the middle of wider rows, and a single value
+  for (const auto& shape : {std::tuple{13, 23, 3, 3, 6}, std::tuple{1, 1, 0, 1, 1}, std::tuple{5, 16, 8, 2, 4}}) {
+    const int N = std::get<0>(shape), W = std::get<1>(shape), c0 = std::get<2>(shape), nh = std::get<3>(shape),
+              hd = std::get<4>(shape);
+    CAPTURE(N, W, c0, nh, hd);
+    auto inside = [&](std::size_t k) { const int c = int(k % std::size_t(W)); return c >= c0 && c < c0 + nh * hd; };
+    const V x = randn(std::size_t(N) * W, 111), w = randn(std::size_t(hd), 112), wout = randn(std::size_t(N) * W, 113);
+    const V y0 = randn(std::size_t(N) * W, 114);  // out's columns outside the heads stay as they are
+    View2<double> vx("x", N, W), vy("y", N, W), rstd("rstd", N, nh);
+    View1<double> vw("w", hd);
+    from_vec(vx, x), from_vec(vw, w), from_vec(vy, y0);
+    head_rmsnorm_forward(ex, vy, rstd, vx, vw, c0, nh);
+    const V y = to_vec(vy);
+    REQUIRE(max_rel_err(y, naive_head_rmsnorm(x, w, y0, N, W, c0, nh, hd)) < 1e-12);
+    for (std::size_t k = 0; k < y.size(); ++k)
+      if (!inside(k)) REQUIRE(y[k] == y0[k]);
+
+    View2<double> gx("gx", N, W), gout("gout", N, W);
+    View1<double> gw("gw", hd);
+    const V gx0 = randn(std::size_t(N) * W, 115), gw0 = randn(std::size_t(hd), 116);
+    from_vec(gx, gx0), from_vec(gw, gw0), from_vec(gout, wout);
+    head_rmsnorm_backward(ex, gx, gw, gout, vx, vw, rstd, c0, nh);
+    V fx = finite_diff(x, [&](const V& xx) { return dot(naive_head_rmsnorm(xx, w, y0, N, W, c0, nh, hd), wout); });
+    for (std::size_t k = 0; k < fx.size(); ++k)
+      if (!inside(k)) fx[k] = gx0[k];  // overwritten inside the heads only
+    const V g = to_vec(gx);
+    REQUIRE(max_rel_err(g, fx) < kGradTol);
+    for (std::size_t k = 0; k < g.size(); ++k)
+      if (!inside(k)) REQUIRE(g[k] == gx0[k]);
+    const V fw = finite_diff(w, [&](const V& ww) { return dot(naive_head_rmsnorm(x, ww, y0, N, W, c0, nh, hd), wout); });
+    REQUIRE(max_rel_err(to_vec(gw), plus(fw, gw0)) < kGradTol);
+
+    // in place: dinp aliases dout; the same numbers, dout's own values outside the heads
+    View1<double> gw2("gw2", hd);
+    from_vec(gw2, gw0);
+    head_rmsnorm_backward(ex, gout, gw2, gout, vx, vw, rstd, c0, nh);
+    const V gi = to_vec(gout);
+    for (std::size_t k = 0; k < gi.size(); ++k) REQUIRE(gi[k] == (inside(k) ? g[k] : wout[k]));
+    REQUIRE(to_vec(gw2) == to_vec(gw));
+  }
+}
+
 // ---------------------------------------------------------------- attention
 namespace {
-/// Causal multi-head attention, straight from the definition.
-V naive_attention(const V& qkv, int B, int T, int C, int NH) {
-  const int hs = C / NH;
+/// Causal multi-head attention, straight from the definition. C = NH hs is the width of out; qkv rows
+/// are [q: NH hs | k: KV hs | v: KV hs] with KV = n_kv_head (0: NH), query head h reading kv head
+/// h / (NH / KV) (grouped-query attention).
+V naive_attention(const V& qkv, int B, int T, int C, int NH, int KV = 0) {
+  if (KV == 0) KV = NH;
+  const int hs = C / NH, W = C + 2 * KV * hs, group = NH / KV;
   V out(std::size_t(B) * T * C, 0.0);
-  auto at = [&](int b, int t, int c) { return qkv[std::size_t((b * T + t) * 3 * C + c)]; };
+  auto at = [&](int b, int t, int c) { return qkv[std::size_t((b * T + t) * W + c)]; };
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < NH; ++h)
       for (int t = 0; t < T; ++t) {
+        const int k_col = C + (h / group) * hs, v_col = C + KV * hs + (h / group) * hs;
         V s(std::size_t(t) + 1);
         double mx = -1e300;
         for (int t2 = 0; t2 <= t; ++t2) {
           double d = 0;
-          for (int j = 0; j < hs; ++j) d += at(b, t, h * hs + j) * at(b, t2, C + h * hs + j);
+          for (int j = 0; j < hs; ++j) d += at(b, t, h * hs + j) * at(b, t2, k_col + j);
           s[std::size_t(t2)] = d / std::sqrt(double(hs));
           mx = std::max(mx, s[std::size_t(t2)]);
         }
@@ -234,7 +342,7 @@ V naive_attention(const V& qkv, int B, int T, int C, int NH) {
         for (auto& v : s) z += (v = std::exp(v - mx));
         for (int j = 0; j < hs; ++j) {
           double o = 0;
-          for (int t2 = 0; t2 <= t; ++t2) o += s[std::size_t(t2)] / z * at(b, t2, 2 * C + h * hs + j);
+          for (int t2 = 0; t2 <= t; ++t2) o += s[std::size_t(t2)] / z * at(b, t2, v_col + j);
           out[std::size_t((b * T + t) * C + h * hs + j)] = o;
         }
       }
@@ -304,6 +412,62 @@ TEST_CASE("tiled attention (no T x T matrix) matches the naive reference; its ba
   }
 }
 
+TEST_CASE("grouped-query attention (matrix kernel) matches the naive reference and finite differences", "[kernels][attention][gqa]") {
+  Blas blas;
+  const int B = 2, T = 13, NH = 6, hs = 4, C = NH * hs;
+  for (const int KV : {6, 3, 2, 1}) {
+    CAPTURE(KV);
+    const int W = C + 2 * KV * hs;
+    const V qkv = randn(std::size_t(B) * T * W, 27);
+    const V wout = randn(std::size_t(B) * T * C, 28);
+    View3<double> vqkv("qkv", B, T, W), vout("out", B, T, C);
+    View4<double> att("att", B, NH, T, T), scratch("scratch", B, NH, T, T);
+    from_vec(vqkv, qkv);
+    attention_forward(blas, vout, att, vqkv, NH, KV);
+    REQUIRE(max_rel_err(to_vec(vout), naive_attention(qkv, B, T, C, NH, KV)) < 1e-12);
+    View3<double> gqkv("gqkv", B, T, W), gout("gout", B, T, C);
+    from_vec(gout, wout);
+    from_vec(gqkv, randn(qkv.size(), 29));  // overwritten
+    attention_backward(blas, gqkv, scratch, gout, vqkv, att, NH, KV);
+    auto J = [&](const V& x) { return dot(naive_attention(x, B, T, C, NH, KV), wout); };
+    REQUIRE(max_rel_err(to_vec(gqkv), finite_diff(qkv, J)) < kGradTol);
+  }
+}
+
+TEST_CASE("grouped-query tiled attention matches the naive reference and finite differences", "[kernels][attention][tiled][gqa]") {
+  ExecSpace ex;
+  const int B = 2, NH = 6, hs = 4, C = NH * hs;
+  // T = 37: two query and key tiles of kAttnTile = 32, the last one partial
+  for (const int T : {13, 37})
+    for (const int KV : {6, 3, 2, 1}) {
+      CAPTURE(T, KV);
+      const int W = C + 2 * KV * hs;
+      const V qkv = randn(std::size_t(B) * T * W, 30);
+      const V wout = randn(std::size_t(B) * T * C, 31);
+      View3<double> vqkv("qkv", B, T, W), vout("out", B, T, C), lse("lse", B, NH, T);
+      from_vec(vqkv, qkv);
+      attention_tiled_forward<double>(ex, vout, lse, vqkv, NH, KV);
+      REQUIRE(max_rel_err(to_vec(vout), naive_attention(qkv, B, T, C, NH, KV)) < 1e-12);
+      View3<double> gqkv("gqkv", B, T, W), gout("gout", B, T, C);
+      from_vec(gout, wout);
+      from_vec(gqkv, randn(qkv.size(), 32));  // overwritten
+      attention_tiled_backward<double>(ex, gqkv, gout, vqkv, vout, lse, NH, KV);
+      auto J = [&](const V& x) { return dot(naive_attention(x, B, T, C, NH, KV), wout); };
+      REQUIRE(max_rel_err(to_vec(gqkv), finite_diff(qkv, J)) < kGradTol);
+      // the same gradient from the matrix kernel
+      Blas blas;
+      View4<double> att("att", B, NH, T, T), scratch("scratch", B, NH, T, T);
+      View3<double> ref("ref", B, T, W), o2("o2", B, T, C);
+      attention_forward(blas, o2, att, vqkv, NH, KV);
+      attention_backward(blas, ref, scratch, gout, vqkv, att, NH, KV);
+      REQUIRE(max_rel_err(to_vec(gqkv), to_vec(ref)) < 1e-12);
+    }
+  // n_kv_head must divide n_head, and qkv's width must be (n_head + 2 n_kv_head) hs
+  View3<double> vqkv("qkv", 1, 3, C + 2 * 4 * hs), vout("out", 1, 3, C), lse("lse", 1, NH, 3);
+  REQUIRE_THROWS_AS(attention_tiled_forward<double>(ex, vout, lse, vqkv, NH, 4), std::invalid_argument);
+  REQUIRE_THROWS_AS(attention_tiled_forward<double>(ex, vout, lse, vqkv, NH, 2), std::invalid_argument);
+}
+
 // ---------------------------------------------------------------- gelu, residual
 TEST_CASE("gelu matches the tanh formula and its backward matches finite differences", "[kernels][gelu]") {
   ExecSpace ex;
@@ -343,6 +507,190 @@ TEST_CASE("residual forward adds and backward accumulates into both inputs", "[k
   V fb = finite_diff(b, [&](const V& x) { return dot(sum(a, x), w); });
   REQUIRE(max_rel_err(to_vec(ga), sum(fa, ga0)) < kGradTol);
   REQUIRE(max_rel_err(to_vec(gb), sum(fb, gb0)) < kGradTol);
+}
+
+// ---------------------------------------------------------------- rope
+namespace {
+/// Rotate-half RoPE of columns [c0, c0 + nh hd) of x (N, W) by pos(n) * inv_freq(i), sign -1 for the inverse.
+V naive_rope(V x, const std::vector<int>& pos, const V& inv_freq, int W, int c0, int nh, int hd, double sign = 1) {
+  const int half = hd / 2;
+  for (std::size_t n = 0; n < pos.size(); ++n)
+    for (int h = 0; h < nh; ++h)
+      for (int i = 0; i < half; ++i) {
+        const double a = pos[n] * inv_freq[std::size_t(i)], c = std::cos(a), s = sign * std::sin(a);
+        const std::size_t o = n * std::size_t(W) + std::size_t(c0 + h * hd + i);
+        const double x1 = x[o], x2 = x[o + std::size_t(half)];
+        x[o] = x1 * c - x2 * s;
+        x[o + std::size_t(half)] = x2 * c + x1 * s;
+      }
+  return x;
+}
+
+Kokkos::View<const int*, Layout, MemSpace> device_positions(const std::vector<int>& pos) {
+  Kokkos::View<int*, Layout, MemSpace> v("pos", pos.size());
+  auto h = Kokkos::create_mirror_view(v);
+  for (std::size_t i = 0; i < pos.size(); ++i) h(i) = pos[i];
+  Kokkos::deep_copy(v, h);
+  return v;
+}
+
+Kokkos::View<const double*, Layout, MemSpace> device_freqs(const V& f) {
+  Kokkos::View<double*, Layout, MemSpace> v("inv_freq", f.size());
+  from_vec(v, f);
+  return v;
+}
+}  // namespace
+
+TEST_CASE("rope_inv_freq: 1 / theta^(2i/hd), and Llama 3's scaling in its three bands", "[kernels][rope]") {
+  for (const auto& [hd, theta] : {std::pair{6, 10000.0}, std::pair{128, 500000.0}, std::pair{2, 10.0}}) {
+    CAPTURE(hd, theta);
+    const V f = rope_inv_freq(hd, theta);
+    REQUIRE(f.size() == std::size_t(hd / 2));
+    for (int i = 0; i < hd / 2; ++i)
+      REQUIRE(std::abs(f[std::size_t(i)] - 1 / std::pow(theta, 2.0 * i / hd)) <= 1e-15 * f[std::size_t(i)]);
+  }
+  REQUIRE_THROWS_AS(rope_inv_freq(5, 10000.0), std::invalid_argument);
+
+  // Llama 3.1: hd 128, theta 500000, factor 8, low 1, high 4, original context 8192
+  RopeScaling sc;
+  sc.llama3 = true;
+  const int hd = 128;
+  const double theta = 500000, pi = 3.14159265358979323846;
+  const V f = rope_inv_freq(hd, theta, sc);
+  REQUIRE(f.size() == 64);
+  int low = 0, medium = 0, high = 0;
+  for (int i = 0; i < hd / 2; ++i) {
+    CAPTURE(i);
+    const double inv = std::pow(theta, -2.0 * i / hd), wavelen = 2 * pi / inv;
+    double expect = inv;
+    if (wavelen < 8192.0 / 4) {  // high frequencies: unchanged
+      ++high;
+    } else if (wavelen > 8192.0 / 1) {  // low frequencies: divided by the factor
+      expect = inv / 8, ++low;
+    } else {  // in between: interpolated
+      const double smooth = (8192.0 / wavelen - 1) / (4 - 1);
+      expect = (1 - smooth) * inv / 8 + smooth * inv, ++medium;
+      REQUIRE(expect > inv / 8);
+      REQUIRE(expect < inv);
+    }
+    REQUIRE(std::abs(f[std::size_t(i)] - expect) <= 1e-15 * expect);
+  }
+  REQUIRE(low > 0);
+  REQUIRE(medium > 0);
+  REQUIRE(high > 0);
+  REQUIRE(f[0] == 1.0);                                           // wavelength 2 pi
+  REQUIRE(std::abs(f[63] - std::pow(theta, -126.0 / 128) / 8) <= 1e-15 * f[63]);  // the longest
+}
+
+TEST_CASE("rope_apply rotates only its columns by each row's position; the inverse undoes it and is the transpose", "[kernels][rope]") {
+  ExecSpace ex;
+  // (N, W, c0, nh, hd): heads in the middle of wider rows; a single pair
+  for (const auto& shape : {std::tuple{8, 23, 2, 3, 6}, std::tuple{1, 2, 0, 1, 2}, std::tuple{6, 16, 0, 2, 8}}) {
+    const int N = std::get<0>(shape), W = std::get<1>(shape), c0 = std::get<2>(shape), nh = std::get<3>(shape),
+              hd = std::get<4>(shape);
+    CAPTURE(N, W, c0, nh, hd);
+    const std::vector<int> all_pos{0, 1, 2, 0, 1, 5, 3, 7};  // documents restart: positions not monotone
+    const std::vector<int> pos = N == 1 ? std::vector<int>{4} : std::vector<int>(all_pos.begin(), all_pos.begin() + N);
+    const V f = rope_inv_freq(hd, 10000.0);
+    const auto vpos = device_positions(pos);
+    const auto vf = device_freqs(f);
+    const V x = randn(std::size_t(N) * W, 121);
+    View2<double> vx("x", N, W);
+    from_vec(vx, x);
+    rope_apply<double>(ex, vx, vpos, vf, c0, nh, hd, false);
+    const V y = to_vec(vx);
+    REQUIRE(max_rel_err(y, naive_rope(x, pos, f, W, c0, nh, hd)) < 1e-14);
+    for (std::size_t k = 0; k < y.size(); ++k) {
+      const int c = int(k % std::size_t(W));
+      if (c < c0 || c >= c0 + nh * hd) REQUIRE(y[k] == x[k]);
+    }
+    rope_apply<double>(ex, vx, vpos, vf, c0, nh, hd, true);
+    REQUIRE(max_rel_err(to_vec(vx), x) < 1e-12);
+
+    // d dot(rope(x), w) / dx = rope^T w = inverse rope of w
+    const V w = randn(std::size_t(N) * W, 122);
+    View2<double> vw("w", N, W);
+    from_vec(vw, w);
+    rope_apply<double>(ex, vw, vpos, vf, c0, nh, hd, true);
+    REQUIRE(max_rel_err(to_vec(vw), finite_diff(x, [&](const V& xx) { return dot(naive_rope(xx, pos, f, W, c0, nh, hd), w); })) < kGradTol);
+  }
+}
+
+// ---------------------------------------------------------------- SwiGLU, xIELU
+namespace {
+double silu(double x) { return x / (1 + std::exp(-x)); }
+
+V naive_swiglu(const V& gu, int N, int F) {
+  V y(std::size_t(N) * F);
+  for (int n = 0; n < N; ++n)
+    for (int f = 0; f < F; ++f)
+      y[std::size_t(n * F + f)] = silu(gu[std::size_t(n * 2 * F + f)]) * gu[std::size_t(n * 2 * F + F + f)];
+  return y;
+}
+
+double softplus(double x) { return std::log1p(std::exp(x)); }
+
+V naive_xielu(const V& x, const V& p, double beta = 0.5, double eps = -1e-6) {
+  const double ap = softplus(p[0]), an = beta + softplus(p[1]);
+  V y(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i)
+    y[i] = x[i] > 0 ? ap * x[i] * x[i] + beta * x[i] : an * (std::expm1(std::min(x[i], eps)) - x[i]) + beta * x[i];
+  return y;
+}
+}  // namespace
+
+TEST_CASE("swiglu matches silu(gate) * up and its backward matches finite differences", "[kernels][swiglu]") {
+  ExecSpace ex;
+  for (const auto& shape : {std::pair{13, 7}, std::pair{1, 1}}) {
+    const int N = shape.first, F = shape.second;
+    CAPTURE(N, F);
+    V gu = randn(std::size_t(N) * 2 * F, 131, 2.0);
+    if (N > 1) gu[0] = 0.0, gu[1] = 30.0, gu[2] = -30.0, gu[3] = -100.0, gu[4] = 1e-3, gu[5] = -1e-3;
+    View2<double> vgu("gu", N, 2 * F), vy("y", N, F), gdu("gdu", N, 2 * F), gy("gy", N, F);
+    from_vec(vgu, gu);
+    swiglu_forward(ex, vy, vgu);
+    REQUIRE(max_rel_err(to_vec(vy), naive_swiglu(gu, N, F)) < 1e-14);
+    const V w = randn(std::size_t(N) * F, 132);
+    from_vec(gy, w);
+    from_vec(gdu, randn(gu.size(), 133));  // overwritten
+    swiglu_backward(ex, gdu, vgu, gy);
+    REQUIRE(max_rel_err(to_vec(gdu), finite_diff(gu, [&](const V& g) { return dot(naive_swiglu(g, N, F), w); })) < kGradTol);
+  }
+}
+
+TEST_CASE("xielu matches the formula; its backward matches finite differences for inputs and parameters, in place too", "[kernels][xielu]") {
+  ExecSpace ex;
+  REQUIRE(std::abs(softplus(softplus_inverse(0.8)) - 0.8) < 1e-15);
+  REQUIRE(std::abs(softplus(softplus_inverse(0.3)) - 0.3) < 1e-15);
+  REQUIRE(std::abs(softplus_inverse(50.0) - 50.0) < 1e-15);  // log(e^50 - 1), without overflow
+  REQUIRE(std::abs(softplus(softplus_inverse(25.0)) - 25.0) < 1e-14);
+  REQUIRE_THROWS_AS(softplus_inverse(0.0), std::invalid_argument);
+  // Apertus' initialisation and arbitrary raw values; n = 1000 sums over several chunks
+  for (const auto& p : {V{softplus_inverse(0.8), softplus_inverse(0.8 - 0.5)}, V{-0.7, 1.3}})
+    for (const std::size_t n : {std::size_t(13), std::size_t(1), std::size_t(1000)}) {
+      CAPTURE(p[0], p[1], n);
+      V x = randn(n, 141, 2.0);
+      // near the kinks at 0 and eps = -1e-6 (farther than the finite-difference step), and far out
+      const V special{0.01, -0.01, 3e-5, -3e-5, 0.5, -0.5, 20.0, -20.0, -50.0, 1e-4, -1e-4};
+      if (n > 1)
+        for (std::size_t i = 0; i < special.size(); ++i) x[i] = special[i];
+      View1<double> vx("x", n), vy("y", n), vp("p", 2), gx("gx", n), gy("gy", n), gp("gp", 2);
+      from_vec(vx, x), from_vec(vp, p);
+      xielu_forward(ex, vy, vx, vp);
+      REQUIRE(max_rel_err(to_vec(vy), naive_xielu(x, p)) < 1e-14);
+      const V w = randn(n, 142), gp0 = randn(2, 143);
+      from_vec(gy, w), from_vec(gp, gp0);
+      from_vec(gx, randn(n, 144));  // overwritten
+      xielu_backward(ex, gx, gp, vx, gy, vp);
+      REQUIRE(max_rel_err(to_vec(gx), finite_diff(x, [&](const V& xx) { return dot(naive_xielu(xx, p), w); })) < kGradTol);
+      REQUIRE(max_rel_err(to_vec(gp), plus(finite_diff(p, [&](const V& pp) { return dot(naive_xielu(x, pp), w); }), gp0)) < kGradTol);
+      // in place: dinp aliases dout; bit-identical, parameter gradients too (a fixed order)
+      View1<double> gp2("gp2", 2);
+      from_vec(gp2, gp0);
+      xielu_backward(ex, gy, gp2, vx, gy, vp);
+      REQUIRE(to_vec(gy) == to_vec(gx));
+      REQUIRE(to_vec(gp2) == to_vec(gp));
+    }
 }
 
 // ---------------------------------------------------------------- embedding
@@ -568,4 +916,105 @@ TEST_CASE("float kernels agree with double kernels", "[kernels][float]") {
   matmul_forward(blas, yd, xd, wd, View1<double>());
   matmul_forward(blas, yf, xf, wf, View1<float>());
   REQUIRE(max_rel_err(to_vec(yf), to_vec(yd)) < 1e-5);
+}
+
+TEST_CASE("float norm, rope, activation and grouped-query attention kernels agree with double ones", "[kernels][float]") {
+  ExecSpace ex;
+  const double tol = 200 * double(std::numeric_limits<float>::epsilon());  // ~2.4e-5
+  const int N = 13, C = 7;
+  const V x = randn(std::size_t(N) * C, 151), w = randn(std::size_t(C), 152), g = randn(std::size_t(N) * C, 153);
+  SECTION("rmsnorm") {
+    View2<double> xd("xd", N, C), yd("yd", N, C), gd("gd", N, C), dxd("dxd", N, C);
+    View2<float> xf("xf", N, C), yf("yf", N, C), gf("gf", N, C), dxf("dxf", N, C);
+    View1<double> wd("wd", C), rd("rd", N), dwd("dwd", C);
+    View1<float> wf("wf", C), rf("rf", N), dwf("dwf", C);
+    from_vec(xd, x), from_vec(xf, x), from_vec(wd, w), from_vec(wf, w), from_vec(gd, g), from_vec(gf, g);
+    rmsnorm_forward(ex, yd, rd, xd, wd);
+    rmsnorm_forward(ex, yf, rf, xf, wf);
+    REQUIRE(max_rel_err(to_vec(yf), to_vec(yd)) < tol);
+    rmsnorm_backward(ex, dxd, dwd, gd, xd, wd, rd);
+    rmsnorm_backward(ex, dxf, dwf, gf, xf, wf, rf);
+    REQUIRE(max_rel_err(to_vec(dxf), to_vec(dxd)) < tol);
+    REQUIRE(max_rel_err(to_vec(dwf), to_vec(dwd)) < tol);
+  }
+  SECTION("QK-norm") {
+    const int W = 23, c0 = 3, nh = 3, hd = 6;
+    const V xx = randn(std::size_t(N) * W, 154), ww = randn(std::size_t(hd), 155), gg = randn(std::size_t(N) * W, 156);
+    View2<double> xd("xd", N, W), yd("yd", N, W), gd("gd", N, W), rd("rd", N, nh);
+    View2<float> xf("xf", N, W), yf("yf", N, W), gf("gf", N, W), rf("rf", N, nh);
+    View1<double> wd("wd", hd), dwd("dwd", hd);
+    View1<float> wf("wf", hd), dwf("dwf", hd);
+    from_vec(xd, xx), from_vec(xf, xx), from_vec(wd, ww), from_vec(wf, ww), from_vec(gd, gg), from_vec(gf, gg);
+    head_rmsnorm_forward(ex, yd, rd, xd, wd, c0, nh);
+    head_rmsnorm_forward(ex, yf, rf, xf, wf, c0, nh);
+    REQUIRE(max_rel_err(to_vec(yf), to_vec(yd)) < tol);
+    head_rmsnorm_backward(ex, gd, dwd, gd, xd, wd, rd, c0, nh);
+    head_rmsnorm_backward(ex, gf, dwf, gf, xf, wf, rf, c0, nh);
+    REQUIRE(max_rel_err(to_vec(gf), to_vec(gd)) < tol);
+    REQUIRE(max_rel_err(to_vec(dwf), to_vec(dwd)) < tol);
+  }
+  SECTION("rope at large positions: the angle is computed in double") {
+    const int W = 16, hd = 8, nh = 2;
+    RopeScaling sc;
+    sc.llama3 = true;
+    const auto vf = device_freqs(rope_inv_freq(hd, 500000.0, sc));
+    const auto vpos = device_positions({0, 1, 100000, 131071, 7, 65536});
+    const V xx = randn(6 * W, 157);
+    View2<double> xd("xd", 6, W);
+    View2<float> xf("xf", 6, W);
+    from_vec(xd, xx), from_vec(xf, xx);
+    rope_apply<double>(ex, xd, vpos, vf, 0, nh, hd, false);
+    rope_apply<float>(ex, xf, vpos, vf, 0, nh, hd, false);
+    REQUIRE(max_rel_err(to_vec(xf), to_vec(xd)) < tol);
+  }
+  SECTION("swiglu") {
+    const V gu = randn(std::size_t(N) * 2 * C, 158, 3.0);
+    View2<double> gud("gud", N, 2 * C), yd("yd", N, C), gd("gd", N, C), dgd("dgd", N, 2 * C);
+    View2<float> guf("guf", N, 2 * C), yf("yf", N, C), gf("gf", N, C), dgf("dgf", N, 2 * C);
+    from_vec(gud, gu), from_vec(guf, gu), from_vec(gd, g), from_vec(gf, g);
+    swiglu_forward(ex, yd, gud);
+    swiglu_forward(ex, yf, guf);
+    REQUIRE(max_rel_err(to_vec(yf), to_vec(yd)) < tol);
+    swiglu_backward(ex, dgd, gud, gd);
+    swiglu_backward(ex, dgf, guf, gf);
+    REQUIRE(max_rel_err(to_vec(dgf), to_vec(dgd)) < tol);
+  }
+  SECTION("xielu") {
+    const std::size_t n = 1000;
+    const V xx = randn(n, 159, 2.0), gg = randn(n, 160), p{softplus_inverse(0.8), softplus_inverse(0.3)};
+    View1<double> xd("xd", n), yd("yd", n), gd("gd", n), pd("pd", 2), dpd("dpd", 2);
+    View1<float> xf("xf", n), yf("yf", n), gf("gf", n), pf("pf", 2), dpf("dpf", 2);
+    from_vec(xd, xx), from_vec(xf, xx), from_vec(gd, gg), from_vec(gf, gg), from_vec(pd, p), from_vec(pf, p);
+    xielu_forward(ex, yd, xd, pd);
+    xielu_forward(ex, yf, xf, pf);
+    REQUIRE(max_rel_err(to_vec(yf), to_vec(yd)) < tol);
+    xielu_backward(ex, gd, dpd, xd, gd, pd);
+    xielu_backward(ex, gf, dpf, xf, gf, pf);
+    REQUIRE(max_rel_err(to_vec(gf), to_vec(gd)) < tol);
+    // a sum of 1000 terms of size ~10: relative to the sum's magnitude
+    const V a = to_vec(dpf), b = to_vec(dpd);
+    for (int i = 0; i < 2; ++i) REQUIRE(std::abs(a[std::size_t(i)] - b[std::size_t(i)]) < tol * std::max(1.0, std::abs(b[std::size_t(i)])));
+  }
+  SECTION("grouped-query attention, matrix and tiled") {
+    Blas blas;
+    const int B = 2, T = 37, NH = 6, KV = 2, hs = 4, Cq = NH * hs, Wq = Cq + 2 * KV * hs;
+    const V qkv = randn(std::size_t(B) * T * Wq, 161), go = randn(std::size_t(B) * T * Cq, 162);
+    View3<double> qd("qd", B, T, Wq), od("od", B, T, Cq), ld("ld", B, NH, T), gd("gd", B, T, Cq), dqd("dqd", B, T, Wq);
+    View3<float> qf("qf", B, T, Wq), of("of", B, T, Cq), lf("lf", B, NH, T), gf("gf", B, T, Cq), dqf("dqf", B, T, Wq);
+    from_vec(qd, qkv), from_vec(qf, qkv), from_vec(gd, go), from_vec(gf, go);
+    attention_tiled_forward<double>(ex, od, ld, qd, NH, KV);
+    attention_tiled_forward<float>(ex, of, lf, qf, NH, KV);
+    REQUIRE(max_rel_err(to_vec(of), to_vec(od)) < tol);
+    attention_tiled_backward<double>(ex, dqd, gd, qd, od, ld, NH, KV);
+    attention_tiled_backward<float>(ex, dqf, gf, qf, of, lf, NH, KV);
+    REQUIRE(max_rel_err(to_vec(dqf), to_vec(dqd)) < tol);
+    View4<double> ad("ad", B, NH, T, T), sd("sd", B, NH, T, T);
+    View4<float> af("af", B, NH, T, T), sf("sf", B, NH, T, T);
+    attention_forward(blas, od, ad, qd, NH, KV);
+    attention_forward(blas, of, af, qf, NH, KV);
+    REQUIRE(max_rel_err(to_vec(of), to_vec(od)) < tol);
+    attention_backward(blas, dqd, sd, gd, qd, ad, NH, KV);
+    attention_backward(blas, dqf, sf, gf, qf, af, NH, KV);
+    REQUIRE(max_rel_err(to_vec(dqf), to_vec(dqd)) < tol);
+  }
 }

@@ -65,13 +65,35 @@ TrainConfig small_run() {
 }
 }  // namespace
 
+/// The tiny model in each family and with each block option: GPT-2; Llama (RMSNorm, RoPE with
+/// Llama 3 scaling, 4 query heads on 2 kv heads, QK-norm, SwiGLU, untied); Apertus-like (xIELU);
+/// multi-query attention with LayerNorm without biases and RoPE.
+ModelConfig tiny_spec(const std::string& which) {
+  ModelConfig m = tiny();
+  if (which == "gpt2") return m;
+  m.n_head = 4, m.d_model = 16, m.ffn_dim = 24, m.norm_eps = 1e-5;
+  m.positions = "rope", m.rope_theta = 10000, m.tie_embeddings = false, m.bias = false;
+  m.norm = "rmsnorm", m.mlp = "swiglu", m.n_kv_head = 2, m.qk_norm = true;
+  m.rope_scaling = "llama3", m.rope_original_context = 4, m.rope_factor = 4;  // every band at head_dim 4
+  if (which == "xielu") m.mlp = "xielu";
+  if (which == "mqa") m.n_kv_head = 1, m.norm = "layernorm", m.qk_norm = false, m.mlp = "gelu", m.rope_scaling = "none";
+  return m;
+}
+
 TEST_CASE("the whole model's gradient matches finite differences (float, sampled parameters)", "[model][grad]") {
+  const std::string which = GENERATE(as<std::string>{}, "gpt2", "llama", "xielu", "mqa");
+  CAPTURE(which);
+  const ModelConfig spec = tiny_spec(which);
   const int B = 2, T = 5;
-  model::GPT gpt(tiny(), B, T);
+  model::GPT gpt(spec, B, T);
   gpt.init_random(7);
   // Larger weights than the GPT-2 init, so every path carries gradient well above float noise.
+  // 3x for the other specs: at 10x their logits (RMSNorm's larger outputs, a tied embedding with
+  // RoPE) saturate the softmax and central differences at h = 2e-3 drift (3-30% off on a few
+  // wte entries, measured); at 1x and 3x every sampled entry agrees.
   auto host = gpt.params_to_host();
-  for (std::size_t i = 0; i < host.size(); ++i) host[i] *= 10.0f;
+  const float mul = which == "gpt2" ? 10.0f : 3.0f;
+  for (std::size_t i = 0; i < host.size(); ++i) host[i] *= mul;
   gpt.load_params(host);
   kernels::Blas blas;
   const auto in = pattern(B * T, 11, 7), tg = pattern(B * T, 11, 5);
@@ -89,8 +111,8 @@ TEST_CASE("the whole model's gradient matches finite differences (float, sampled
   for (const auto& t : gpt.tensors()) {
     for (std::size_t k = 0; k < 4; ++k) {
       std::size_t i = t.offset + (k * 7919) % t.size;
-      if (t.name == "wte") i = t.offset + std::size_t(in[k] * tiny().d_model) + k;  // rows that are used
-      if (t.name == "wpe") i = t.offset + k * std::size_t(tiny().d_model) + k;     // positions < T
+      if (t.name == "wte") i = t.offset + std::size_t(in[k] * spec.d_model) + k;  // rows that are used
+      if (t.name == "wpe") i = t.offset + k * std::size_t(spec.d_model) + k;     // positions < T
       auto central = [&](float step) {
         auto p = host;
         p[i] += step;
@@ -109,7 +131,8 @@ TEST_CASE("the whole model's gradient matches finite differences (float, sampled
       ++checked;
     }
   }
-  REQUIRE(checked == 64);
+  REQUIRE(checked == 4 * int(gpt.tensors().size()));
+  REQUIRE(gpt.tensors().size() == (which == "gpt2" ? 16u : which == "mqa" ? 9u : which == "xielu" ? 12u : 11u));
 }
 
 TEST_CASE("padded vocabulary rows never receive probability or gradient", "[model]") {
@@ -145,8 +168,16 @@ TEST_CASE("gradient accumulation over 2 micro-batches of 4 equals one batch of 8
 TEST_CASE("tiled attention trains like the T x T matrix kernel", "[train][invariant][tiled]") {
   // Tolerance: the two kernels sum the softmax and its products in another order (fp32). Measured
   // over these 12 steps: 4.2e-9 relative; 1e-6 is the bound.
+  // Both GPT-2 and a Llama-style model (RoPE, grouped-query heads: 4 on 2, QK-norm).
+  const bool llama = GENERATE(false, true);
+  CAPTURE(llama);
   auto c = small_run();
   c.steps = 12, c.seq_len = 32;  // one tile of 32 rows; the kernel tests cover several tiles
+  if (llama) {
+    auto& m = c.model;
+    m.n_head = 4, m.n_kv_head = 2, m.norm = "rmsnorm", m.positions = "rope", m.mlp = "swiglu", m.ffn_dim = 64;
+    m.qk_norm = true, m.tie_embeddings = false, m.bias = false;
+  }
   std::ostringstream log;
   c.attention = "matrix";
   const auto ref = run(c, log);

@@ -1,10 +1,14 @@
 #include "tapestry/cli/cli.hpp"
 
 #include <CLI/CLI.hpp>
+#include <cstdio>
 #include <iostream>
 
 #include "tapestry/core/error.hpp"
 
+#ifndef TAPESTRY_SOURCE_DIR
+#define TAPESTRY_SOURCE_DIR "."
+#endif
 #ifndef TAPESTRY_VERSION
 #define TAPESTRY_VERSION "unknown"
 #endif
@@ -21,6 +25,50 @@ void add_model_options(CLI::App* app, ModelConfig& m) {
   app->add_option("--vocab-size", m.vocab_size, "Vocabulary (256 for the byte tokenizer)")->capture_default_str()->group("Model");
   app->add_option("--padded-vocab-size", m.padded_vocab_size,
                   "Token-embedding rows; 0: vocab-size rounded up to 128")->capture_default_str()->group("Model");
+  app->add_option("--arch", m.arch,
+                  "Family whose defaults fill the block keys you do not set: gpt2 (LayerNorm, GELU, learned "
+                  "positions, tied, biases) or llama (RMSNorm, SwiGLU, RoPE theta 500000, untied, no biases)")
+      ->capture_default_str()->group("Model");
+  app->add_option("--n-kv-head", m.n_kv_head, "Key/value heads (grouped-query attention; must divide n-head); 0: n-head")
+      ->capture_default_str()->group("Model");
+  app->add_option("--ffn-dim", m.ffn_dim, "MLP hidden size; 0: 4 x d-model")->capture_default_str()->group("Model");
+  app->add_option("--norm", m.norm, "layernorm or rmsnorm")->capture_default_str()->group("Model");
+  app->add_option("--norm-eps", m.norm_eps, "Epsilon of the norms (and of QK-norm)")->capture_default_str()->group("Model");
+  app->add_option("--qk-norm", m.qk_norm, "RMSNorm over each head's q and k before RoPE (true/false)")
+      ->capture_default_str()->group("Model");
+  app->add_option("--mlp", m.mlp, "gelu (up, GELU, down), swiglu (silu(gate) * up, down) or xielu (Apertus: trainable "
+                  "activation with two scalars per layer)")->capture_default_str()->group("Model");
+  app->add_option("--positions", m.positions, "learned (position embedding) or rope")->capture_default_str()->group("Model");
+  app->add_option("--rope-theta", m.rope_theta, "RoPE base")->capture_default_str()->group("Model");
+  app->add_option("--rope-scaling", m.rope_scaling, "none or llama3 (Llama 3.1's frequency scaling)")
+      ->capture_default_str()->group("Model");
+  app->add_option("--rope-factor", m.rope_factor, "llama3 scaling: factor")->capture_default_str()->group("Model");
+  app->add_option("--rope-low-freq-factor", m.rope_low_freq_factor, "llama3 scaling: low_freq_factor")
+      ->capture_default_str()->group("Model");
+  app->add_option("--rope-high-freq-factor", m.rope_high_freq_factor, "llama3 scaling: high_freq_factor")
+      ->capture_default_str()->group("Model");
+  app->add_option("--rope-original-context", m.rope_original_context,
+                  "llama3 scaling: original_max_position_embeddings")->capture_default_str()->group("Model");
+  app->add_option("--tie-embeddings", m.tie_embeddings, "The output layer is the token embedding (true/false)")
+      ->capture_default_str()->group("Model");
+  app->add_option("--bias", m.bias, "Biases in the linear layers and LayerNorms (true/false)")->capture_default_str()->group("Model");
+  app->add_option("--model", "Model preset: a name from inputs/models/ (gpt2-124m, llama3-8b, llama3-70b, apertus-8b, "
+                  "apertus-70b, tiny-llama) or a TOML file of model keys; the command line and -c override it")
+      ->group("Model");
+}
+
+/// Where a preset name is looked up: ./inputs/models, then the source tree's inputs/models.
+std::string preset_path(const std::string& name) {
+  if (name.find('/') != std::string::npos || name.find(".toml") != std::string::npos) return name;
+  for (const std::string& dir : {std::string("inputs/models"), std::string(TAPESTRY_SOURCE_DIR) + "/inputs/models"}) {
+    const std::string p = dir + "/" + name + ".toml";
+    if (FILE* f = std::fopen(p.c_str(), "r")) {
+      std::fclose(f);
+      return p;
+    }
+  }
+  throw Error("unknown model preset '" + name + "' (not in ./inputs/models or " TAPESTRY_SOURCE_DIR
+              "/inputs/models; give a name there or a .toml path)");
 }
 
 void add_train_options(CLI::App* t, TrainConfig& c) {
@@ -130,6 +178,18 @@ void apply_config_file(CLI::App* app, const std::string& path) {
   }
 }
 
+/// Fills the model keys left unset: a --model preset first, then the --arch family's defaults.
+void apply_model_layers(CLI::App* app, ModelConfig& m) {
+  if (auto* preset = app->get_option_no_throw("--model"); preset != nullptr && preset->count() > 0)
+    apply_config_file(app, preset_path(preset->as<std::string>()));
+  for (const auto& [key, value] : arch_defaults(m.arch)) {
+    CLI::Option* op = app->get_option("--" + key);
+    if (op->count() > 0) continue;
+    op->add_result(value);
+    op->run_callback();
+  }
+}
+
 }  // namespace
 
 Invocation parse(int argc, const char* const* argv, bool quiet) {
@@ -212,6 +272,14 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   exp->add_option("checkpoint", inv.ckpt_path, "A checkpoint file (.h5)")->required();
   exp->add_option("--output,-o", inv.ckpt_output, "llm.c checkpoint to write")->required();
 
+  auto* ev = ckpt->add_subcommand("eval", "Loss of the checkpoint's model on the first rows of a token file (one rank)");
+  ev->add_option("checkpoint", inv.ckpt_path, "A checkpoint file (.h5)")->required();
+  ev->add_option("--data", inv.eval_data, "Token file (llm.c format)")->required();
+  ev->add_option("--seq-len,-t", inv.eval_seq_len, "Tokens per row (T)")->capture_default_str();
+  ev->add_option("--rows", inv.eval_rows, "Rows: row r reads tokens [r*T, r*T + T] (inputs and shifted targets)")
+      ->capture_default_str();
+  ev->add_option("--logits-out", inv.eval_logits, "Also write the logits: raw float32, (rows*T, vocab_size)");
+
   try {
     app.parse(args);
   } catch (const CLI::Success& e) {
@@ -229,19 +297,18 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
     inv.exit_code = e.get_exit_code() == 0 ? 0 : 2;
     return inv;
   }
-  if (train->parsed()) {
-    inv.command = Command::train;
-    if (!config_file.empty()) {
-      try {
-        apply_config_file(train, config_file);
-      } catch (const Error& e) {
-        if (!quiet) std::cerr << "tapestry: error: " << e.what() << "\n";
-        inv.command = Command::exit;
-        inv.exit_code = 2;
-        return inv;
-      }
-    }
+  try {
+    if (train->parsed() && !config_file.empty()) apply_config_file(train, config_file);
+    if (train->parsed()) apply_model_layers(train, inv.train.model);
+    if (step->parsed()) apply_model_layers(step, inv.bench_step.model);
+    if (bck->parsed()) apply_model_layers(bck, inv.bench_ckpt.model);
+  } catch (const std::exception& e) {
+    if (!quiet) std::cerr << "tapestry: error: " << e.what() << "\n";
+    inv.command = Command::exit;
+    inv.exit_code = 2;
+    return inv;
   }
+  if (train->parsed()) inv.command = Command::train;
   else if (prep->parsed()) inv.command = Command::data_prepare;
   else if (step->parsed()) inv.command = Command::bench_step;
   else if (gemm->parsed()) inv.command = Command::bench_gemm;
@@ -250,6 +317,7 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   else if (info->parsed()) inv.command = Command::ckpt_info;
   else if (verify->parsed()) inv.command = Command::ckpt_verify;
   else if (exp->parsed()) inv.command = Command::ckpt_export;
+  else if (ev->parsed()) inv.command = Command::ckpt_eval;
   return inv;
 }
 

@@ -21,16 +21,54 @@ int ModelConfig::vocab_padded() const {
   return (vocab_size + 127) / 128 * 128;
 }
 
+bool ModelConfig::is_gpt2() const {
+  return kv_heads() == n_head && ffn() == 4 * d_model && norm == "layernorm" && !qk_norm && mlp == "gelu" &&
+         positions == "learned" && tie_embeddings && bias;
+}
+
 std::int64_t ModelConfig::num_parameters() const {
-  const std::int64_t C = d_model, L = n_layer;
-  const std::int64_t per_layer = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C +
-                                 (4 * C * C + 4 * C) + (4 * C * C + C);
-  return std::int64_t(vocab_padded()) * C + std::int64_t(max_seq_len) * C + L * per_layer + 2 * C;
+  const std::int64_t C = d_model, L = n_layer, hd = head_dim(), F = ffn(), q = std::int64_t(n_head) * hd,
+                     kv = std::int64_t(kv_heads()) * hd, b = bias ? 1 : 0;
+  const std::int64_t norm_p = norm_has_bias() ? 2 * C : C;
+  const std::int64_t up_rows = mlp == "swiglu" ? 2 * F : F;
+  const std::int64_t per_layer = 2 * norm_p + (q + 2 * kv) * (C + b) + (qk_norm ? 2 * hd : 0) + C * q + b * C +
+                                 up_rows * (C + b) + C * F + b * C + (mlp == "xielu" ? 2 : 0);
+  const std::int64_t V = vocab_padded();
+  return V * C * (tie_embeddings ? 1 : 2) + (learned_positions() ? std::int64_t(max_seq_len) * C : 0) +
+         L * per_layer + norm_p;
 }
 
 double ModelConfig::flops_per_token(int T) const {
-  const double n = double(num_parameters()) - double(max_seq_len) * d_model;
-  return 6.0 * n + 12.0 * n_layer * double(d_model) * T;
+  double n = double(num_parameters());
+  if (learned_positions()) n -= double(max_seq_len) * d_model;
+  if (!tie_embeddings) n -= double(vocab_padded()) * d_model;  // the input embedding is a lookup
+  return 6.0 * n + 12.0 * n_layer * double(n_head) * head_dim() * T;
+}
+
+std::string spec_string(const ModelConfig& m) {
+  std::string s = "L=" + num(m.n_layer) + " H=" + num(m.n_head) + " C=" + num(m.d_model) + " V=" + num(m.vocab_size) +
+                  "/" + num(m.vocab_padded()) + " maxT=" + num(m.max_seq_len);
+  if (m.is_gpt2()) return s;  // GPT-2: the shape says it all (as before the model spec)
+  s += " kv=" + num(m.kv_heads()) + " ffn=" + num(m.ffn()) + " " + m.norm + "(" + num(m.norm_eps) + ")" +
+       (m.qk_norm ? "+qk-norm" : "") + " " + m.mlp + " " + m.positions;
+  if (m.positions == "rope") {
+    s += "(theta=" + num(m.rope_theta);
+    if (m.rope_scaling == "llama3")
+      s += ", llama3 x" + num(m.rope_factor) + " " + num(m.rope_low_freq_factor) + "/" + num(m.rope_high_freq_factor) +
+           " @" + num(m.rope_original_context);
+    s += ")";
+  }
+  return s + (m.tie_embeddings ? " tied" : " untied") + (m.bias ? " bias" : " no-bias");
+}
+
+std::vector<std::pair<std::string, std::string>> arch_defaults(const std::string& family) {
+  if (family == "gpt2")
+    return {{"norm", "layernorm"}, {"norm-eps", "1e-5"}, {"qk-norm", "false"}, {"mlp", "gelu"},
+            {"positions", "learned"}, {"tie-embeddings", "true"}, {"bias", "true"}};
+  if (family == "llama")  // Llama 3's block: RMSNorm, SwiGLU, RoPE (theta 500000), untied, no biases
+    return {{"norm", "rmsnorm"}, {"norm-eps", "1e-5"}, {"qk-norm", "false"}, {"mlp", "swiglu"},
+            {"positions", "rope"}, {"rope-theta", "500000"}, {"tie-embeddings", "false"}, {"bias", "false"}};
+  throw Error("arch must be gpt2 or llama (got '" + family + "')");
 }
 
 void validate(const ModelConfig& m) {
@@ -40,11 +78,30 @@ void validate(const ModelConfig& m) {
   require(m.d_model % m.n_head == 0, "n_head (" + num(m.n_head) + ") does not divide d_model (" +
                                          num(m.d_model) + ")");
   require(m.max_seq_len >= 1, "max_seq_len must be >= 1 (got " + num(m.max_seq_len) + ")");
-  require(m.vocab_size >= 2 && m.vocab_size <= 65536,
-          "vocab_size must be in [2, 65536] (uint16 tokens; got " + num(m.vocab_size) + ")");
+  require(m.vocab_size >= 2 && m.vocab_size <= (1 << 30),
+          "vocab_size must be in [2, 2^30] (got " + num(m.vocab_size) + ")");
   require(m.padded_vocab_size == 0 || m.padded_vocab_size >= m.vocab_size,
           "padded_vocab_size (" + num(m.padded_vocab_size) + ") is smaller than vocab_size (" +
               num(m.vocab_size) + ")");
+  arch_defaults(m.arch);
+  require(m.n_kv_head >= 0 && m.n_head % m.kv_heads() == 0,
+          "n_kv_head (" + num(m.n_kv_head) + ") must divide n_head (" + num(m.n_head) + ")");
+  require(m.ffn_dim >= 0, "ffn_dim must be >= 0 (0: 4 x d_model; got " + num(m.ffn_dim) + ")");
+  require(m.norm == "layernorm" || m.norm == "rmsnorm", "norm must be layernorm or rmsnorm (got '" + m.norm + "')");
+  require(m.norm_eps > 0, "norm_eps must be > 0 (got " + num(m.norm_eps) + ")");
+  require(m.mlp == "gelu" || m.mlp == "swiglu" || m.mlp == "xielu",
+          "mlp must be gelu, swiglu or xielu (got '" + m.mlp + "')");
+  require(m.positions == "learned" || m.positions == "rope",
+          "positions must be learned or rope (got '" + m.positions + "')");
+  require(m.positions != "rope" || m.head_dim() % 2 == 0,
+          "rope needs an even head dimension (d_model / n_head = " + num(m.head_dim()) + ")");
+  require(m.rope_theta > 0, "rope_theta must be > 0 (got " + num(m.rope_theta) + ")");
+  require(m.rope_scaling == "none" || m.rope_scaling == "llama3",
+          "rope_scaling must be none or llama3 (got '" + m.rope_scaling + "')");
+  require(m.rope_scaling == "none" || (m.rope_factor >= 1 && m.rope_low_freq_factor > 0 &&
+                                       m.rope_high_freq_factor > m.rope_low_freq_factor && m.rope_original_context >= 1),
+          "rope_scaling llama3 needs rope_factor >= 1, 0 < rope_low_freq_factor < rope_high_freq_factor and "
+          "rope_original_context >= 1");
 }
 
 void validate(const OptimConfig& o) {
@@ -89,8 +146,7 @@ std::string federation_fingerprint(const TrainConfig& c) {
   const auto& m = c.model;
   const auto& o = c.optim;
   const auto& p = c.parallel;
-  return "model L=" + num(m.n_layer) + " H=" + num(m.n_head) + " C=" + num(m.d_model) + " V=" + num(m.vocab_size) +
-         "/" + num(m.vocab_padded()) + " maxT=" + num(m.max_seq_len) + "; B=" + num(c.batch_size) +
+  return "model " + spec_string(m) + "; B=" + num(c.batch_size) +
          " T=" + num(c.seq_len) + " precision=" + c.precision + " global_batch=" + num(c.global_batch) + " grad_accum=" + num(c.grad_accum) +
          " steps=" + num(c.steps) + " seed=" + std::to_string(c.seed) + "; lr=" + num(o.lr) + " warmup=" +
          num(o.warmup_steps) + " min_lr_ratio=" + num(o.min_lr_ratio) + " wd=" + num(o.weight_decay) +

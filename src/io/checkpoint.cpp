@@ -259,7 +259,27 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
     attr(g, "max_seq_len", st.model.max_seq_len);
     attr(g, "vocab_size", st.model.vocab_size);
     attr(g, "padded_vocab_size", st.model.vocab_padded());
-    attr(g, "architecture", "GPT-2: learned positions, pre-LayerNorm, GELU(tanh) MLP, tied output layer");
+    const auto& m = st.model;
+    attr(g, "architecture", m.is_gpt2() ? "GPT-2: learned positions, pre-LayerNorm, GELU(tanh) MLP, tied output layer"
+                                        : "pre-norm decoder (model spec in these attributes; docs/model-spec.md)");
+    attr(g, "arch", m.arch);
+    attr(g, "n_kv_head", m.kv_heads());
+    attr(g, "ffn_dim", m.ffn());
+    attr(g, "norm", m.norm);
+    attr(g, "norm_eps", m.norm_eps);
+    attr(g, "qk_norm", int(m.qk_norm));
+    attr(g, "mlp", m.mlp);
+    attr(g, "xielu_beta", 0.5);
+    attr(g, "xielu_eps", -1e-6);
+    attr(g, "positions", m.positions);
+    attr(g, "rope_theta", m.rope_theta);
+    attr(g, "rope_scaling", m.rope_scaling);
+    attr(g, "rope_factor", m.rope_factor);
+    attr(g, "rope_low_freq_factor", m.rope_low_freq_factor);
+    attr(g, "rope_high_freq_factor", m.rope_high_freq_factor);
+    attr(g, "rope_original_context", m.rope_original_context);
+    attr(g, "tie_embeddings", int(m.tie_embeddings));
+    attr(g, "bias", int(m.bias));
     attr(g, "dtype", "float32");
   }
   write_tensors("/model", slice.params, 0, slice.write_begin, slice.write_end);
@@ -336,9 +356,9 @@ CheckpointState read_checkpoint_state(const std::string& path) {
   require(r.has(root, "format") && r.str(root, "format") == kCheckpointFormatName,
           "'" + path + "' is an HDF5 file but not a Tapestry checkpoint");
   const auto version = r.i64(root, "format_version");
-  require(version == kCheckpointFormatVersion, "checkpoint '" + path + "' has format version " +
-                                                   std::to_string(version) + "; this program reads version " +
-                                                   std::to_string(kCheckpointFormatVersion));
+  require(version == 1 || version == kCheckpointFormatVersion,
+          "checkpoint '" + path + "' has format version " + std::to_string(version) +
+              "; this program reads versions 1 and " + std::to_string(kCheckpointFormatVersion));
   require(r.has(root, "complete") && r.i64(root, "complete") == 1,
           "checkpoint '" + path + "' is incomplete (its write was cut short)");
   CheckpointState st;
@@ -358,6 +378,31 @@ CheckpointState read_checkpoint_state(const std::string& path) {
   st.model.max_seq_len = int(r.i64(model, "max_seq_len"));
   st.model.vocab_size = int(r.i64(model, "vocab_size"));
   st.model.padded_vocab_size = int(r.i64(model, "padded_vocab_size"));
+  st.format_version = int(version);
+  if (version >= 2) {  // the model spec (version 1 held GPT-2 only: the defaults)
+    auto& m = st.model;
+    m.arch = r.str(model, "arch");
+    m.n_kv_head = int(r.i64(model, "n_kv_head"));
+    m.ffn_dim = int(r.i64(model, "ffn_dim"));
+    m.norm = r.str(model, "norm");
+    m.norm_eps = r.f64(model, "norm_eps");
+    m.qk_norm = r.i64(model, "qk_norm") != 0;
+    m.mlp = r.str(model, "mlp");
+    m.positions = r.str(model, "positions");
+    m.rope_theta = r.f64(model, "rope_theta");
+    m.rope_scaling = r.str(model, "rope_scaling");
+    m.rope_factor = r.f64(model, "rope_factor");
+    m.rope_low_freq_factor = r.f64(model, "rope_low_freq_factor");
+    m.rope_high_freq_factor = r.f64(model, "rope_high_freq_factor");
+    m.rope_original_context = int(r.i64(model, "rope_original_context"));
+    m.tie_embeddings = r.i64(model, "tie_embeddings") != 0;
+    m.bias = r.i64(model, "bias") != 0;
+    try {
+      validate(m);
+    } catch (const Error& e) {
+      throw Error("checkpoint '" + path + "': bad model spec: " + e.what());
+    }
+  }
   H5 opt(H5Gopen2(file, "/optimizer", H5P_DEFAULT), H5Gclose);
   require(opt.ok(), "checkpoint '" + path + "' has no /optimizer group");
   st.adam_t = r.i64(opt, "t");

@@ -61,6 +61,8 @@ std::vector<float> read_llmc_params(const std::string& path, std::size_t expecte
 
 void write_llmc_checkpoint(const std::string& path, const ModelConfig& m,
                            const std::vector<float>& params) {
+  require(m.is_gpt2(), "llm.c checkpoints hold GPT-2 only; this model spec is not GPT-2 (norm " + m.norm + ", mlp " +
+                           m.mlp + ", positions " + m.positions + ")");
   require(params.size() == std::size_t(m.num_parameters()),
           "write_llmc_checkpoint: parameter count does not match the shape");
   std::int32_t h[256] = {};

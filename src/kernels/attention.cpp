@@ -7,33 +7,37 @@
 
 namespace tapestry::kernels {
 
-// qkv (B, T, 3C): for head h, q is columns [h*hs, (h+1)*hs), k is C + that, v is 2C + that.
-// Per (b, h), Q, K, V are (T, hs) matrices with row stride 3C, so each product is one gemm over a
-// strided slice, batched over the heads (head stride hs in qkv, T*T in att).
+// qkv (B, T, W) with W = (NH + 2 KV) hs: q heads in columns [0, NH hs), then KV key heads, then KV
+// value heads. Query head h uses kv head h / g, g = NH / KV (grouped-query attention; g = 1 is
+// multi-head). Per (b, h), Q, K, V are (T, hs) matrices with row stride W, so each product is one
+// gemm over a strided slice. The q heads j, g + j, 2g + j, ... (one per kv head) form one batch:
+// q stride g hs, k/v stride hs, att stride g T^2; g calls cover all heads (one call for MHA).
 
 namespace {
 struct Shape {
-  int B, T, C, NH, hs;
+  int B, T, W, NH, KV, hs, g;
 };
-template <class T> Shape shape_of(const In3<T>& qkv, int NH) {
-  const int C = int(qkv.extent(2)) / 3;
-  if (int(qkv.extent(2)) != 3 * C || NH < 1 || C % NH != 0)
-    throw std::invalid_argument("tapestry::attention: qkv is not (B, T, 3C) with C divisible by n_head");
-  return {int(qkv.extent(0)), int(qkv.extent(1)), C, NH, C / NH};
+template <class T> Shape shape_of(const In3<T>& qkv, int NH, int KV) {
+  if (KV == 0) KV = NH;
+  const int W = int(qkv.extent(2));
+  if (NH < 1 || KV < 1 || NH % KV != 0 || W % (NH + 2 * KV) != 0)
+    throw std::invalid_argument("tapestry::attention: qkv is not (B, T, (n_head + 2 n_kv_head) head_dim) with n_kv_head dividing n_head");
+  return {int(qkv.extent(0)), int(qkv.extent(1)), W, NH, KV, W / (NH + 2 * KV), NH / KV};
 }
 }  // namespace
 
 template <class T>
-void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv, int NH) {
-  const auto s = shape_of<T>(qkv, NH);
-  const int Tn = s.T, C = s.C, hs = s.hs;
+void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv, int NH, int KV) {
+  const auto s = shape_of<T>(qkv, NH, KV);
+  const int Tn = s.T, W = s.W, hs = s.hs, g = s.g, C = NH * hs, nkv = s.KV;
   const T scale = T(1) / math::sqrt(T(hs));
   const long TT = long(Tn) * Tn;
   for (int b = 0; b < s.B; ++b) {
-    const T* q = qkv.data() + long(b) * Tn * 3 * C;
+    const T* q = qkv.data() + long(b) * Tn * W;
     // att(b, h) (T, T) = scale * Q (T, hs) @ K^T (hs, T)
-    blas.attention_gemm<T>(false, true, Tn, Tn, hs, scale, q, 3 * C, hs, q + C, 3 * C, hs,
-                                 T(0), att.data() + long(b) * NH * TT, Tn, TT, NH);
+    for (int j = 0; j < g; ++j)
+      blas.attention_gemm<T>(false, true, Tn, Tn, hs, scale, q + j * hs, W, long(g) * hs, q + C, W, hs, T(0),
+                             att.data() + (long(b) * NH + j) * TT, Tn, long(g) * TT, nkv);
   }
   // Causal softmax per query row; entries above the diagonal become exactly 0.
   Kokkos::parallel_for(
@@ -53,29 +57,34 @@ void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv,
       });
   for (int b = 0; b < s.B; ++b) {
     // out(b, :, head h) (T, hs) = att(b, h) (T, T) @ V (T, hs)
-    blas.attention_gemm<T>(false, false, Tn, hs, Tn, T(1), att.data() + long(b) * NH * TT, Tn, TT,
-                                 qkv.data() + long(b) * Tn * 3 * C + 2 * C, 3 * C, hs, T(0),
-                                 out.data() + long(b) * Tn * C, C, hs, NH);
+    const T* v = qkv.data() + long(b) * Tn * W + C + long(nkv) * hs;
+    for (int j = 0; j < g; ++j)
+      blas.attention_gemm<T>(false, false, Tn, hs, Tn, T(1), att.data() + (long(b) * NH + j) * TT, Tn, long(g) * TT,
+                             v, W, hs, T(0), out.data() + long(b) * Tn * C + j * hs, C, long(g) * hs, nkv);
   }
 }
 
 template <class T>
 void attention_backward(const Blas& blas, View3<T> dqkv, View4<T> dpre, In3<T> dout, In3<T> qkv,
-                        In4<T> att, int NH) {
-  const auto s = shape_of<T>(qkv, NH);
-  const int Tn = s.T, C = s.C, hs = s.hs;
+                        In4<T> att, int NH, int KV) {
+  const auto s = shape_of<T>(qkv, NH, KV);
+  const int Tn = s.T, W = s.W, hs = s.hs, g = s.g, C = NH * hs, nkv = s.KV;
   const T scale = T(1) / math::sqrt(T(hs));
   const long TT = long(Tn) * Tn;
+  const long koff = C, voff = C + long(nkv) * hs;
   for (int b = 0; b < s.B; ++b) {
-    const T* v = qkv.data() + long(b) * Tn * 3 * C + 2 * C;
+    const T* v = qkv.data() + long(b) * Tn * W + voff;
     const T* dy = dout.data() + long(b) * Tn * C;
-    T* dv = dqkv.data() + long(b) * Tn * 3 * C + 2 * C;
+    T* dv = dqkv.data() + long(b) * Tn * W + voff;
     const T* a = att.data() + long(b) * NH * TT;
-    // dV (T, hs) = att^T (T, T) @ dY (T, hs)
-    blas.attention_gemm<T>(true, false, Tn, hs, Tn, T(1), a, Tn, TT, dy, C, hs, T(0), dv, 3 * C, hs, NH);
-    // datt (T, T) = dY (T, hs) @ V^T (hs, T)
-    blas.attention_gemm<T>(false, true, Tn, Tn, hs, T(1), dy, C, hs, v, 3 * C, hs, T(0),
-                                 dpre.data() + long(b) * NH * TT, Tn, TT, NH);
+    for (int j = 0; j < g; ++j) {
+      // dV (T, hs) = sum over the group's q heads of att^T (T, T) @ dY (T, hs)
+      blas.attention_gemm<T>(true, false, Tn, hs, Tn, T(1), a + j * TT, Tn, long(g) * TT, dy + j * hs, C,
+                             long(g) * hs, j == 0 ? T(0) : T(1), dv, W, hs, nkv);
+      // datt (T, T) = dY (T, hs) @ V^T (hs, T)
+      blas.attention_gemm<T>(false, true, Tn, Tn, hs, T(1), dy + j * hs, C, long(g) * hs, v, W, hs, T(0),
+                             dpre.data() + (long(b) * NH + j) * TT, Tn, long(g) * TT, nkv);
+    }
   }
   // Softmax backward, in place: dpre = scale * att * (datt - sum_t2 att * datt); 0 above the diagonal.
   Kokkos::parallel_for(
@@ -88,19 +97,23 @@ void attention_backward(const Blas& blas, View3<T> dqkv, View4<T> dpre, In3<T> d
         });
       });
   for (int b = 0; b < s.B; ++b) {
-    const T* q = qkv.data() + long(b) * Tn * 3 * C;
-    T* dq = dqkv.data() + long(b) * Tn * 3 * C;
+    const T* q = qkv.data() + long(b) * Tn * W;
+    T* dq = dqkv.data() + long(b) * Tn * W;
     const T* ds = dpre.data() + long(b) * NH * TT;
-    // dQ (T, hs) = dS (T, T) @ K (T, hs);  dK (T, hs) = dS^T (T, T) @ Q (T, hs)
-    blas.attention_gemm<T>(false, false, Tn, hs, Tn, T(1), ds, Tn, TT, q + C, 3 * C, hs, T(0), dq, 3 * C, hs, NH);
-    blas.attention_gemm<T>(true, false, Tn, hs, Tn, T(1), ds, Tn, TT, q, 3 * C, hs, T(0), dq + C, 3 * C, hs, NH);
+    for (int j = 0; j < g; ++j) {
+      // dQ (T, hs) = dS (T, T) @ K (T, hs);  dK (T, hs) = sum over the group of dS^T (T, T) @ Q (T, hs)
+      blas.attention_gemm<T>(false, false, Tn, hs, Tn, T(1), ds + j * TT, Tn, long(g) * TT, q + koff, W, hs, T(0),
+                             dq + j * hs, W, long(g) * hs, nkv);
+      blas.attention_gemm<T>(true, false, Tn, hs, Tn, T(1), ds + j * TT, Tn, long(g) * TT, q + j * hs, W,
+                             long(g) * hs, j == 0 ? T(0) : T(1), dq + koff, W, hs, nkv);
+    }
   }
 }
 
 #define TAPESTRY_INSTANTIATE(T)                                                                  \
-  template void attention_forward<T>(const Blas&, View3<T>, View4<T>, In3<T>, int);            \
+  template void attention_forward<T>(const Blas&, View3<T>, View4<T>, In3<T>, int, int);       \
   template void attention_backward<T>(const Blas&, View3<T>, View4<T>, In3<T>, In3<T>, In4<T>, \
-                                      int);
+                                      int, int);
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)
 #undef TAPESTRY_INSTANTIATE

@@ -1,6 +1,7 @@
 #include "tapestry/kernels/attention_tiled.hpp"
 
 #include <cmath>
+#include <stdexcept>
 
 #include "tapestry/kernels/math.hpp"
 
@@ -20,21 +21,40 @@ constexpr int kTile = kAttnTile;
 // (global memory, per team) instead of failing at launch.
 inline int scratch_level(std::size_t bytes) { return bytes <= std::size_t(Team::scratch_size_max(0)) ? 0 : 1; }
 
-/// Key tile [k0, k0 + cols) of head h into scratch: K and V from the packed qkv (B, T, 3C).
+/// Heads and widths of the packed qkv (B, T, (NH + 2 KV) hd): q heads in columns [0, C), C = NH hd,
+/// then KV key heads from column C, then KV value heads from column C + KV hd; query head h uses kv
+/// head h / g, g = NH / KV.
+struct Heads {
+  int NH, KV, g, hd, C, kvC;
+};
+inline Heads heads_of(int n_head, int n_kv_head, std::size_t width_out, std::size_t width_qkv) {
+  const int NH = n_head, KV = n_kv_head == 0 ? n_head : n_kv_head;
+  if (NH < 1 || KV < 1 || NH % KV != 0 || width_out % std::size_t(NH) != 0)
+    throw std::invalid_argument("tapestry::attention_tiled: n_kv_head must divide n_head, and n_head the width of out");
+  const int hd = int(width_out) / NH;
+  if (width_qkv != std::size_t(NH + 2 * KV) * std::size_t(hd))
+    throw std::invalid_argument("tapestry::attention_tiled: qkv is not (B, T, (n_head + 2 n_kv_head) head_dim)");
+  return {NH, KV, NH / KV, hd, NH * hd, KV * hd};
+}
+
+/// Key tile [k0, k0 + cols) of kv head g into scratch: K from column C + g hd of the packed qkv,
+/// V from column C + kvC + g hd.
 template <class T>
-KOKKOS_INLINE_FUNCTION void load_key_tile(const Member& tm, const In3<T>& qkv, int C, int hd, int b, int h, int k0,
-                                          int cols, const Tile<T>& K, const Tile<T>& V) {
+KOKKOS_INLINE_FUNCTION void load_key_tile(const Member& tm, const In3<T>& qkv, int C, int kvC, int hd, int b, int g,
+                                          int k0, int cols, const Tile<T>& K, const Tile<T>& V) {
   Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols * hd), [&](int e) {
     const int c = e / hd, d = e % hd;
-    K(c, d) = qkv(b, k0 + c, C + h * hd + d);
-    V(c, d) = qkv(b, k0 + c, 2 * C + h * hd + d);
+    K(c, d) = qkv(b, k0 + c, C + g * hd + d);
+    V(c, d) = qkv(b, k0 + c, C + kvC + g * hd + d);
   });
 }
 }  // namespace
 
 template <class T>
-void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, In3<T> qkv, int n_head) {
-  const int B = int(qkv.extent(0)), Tn = int(qkv.extent(1)), C = int(qkv.extent(2)) / 3, NH = n_head, hd = C / NH;
+void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, In3<T> qkv, int n_head,
+                             int n_kv_head) {
+  const Heads sh = heads_of(n_head, n_kv_head, out.extent(2), qkv.extent(2));
+  const int B = int(qkv.extent(0)), Tn = int(qkv.extent(1)), NH = sh.NH, G = sh.g, hd = sh.hd, C = sh.C, kvC = sh.kvC;
   const int tiles = (Tn + kTile - 1) / kTile;
   const T scale = T(1) / math::sqrt(T(hd));
   const std::size_t bytes = 4 * Tile<T>::shmem_size(kTile, hd) + 2 * Row<T>::shmem_size(kTile);
@@ -58,7 +78,7 @@ void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, 
         for (int k0 = 0; k0 <= last_key; k0 += kTile) {
           const int cols = Tn - k0 < kTile ? Tn - k0 : kTile;
           tm.team_barrier();
-          load_key_tile<T>(tm, qkv, C, hd, b, h, k0, cols, K, V);
+          load_key_tile<T>(tm, qkv, C, kvC, hd, b, h / G, k0, cols, K, V);
           tm.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows), [&](int r) {
             const int qi = q0 + r, ncols = qi - k0 + 1 < cols ? qi - k0 + 1 : cols;  // causal
@@ -94,8 +114,10 @@ void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, 
 
 template <class T>
 void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout, In3<T> qkv, In3<T> out,
-                              In3<T> lse, int n_head) {
-  const int B = int(qkv.extent(0)), Tn = int(qkv.extent(1)), C = int(qkv.extent(2)) / 3, NH = n_head, hd = C / NH;
+                              In3<T> lse, int n_head, int n_kv_head) {
+  const Heads sh = heads_of(n_head, n_kv_head, dout.extent(2), qkv.extent(2));
+  const int B = int(qkv.extent(0)), Tn = int(qkv.extent(1)), NH = sh.NH, KV = sh.KV, G = sh.g, hd = sh.hd, C = sh.C,
+            kvC = sh.kvC;
   const int tiles = (Tn + kTile - 1) / kTile;
   const T scale = T(1) / math::sqrt(T(hd));
   const std::size_t bytes = 6 * Tile<T>::shmem_size(kTile, hd) + 2 * Row<T>::shmem_size(kTile);
@@ -114,42 +136,46 @@ void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout,
       D(r) = dsum;
     });
   };
-  Team policy(exec, B * NH * tiles, Kokkos::AUTO);
-  // 1) per key tile: dK and dV over every query tile at or after it
+  // 1) per key tile of kv head g: dK and dV over every query tile at or after it, of each query head
+  //    of g's group in turn (a fixed order, no atomics)
+  Team kv_policy(exec, B * KV * tiles, Kokkos::AUTO);
   Kokkos::parallel_for(
-      "tapestry::attention_tiled_backward_dkv", policy.set_scratch_size(lvl, Kokkos::PerTeam(bytes)),
+      "tapestry::attention_tiled_backward_dkv", kv_policy.set_scratch_size(lvl, Kokkos::PerTeam(bytes)),
       KOKKOS_LAMBDA(const Member& tm) {
-        const int kt = tm.league_rank() % tiles, h = (tm.league_rank() / tiles) % NH, b = tm.league_rank() / (tiles * NH);
+        const int kt = tm.league_rank() % tiles, g = (tm.league_rank() / tiles) % KV, b = tm.league_rank() / (tiles * KV);
         const int k0 = kt * kTile, cols = Tn - k0 < kTile ? Tn - k0 : kTile;
         Tile<T> K(tm.team_scratch(lvl), kTile, hd), V(tm.team_scratch(lvl), kTile, hd);
         Tile<T> dK(tm.team_scratch(lvl), kTile, hd), dV(tm.team_scratch(lvl), kTile, hd);
         Tile<T> Q(tm.team_scratch(lvl), kTile, hd), dO(tm.team_scratch(lvl), kTile, hd);
         Row<T> LSE(tm.team_scratch(lvl), kTile), D(tm.team_scratch(lvl), kTile);
-        load_key_tile<T>(tm, qkv, C, hd, b, h, k0, cols, K, V);
+        load_key_tile<T>(tm, qkv, C, kvC, hd, b, g, k0, cols, K, V);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols * hd), [&](int e) { dK(e / hd, e % hd) = dV(e / hd, e % hd) = 0; });
-        for (int q0 = k0 / kTile * kTile; q0 < Tn; q0 += kTile) {
-          const int rows = Tn - q0 < kTile ? Tn - q0 : kTile;
-          tm.team_barrier();
-          load_queries(tm, b, h, q0, rows, Q, dO, LSE, D);
-          tm.team_barrier();
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols), [&](int c) {  // this thread's key row
-            for (int r = 0; r < rows; ++r) {
-              if (q0 + r < k0 + c) continue;  // causal
-              T sc = 0, dp = 0;
-              for (int d = 0; d < hd; ++d) sc += Q(r, d) * K(c, d), dp += dO(r, d) * V(c, d);
-              const T p = math::exp(sc * scale - LSE(r)), ds = p * (dp - D(r)) * scale;
-              for (int d = 0; d < hd; ++d) dV(c, d) += p * dO(r, d), dK(c, d) += ds * Q(r, d);
-            }
-          });
+        for (int h = g * G; h < (g + 1) * G; ++h) {
+          for (int q0 = k0; q0 < Tn; q0 += kTile) {
+            const int rows = Tn - q0 < kTile ? Tn - q0 : kTile;
+            tm.team_barrier();
+            load_queries(tm, b, h, q0, rows, Q, dO, LSE, D);
+            tm.team_barrier();
+            Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols), [&](int c) {  // this thread's key row
+              for (int r = 0; r < rows; ++r) {
+                if (q0 + r < k0 + c) continue;  // causal
+                T sc = 0, dp = 0;
+                for (int d = 0; d < hd; ++d) sc += Q(r, d) * K(c, d), dp += dO(r, d) * V(c, d);
+                const T p = math::exp(sc * scale - LSE(r)), ds = p * (dp - D(r)) * scale;
+                for (int d = 0; d < hd; ++d) dV(c, d) += p * dO(r, d), dK(c, d) += ds * Q(r, d);
+              }
+            });
+          }
         }
         tm.team_barrier();
         Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols * hd), [&](int e) {
           const int c = e / hd, d = e % hd;
-          dqkv(b, k0 + c, C + h * hd + d) = dK(c, d);
-          dqkv(b, k0 + c, 2 * C + h * hd + d) = dV(c, d);
+          dqkv(b, k0 + c, C + g * hd + d) = dK(c, d);
+          dqkv(b, k0 + c, C + kvC + g * hd + d) = dV(c, d);
         });
       });
   // 2) per query tile: dQ over every key tile at or before it
+  Team policy(exec, B * NH * tiles, Kokkos::AUTO);
   Kokkos::parallel_for(
       "tapestry::attention_tiled_backward_dq", policy.set_scratch_size(lvl, Kokkos::PerTeam(bytes)),
       KOKKOS_LAMBDA(const Member& tm) {
@@ -163,7 +189,7 @@ void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout,
         for (int k0 = 0; k0 < q0 + rows; k0 += kTile) {
           const int cols = Tn - k0 < kTile ? Tn - k0 : kTile;
           tm.team_barrier();
-          load_key_tile<T>(tm, qkv, C, hd, b, h, k0, cols, K, V);
+          load_key_tile<T>(tm, qkv, C, kvC, hd, b, h / G, k0, cols, K, V);
           tm.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows), [&](int r) {  // this thread's query row
             for (int c = 0; c < cols && k0 + c <= q0 + r; ++c) {
@@ -182,8 +208,8 @@ void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout,
 }
 
 #define TAPESTRY_INSTANTIATE(T)                                                                        \
-  template void attention_tiled_forward<T>(const ExecSpace&, View3<T>, View3<T>, In3<T>, int);        \
-  template void attention_tiled_backward<T>(const ExecSpace&, View3<T>, In3<T>, In3<T>, In3<T>, In3<T>, int);
+  template void attention_tiled_forward<T>(const ExecSpace&, View3<T>, View3<T>, In3<T>, int, int);   \
+  template void attention_tiled_backward<T>(const ExecSpace&, View3<T>, In3<T>, In3<T>, In3<T>, In3<T>, int, int);
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)
 #undef TAPESTRY_INSTANTIATE

@@ -63,6 +63,7 @@ void embedding_backward(const ExecSpace& exec, View2<T> dwte, View2<T> dwpe, In3
           dwte(v, c) = acc;
         });
       });
+  if (dwpe.extent(0) == 0) return;  // no learned positions (RoPE)
   Kokkos::parallel_for(
       "tapestry::embedding_backward_wpe",
       Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(exec, {0, 0}, {Tn, C}),

@@ -11,30 +11,81 @@
 #include "tapestry/kernels/embedding.hpp"
 #include "tapestry/kernels/layernorm.hpp"
 #include "tapestry/kernels/matmul.hpp"
+#include "tapestry/kernels/activation.hpp"
+#include "tapestry/kernels/rmsnorm.hpp"
+#include "tapestry/kernels/rope.hpp"
 
 namespace tapestry::model {
 
 namespace {
-enum Idx { WTE, WPE, LN1W, LN1B, QKVW, QKVB, ATTPROJW, ATTPROJB, LN2W, LN2B, FCW, FCB, FCPROJW, FCPROJB, LNFW, LNFB };
-
 View1<float> as1(const View2<float>& v) { return View1<float>(v.data(), v.size()); }
 }  // namespace
 
 std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage& stage) {
   const std::int64_t C = m.d_model, L = stage.num_layers < 0 ? m.n_layer : stage.num_layers, k = tp;
-  const std::int64_t Vp = stage.embed || stage.head ? m.vocab_padded() : 0, maxT = stage.embed ? m.max_seq_len : 0;
-  const std::int64_t Cf = stage.head ? C : 0;  // final LayerNorm
-  const std::int64_t Cl = C / k;  // this rank's share of C (whole heads)
-  std::vector<ParamTensor> t = {
-      {"wte", {Vp / k, C}, 0, 0, true, Split::rows},        {"wpe", {maxT, C}, 0, 0, true, Split::none},
-      {"ln1w", {L, C}, 0, 0, false, Split::none},           {"ln1b", {L, C}, 0, 0, false, Split::none},
-      {"qkvw", {L, 3 * Cl, C}, 0, 0, true, Split::rows_qkv}, {"qkvb", {L, 3 * Cl}, 0, 0, false, Split::rows_qkv},
-      {"attprojw", {L, C, Cl}, 0, 0, true, Split::cols},    {"attprojb", {L, C}, 0, 0, false, Split::none},
-      {"ln2w", {L, C}, 0, 0, false, Split::none},           {"ln2b", {L, C}, 0, 0, false, Split::none},
-      {"fcw", {L, 4 * Cl, C}, 0, 0, true, Split::rows},     {"fcb", {L, 4 * Cl}, 0, 0, false, Split::rows},
-      {"fcprojw", {L, C, 4 * Cl}, 0, 0, true, Split::cols}, {"fcprojb", {L, C}, 0, 0, false, Split::none},
-      {"lnfw", {Cf}, 0, 0, false, Split::none},             {"lnfb", {Cf}, 0, 0, false, Split::none},
+  const std::int64_t hd = m.head_dim(), Q = std::int64_t(m.n_head) * hd, KV = std::int64_t(m.kv_heads()) * hd;
+  const std::int64_t F = m.ffn(), Vp = m.vocab_padded();
+  const bool tied = m.tie_embeddings, swiglu = m.mlp == "swiglu";
+  // Which stage holds what: the first the embeddings, the last the final norm and output layer
+  // (with tied embeddings the output layer is a copy of wte).
+  const bool has_wte = stage.embed || (stage.head && tied);
+  std::vector<ParamTensor> t;
+  auto add = [&](std::string name, std::vector<std::int64_t> shape, Split split, Init init, bool per_layer,
+                 std::vector<TensorPart> parts, std::vector<std::int64_t> blocks = {}) {
+    ParamTensor p;
+    p.name = std::move(name), p.split = split, p.init = init, p.per_layer = per_layer, p.parts = std::move(parts);
+    p.decay = init == Init::normal || init == Init::normal_residual;
+    p.token_partial = init == Init::one || (init == Init::zero && shape.size() == 1 && p.name.rfind("ln", 0) == 0);
+    p.row_blocks = blocks;
+    if (split == Split::rows) {  // this rank's share of each block
+      std::int64_t rows = 0;
+      for (auto b : blocks) rows += b / k;
+      shape[0] = rows;
+    }
+    if (split == Split::cols) shape.back() /= k;
+    if (per_layer) shape.insert(shape.begin(), L);
+    p.shape = std::move(shape);
+    t.push_back(std::move(p));
   };
+  const bool ln = m.norm_has_bias();
+  add("wte", {has_wte ? Vp : 0, C}, Split::rows, Init::normal, false, {{"embedding/token/weight", 0, Vp}}, {has_wte ? Vp : 0});
+  if (m.learned_positions())
+    add("wpe", {stage.embed ? m.max_seq_len : 0, C}, Split::none, Init::normal, false, {{"embedding/position/weight", 0, m.max_seq_len}});
+  add("ln1w", {C}, Split::none, Init::one, true, {{"attn_norm/weight", 0, C}});
+  if (ln) add("ln1b", {C}, Split::none, Init::zero, true, {{"attn_norm/bias", 0, C}});
+  const std::vector<std::int64_t> qkv_blocks = {Q, KV, KV};
+  add("qkvw", {Q + 2 * KV, C}, Split::rows, Init::normal, true,
+      {{"attn/q/weight", 0, Q}, {"attn/k/weight", Q, KV}, {"attn/v/weight", Q + KV, KV}}, qkv_blocks);
+  if (m.bias)
+    add("qkvb", {Q + 2 * KV}, Split::rows, Init::zero, true,
+        {{"attn/q/bias", 0, Q}, {"attn/k/bias", Q, KV}, {"attn/v/bias", Q + KV, KV}}, qkv_blocks);
+  if (m.qk_norm) {
+    add("qnormw", {hd}, Split::none, Init::one, true, {{"attn/q_norm/weight", 0, hd}});
+    add("knormw", {hd}, Split::none, Init::one, true, {{"attn/k_norm/weight", 0, hd}});
+    t[t.size() - 1].tp_partial = t[t.size() - 2].tp_partial = true;
+    t[t.size() - 1].token_partial = t[t.size() - 2].token_partial = false;
+  }
+  add("attprojw", {C, Q}, Split::cols, Init::normal_residual, true, {{"attn/o/weight", 0, C}});
+  if (m.bias) add("attprojb", {C}, Split::none, Init::zero, true, {{"attn/o/bias", 0, C}});
+  add("ln2w", {C}, Split::none, Init::one, true, {{"mlp_norm/weight", 0, C}});
+  if (ln) add("ln2b", {C}, Split::none, Init::zero, true, {{"mlp_norm/bias", 0, C}});
+  const std::vector<std::int64_t> up_blocks = swiglu ? std::vector<std::int64_t>{F, F} : std::vector<std::int64_t>{F};
+  const std::vector<TensorPart> up_w = swiglu ? std::vector<TensorPart>{{"mlp/gate/weight", 0, F}, {"mlp/up/weight", F, F}}
+                                              : std::vector<TensorPart>{{"mlp/up/weight", 0, F}};
+  const std::vector<TensorPart> up_b = swiglu ? std::vector<TensorPart>{{"mlp/gate/bias", 0, F}, {"mlp/up/bias", F, F}}
+                                              : std::vector<TensorPart>{{"mlp/up/bias", 0, F}};
+  add("fcw", {(swiglu ? 2 : 1) * F, C}, Split::rows, Init::normal, true, up_w, up_blocks);
+  if (m.bias) add("fcb", {(swiglu ? 2 : 1) * F}, Split::rows, Init::zero, true, up_b, up_blocks);
+  add("fcprojw", {C, F}, Split::cols, Init::normal_residual, true, {{"mlp/down/weight", 0, C}});
+  if (m.bias) add("fcprojb", {C}, Split::none, Init::zero, true, {{"mlp/down/bias", 0, C}});
+  if (m.mlp == "xielu") {
+    add("xielu", {2}, Split::none, Init::xielu_alpha, true, {{"mlp/act/alpha_p", 0, 1}, {"mlp/act/alpha_n", 1, 1}});
+    t.back().tp_partial = true, t.back().token_partial = false;
+  }
+  const std::int64_t Cf = stage.head ? C : 0;
+  add("lnfw", {Cf}, Split::none, Init::one, false, {{"final_norm/weight", 0, C}});
+  if (ln) add("lnfb", {Cf}, Split::none, Init::zero, false, {{"final_norm/bias", 0, C}});
+  if (!tied) add("lm_head", {stage.head ? Vp : 0, C}, Split::rows, Init::normal, false, {{"lm_head/weight", 0, Vp}}, {stage.head ? Vp : 0});
   std::size_t off = 0;
   for (auto& p : t) {
     p.size = 1;
@@ -45,39 +96,55 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage&
   return t;
 }
 
+int find_tensor(const std::vector<ParamTensor>& layout, const std::string& name) {
+  for (std::size_t i = 0; i < layout.size(); ++i)
+    if (layout[i].name == name) return int(i);
+  return -1;
+}
+
 void validate_tp(const ModelConfig& m, int tp) {
-  require(tp >= 1, "tp must be >= 1 (got " + std::to_string(tp) + ")");
-  require(m.n_head % tp == 0, "n_head (" + std::to_string(m.n_head) + ") is not divisible by tp (" +
-                                  std::to_string(tp) + "): attention heads are split over the tensor-parallel ranks");
-  require(m.vocab_padded() % tp == 0, "the padded vocabulary (" + std::to_string(m.vocab_padded()) +
-                                          ") is not divisible by tp (" + std::to_string(tp) +
+  const auto n = [](int v) { return std::to_string(v); };
+  require(tp >= 1, "tp must be >= 1 (got " + n(tp) + ")");
+  require(m.n_head % tp == 0, "n_head (" + n(m.n_head) + ") is not divisible by tp (" + n(tp) +
+                                  "): attention heads are split over the tensor-parallel ranks");
+  require(m.kv_heads() % tp == 0,
+          "n_kv_head (" + n(m.kv_heads()) + ") is not divisible by tp (" + n(tp) +
+              "): key/value heads are split over the tensor-parallel ranks (replicating them is not supported yet)");
+  require(m.ffn() % tp == 0, "ffn_dim (" + n(m.ffn()) + ") is not divisible by tp (" + n(tp) +
+                                 "): the MLP's hidden columns are split over the tensor-parallel ranks");
+  require(m.vocab_padded() % tp == 0, "the padded vocabulary (" + n(m.vocab_padded()) +
+                                          ") is not divisible by tp (" + n(tp) +
                                           "): set --padded-vocab-size to a multiple of tp");
 }
 
 template <class F> void GPT::for_each_element(F&& f) const {
-  const int r = tp_->rank();
+  const std::size_t r = std::size_t(tp_->rank()), k = std::size_t(tp_->size());
   for (std::size_t i = 0; i < layout_.size(); ++i) {
     const auto &t = layout_[i], &w = whole_[i];
     if (t.size == 0) continue;  // not on this pipeline stage
-    const bool stacked = !(t.name == "wte" || t.name == "wpe" || t.name == "lnfw" || t.name == "lnfb");
-    const std::size_t layers = stacked ? std::size_t(t.shape[0]) : 1;
-    const std::size_t d = stacked ? 1 : 0;  // first per-layer dimension
+    const std::size_t layers = t.per_layer ? std::size_t(t.shape[0]) : 1;
+    const std::size_t d = t.per_layer ? 1 : 0;  // first per-layer dimension
     const bool two_d = t.shape.size() == d + 2;
     const std::size_t Rl = std::size_t(t.shape[d]), Cl = two_d ? std::size_t(t.shape[d + 1]) : 1;
     const std::size_t Rw = std::size_t(w.shape[d]), Cw = two_d ? std::size_t(w.shape[d + 1]) : 1;
     const bool replicated = t.split == Split::none;  // whole on every TP rank
-    const std::size_t l0 = stacked ? std::size_t(stage_.first_layer) : 0;
+    const std::size_t l0 = t.per_layer ? std::size_t(stage_.first_layer) : 0;
+    // Split::rows: local row -> whole row, block by block.
+    std::vector<std::size_t> whole_row(t.split == Split::rows ? Rl : 0);
+    if (t.split == Split::rows) {
+      std::size_t a = 0, w0 = 0;
+      for (auto blk : w.row_blocks) {
+        const std::size_t bl = std::size_t(blk) / k;
+        for (std::size_t j = 0; j < bl; ++j) whole_row[a++] = w0 + r * bl + j;
+        w0 += std::size_t(blk);
+      }
+    }
+    const std::size_t col0 = t.split == Split::cols ? r * Cl : 0;
     for (std::size_t l = 0; l < layers; ++l)
       for (std::size_t a = 0; a < Rl; ++a) {
-        std::size_t ga = a, col0 = 0;
-        if (t.split == Split::rows) ga = std::size_t(r) * Rl + a;
-        if (t.split == Split::rows_qkv) {
-          const std::size_t b = Rl / 3;
-          ga = (a / b) * (Rw / 3) + std::size_t(r) * b + a % b;
-        }
-        if (t.split == Split::cols) col0 = std::size_t(r) * Cl;
+        const std::size_t ga = t.split == Split::rows ? whole_row[a] : a;
         const std::size_t lo = t.offset + (l * Rl + a) * Cl, wo = w.offset + ((l0 + l) * Rw + ga) * Cw + col0;
-        for (std::size_t c = 0; c < Cl; ++c) f(lo + c, wo + c, replicated);
+        for (std::size_t c = 0; c < Cl; ++c) f(i, lo + c, wo + c, replicated);
       }
   }
 }
@@ -85,7 +152,7 @@ template <class F> void GPT::for_each_element(F&& f) const {
 std::vector<float> GPT::take_part(const std::vector<float>& whole) const {
   require(whole.size() == n_whole_, "take_part: parameter count mismatch");
   std::vector<float> part(n_params_);
-  for_each_element([&](std::size_t l, std::size_t w, bool) { part[l] = whole[w]; });
+  for_each_element([&](std::size_t, std::size_t l, std::size_t w, bool) { part[l] = whole[w]; });
   return part;
 }
 
@@ -93,8 +160,9 @@ std::vector<float> GPT::gather_whole(View1<float> local) const {
   const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), local);
   std::vector<float> whole(n_whole_, 0.0f);
   const bool lead = tp_->rank() == 0;  // replicated tensors: from one rank, so the sum counts them once
-  for_each_element([&](std::size_t l, std::size_t w, bool replicated) {
-    const bool tied_copy = !stage_.embed && w < whole_[0].size;  // the last stage's wte
+  const int wte = slot_.wte;
+  for_each_element([&](std::size_t i, std::size_t l, std::size_t w, bool replicated) {
+    const bool tied_copy = !stage_.embed && int(i) == wte;  // the last stage's copy of wte
     if (!tied_copy && (!replicated || lead)) whole[w] = h(l);
   });
   if (tp_->size() > 1) {
@@ -122,6 +190,14 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   layout_ = param_layout(cfg_, k, stage_);
   whole_ = param_layout(cfg_, 1);
   n_whole_ = whole_.back().offset + whole_.back().size;
+  auto& s = slot_;
+  for (auto [slot, name] : {std::pair{&s.wte, "wte"}, {&s.wpe, "wpe"}, {&s.ln1w, "ln1w"}, {&s.ln1b, "ln1b"},
+                            {&s.qkvw, "qkvw"}, {&s.qkvb, "qkvb"}, {&s.qnorm, "qnormw"}, {&s.knorm, "knormw"},
+                            {&s.attprojw, "attprojw"}, {&s.attprojb, "attprojb"}, {&s.ln2w, "ln2w"},
+                            {&s.ln2b, "ln2b"}, {&s.fcw, "fcw"}, {&s.fcb, "fcb"}, {&s.fcprojw, "fcprojw"},
+                            {&s.fcprojb, "fcprojb"}, {&s.xielu, "xielu"}, {&s.lnfw, "lnfw"}, {&s.lnfb, "lnfb"},
+                            {&s.lm_head, "lm_head"}})
+    *slot = find_tensor(layout_, name);
   require(T <= cfg_.max_seq_len, "seq_len (" + std::to_string(T) + ") is above the model's max_seq_len (" +
                                      std::to_string(cfg_.max_seq_len) + ")");
   n_params_ = layout_.back().offset + layout_.back().size;
@@ -130,7 +206,11 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   params_ = View1<float>("tapestry::params", n);
   grads_ = View1<float>("tapestry::grads", n);
   const int N = B * T, C = cfg_.d_model, Cl = C / k, NHl = cfg_.n_head / k, Vl = cfg_.vocab_padded() / k;
+  const int hd = cfg_.head_dim();
+  nkv_ = cfg_.kv_heads() / k, ffn_ = cfg_.ffn() / k;
+  const int W = (NHl + 2 * nkv_) * hd, up = (cfg_.mlp == "swiglu" ? 2 : 1) * ffn_;
   const int Nc = sp_ ? N / k : N;
+  const bool layernorm = cfg_.norm == "layernorm";
   rows_ = Nc;
   // A chunk view: its own (Nc, C) buffer with sequence parallelism, else the full view itself.
   auto chunk_of = [&](const View2<float>& full, const char* name) {
@@ -143,28 +223,33 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   lnf_ = View2<float>("tapestry::lnf", N, C);
   lnfc_ = chunk_of(lnf_, "tapestry::lnf_chunk");
   logits_ = View2<float>("tapestry::logits", N, Vl);
-  lnf_mean_ = View1<float>("tapestry::lnf_mean", Nc);
+  if (layernorm) lnf_mean_ = View1<float>("tapestry::lnf_mean", Nc);
   lnf_rstd_ = View1<float>("tapestry::lnf_rstd", Nc);
   losses_ = View1<float>("tapestry::losses", N);
   layers_.resize(std::size_t(stage_.num_layers));
-  // With sequence parallelism a layer keeps only its LayerNorm outputs' token chunks; the full
-  // inputs of the split layers are all-gathered into one shared buffer, again in backward.
+  // With sequence parallelism a layer keeps only its norm outputs' token chunks; the full inputs
+  // of the split layers are all-gathered into one shared buffer, again in backward.
   if (sp_) ln_full_ = View2<float>("tapestry::ln_full", N, C);
   for (auto& a : layers_) {
     a.ln1 = sp_ ? ln_full_ : View2<float>("tapestry::ln1", N, C);
     a.ln1c = chunk_of(a.ln1, "tapestry::ln1_chunk");
-    a.qkv = View2<float>("tapestry::qkv", N, 3 * Cl);
+    a.qkv = View2<float>("tapestry::qkv", N, W);
+    a.qkv_raw = cfg_.qk_norm ? View2<float>("tapestry::qkv_raw", N, W) : a.qkv;
     a.atty = View2<float>("tapestry::atty", N, Cl);
     a.res2 = View2<float>("tapestry::res2", Nc, C);
     a.ln2 = sp_ ? ln_full_ : View2<float>("tapestry::ln2", N, C);
     a.ln2c = chunk_of(a.ln2, "tapestry::ln2_chunk");
-    a.fch = View2<float>("tapestry::fch", N, 4 * Cl);
-    a.fch_gelu = View2<float>("tapestry::fch_gelu", N, 4 * Cl);
+    a.fch = View2<float>("tapestry::fch", N, up);
+    a.fch_act = View2<float>("tapestry::fch_act", N, ffn_);
     a.res3 = View2<float>("tapestry::res3", Nc, C);
-    a.ln1_mean = View1<float>("tapestry::ln1_mean", Nc);
+    if (layernorm) a.ln1_mean = View1<float>("tapestry::ln1_mean", Nc);
     a.ln1_rstd = View1<float>("tapestry::ln1_rstd", Nc);
-    a.ln2_mean = View1<float>("tapestry::ln2_mean", Nc);
+    if (layernorm) a.ln2_mean = View1<float>("tapestry::ln2_mean", Nc);
     a.ln2_rstd = View1<float>("tapestry::ln2_rstd", Nc);
+    if (cfg_.qk_norm) {
+      a.q_rstd = View2<float>("tapestry::q_rstd", N, NHl);
+      a.k_rstd = View2<float>("tapestry::k_rstd", N, nkv_);
+    }
     if (tiled_) a.lse = View3<float>("tapestry::attention_lse", B, NHl, T);
     else a.att = View4<float>("tapestry::att", B, NHl, T, T);
   }
@@ -174,17 +259,42 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   dresf_ = sp_ ? View2<float>("tapestry::dresidual_full", N, C) : dres_;
   dtmp_ = View2<float>("tapestry::dtmp", N, C);
   dtmpc_ = chunk_of(dtmp_, "tapestry::dtmp_chunk");
-  dbig_ = View2<float>("tapestry::dfch", N, 4 * Cl);
-  dqkv_ = View2<float>("tapestry::dqkv", N, 3 * Cl);
+  dbig_ = View2<float>("tapestry::dfch", N, up);
+  dact_ = up == ffn_ ? dbig_ : View2<float>("tapestry::dfch_act", N, ffn_);
+  dqkv_ = View2<float>("tapestry::dqkv", N, W);
   datty_ = View2<float>("tapestry::datty", N, Cl);
   if (!tiled_) datt_ = View4<float>("tapestry::datt", B, NHl, T, T);
   if (k > 1) xent_stats_ = View3<float>("tapestry::xent_stats", k, N, 3);
-  if (sp_) {
-    std::size_t ln = 0;  // LayerNorm gains and biases
-    for (const auto& t : layout_)
-      if (t.name.rfind("ln", 0) == 0) ln += t.size;
-    ln_grad_saved_ = View1<float>("tapestry::ln_grad_saved", ln);
+  if (cfg_.positions == "rope") {
+    pos_ = decltype(pos_)("tapestry::positions", N);
+    const auto pos = pos_;
+    const int Tn = T;
+    Kokkos::parallel_for("tapestry::positions_init", Kokkos::RangePolicy<ExecSpace>(0, N),
+                         KOKKOS_LAMBDA(int i) { pos(i) = i % Tn; });
+    kernels::RopeScaling sc;
+    sc.llama3 = cfg_.rope_scaling == "llama3";
+    sc.factor = cfg_.rope_factor, sc.low_freq_factor = cfg_.rope_low_freq_factor;
+    sc.high_freq_factor = cfg_.rope_high_freq_factor, sc.original_context = cfg_.rope_original_context;
+    const auto f = kernels::rope_inv_freq(hd, cfg_.rope_theta, sc);
+    inv_freq_ = decltype(inv_freq_)("tapestry::rope_inv_freq", f.size());
+    Kokkos::View<const double*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> hf(f.data(), f.size());
+    Kokkos::deep_copy(inv_freq_, hf);
   }
+  // Gradients that are partial sums over the TP group: QK-norm and xIELU parameters (each rank
+  // sees its own heads / MLP columns), and with sequence parallelism the norms (token chunks).
+  std::size_t partial = 0;
+  for (std::size_t i = 0; i < layout_.size(); ++i)
+    if (layout_[i].size > 0 && k > 1 && (layout_[i].tp_partial || (sp_ && layout_[i].token_partial))) {
+      partial_.push_back(int(i));
+      partial += layout_[i].size;
+    }
+  if (partial > 0) partial_saved_ = View1<float>("tapestry::partial_grad_saved", partial);
+}
+
+const ParamTensor* GPT::tied_embedding() const {
+  if (!cfg_.tie_embeddings || stage_.whole()) return nullptr;
+  const auto& t = layout_[std::size_t(slot_.wte)];
+  return t.size > 0 ? &t : nullptr;
 }
 
 View2<float> GPT::p2(const View1<float>& flat, int idx, int layer) const {
@@ -195,6 +305,7 @@ View2<float> GPT::p2(const View1<float>& flat, int idx, int layer) const {
 }
 
 View1<float> GPT::p1(const View1<float>& flat, int idx, int layer) const {
+  if (idx < 0) return View1<float>();
   const auto& t = layout_[std::size_t(idx)];
   const std::int64_t d = t.shape.back();
   return View1<float>(flat.data() + t.offset + std::size_t(layer) * std::size_t(d), d);
@@ -213,19 +324,20 @@ void GPT::init_random(std::uint64_t seed) {
     return float(std * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
   };
   const double resid_std = 0.02 / std::sqrt(2.0 * double(cfg_.n_layer));
+  const float xielu_p = float(kernels::softplus_inverse(0.8)), xielu_n = float(kernels::softplus_inverse(0.8 - 0.5));
   for (std::size_t i = 0; i < whole_.size(); ++i) {
     const auto& t = whole_[i];
     float* p = h.data() + t.offset;
-    std::size_t n = t.size;
-    if (t.name == "wte") n = std::size_t(cfg_.vocab_size) * std::size_t(cfg_.d_model);
-    const bool gain = t.name == "ln1w" || t.name == "ln2w" || t.name == "lnfw";
-    const bool residual = t.name == "attprojw" || t.name == "fcprojw";
+    std::size_t n = t.size;  // drawn: all but the padded vocabulary rows
+    if (t.name == "wte" || t.name == "lm_head") n = std::size_t(cfg_.vocab_size) * std::size_t(cfg_.d_model);
     for (std::size_t j = 0; j < t.size; ++j) {
       float v = 0.0f;
-      if (gain)
+      if (t.init == Init::one)
         v = 1.0f;
+      else if (t.init == Init::xielu_alpha)
+        v = j % 2 == 0 ? xielu_p : xielu_n;
       else if (t.decay && j < n)
-        v = normal(residual ? resid_std : 0.02);
+        v = normal(t.init == Init::normal_residual ? resid_std : 0.02);
       p[j] = v;
     }
   }
@@ -247,23 +359,52 @@ std::size_t GPT::param_bytes() const { return 2 * params_.span() * sizeof(float)
 std::size_t GPT::activation_bytes() const {
   std::size_t n = emb_full_.span() + lnf_.span() + logits_.span() + lnf_mean_.span() + lnf_rstd_.span() +
                   losses_.span() + proj_.span() + dres_.span() + dtmp_.span() + dbig_.span() +
-                  dqkv_.span() + datty_.span() + datt_.span() + xent_stats_.span() + ln_grad_saved_.span();
+                  (dact_.data() != dbig_.data() ? dact_.span() : 0) + dqkv_.span() + datty_.span() + datt_.span() +
+                  xent_stats_.span() + partial_saved_.span();
   if (sp_) n += encoded_.span() + lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span() + ln_full_.span();
   for (const auto& a : layers_) {
     if (!sp_) n += a.ln1.span() + a.ln2.span();
-    n += a.qkv.span() + a.atty.span() + a.res2.span() + a.fch.span() +
-         a.fch_gelu.span() + a.res3.span() + a.ln1_mean.span() + a.ln1_rstd.span() +
-         a.ln2_mean.span() + a.ln2_rstd.span() + a.att.span() + a.lse.span();
+    n += a.qkv.span() + (a.qkv_raw.data() != a.qkv.data() ? a.qkv_raw.span() : 0) + a.atty.span() +
+         a.res2.span() + a.fch.span() + a.fch_act.span() + a.res3.span() + a.ln1_mean.span() + a.ln1_rstd.span() +
+         a.ln2_mean.span() + a.ln2_rstd.span() + a.q_rstd.span() + a.k_rstd.span() + a.att.span() + a.lse.span();
     if (sp_) n += a.ln1c.span() + a.ln2c.span();
   }
-  return n * sizeof(float) + (tokens_.span() + targets_.span()) * sizeof(int);
+  return n * sizeof(float) + (tokens_.span() + targets_.span() + pos_.span()) * sizeof(int) +
+         inv_freq_.span() * sizeof(double);
+}
+
+void GPT::norm_forward(const ExecSpace& ex, View2<float> out, View1<float> mean, View1<float> rstd,
+                       View2<float> inp, int w, int b, int layer) {
+  if (cfg_.norm == "rmsnorm")
+    kernels::rmsnorm_forward(ex, out, rstd, inp, p1(params_, w, layer), cfg_.norm_eps);
+  else if (b >= 0)
+    kernels::layernorm_forward(ex, out, mean, rstd, inp, p1(params_, w, layer), p1(params_, b, layer), cfg_.norm_eps);
+  else {  // LayerNorm without bias: a zero bias, its gradient discarded
+    if (ln_zero_bias_.extent(0) != out.extent(1)) ln_zero_bias_ = View1<float>("tapestry::ln_zero_bias", out.extent(1));
+    kernels::layernorm_forward(ex, out, mean, rstd, inp, p1(params_, w, layer), ln_zero_bias_, cfg_.norm_eps);
+  }
+}
+
+void GPT::norm_backward(const ExecSpace& ex, View2<float> dinp, View2<float> dout, View2<float> inp,
+                        View1<float> mean, View1<float> rstd, int w, int b, int layer) {
+  if (cfg_.norm == "rmsnorm") {
+    kernels::rmsnorm_backward(ex, dinp, p1(grads_, w, layer), dout, inp, p1(params_, w, layer), rstd);
+  } else if (b >= 0) {
+    kernels::layernorm_backward(ex, dinp, p1(grads_, w, layer), p1(grads_, b, layer), dout, inp,
+                                p1(params_, w, layer), mean, rstd);
+  } else {
+    if (ln_bias_grad_.extent(0) != dout.extent(1)) ln_bias_grad_ = View1<float>("tapestry::ln_bias_grad", dout.extent(1));
+    kernels::layernorm_backward(ex, dinp, p1(grads_, w, layer), ln_bias_grad_, dout, inp, p1(params_, w, layer),
+                                mean, rstd);
+  }
 }
 
 double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
                     const std::vector<int>& targets) {
   using namespace kernels;
   const auto& ex = blas.exec();
-  const int k = tp_->size(), N = B_ * T_, C = cfg_.d_model, Cl = C / k, NHl = cfg_.n_head / k;
+  const int k = tp_->size(), N = B_ * T_, C = cfg_.d_model, Cl = C / k, NHl = cfg_.n_head / k, hd = cfg_.head_dim();
+  const int W = (NHl + 2 * nkv_) * hd;
   const int v0 = tp_->rank() * (cfg_.vocab_padded() / k);  // this rank's first vocabulary row
   const bool lead = tp_->rank() == 0;  // adds the replicated terms that a sum over the group must count once
   require(inputs.size() == std::size_t(N) && targets.size() == std::size_t(N),
@@ -280,6 +421,7 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
     Kokkos::deep_copy(ex, targets_, ht);
   }
   const auto& P = params_;
+  const auto& S = slot_;
   // Megatron's communication around the split layers; with sequence parallelism the full (BT, C)
   // tensors meet the token chunks through all-gather / reduce-scatter instead of all-reduce.
   auto into_chunk = [&](View2<float> full, View2<float> chunk) {  // g: partial sums -> summed chunk
@@ -290,39 +432,50 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
     if (sp_) gather_from_sequence_region(*tp_, chunk, full);
   };
   if (stage_.embed) {
-    embedding_forward(ex, View3<float>(emb_full_.data(), B_, T_, C), tokens_, p2(P, WTE), p2(P, WPE), v0, lead);
+    const bool learned = S.wpe >= 0;
+    embedding_forward(ex, View3<float>(emb_full_.data(), B_, T_, C), tokens_, p2(P, S.wte),
+                      learned ? In2<float>(p2(P, S.wpe)) : In2<float>(), v0, lead && learned);
     into_chunk(emb_full_, encoded_);  // vocabulary-parallel embedding
   }
   View2<float> x = encoded_;
   for (int l = 0; l < stage_.num_layers; ++l) {
     auto& a = layers_[std::size_t(l)];
-    layernorm_forward(ex, a.ln1c, a.ln1_mean, a.ln1_rstd, x, p1(P, LN1W, l), p1(P, LN1B, l));
+    norm_forward(ex, a.ln1c, a.ln1_mean, a.ln1_rstd, x, S.ln1w, S.ln1b, l);
     into_full(a.ln1c, a.ln1);
-    // Attention: column-parallel QKV (this rank's heads), row-parallel output projection.
-    matmul_forward(blas, a.qkv, a.ln1, p2(P, QKVW, l), p1(P, QKVB, l));
+    // Attention: column-parallel QKV (this rank's q and kv heads), row-parallel output projection.
+    matmul_forward(blas, a.qkv_raw, a.ln1, p2(P, S.qkvw, l), p1(P, S.qkvb, l));
+    if (cfg_.qk_norm) {  // per-head RMSNorm of q and k; v passes through
+      Kokkos::deep_copy(ex, a.qkv, a.qkv_raw);
+      head_rmsnorm_forward(ex, a.qkv, a.q_rstd, a.qkv_raw, p1(P, S.qnorm, l), 0, NHl, cfg_.norm_eps);
+      head_rmsnorm_forward(ex, a.qkv, a.k_rstd, a.qkv_raw, p1(P, S.knorm, l), NHl * hd, nkv_, cfg_.norm_eps);
+    }
+    if (pos_.extent(0) > 0) rope_apply(ex, a.qkv, pos_, inv_freq_, 0, NHl + nkv_, hd, false);  // q and k heads
     if (tiled_)
       attention_tiled_forward<float>(ex, View3<float>(a.atty.data(), B_, T_, Cl), a.lse,
-                                     View3<float>(a.qkv.data(), B_, T_, 3 * Cl), NHl);
+                                     View3<float>(a.qkv.data(), B_, T_, W), NHl, nkv_);
     else
-      attention_forward(blas, View3<float>(a.atty.data(), B_, T_, Cl), a.att,
-                        View3<float>(a.qkv.data(), B_, T_, 3 * Cl), NHl);
-    matmul_forward(blas, proj_, a.atty, p2(P, ATTPROJW, l), lead ? p1(P, ATTPROJB, l) : View1<float>());
+      attention_forward(blas, View3<float>(a.atty.data(), B_, T_, Cl), a.att, View3<float>(a.qkv.data(), B_, T_, W),
+                        NHl, nkv_);
+    matmul_forward(blas, proj_, a.atty, p2(P, S.attprojw, l), lead ? p1(P, S.attprojb, l) : View1<float>());
     into_chunk(proj_, projc_);
     residual_forward(ex, as1(a.res2), as1(x), as1(projc_));
-    layernorm_forward(ex, a.ln2c, a.ln2_mean, a.ln2_rstd, a.res2, p1(P, LN2W, l), p1(P, LN2B, l));
+    norm_forward(ex, a.ln2c, a.ln2_mean, a.ln2_rstd, a.res2, S.ln2w, S.ln2b, l);
     into_full(a.ln2c, a.ln2);
-    // MLP: column-parallel up projection, row-parallel down projection.
-    matmul_forward(blas, a.fch, a.ln2, p2(P, FCW, l), p1(P, FCB, l));
-    gelu_forward(ex, as1(a.fch_gelu), as1(a.fch));
-    matmul_forward(blas, proj_, a.fch_gelu, p2(P, FCPROJW, l), lead ? p1(P, FCPROJB, l) : View1<float>());
+    // MLP: column-parallel up (and gate) projection, row-parallel down projection.
+    matmul_forward(blas, a.fch, a.ln2, p2(P, S.fcw, l), p1(P, S.fcb, l));
+    if (cfg_.mlp == "swiglu") swiglu_forward(ex, a.fch_act, a.fch);
+    else if (cfg_.mlp == "xielu") xielu_forward(ex, as1(a.fch_act), as1(a.fch), p1(P, S.xielu, l));
+    else gelu_forward(ex, as1(a.fch_act), as1(a.fch));
+    matmul_forward(blas, proj_, a.fch_act, p2(P, S.fcprojw, l), lead ? p1(P, S.fcprojb, l) : View1<float>());
     into_chunk(proj_, projc_);
     residual_forward(ex, as1(a.res3), as1(a.res2), as1(projc_));
     x = a.res3;
   }
   if (!stage_.head) return 0.0;
-  layernorm_forward(ex, lnfc_, lnf_mean_, lnf_rstd_, x, p1(P, LNFW), p1(P, LNFB));
+  norm_forward(ex, lnfc_, lnf_mean_, lnf_rstd_, x, S.lnfw, S.lnfb, 0);
   into_full(lnfc_, lnf_);
-  matmul_forward(blas, logits_, lnf_, p2(P, WTE), View1<float>());  // this rank's vocabulary columns
+  const int out_w = S.lm_head >= 0 ? S.lm_head : S.wte;
+  matmul_forward(blas, logits_, lnf_, p2(P, out_w), View1<float>());  // this rank's vocabulary columns
   if (k == 1) {
     softmax_xent_forward(ex, logits_, losses_, logits_, targets_, cfg_.vocab_size);
   } else {  // vocabulary-parallel cross-entropy: 3 numbers per row and rank cross the group
@@ -341,24 +494,36 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
   return sum / N;
 }
 
+std::vector<float> GPT::logits(const kernels::Blas& blas) const {
+  require(tp_->size() == 1 && stage_.whole(), "logits: needs the whole model on one rank");
+  const int N = B_ * T_, V = cfg_.vocab_size, Vp = cfg_.vocab_padded();
+  View2<float> out("tapestry::logits_copy", N, Vp);
+  kernels::matmul_forward(blas, out, lnf_, p2(params_, slot_.lm_head >= 0 ? slot_.lm_head : slot_.wte), View1<float>());
+  const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), out);
+  std::vector<float> r(std::size_t(N) * std::size_t(V));
+  for (int i = 0; i < N; ++i)
+    for (int v = 0; v < V; ++v) r[std::size_t(i) * std::size_t(V) + std::size_t(v)] = h(i, v);
+  return r;
+}
+
 void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   using namespace kernels;
   const auto& ex = blas.exec();
-  const int k = tp_->size(), N = B_ * T_, Cl = cfg_.d_model / k, NHl = cfg_.n_head / k;
+  const int k = tp_->size(), N = B_ * T_, Cl = cfg_.d_model / k, NHl = cfg_.n_head / k, hd = cfg_.head_dim();
+  const int W = (NHl + 2 * nkv_) * hd;
   const int v0 = tp_->rank() * (cfg_.vocab_padded() / k);
   const auto &P = params_, &G = grads_;
-  // The LayerNorm gains and biases see only this rank's token chunk with sequence parallelism:
-  // their gradients are partial and get summed over the group below (this micro-batch's only).
-  std::vector<View1<float>> ln_grads;
-  if (sp_) {
-    std::size_t saved = 0;  // ln_grad_saved_ holds the three ranges back to back
-    for (const auto& [first, last] : {std::pair{LN1W, LN1B}, std::pair{LN2W, LN2B}, std::pair{LNFW, LNFB}}) {
-      const std::size_t off = layout_[std::size_t(first)].offset;
-      const std::size_t len = layout_[std::size_t(last)].offset + layout_[std::size_t(last)].size - off;
-      ln_grads.emplace_back(G.data() + off, len);
-      Kokkos::deep_copy(ex, View1<float>(ln_grad_saved_.data() + saved, len), ln_grads.back());
-      Kokkos::deep_copy(ex, ln_grads.back(), 0.0f);
-      saved += len;
+  const auto& S = slot_;
+  // Gradients that are partial sums over the TP group (partial_): this micro-batch's are summed
+  // over the group at the end, then the earlier micro-batches' are added back.
+  {
+    std::size_t saved = 0;
+    for (int i : partial_) {
+      const auto& t = layout_[std::size_t(i)];
+      const View1<float> g(G.data() + t.offset, t.size);
+      Kokkos::deep_copy(ex, View1<float>(partial_saved_.data() + saved, t.size), g);
+      Kokkos::deep_copy(ex, g, 0.0f);
+      saved += t.size;
     }
   }
   auto input_grad = [&](View2<float> full, View2<float> chunk) {  // backward of f: sum the partials
@@ -369,54 +534,61 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     if (sp_) gather_from_sequence_region(*tp_, chunk, full);
   };
   if (stage_.head) {
+    const int out_w = S.lm_head >= 0 ? S.lm_head : S.wte;
     softmax_xent_backward(ex, logits_, logits_, targets_, loss_scale / N, cfg_.vocab_size, v0);
-    matmul_backward(blas, dtmp_, p2(G, WTE), View1<float>(), logits_, lnf_, p2(P, WTE));
+    matmul_backward(blas, dtmp_, p2(G, out_w), View1<float>(), logits_, lnf_, p2(P, out_w));
     input_grad(dtmp_, dtmpc_);
     Kokkos::deep_copy(ex, dres_, 0.0f);
-    layernorm_backward(ex, dres_, p1(G, LNFW), p1(G, LNFB), dtmpc_, stage_output(), p1(P, LNFW), lnf_mean_,
-                       lnf_rstd_);
+    norm_backward(ex, dres_, dtmpc_, stage_output(), lnf_mean_, lnf_rstd_, S.lnfw, S.lnfb, 0);
   }  // else dres_ holds d(stage output), from the next stage
   for (int l = stage_.num_layers - 1; l >= 0; --l) {
     auto& a = layers_[std::size_t(l)];
     const View2<float> x = l == 0 ? encoded_ : layers_[std::size_t(l - 1)].res3;
     // dres holds d(res3): through the MLP.
     output_grad(dres_, dresf_);
-    matmul_backward(blas, dbig_, p2(G, FCPROJW, l), p1(G, FCPROJB, l), dresf_, a.fch_gelu, p2(P, FCPROJW, l));
-    gelu_backward(ex, as1(dbig_), as1(a.fch), as1(dbig_));
+    matmul_backward(blas, dact_, p2(G, S.fcprojw, l), p1(G, S.fcprojb, l), dresf_, a.fch_act, p2(P, S.fcprojw, l));
+    if (cfg_.mlp == "swiglu") swiglu_backward(ex, dbig_, a.fch, dact_);
+    else if (cfg_.mlp == "xielu") xielu_backward(ex, as1(dbig_), p1(G, S.xielu, l), as1(a.fch), as1(dact_), p1(P, S.xielu, l));
+    else gelu_backward(ex, as1(dbig_), as1(a.fch), as1(dact_));
     if (sp_) gather_from_sequence_region(*tp_, a.ln2c, a.ln2);  // recomputed, not kept
-    matmul_backward(blas, dtmp_, p2(G, FCW, l), p1(G, FCB, l), dbig_, a.ln2, p2(P, FCW, l));
+    matmul_backward(blas, dtmp_, p2(G, S.fcw, l), p1(G, S.fcb, l), dbig_, a.ln2, p2(P, S.fcw, l));
     input_grad(dtmp_, dtmpc_);
-    layernorm_backward(ex, dres_, p1(G, LN2W, l), p1(G, LN2B, l), dtmpc_, a.res2, p1(P, LN2W, l),
-                       a.ln2_mean, a.ln2_rstd);
+    norm_backward(ex, dres_, dtmpc_, a.res2, a.ln2_mean, a.ln2_rstd, S.ln2w, S.ln2b, l);
     // dres holds d(res2): through attention.
     output_grad(dres_, dresf_);
-    matmul_backward(blas, datty_, p2(G, ATTPROJW, l), p1(G, ATTPROJB, l), dresf_, a.atty, p2(P, ATTPROJW, l));
+    matmul_backward(blas, datty_, p2(G, S.attprojw, l), p1(G, S.attprojb, l), dresf_, a.atty, p2(P, S.attprojw, l));
     if (tiled_)
-      attention_tiled_backward<float>(ex, View3<float>(dqkv_.data(), B_, T_, 3 * Cl),
-                                      View3<float>(datty_.data(), B_, T_, Cl), View3<float>(a.qkv.data(), B_, T_, 3 * Cl),
-                                      View3<float>(a.atty.data(), B_, T_, Cl), a.lse, NHl);
+      attention_tiled_backward<float>(ex, View3<float>(dqkv_.data(), B_, T_, W),
+                                      View3<float>(datty_.data(), B_, T_, Cl), View3<float>(a.qkv.data(), B_, T_, W),
+                                      View3<float>(a.atty.data(), B_, T_, Cl), a.lse, NHl, nkv_);
     else
-      attention_backward(blas, View3<float>(dqkv_.data(), B_, T_, 3 * Cl), datt_,
-                         View3<float>(datty_.data(), B_, T_, Cl), View3<float>(a.qkv.data(), B_, T_, 3 * Cl),
-                         a.att, NHl);
+      attention_backward(blas, View3<float>(dqkv_.data(), B_, T_, W), datt_, View3<float>(datty_.data(), B_, T_, Cl),
+                         View3<float>(a.qkv.data(), B_, T_, W), a.att, NHl, nkv_);
+    if (pos_.extent(0) > 0) rope_apply(ex, dqkv_, pos_, inv_freq_, 0, NHl + nkv_, hd, true);  // the transpose
+    if (cfg_.qk_norm) {
+      head_rmsnorm_backward(ex, dqkv_, p1(G, S.qnorm, l), dqkv_, a.qkv_raw, p1(P, S.qnorm, l), a.q_rstd, 0, NHl);
+      head_rmsnorm_backward(ex, dqkv_, p1(G, S.knorm, l), dqkv_, a.qkv_raw, p1(P, S.knorm, l), a.k_rstd, NHl * hd, nkv_);
+    }
     if (sp_) gather_from_sequence_region(*tp_, a.ln1c, a.ln1);
-    matmul_backward(blas, dtmp_, p2(G, QKVW, l), p1(G, QKVB, l), dqkv_, a.ln1, p2(P, QKVW, l));
+    matmul_backward(blas, dtmp_, p2(G, S.qkvw, l), p1(G, S.qkvb, l), dqkv_, a.ln1, p2(P, S.qkvw, l));
     input_grad(dtmp_, dtmpc_);
-    layernorm_backward(ex, dres_, p1(G, LN1W, l), p1(G, LN1B, l), dtmpc_, x, p1(P, LN1W, l),
-                       a.ln1_mean, a.ln1_rstd);
+    norm_backward(ex, dres_, dtmpc_, x, a.ln1_mean, a.ln1_rstd, S.ln1w, S.ln1b, l);
     // dres holds d(x), the layer input.
   }
   if (stage_.embed) {
     output_grad(dres_, dresf_);
-    embedding_backward(ex, p2(G, WTE), p2(G, WPE), View3<float>(dresf_.data(), B_, T_, cfg_.d_model), token_rows_);
+    embedding_backward(ex, p2(G, S.wte), S.wpe >= 0 ? p2(G, S.wpe) : View2<float>(),
+                       View3<float>(dresf_.data(), B_, T_, cfg_.d_model), token_rows_);
   }  // else dres_ holds d(stage input), for the previous stage
-  if (sp_) {
+  if (!partial_.empty()) {
     Kokkos::fence();
     std::size_t saved = 0;
-    for (auto& g : ln_grads) {
-      tp_->all_reduce_sum(g.data(), g.extent(0));
-      residual_forward(ex, g, g, View1<float>(ln_grad_saved_.data() + saved, g.extent(0)));  // + earlier micro-batches
-      saved += g.extent(0);
+    for (int i : partial_) {
+      const auto& t = layout_[std::size_t(i)];
+      const View1<float> g(G.data() + t.offset, t.size);
+      tp_->all_reduce_sum(g.data(), t.size);
+      residual_forward(ex, g, g, View1<float>(partial_saved_.data() + saved, t.size));  // + earlier micro-batches
+      saved += t.size;
     }
   }
 }

@@ -10,6 +10,7 @@
 
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/llmc_checkpoint.hpp"
+#include "tapestry/kernels/blas.hpp"
 #include "tapestry/io/token_file.hpp"
 #include "tapestry/model/gpt.hpp"
 
@@ -17,7 +18,9 @@ namespace fs = std::filesystem;
 
 namespace tapestry::train {
 
-std::vector<io::FlatTensor> checkpoint_tensors(const ModelConfig& m) {
+namespace {
+/// Format version 1 (GPT-2 only): llm.c's tensors under /model/blocks/NN/... names.
+std::vector<io::FlatTensor> checkpoint_tensors_v1(const ModelConfig& m) {
   // llm.c name -> (where inside a block or the model, what it is)
   static const std::vector<std::pair<std::string, std::string>> names = {
       {"wte", "embedding/token/weight"},   {"wpe", "embedding/position/weight"},
@@ -28,13 +31,13 @@ std::vector<io::FlatTensor> checkpoint_tensors(const ModelConfig& m) {
       {"fcw", "mlp/fc/weight"},            {"fcb", "mlp/fc/bias"},
       {"fcprojw", "mlp/proj/weight"},      {"fcprojb", "mlp/proj/bias"},
       {"lnfw", "final_ln/weight"},         {"lnfb", "final_ln/bias"}};
+  require(m.is_gpt2(), "checkpoint format version 1 holds GPT-2 models only");
   std::vector<io::FlatTensor> out;
   for (const auto& t : model::param_layout(m)) {
     std::string where;
     for (const auto& [k, v] : names)
       if (k == t.name) where = v;
-    const bool per_layer = t.name != "wte" && t.name != "wpe" && t.name != "lnfw" && t.name != "lnfb";
-    if (!per_layer) {
+    if (!t.per_layer) {
       out.push_back({where, t.shape, t.offset, t.size, t.name});
       continue;
     }
@@ -44,6 +47,32 @@ std::vector<io::FlatTensor> checkpoint_tensors(const ModelConfig& m) {
       char block[32];
       std::snprintf(block, sizeof(block), "blocks/%02d/", l);
       out.push_back({block + where, shape, t.offset + std::size_t(l) * per, per, t.name + "[" + std::to_string(l) + "]"});
+    }
+  }
+  return out;
+}
+}  // namespace
+
+std::vector<io::FlatTensor> checkpoint_tensors(const ModelConfig& m, int format_version) {
+  if (format_version == 1) return checkpoint_tensors_v1(m);
+  // Every named part of every tensor (per layer): q, k and v of the fused projection, gate and up.
+  std::vector<io::FlatTensor> out;
+  for (const auto& t : model::param_layout(m)) {
+    const std::size_t layers = t.per_layer ? std::size_t(m.n_layer) : 1;
+    const std::size_t d = t.per_layer ? 1 : 0;
+    const std::size_t cols = t.shape.size() == d + 2 ? std::size_t(t.shape[d + 1]) : 1;
+    const std::size_t per = t.size / layers;
+    for (std::size_t l = 0; l < layers; ++l) {
+      char layer[32];
+      std::snprintf(layer, sizeof(layer), "layers/%02d/", int(l));
+      for (const auto& part : t.parts) {
+        std::vector<std::int64_t> shape = {part.rows};
+        if (t.shape.size() == d + 2) shape.push_back(t.shape[d + 1]);
+        const std::string llmc = t.name + (t.per_layer ? "[" + std::to_string(l) + "]" : "") +
+                                 (t.parts.size() > 1 ? " rows " + std::to_string(part.row0) + "+" + std::to_string(part.rows) : "");
+        out.push_back({(t.per_layer ? std::string(layer) : std::string()) + part.path, shape,
+                       t.offset + l * per + std::size_t(part.row0) * cols, std::size_t(part.rows) * cols, llmc});
+      }
     }
   }
   return out;
@@ -139,13 +168,12 @@ std::string human_bytes(double b) {
 void ckpt_info(const std::string& path, std::ostream& out) {
   const auto st = io::read_checkpoint_state(path);
   const auto& m = st.model;
-  out << path << ": Tapestry checkpoint, format " << io::kCheckpointFormatVersion << ", written by tapestry "
+  out << path << ": Tapestry checkpoint, format " << st.format_version << ", written by tapestry "
       << st.program_version << "\n"
       << "  step " << st.step << " of " << st.total_steps << ", " << st.tokens_seen << " tokens seen, "
       << std::fixed << std::setprecision(1) << st.wall_time_s << " s of training\n" << std::defaultfloat
       << std::setprecision(6)
-      << "  model: GPT-2 L=" << m.n_layer << " H=" << m.n_head << " C=" << m.d_model << " V=" << m.vocab_size
-      << " (padded " << m.vocab_padded() << ") max_seq_len=" << m.max_seq_len << ", " << m.num_parameters()
+      << "  model: " << (m.is_gpt2() ? "GPT-2 " : "") << spec_string(m) << ", " << m.num_parameters()
       << " parameters\n"
       << "  saved on layout tp=" << st.tp << " pp=" << st.pp << " dp=" << st.dp << " zero=" << st.zero << "\n"
       << "  optimizer: AdamW t=" << st.adam_t << " lr=" << st.optim.lr << " betas=(" << st.optim.beta1 << ", "
@@ -155,7 +183,7 @@ void ckpt_info(const std::string& path, std::ostream& out) {
       << ")\n";
   out << "  " << std::left << std::setw(44) << "tensor" << std::setw(16) << "shape" << std::setw(12) << "size"
       << "L2 norm\n";
-  auto reports = io::inspect_checkpoint(path, checkpoint_tensors(m));
+  auto reports = io::inspect_checkpoint(path, checkpoint_tensors(m, st.format_version));
   std::stable_sort(reports.begin(), reports.end(), [](const auto& a, const auto& b) { return a.path < b.path; });
   for (const auto& r : reports) {
     std::string shape = "(";
@@ -169,7 +197,7 @@ void ckpt_info(const std::string& path, std::ostream& out) {
 
 void ckpt_verify(const std::string& path, std::ostream& out) {
   const auto st = io::read_checkpoint_state(path);
-  const auto reports = io::inspect_checkpoint(path, checkpoint_tensors(st.model));
+  const auto reports = io::inspect_checkpoint(path, checkpoint_tensors(st.model, st.format_version));
   std::size_t bad = 0;
   std::string first;
   for (const auto& r : reports)
@@ -184,12 +212,53 @@ void ckpt_verify(const std::string& path, std::ostream& out) {
 
 void ckpt_export_llmc(const std::string& path, const std::string& out_path, std::ostream& out) {
   const auto st = io::read_checkpoint_state(path);
-  const auto tensors = checkpoint_tensors(st.model);
+  const auto tensors = checkpoint_tensors(st.model, st.format_version);
   const std::size_t n = std::size_t(st.model.num_parameters());
   std::vector<float> params(n);
   io::read_checkpoint_tensors(path, tensors, params.data(), n, nullptr, nullptr, 0, 0);
   io::write_llmc_checkpoint(out_path, st.model, params);
   out << "wrote llm.c checkpoint " << out_path << " (" << n << " parameters, step " << st.step << ")\n";
+}
+
+void ckpt_eval(const std::string& path, const EvalConfig& cfg, std::ostream& out) {
+  const auto st = io::read_checkpoint_state(path);
+  const auto& m = st.model;
+  require(cfg.seq_len >= 1 && cfg.seq_len <= m.max_seq_len && cfg.rows >= 1,
+          "ckpt eval: needs 1 <= seq-len <= max_seq_len (" + std::to_string(m.max_seq_len) + ") and rows >= 1");
+  const auto tokens = io::read_token_file(cfg.data);
+  const std::size_t T = std::size_t(cfg.seq_len), need = std::size_t(cfg.rows) * T + 1;
+  require(tokens.size() >= need, "ckpt eval: '" + cfg.data + "' has " + std::to_string(tokens.size()) +
+                                     " tokens; " + std::to_string(cfg.rows) + " rows of " + std::to_string(T) +
+                                     " need " + std::to_string(need));
+  model::GPT gpt(m, 1, cfg.seq_len);
+  std::vector<float> params(gpt.whole_num_params());
+  io::read_checkpoint_tensors(path, checkpoint_tensors(m, st.format_version), params.data(), params.size(), nullptr,
+                              nullptr, 0, 0);
+  gpt.load_params(params);
+  kernels::Blas blas;
+  std::ofstream logits;
+  if (!cfg.logits_out.empty()) {
+    logits.open(cfg.logits_out, std::ios::binary);
+    require(bool(logits), "ckpt eval: cannot write '" + cfg.logits_out + "'");
+  }
+  double sum = 0;
+  std::vector<int> in(T), tg(T);
+  for (int r = 0; r < cfg.rows; ++r) {
+    for (std::size_t t = 0; t < T; ++t) {
+      in[t] = tokens[std::size_t(r) * T + t];
+      tg[t] = tokens[std::size_t(r) * T + t + 1];
+    }
+    sum += gpt.forward(blas, in, tg);
+    if (logits.is_open()) {
+      const auto l = gpt.logits(blas);
+      logits.write(reinterpret_cast<const char*>(l.data()), std::streamsize(l.size() * sizeof(float)));
+    }
+  }
+  require(!logits.is_open() || bool(logits.flush()), "ckpt eval: writing '" + cfg.logits_out + "' failed");
+  char line[256];
+  std::snprintf(line, sizeof(line), "{\"loss\": %.9g, \"rows\": %d, \"seq_len\": %d, \"vocab_size\": %d, \"step\": %lld}\n",
+                sum / cfg.rows, cfg.rows, cfg.seq_len, m.vocab_size, static_cast<long long>(st.step));
+  out << line;
 }
 
 }  // namespace tapestry::train

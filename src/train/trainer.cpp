@@ -155,17 +155,14 @@ struct Run {
   std::string resumed_from;
 };
 
-std::string model_str(const ModelConfig& m) {
-  return "L=" + std::to_string(m.n_layer) + " H=" + std::to_string(m.n_head) + " C=" + std::to_string(m.d_model) +
-         " V=" + std::to_string(m.vocab_size) + "/" + std::to_string(m.vocab_padded()) +
-         " maxT=" + std::to_string(m.max_seq_len);
-}
+std::string model_str(const ModelConfig& m) { return spec_string(m); }
 
 /// Loads parameters, AdamW moments and step, the loader position and DiLoCo's state from `path`
 /// (any layout; a DiLoCo checkpoint needs the same number of sites, or a run without DiLoCo, which
 /// continues from site 0's state).
 void resume_from(Run& r, const std::string& path) {
   const auto st = io::read_checkpoint_state(path);
+  const auto tensors = checkpoint_tensors(st.model, st.format_version);
   const auto& m = r.cfg.model;
   require(model_str(st.model) == model_str(m), "checkpoint '" + path + "' holds model " + model_str(st.model) +
                                                    " but the run asks for " + model_str(m));
@@ -179,14 +176,14 @@ void resume_from(Run& r, const std::string& path) {
   auto mm = Kokkos::create_mirror_view(r.adamw->m()), vv = Kokkos::create_mirror_view(r.adamw->v());
   const auto b = r.adamw->begin(), e = r.adamw->end();
   if (r.gpt->tp().size() == 1 && r.gpt->stage().whole()) {
-    io::read_flat_section(path, io::diloco_site_prefix(s, "model"), r.tensors, params.data(), 0, params.extent(0));
-    io::read_flat_section(path, io::diloco_site_prefix(s, "adam_m"), r.tensors, mm.data(), b, e);
-    io::read_flat_section(path, io::diloco_site_prefix(s, "adam_v"), r.tensors, vv.data(), b, e);
+    io::read_flat_section(path, io::diloco_site_prefix(s, "model"), tensors, params.data(), 0, params.extent(0));
+    io::read_flat_section(path, io::diloco_site_prefix(s, "adam_m"), tensors, mm.data(), b, e);
+    io::read_flat_section(path, io::diloco_site_prefix(s, "adam_v"), tensors, vv.data(), b, e);
   } else {  // the file holds whole tensors: read them, keep this rank's part (and its ZeRO shard)
     const std::size_t nw = r.gpt->whole_num_params();
     std::vector<float> whole(nw);
     auto part_into = [&](const char* prefix, float* dst, std::size_t from, std::size_t to) {
-      io::read_flat_section(path, prefix, r.tensors, whole.data(), 0, nw);
+      io::read_flat_section(path, prefix, tensors, whole.data(), 0, nw);
       const auto part = r.gpt->take_part(whole);
       for (std::size_t i = from; i < to; ++i) dst[i - from] = i < part.size() ? part[i] : 0.0f;
     };
@@ -199,8 +196,8 @@ void resume_from(Run& r, const std::string& path) {
   Kokkos::deep_copy(r.adamw->v(), vv);
   if (r.diloco && st.diloco_sites > 0) {
     auto outer = Kokkos::create_mirror_view(r.diloco->outer()), mom = Kokkos::create_mirror_view(r.diloco->momentum());
-    io::read_flat_section(path, io::kOuterParams, r.tensors, outer.data(), r.diloco->begin(), r.diloco->end());
-    io::read_flat_section(path, io::kOuterMomentum, r.tensors, mom.data(), r.diloco->begin(), r.diloco->end());
+    io::read_flat_section(path, io::kOuterParams, tensors, outer.data(), r.diloco->begin(), r.diloco->end());
+    io::read_flat_section(path, io::kOuterMomentum, tensors, mom.data(), r.diloco->begin(), r.diloco->end());
     Kokkos::deep_copy(r.diloco->outer(), outer);
     Kokkos::deep_copy(r.diloco->momentum(), mom);
   } else if (r.diloco) {
@@ -220,7 +217,12 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   require((layout.tp() == 1 && layout.pp() == 1) || (cfg.parallel.outer_steps == 0 && cfg.parallel.federation.empty()),
           "tensor or pipeline parallelism with DiLoCo or federation is not implemented yet (got " +
               layout.describe() + ")");
+  require(cfg.export_llmc.empty() || cfg.model.is_gpt2(),
+          "--export-llmc writes llm.c's GPT-2 format; this model spec is not GPT-2 (norm " + cfg.model.norm + ", mlp " +
+              cfg.model.mlp + ", positions " + cfg.model.positions + ")");
   if (!cfg.init_from.empty()) {
+    require(cfg.model.is_gpt2(), "--init-from reads llm.c GPT-2 checkpoints; this model spec is not GPT-2 (norm " +
+                                     cfg.model.norm + ", mlp " + cfg.model.mlp + ", positions " + cfg.model.positions + ")");
     const ModelConfig m = io::read_llmc_header(cfg.init_from);
     if (cfg.model.vocab_size != m.vocab_size || cfg.model.n_layer != m.n_layer ||
         cfg.model.d_model != m.d_model || cfg.model.n_head != m.n_head)
@@ -445,8 +447,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   const double tokens_per_step = double(cfg.global_batch) * T;
   const double flops_per_step = cfg.model.flops_per_token(T) * tokens_per_step;
   const double peak = cfg.peak_flops * grid.world().size();
-  out << "tapestry train: " << cfg.model.num_parameters() << " parameters (L=" << cfg.model.n_layer
-      << " H=" << cfg.model.n_head << " C=" << cfg.model.d_model << " V=" << cfg.model.vocab_size
+  out << "tapestry train: " << cfg.model.num_parameters() << " parameters (" << spec_string(cfg.model)
       << "), " << grid.layout().describe() << ", global batch " << cfg.global_batch << " x T=" << T
       << " (B=" << B << " per rank, grad_accum=" << cfg.grad_accum << ")" << (zero ? ", ZeRO-1" : "")
       << (blas.precision() == Precision::bf16 ? ", bf16 matmuls (fp32 accumulation, weights and optimizer)" : "")
@@ -495,10 +496,9 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       std::vector<std::vector<int>> ins(std::size_t(cfg.grad_accum)), tgs(ins.size());
       for (std::size_t m = 0; m < ins.size(); ++m) r.train_loader->next_batch(ins[m], tgs[m]);
       loss = r.pipe->train_step(blas, ins, tgs);
-      const auto& wte = gpt.tensors()[0];
-      if (gpt.stage().embed || gpt.stage().head) {  // the tied embedding: sum the two stages' gradients
+      if (const auto* wte = gpt.tied_embedding()) {  // the tied embedding: sum the two stages' gradients
         ex.fence();
-        r.embed_coll->all_reduce_sum(grads.data() + wte.offset, wte.size);
+        r.embed_coll->all_reduce_sum(grads.data() + wte->offset, wte->size);
       }
     } else {
       for (int micro = 0; micro < cfg.grad_accum; ++micro) {

@@ -7,7 +7,7 @@
 
 namespace tapestry::cli {
 
-enum class Command { exit, train, data_prepare, bench_step, bench_gemm, bench_allreduce, bench_ckpt, ckpt_info, ckpt_verify, ckpt_export };
+enum class Command { exit, train, data_prepare, bench_step, bench_gemm, bench_allreduce, bench_ckpt, ckpt_info, ckpt_verify, ckpt_export, ckpt_eval };
 
 /// \brief What the command line asked for.
 struct Invocation {
@@ -20,6 +20,8 @@ struct Invocation {
   BenchAllreduceConfig bench_allreduce;
   BenchCkptConfig bench_ckpt;
   std::string ckpt_path, ckpt_output;  ///< `tapestry ckpt ...`
+  std::string eval_data, eval_logits;  ///< `tapestry ckpt eval`
+  int eval_seq_len = 64, eval_rows = 4;
 };
 
 /// Parses argv. --help and --version print to stdout; a parse error prints one line

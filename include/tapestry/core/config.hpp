@@ -4,28 +4,61 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace tapestry {
 
-/// \brief Shape of a GPT-2 style decoder.
+/// \brief The model spec: the shape of a decoder and what its blocks are made of. GPT-2 and the
+/// Llama family (Llama 3, Apertus, ...) are settings of the same keys (docs/model-spec.md); the
+/// parameter layout (names, shapes, tensor-parallel splits) is derived from it by the model layer.
 struct ModelConfig {
   int n_layer = 4;
   int n_head = 4;
   int d_model = 128;
-  int max_seq_len = 256;    ///< rows of the position embedding
+  int max_seq_len = 256;    ///< longest sequence (rows of a learned position embedding)
   int vocab_size = 256;     ///< real tokens
   int padded_vocab_size = 0;  ///< rows of the token embedding; 0: vocab_size rounded up to 128
 
+  /// Family whose defaults fill the keys a run does not set: gpt2 or llama (cli::apply_arch).
+  std::string arch = "gpt2";
+  int n_kv_head = 0;               ///< key/value heads (GQA/MQA); 0: n_head (multi-head)
+  int ffn_dim = 0;                 ///< MLP hidden size; 0: 4 * d_model
+  std::string norm = "layernorm";  ///< layernorm or rmsnorm
+  double norm_eps = 1e-5;
+  bool qk_norm = false;            ///< RMSNorm over each head's q and k (weights per head dimension)
+  std::string mlp = "gelu";        ///< gelu (up, GELU, down), swiglu (silu(gate) * up, down) or xielu
+  std::string positions = "learned";  ///< learned (position embedding) or rope
+  double rope_theta = 10000.0;
+  std::string rope_scaling = "none";  ///< none or llama3
+  double rope_factor = 8.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
+  int rope_original_context = 8192;
+  bool tie_embeddings = true;      ///< the output layer is the token embedding
+  bool bias = true;                ///< biases in the linear layers (and LayerNorm's bias)
+
   int head_dim() const { return d_model / n_head; }
+  int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
+  int ffn() const { return ffn_dim > 0 ? ffn_dim : 4 * d_model; }
+  bool learned_positions() const { return positions == "learned"; }
+  bool norm_has_bias() const { return norm == "layernorm" && bias; }
+  /// Exactly GPT-2's block (llm.c's 16 tensors): what llm.c files and `--init-from` can hold.
+  bool is_gpt2() const;
   /// Padded vocabulary actually allocated.
   int vocab_padded() const;
-  /// Number of parameters (token and position embeddings included, output layer tied).
+  /// Number of parameters (padded embedding rows included; the tied output layer counted once).
   std::int64_t num_parameters() const;
-  /// Training FLOPs per token for forward + backward at sequence length `T`:
-  /// 6 * (parameters without the position embedding) + 12 * n_layer * d_model * T (attention).
+  /// Training FLOPs per token for forward + backward at sequence length `T`: 6 * (parameters used
+  /// in matrix products: all but the position embedding, and the token embedding when it is not
+  /// also the output layer) + 12 * n_layer * n_head * head_dim * T (attention's two products).
   double flops_per_token(int T) const;
 };
+
+/// One line naming the shape and, beyond GPT-2, the block options ("L=4 H=4 C=128 ... rmsnorm ...").
+std::string spec_string(const ModelConfig& m);
+
+/// The values of `family`'s keys (gpt2 or llama), as "key" -> TOML value; cli::apply_arch applies
+/// them to the keys a run leaves unset. Throws tapestry::Error for an unknown family.
+std::vector<std::pair<std::string, std::string>> arch_defaults(const std::string& family);
 
 /// \brief Optimizer and schedule.
 struct OptimConfig {

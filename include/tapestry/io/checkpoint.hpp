@@ -14,7 +14,10 @@
 
 namespace tapestry::io {
 
-constexpr int kCheckpointFormatVersion = 1;
+/// Version 2 (model spec): tensors named by what they are (/model/layers/03/attn/k/weight) and
+/// the spec stored as /model attributes. Version 1 (GPT-2 only, /model/blocks/03/attn/qkv/weight)
+/// is still read.
+constexpr int kCheckpointFormatVersion = 2;
 constexpr const char* kCheckpointFormatName = "tapestry-checkpoint";
 
 /// \brief One tensor of the flat parameter buffer, as it appears in the file.
@@ -27,6 +30,7 @@ struct FlatTensor {
 
 /// \brief Everything but the tensors.
 struct CheckpointState {
+  int format_version = kCheckpointFormatVersion;  ///< of the file read (written: always the current)
   ModelConfig model;
   OptimConfig optim;
   int tp = 1, pp = 1, dp = 1, zero = 0;  ///< layout at save

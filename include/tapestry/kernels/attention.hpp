@@ -1,22 +1,24 @@
 #pragma once
 /// \file
-/// \brief Causal multi-head self-attention with softmax (GPT-2), from packed QKV.
+/// \brief Causal multi-head self-attention with softmax, from packed QKV; grouped-query
+/// attention (GQA/MQA) when there are fewer key/value heads than query heads.
 
 #include "tapestry/core/views.hpp"
 #include "tapestry/kernels/blas.hpp"
 
 namespace tapestry::kernels {
 
-/// qkv (B, T, 3C) packed as [q | k | v], heads contiguous inside each; out (B, T, C);
+/// qkv (B, T, (NH + 2 KV) hs) packed as [q | k | v], heads contiguous inside each (KV = n_kv_head
+/// key/value heads, 0 meaning n_head; query head h uses kv head h / (NH / KV)); out (B, T, NH hs);
 /// att (B, NH, T, T) softmax probabilities, saved for backward (zero above the diagonal).
 /// The two products (Q K^T and att V) go to the BLAS, batched over heads; the masked softmax is a
 /// Kokkos kernel.
 template <class T>
-void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv, int n_head);
+void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv, int n_head, int n_kv_head = 0);
 
-/// dqkv (B, T, 3C) overwritten; scratch (B, NH, T, T) is clobbered.
+/// dqkv (B, T, (NH + 2 KV) hs) overwritten; scratch (B, NH, T, T) is clobbered.
 template <class T>
 void attention_backward(const Blas& blas, View3<T> dqkv, View4<T> scratch, In3<T> dout,
-                        In3<T> qkv, In4<T> att, int n_head);
+                        In3<T> qkv, In4<T> att, int n_head, int n_kv_head = 0);
 
 }  // namespace tapestry::kernels

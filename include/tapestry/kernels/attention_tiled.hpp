@@ -12,15 +12,19 @@ namespace tapestry::kernels {
 /// Rows and columns of one tile (query rows x key columns).
 constexpr int kAttnTile = 32;
 
-/// qkv (B, T, 3C) packed as in attention_forward(); out (B, T, C); lse (B, NH, T) the
-/// log-sum-exp of each query row's scaled scores, saved for backward.
+/// qkv (B, T, (NH + 2 KV) hs) packed as in attention_forward(): [q: NH hs | k: KV hs | v: KV hs],
+/// KV = n_kv_head (0: = n_head); query head h uses kv head h / (NH / KV) (grouped-query attention).
+/// out (B, T, C = NH hs); lse (B, NH, T) the log-sum-exp of each query row's scaled scores, saved
+/// for backward. Throws std::invalid_argument when the extents do not fit.
 template <class T>
-void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, In3<T> qkv, int n_head);
+void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, In3<T> qkv, int n_head,
+                             int n_kv_head = 0);
 
-/// dqkv (B, T, 3C) overwritten from dout, qkv and the forward's out and lse. Deterministic: the key
-/// tiles' dK, dV and the query tiles' dQ are each summed by one team, no atomics.
+/// dqkv (B, T, (NH + 2 KV) hs) overwritten from dout, qkv and the forward's out and lse.
+/// Deterministic: a key tile's dK, dV (summed over the query heads of its group, in order) and a
+/// query tile's dQ are each summed by one team, no atomics.
 template <class T>
 void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout, In3<T> qkv, In3<T> out,
-                              In3<T> lse, int n_head);
+                              In3<T> lse, int n_head, int n_kv_head = 0);
 
 }  // namespace tapestry::kernels

@@ -1,8 +1,9 @@
 #pragma once
 /// \file
-/// \brief GPT-2: token + position embeddings, pre-LayerNorm blocks (causal attention, GELU MLP),
-/// final LayerNorm, output layer tied to the token embedding. fp32 parameters in one flat buffer
-/// laid out as llm.c's checkpoints (so `--init-from` is a single copy).
+/// \brief A pre-norm decoder described by the model spec (core/config.hpp): GPT-2 (LayerNorm,
+/// learned positions, GELU, tied embedding, biases) or the Llama family (RMSNorm, RoPE, GQA,
+/// SwiGLU or xIELU, QK-norm, untied output layer) and any mix of their options. fp32 parameters in
+/// one flat buffer of per-layer-stacked tensors (GPT-2: llm.c's layout, so `--init-from` is a copy).
 
 #include <cstdint>
 #include <string>
@@ -18,20 +19,40 @@ namespace tapestry::model {
 
 /// How a tensor is split over the tensor-parallel ranks (Megatron-style).
 enum class Split {
-  none,     ///< replicated (LayerNorms, position embedding, row-parallel biases)
-  rows,     ///< output rows: column-parallel weights and their biases, the vocabulary of wte
-  rows_qkv, ///< the q, k and v row blocks each split by heads
-  cols,     ///< input columns: row-parallel weights (attention and MLP output projections)
+  none,  ///< replicated (norms, position embedding, row-parallel biases, QK-norm, xIELU scalars)
+  rows,  ///< output rows, block by block (row_blocks): column-parallel weights and their biases,
+         ///< q | k | v, gate | up, the vocabulary of the embedding and the output layer
+  cols,  ///< input columns: row-parallel weights (attention and MLP output projections)
 };
 
-/// \brief One named parameter tensor inside the flat buffer.
+/// How a tensor is initialised (init_random).
+enum class Init { zero, one, normal, normal_residual, xielu_alpha };
+
+/// \brief A named piece of a tensor as checkpoints and exports see it: rows [row0, row0 + rows) of
+/// the whole tensor (of each layer), under `path` (inside /model/layers/NN/ for per-layer tensors).
+struct TensorPart {
+  std::string path;
+  std::int64_t row0 = 0, rows = 0;
+};
+
+/// \brief One parameter tensor inside the flat buffer, derived from the model spec.
 struct ParamTensor {
-  std::string name;                 ///< llm.c's name: wte, wpe, ln1w, ..., lnfb
+  std::string name;                 ///< short name (llm.c's where GPT-2 has it): wte, qkvw, lm_head, ...
   std::vector<std::int64_t> shape;  ///< all layers stacked first where per-layer (this rank's part)
   std::size_t offset = 0;
   std::size_t size = 0;
   bool decay = false;               ///< weight decay applies (matrices and embeddings)
   Split split = Split::none;
+  bool per_layer = false;           ///< shape[0] is the layer
+  std::vector<std::int64_t> row_blocks;  ///< Split::rows: whole-model row blocks, each split evenly
+  std::vector<TensorPart> parts;    ///< its named pieces (whole-model rows)
+  Init init = Init::zero;
+  /// Replicated, but each TP rank's gradient is a partial sum over its heads or MLP columns
+  /// (QK-norm weights, xIELU scalars): summed over the group in backward().
+  bool tp_partial = false;
+  /// A norm's gain or bias: with sequence parallelism its gradient is a partial sum over the ranks'
+  /// token chunks, summed over the group in backward().
+  bool token_partial = false;
 };
 
 /// \brief Which part of the network a pipeline stage runs.
@@ -54,13 +75,16 @@ struct GptOptions {
   bool tiled_attention = false;
 };
 
-/// The 16 tensors of llm.c's layout for this shape, in order: whole (tp = 1, whole stage) or one
-/// tensor-parallel rank's part of each (shapes divided along the split dimension) for one pipeline
-/// stage (its layers only; tensors the stage does not use have size 0; the last stage holds a
-/// copy of wte for the tied output layer).
+/// The parameter tensors the spec `m` implies, in flat-buffer order (GPT-2: exactly llm.c's 16
+/// tensors and order): whole (tp = 1, whole stage) or one tensor-parallel rank's part of each
+/// (shapes divided along the split dimension) for one pipeline stage (its layers only; tensors the
+/// stage does not use have size 0; with tied embeddings the last stage holds a copy of wte).
 std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp = 1, const Stage& stage = {});
 
-/// Checks that `m` can be split over `tp` ranks (heads, vocabulary); throws tapestry::Error.
+/// Index of tensor `name` in `layout`, or -1.
+int find_tensor(const std::vector<ParamTensor>& layout, const std::string& name);
+
+/// Checks that `m` can be split over `tp` ranks (heads, kv heads, MLP, vocabulary); throws tapestry::Error.
 void validate_tp(const ModelConfig& m, int tp);
 
 /// \brief Parameters, gradients and the activations of one (B, T) micro-batch.
@@ -86,9 +110,12 @@ class GPT {
   std::size_t padded_size() const { return params_.extent(0); }
 
   /// GPT-2 initialisation: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 n_layer),
-  /// zero biases, unit LayerNorm gains. Deterministic in `seed`, and the same model for every
+  /// zero biases, unit norm gains, xIELU's alpha_p = alpha_n = 0.8. Deterministic in `seed`, and the same model for every
   /// tensor-parallel size; padded vocabulary rows are zero.
   void init_random(std::uint64_t seed);
+  /// The tied token embedding when this rank holds a copy of it that another pipeline stage also
+  /// holds (first and last stage of a tied model): its gradients are summed between them.
+  const ParamTensor* tied_embedding() const;
   /// Copies the whole model's parameters (host, llm.c order) in: this rank takes its part.
   void load_params(const std::vector<float>& host);
   /// The whole model's parameters (llm.c order) from this rank's part of a buffer laid out like
@@ -106,6 +133,9 @@ class GPT {
   /// embedding starts from stage_input(), filled by the caller.
   double forward(const kernels::Blas& blas, const std::vector<int>& inputs,
                  const std::vector<int>& targets);
+  /// The output layer's logits (B*T rows of vocab_size, row-major, host) for the inputs of the last
+  /// forward(), recomputed from the final norm's output. A whole model on one rank (evaluation, tests).
+  std::vector<float> logits(const kernels::Blas& blas) const;
   /// Accumulates into grads() the gradient of `loss_scale` * (mean loss of the last forward()).
   /// A stage without the head starts from output_grad() (d loss / d stage_output()), filled by the
   /// caller; a stage without the embedding leaves d loss / d stage_input() in input_grad().
@@ -124,16 +154,28 @@ class GPT {
  private:
   // Without sequence parallelism every "chunk" view below is the full view itself.
   struct LayerActs {
-    View2<float> ln1, qkv, atty, ln2, fch, fch_gelu;     // (BT, *): inputs and outputs of the split layers
+    View2<float> ln1, qkv_raw, qkv, atty, ln2, fch, fch_act;  // (BT, *): inputs and outputs of the split layers
     View2<float> ln1c, ln2c, res2, res3;                 // (BT / size, C): this rank's token chunk
-    View1<float> ln1_mean, ln1_rstd, ln2_mean, ln2_rstd;  // (BT / size)
+    View1<float> ln1_mean, ln1_rstd, ln2_mean, ln2_rstd;  // (BT / size); means only for LayerNorm
+    View2<float> q_rstd, k_rstd;                          // (BT, heads): QK-norm
     View4<float> att;                                              // (B, NH, T, T); empty when tiled
     View3<float> lse;                                              // (B, NH, T): tiled attention
   };
+  /// The tensors forward() and backward() use, found by name in the layout (-1: absent).
+  struct Slots {
+    int wte = -1, wpe = -1, ln1w = -1, ln1b = -1, qkvw = -1, qkvb = -1, qnorm = -1, knorm = -1, attprojw = -1,
+        attprojb = -1, ln2w = -1, ln2b = -1, fcw = -1, fcb = -1, fcprojw = -1, fcprojb = -1, xielu = -1,
+        lnfw = -1, lnfb = -1, lm_head = -1;
+  };
+  void norm_forward(const ExecSpace& ex, View2<float> out, View1<float> mean, View1<float> rstd, View2<float> inp,
+                    int w, int b, int layer);
+  void norm_backward(const ExecSpace& ex, View2<float> dinp, View2<float> dout, View2<float> inp, View1<float> mean,
+                     View1<float> rstd, int w, int b, int layer);
   View2<float> p2(const View1<float>& flat, int idx, int layer = 0) const;
-  View1<float> p1(const View1<float>& flat, int idx, int layer = 0) const;
+  View1<float> p1(const View1<float>& flat, int idx, int layer = 0) const;  ///< empty when idx < 0
 
-  /// Calls f(local flat index, whole-model flat index) for every element of this rank's part.
+  /// Calls f(tensor index, local flat index, whole-model flat index, replicated) for every element
+  /// of this rank's part.
   template <class F> void for_each_element(F&& f) const;
 
   ModelConfig cfg_;
@@ -144,6 +186,8 @@ class GPT {
   bool sp_ = false, tiled_ = false;
   int rows_ = 0;  // rows of the token chunk: B*T, or B*T / size with sequence parallelism
   std::vector<ParamTensor> layout_, whole_;
+  Slots slot_;
+  int nkv_ = 0, ffn_ = 0;  // this rank's kv heads and MLP columns
   std::size_t n_params_ = 0, n_whole_ = 0;
   View1<float> params_, grads_;
   TokenView tokens_;
@@ -152,10 +196,14 @@ class GPT {
   View2<float> encoded_, lnf_, logits_;  // logits (BT, Vp) hold probs, then dlogits; encoded_ a chunk
   View2<float> emb_full_, lnfc_, projc_, dresf_, dtmpc_;  // full/chunk partners (aliases without SP)
   View2<float> ln_full_;  // sequence parallelism: the all-gathered LayerNorm output, shared by the layers
-  View1<float> ln_grad_saved_;  // sequence parallelism: LayerNorm gradients of earlier micro-batches
+  std::vector<int> partial_;     // tensors whose gradients are summed over the TP group in backward()
+  View1<float> partial_saved_;  // their gradients of earlier micro-batches
   View1<float> lnf_mean_, lnf_rstd_, losses_;
   std::vector<LayerActs> layers_;
-  View2<float> proj_, dres_, dtmp_, dbig_, dqkv_, datty_;  // scratch
+  View2<float> proj_, dres_, dtmp_, dbig_, dact_, dqkv_, datty_;  // scratch
+  View1<float> ln_zero_bias_, ln_bias_grad_;  // LayerNorm without bias (bias = false)
+  Kokkos::View<int*, Layout, MemSpace> pos_;        // (BT): each row's position, for RoPE
+  Kokkos::View<double*, Layout, MemSpace> inv_freq_;  // (head_dim / 2): RoPE frequencies
   View4<float> datt_;
   View3<float> xent_stats_;  // (tp, BT, 3): every rank's vocabulary-shard statistics
 };

@@ -15,9 +15,10 @@
 
 namespace tapestry::train {
 
-/// The file's tensors for a model shape, in flat-buffer order: llm.c's per-layer stacks split into
-/// one dataset per layer (e.g. qkvw -> blocks/03/attn/qkv/weight).
-std::vector<io::FlatTensor> checkpoint_tensors(const ModelConfig& m);
+/// The file's tensors for a model spec, in flat-buffer order: the per-layer stacks split into one
+/// dataset per layer and named part (format 2: qkvw -> layers/03/attn/q/weight, .../k/weight,
+/// .../v/weight; format 1, GPT-2 only: blocks/03/attn/qkv/weight).
+std::vector<io::FlatTensor> checkpoint_tensors(const ModelConfig& m, int format_version = io::kCheckpointFormatVersion);
 
 /// \brief Saves into `dir` as step_00000123.h5 (collective over `comm`).
 class CheckpointManager {
@@ -50,5 +51,15 @@ void ckpt_info(const std::string& path, std::ostream& out);
 void ckpt_verify(const std::string& path, std::ostream& out);
 /// `tapestry ckpt export`: the parameters as an llm.c checkpoint (round-trips with --init-from).
 void ckpt_export_llmc(const std::string& path, const std::string& out_path, std::ostream& out);
+
+/// \brief `tapestry ckpt eval`: the checkpoint's loss on the first `rows` rows of a token file.
+struct EvalConfig {
+  std::string data;         ///< llm.c token file
+  int seq_len = 64;         ///< T
+  int rows = 4;             ///< row r: inputs tokens[r*T + t], targets tokens[r*T + t + 1]
+  std::string logits_out;   ///< optional: raw little-endian float32 logits (rows*T, vocab_size)
+};
+/// Loads the whole model on this rank and prints the mean loss (one line, JSON).
+void ckpt_eval(const std::string& path, const EvalConfig& cfg, std::ostream& out);
 
 }  // namespace tapestry::train

@@ -1,0 +1,31 @@
+#pragma once
+/// \file
+/// \brief MLP activations beside GELU: SwiGLU (Llama: silu(gate) * up) and xIELU (Apertus: a
+/// trainable piecewise activation with two scalar parameters per layer).
+
+#include "tapestry/core/views.hpp"
+
+namespace tapestry::kernels {
+
+/// gu (N, 2F) holds [gate | up] per row; out (N, F) = silu(gate) * up, silu(x) = x / (1 + e^-x).
+template <class T> void swiglu_forward(const ExecSpace& exec, View2<T> out, In2<T> gu);
+/// dgu (N, 2F) overwritten with d/dgate | d/dup given dout (N, F).
+template <class T> void swiglu_backward(const ExecSpace& exec, View2<T> dgu, In2<T> gu, In2<T> dout);
+
+/// xIELU (Huang et al. 2024, as in transformers' XIELUActivation), params (2) = raw (alpha_p, alpha_n):
+///   a_p = softplus(params(0)), a_n = beta + softplus(params(1)),
+///   y = x > 0 ? a_p x^2 + beta x : a_n (expm1(min(x, eps)) - x) + beta x.
+template <class T>
+void xielu_forward(const ExecSpace& exec, View1<T> out, In1<T> inp, In1<T> params, double beta = 0.5,
+                   double eps = -1e-6);
+/// dinp (n) overwritten with dout * dy/dx (may alias dout); dparams (2) += d/d(raw params), summed
+/// in a fixed order (deterministic on every backend).
+template <class T>
+void xielu_backward(const ExecSpace& exec, View1<T> dinp, View1<T> dparams, In1<T> inp, In1<T> dout,
+                    In1<T> params, double beta = 0.5, double eps = -1e-6);
+
+/// Raw parameter value whose softplus is `value` (log(expm1(value))): xIELU's initialisation
+/// (alpha_p = 0.8 -> raw softplus^-1(0.8); alpha_n = 0.8 -> raw softplus^-1(0.8 - beta)).
+double softplus_inverse(double value);
+
+}  // namespace tapestry::kernels

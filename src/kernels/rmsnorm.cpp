@@ -1,0 +1,103 @@
+#include "tapestry/kernels/rmsnorm.hpp"
+
+#include "tapestry/kernels/math.hpp"
+#include "team.hpp"
+
+namespace tapestry::kernels {
+
+// y = x s w with s = (mean(x^2) + eps)^(-1/2); ds/dx_j = -s^3 x_j / C, so
+// dx_j = s (w_j g_j - x_j s^2 mean_c(w_c g_c x_c)) and dw_j = sum_n g_j x_j s.
+
+template <class T>
+void rmsnorm_forward(const ExecSpace& exec, View2<T> out, View1<T> rstd, In2<T> inp, In1<T> weight, double eps) {
+  const int N = int(inp.extent(0)), C = int(inp.extent(1));
+  const T e = T(eps);
+  Kokkos::parallel_for(
+      "tapestry::rmsnorm_forward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& tm) {
+        const int n = tm.league_rank();
+        const T ms = detail::team_sum<T>(tm, C, [&](int c) { return inp(n, c) * inp(n, c); }) / T(C);
+        const T s = T(1) / math::sqrt(ms + e);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) { out(n, c) = inp(n, c) * s * weight(c); });
+        Kokkos::single(Kokkos::PerTeam(tm), [&] { rstd(n) = s; });
+      });
+}
+
+template <class T>
+void rmsnorm_backward(const ExecSpace& exec, View2<T> dinp, View1<T> dweight, In2<T> dout, In2<T> inp,
+                      In1<T> weight, In1<T> rstd) {
+  const int N = int(inp.extent(0)), C = int(inp.extent(1));
+  // dinp: one row per team.
+  Kokkos::parallel_for(
+      "tapestry::rmsnorm_backward_input", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& tm) {
+        const int n = tm.league_rank();
+        const T s = rstd(n);
+        const T m = detail::team_sum<T>(tm, C, [&](int c) { return weight(c) * dout(n, c) * inp(n, c); }) / T(C);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) {
+          dinp(n, c) += s * (weight(c) * dout(n, c) - inp(n, c) * s * s * m);
+        });
+      });
+  // dweight: one team per channel, reducing over rows (no atomics, a fixed order per backend).
+  Kokkos::parallel_for(
+      "tapestry::rmsnorm_backward_weight", detail::team_per_row(exec, C), KOKKOS_LAMBDA(const detail::Member& tm) {
+        const int c = tm.league_rank();
+        const T dw = detail::team_sum<T>(tm, N, [&](int n) { return dout(n, c) * inp(n, c) * rstd(n); });
+        Kokkos::single(Kokkos::PerTeam(tm), [&] { dweight(c) += dw; });
+      });
+}
+
+template <class T>
+void head_rmsnorm_forward(const ExecSpace& exec, View2<T> out, View2<T> rstd, In2<T> inp, In1<T> weight, int c0,
+                          int nh, double eps) {
+  const int N = int(inp.extent(0)), hd = int(weight.extent(0));
+  const T e = T(eps);
+  // One team per (row, head).
+  Kokkos::parallel_for(
+      "tapestry::head_rmsnorm_forward", detail::team_per_row(exec, N * nh), KOKKOS_LAMBDA(const detail::Member& tm) {
+        const int n = tm.league_rank() / nh, h = tm.league_rank() % nh, o = c0 + h * hd;
+        const T ms = detail::team_sum<T>(tm, hd, [&](int i) { return inp(n, o + i) * inp(n, o + i); }) / T(hd);
+        const T s = T(1) / math::sqrt(ms + e);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, hd), [&](int i) { out(n, o + i) = inp(n, o + i) * s * weight(i); });
+        Kokkos::single(Kokkos::PerTeam(tm), [&] { rstd(n, h) = s; });
+      });
+}
+
+template <class T>
+void head_rmsnorm_backward(const ExecSpace& exec, View2<T> dinp, View1<T> dweight, In2<T> dout, In2<T> inp,
+                           In1<T> weight, In2<T> rstd, int c0, int nh) {
+  const int N = int(inp.extent(0)), hd = int(weight.extent(0));
+  // dweight first: dinp may alias dout. One team per channel i, reducing over (row, head) in a fixed order.
+  Kokkos::parallel_for(
+      "tapestry::head_rmsnorm_backward_weight", detail::team_per_row(exec, hd), KOKKOS_LAMBDA(const detail::Member& tm) {
+        const int i = tm.league_rank();
+        const T dw = detail::team_sum<T>(tm, N * nh, [&](int k) {
+          const int n = k / nh, h = k % nh, c = c0 + h * hd + i;
+          return dout(n, c) * inp(n, c) * rstd(n, h);
+        });
+        Kokkos::single(Kokkos::PerTeam(tm), [&] { dweight(i) += dw; });
+      });
+  // dinp: one team per (row, head); each element is read (dout) and written (dinp) by the same thread
+  // after the team's reduction, so dinp may alias dout.
+  Kokkos::parallel_for(
+      "tapestry::head_rmsnorm_backward_input", detail::team_per_row(exec, N * nh),
+      KOKKOS_LAMBDA(const detail::Member& tm) {
+        const int n = tm.league_rank() / nh, h = tm.league_rank() % nh, o = c0 + h * hd;
+        const T s = rstd(n, h);
+        const T m = detail::team_sum<T>(tm, hd, [&](int i) { return weight(i) * dout(n, o + i) * inp(n, o + i); }) / T(hd);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, hd), [&](int i) {
+          dinp(n, o + i) = s * (weight(i) * dout(n, o + i) - inp(n, o + i) * s * s * m);
+        });
+      });
+}
+
+#define TAPESTRY_INSTANTIATE(T)                                                                           \
+  template void rmsnorm_forward<T>(const ExecSpace&, View2<T>, View1<T>, In2<T>, In1<T>, double);        \
+  template void rmsnorm_backward<T>(const ExecSpace&, View2<T>, View1<T>, In2<T>, In2<T>, In1<T>, In1<T>); \
+  template void head_rmsnorm_forward<T>(const ExecSpace&, View2<T>, View2<T>, In2<T>, In1<T>, int, int,  \
+                                        double);                                                          \
+  template void head_rmsnorm_backward<T>(const ExecSpace&, View2<T>, View1<T>, In2<T>, In2<T>, In1<T>,   \
+                                         In2<T>, int, int);
+TAPESTRY_INSTANTIATE(float)
+TAPESTRY_INSTANTIATE(double)
+#undef TAPESTRY_INSTANTIATE
+
+}  // namespace tapestry::kernels
