@@ -70,6 +70,10 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
       else if (inv.command == Command::ckpt_verify) tapestry::train::ckpt_verify(inv.ckpt_path, out);
       else tapestry::train::ckpt_export_llmc(inv.ckpt_path, inv.ckpt_output, out);
       return 0;
+    case Command::plan:
+      if (rt.rank() != 0) return 0;
+      tapestry::train::plan(inv.plan, out);
+      return 0;
     case Command::ckpt_eval:
       if (rt.rank() != 0) return 0;
       tapestry::train::ckpt_eval(inv.ckpt_path, {inv.eval_data, inv.eval_seq_len, inv.eval_rows, inv.eval_logits}, out);

@@ -14,6 +14,7 @@
 #include "tapestry/io/tokenizer.hpp"
 #include "tapestry/kernels/blas.hpp"
 #include "tapestry/model/gpt.hpp"
+#include "tapestry/model/memory.hpp"
 #include "tapestry/parallel/comm.hpp"
 #include "tapestry/train/trainer.hpp"
 
@@ -133,6 +134,45 @@ TEST_CASE("the whole model's gradient matches finite differences (float, sampled
   }
   REQUIRE(checked == 4 * int(gpt.tensors().size()));
   REQUIRE(gpt.tensors().size() == (which == "gpt2" ? 16u : which == "mqa" ? 9u : which == "xielu" ? 12u : 11u));
+}
+
+namespace {
+/// A tensor-parallel group that only has a size and a rank: enough to build one rank's model.
+class ShapeOnlyTp final : public model::TpGroup {
+ public:
+  ShapeOnlyTp(int size, int rank) : size_(size), rank_(rank) {}
+  int size() const override { return size_; }
+  int rank() const override { return rank_; }
+  void all_reduce_sum(float*, std::size_t) const override { throw Error("ShapeOnlyTp: no communication"); }
+  void all_gather_inplace(float*, std::size_t) const override { throw Error("ShapeOnlyTp: no communication"); }
+  void reduce_scatter_sum(const float*, float*, std::size_t) const override { throw Error("ShapeOnlyTp: no communication"); }
+
+ private:
+  int size_, rank_;
+};
+}  // namespace
+
+TEST_CASE("the memory plan's activations equal what the model allocates, for every spec and layout", "[model][plan]") {
+  int checked = 0;
+  for (const std::string which : {"gpt2", "llama", "xielu", "mqa"}) {
+    ModelConfig m = tiny_spec(which);
+    m.n_kv_head = which == "mqa" ? 2 : m.n_kv_head;  // divisible by tp 2
+    m.n_layer = 4;
+    for (int tp : {1, 2})
+      for (bool sp : {false, true})
+        for (bool tiled : {false, true})
+          for (int stage = 0; stage < 3; ++stage) {  // whole, first of two, last of two
+            model::GptOptions o;
+            ShapeOnlyTp group(tp, tp - 1);
+            o.tp = &group, o.sequence_parallel = sp, o.tiled_attention = tiled;
+            if (stage > 0) o.stage = {stage == 1 ? 0 : 2, 2, stage == 1, stage == 2};
+            model::GPT gpt(m, 2, 6, 1, o);
+            CAPTURE(which, tp, sp, tiled, stage);
+            REQUIRE(model::activation_bytes(m, 2, 6, tp, sp, o.stage, tiled) == gpt.activation_bytes());
+            ++checked;
+          }
+  }
+  REQUIRE(checked == 4 * 2 * 2 * 2 * 3);
 }
 
 TEST_CASE("padded vocabulary rows never receive probability or gradient", "[model]") {

@@ -18,3 +18,6 @@ run $exe bench step --n-layer 6 --n-head 6 --d-model 384 --vocab-size 256 --max-
   --iters "$iters" --json $out/s2.json
 run $exe bench step --n-layer 4 --n-head 4 --d-model 128 --vocab-size 256 --max-seq-len 128 -b 16 -t 128 \
   --iters "$iters" --json $out/s3.json
+# L1: a Llama-style shape (RMSNorm, RoPE, GQA 8/2, SwiGLU 1376, untied, V=32000)
+run $exe bench step --arch llama --n-layer 8 --d-model 512 --n-head 8 --n-kv-head 2 --ffn-dim 1376 --vocab-size 32000 \
+  --max-seq-len 256 -b 4 -t 256 --iters "$iters" --json $out/l1.json

@@ -199,7 +199,7 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   app.require_subcommand(1);
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag wins
 
-  auto* train = app.add_subcommand("train", "Train a GPT-2 style model");
+  auto* train = app.add_subcommand("train", "Train a decoder: GPT-2 or the Llama family (--arch, --model; docs/model-spec.md)");
   std::string config_file;
   train->add_option("--config,-c", config_file,
                     "TOML file of options (keys are the flag names: n-layer = 4); flags override it");
@@ -262,6 +262,24 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   bck->add_option("--dir", bc.dir, "Directory for the test file (on the file system to qualify)")->capture_default_str();
   bck->add_option("--iters", bc.iters, "Repetitions")->capture_default_str();
 
+  auto* pl = app.add_subcommand("plan", "Memory per rank of a model on a layout (computed; nothing is allocated)");
+  auto& pc = inv.plan;
+  pc.model = bs.model;
+  add_model_options(pl, pc.model);
+  pl->add_option("--tp", pc.tp, "Tensor-parallel ranks")->capture_default_str()->group("Layout");
+  pl->add_option("--pp", pc.pp, "Pipeline stages")->capture_default_str()->group("Layout");
+  pl->add_option("--pp-split", pc.pp_split, "Layers per stage, e.g. 3,3,2 (default: even)")->group("Layout");
+  pl->add_option("--dp", pc.dp, "Data-parallel ranks")->capture_default_str()->group("Layout");
+  pl->add_option("--zero", pc.zero, "1: AdamW state sharded over dp (ZeRO-1)")->capture_default_str()->group("Layout");
+  pl->add_flag("--sequence-parallel", pc.sequence_parallel, "With --tp: sequence parallelism")->group("Layout");
+  pl->add_option("--attention", pc.attention, "matrix (T x T in memory), tiled, or auto (matrix)")
+      ->capture_default_str()->group("Layout");
+  pl->add_option("--batch-size,-b", pc.batch_size, "Sequences per micro-batch per rank")->capture_default_str()->group("Layout");
+  pl->add_option("--seq-len,-t", pc.seq_len, "Tokens per sequence")->capture_default_str()->group("Layout");
+  pl->add_option("--micro-batches", pc.micro_batches, "Micro-batches per optimizer step")->capture_default_str()->group("Layout");
+  pl->add_option("--gpus-per-node", pc.gpus_per_node, "Ranks per node, for the per-node line")->capture_default_str()->group("Layout");
+  pl->add_option("--json", pc.json, "Also write the plan as JSON here");
+
   auto* ckpt = app.add_subcommand("ckpt", "Inspect, verify and convert HDF5 checkpoints");
   ckpt->require_subcommand(1);
   auto* info = ckpt->add_subcommand("info", "Config, step, layout, and every tensor with shape, size and norm");
@@ -302,6 +320,7 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
     if (train->parsed()) apply_model_layers(train, inv.train.model);
     if (step->parsed()) apply_model_layers(step, inv.bench_step.model);
     if (bck->parsed()) apply_model_layers(bck, inv.bench_ckpt.model);
+    if (pl->parsed()) apply_model_layers(pl, inv.plan.model);
   } catch (const std::exception& e) {
     if (!quiet) std::cerr << "tapestry: error: " << e.what() << "\n";
     inv.command = Command::exit;
@@ -318,6 +337,7 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   else if (verify->parsed()) inv.command = Command::ckpt_verify;
   else if (exp->parsed()) inv.command = Command::ckpt_export;
   else if (ev->parsed()) inv.command = Command::ckpt_eval;
+  else if (pl->parsed()) inv.command = Command::plan;
   return inv;
 }
 

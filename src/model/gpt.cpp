@@ -218,14 +218,22 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   };
   tokens_ = TokenView("tapestry::tokens", B, T);
   targets_ = decltype(targets_)("tapestry::targets", N);
-  emb_full_ = View2<float>("tapestry::embedding_partial", N, C);
-  encoded_ = chunk_of(emb_full_, "tapestry::encoded");
-  lnf_ = View2<float>("tapestry::lnf", N, C);
-  lnfc_ = chunk_of(lnf_, "tapestry::lnf_chunk");
-  logits_ = View2<float>("tapestry::logits", N, Vl);
-  if (layernorm) lnf_mean_ = View1<float>("tapestry::lnf_mean", Nc);
-  lnf_rstd_ = View1<float>("tapestry::lnf_rstd", Nc);
-  losses_ = View1<float>("tapestry::losses", N);
+  // Only the first stage embeds and only the last holds the output layer's buffers; a later
+  // stage's input (the previous stage's output) is a token chunk of its own.
+  if (stage_.embed) {
+    emb_full_ = View2<float>("tapestry::embedding_partial", N, C);
+    encoded_ = chunk_of(emb_full_, "tapestry::encoded");
+  } else {
+    encoded_ = View2<float>("tapestry::stage_input", Nc, C);
+  }
+  if (stage_.head) {
+    lnf_ = View2<float>("tapestry::lnf", N, C);
+    lnfc_ = chunk_of(lnf_, "tapestry::lnf_chunk");
+    logits_ = View2<float>("tapestry::logits", N, Vl);
+    if (layernorm) lnf_mean_ = View1<float>("tapestry::lnf_mean", Nc);
+    lnf_rstd_ = View1<float>("tapestry::lnf_rstd", Nc);
+    losses_ = View1<float>("tapestry::losses", N);
+  }
   layers_.resize(std::size_t(stage_.num_layers));
   // With sequence parallelism a layer keeps only its norm outputs' token chunks; the full inputs
   // of the split layers are all-gathered into one shared buffer, again in backward.
@@ -264,7 +272,7 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   dqkv_ = View2<float>("tapestry::dqkv", N, W);
   datty_ = View2<float>("tapestry::datty", N, Cl);
   if (!tiled_) datt_ = View4<float>("tapestry::datt", B, NHl, T, T);
-  if (k > 1) xent_stats_ = View3<float>("tapestry::xent_stats", k, N, 3);
+  if (k > 1 && stage_.head) xent_stats_ = View3<float>("tapestry::xent_stats", k, N, 3);
   if (cfg_.positions == "rope") {
     pos_ = decltype(pos_)("tapestry::positions", N);
     const auto pos = pos_;
@@ -361,7 +369,8 @@ std::size_t GPT::activation_bytes() const {
                   losses_.span() + proj_.span() + dres_.span() + dtmp_.span() + dbig_.span() +
                   (dact_.data() != dbig_.data() ? dact_.span() : 0) + dqkv_.span() + datty_.span() + datt_.span() +
                   xent_stats_.span() + partial_saved_.span();
-  if (sp_) n += encoded_.span() + lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span() + ln_full_.span();
+  if (sp_ || !stage_.embed) n += encoded_.span();
+  if (sp_) n += lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span() + ln_full_.span();
   for (const auto& a : layers_) {
     if (!sp_) n += a.ln1.span() + a.ln2.span();
     n += a.qkv.span() + (a.qkv_raw.data() != a.qkv.data() ? a.qkv_raw.span() : 0) + a.atty.span() +

@@ -15,6 +15,7 @@
 #include "tapestry/kernels/blas.hpp"
 #include "tapestry/kernels/optim.hpp"
 #include "tapestry/model/gpt.hpp"
+#include "tapestry/model/memory.hpp"
 #include "tapestry/optim/adamw.hpp"
 #include "tapestry/parallel/collectives.hpp"
 #include "tapestry/parallel/grad_reducer.hpp"
@@ -174,8 +175,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   r.model_state_mib = double(gpt.param_bytes() + adamw.state_bytes()) / (1 << 20);
   r.activation_mib = double(gpt.activation_bytes()) / (1 << 20);
 
-  out << "# bench step: L=" << cfg.model.n_layer << " H=" << cfg.model.n_head << " C=" << cfg.model.d_model
-      << " V=" << cfg.model.vocab_size << " B=" << B << " T=" << T << " params=" << cfg.model.num_parameters()
+  out << "# bench step: " << spec_string(cfg.model) << " B=" << B << " T=" << T << " params=" << cfg.model.num_parameters()
       << " ranks=" << P << " (tp=" << tp << (cfg.sequence_parallel && tp > 1 ? " with sequence parallelism" : "")
       << ", dp=" << dp << "; " << cfg.precision << "; " << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
       << "  ms/step " << fmt("%.1f", r.ms_per_step) << "  (forward " << fmt("%.1f", r.forward_ms)
@@ -212,6 +212,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   if (!cfg.json.empty() && world.rank() == 0) {
     std::string j = "{\"n_layer\":" + std::to_string(cfg.model.n_layer) + ",\"n_head\":" + std::to_string(cfg.model.n_head) +
                     ",\"d_model\":" + std::to_string(cfg.model.d_model) + ",\"vocab_size\":" + std::to_string(cfg.model.vocab_size) +
+                    ",\"spec\":\"" + spec_string(cfg.model) + "\",\"flops_per_token\":" + fmt("%.6g", cfg.model.flops_per_token(T)) +
                     ",\"batch_size\":" + std::to_string(B) + ",\"seq_len\":" + std::to_string(T) +
                     ",\"ranks\":" + std::to_string(P) + ",\"comm_ms\":" + fmt("%.3f", r.comm_ms) +
                     ",\"ms_per_step\":" + fmt("%.3f", r.ms_per_step) + ",\"forward_ms\":" + fmt("%.3f", r.forward_ms) +
@@ -296,6 +297,64 @@ double bench_gemm(const BenchGemmConfig& cfg, std::ostream& out) {
       << " M=N=K=" << n << "  " << fmt("%.2f", dt * 1e3) << " ms  " << fmt("%.1f", gflops)
       << " GFLOP/s\n";
   return gflops;
+}
+
+void plan(const PlanConfig& cfg, std::ostream& out) {
+  model::PlanLayout p;
+  p.tp = cfg.tp, p.pp = cfg.pp, p.dp = cfg.dp, p.zero = cfg.zero, p.sequence_parallel = cfg.sequence_parallel;
+  p.tiled_attention = cfg.attention == "tiled", p.batch_size = cfg.batch_size, p.seq_len = cfg.seq_len;
+  p.micro_batches = cfg.micro_batches, p.pp_split = cfg.pp_split;
+  require(cfg.attention == "auto" || cfg.attention == "matrix" || cfg.attention == "tiled",
+          "attention must be auto, matrix or tiled (got '" + cfg.attention + "')");
+  require(cfg.seq_len <= cfg.model.max_seq_len, "seq_len (" + std::to_string(cfg.seq_len) +
+                                                    ") is above the model's max_seq_len (" +
+                                                    std::to_string(cfg.model.max_seq_len) + ")");
+  require(cfg.gpus_per_node >= 1, "gpus-per-node must be >= 1");
+  const auto stages = model::plan_memory(cfg.model, p);
+  const double G = 1e9;
+  auto gb = [&](std::int64_t b) { return fmt("%.2f", double(b) / G); };
+  const std::int64_t ranks = std::int64_t(cfg.tp) * cfg.pp * cfg.dp;
+  out << "# plan: " << spec_string(cfg.model) << ", " << cfg.model.num_parameters() << " parameters\n"
+      << "# layout: tp=" << cfg.tp << " pp=" << cfg.pp << " dp=" << cfg.dp << " (" << ranks << " ranks)"
+      << (cfg.zero ? ", ZeRO-1" : "") << (cfg.sequence_parallel && cfg.tp > 1 ? ", sequence parallel" : "")
+      << "; micro-batch " << cfg.batch_size << " x " << cfg.seq_len << ", " << cfg.micro_batches
+      << " micro-batches per step; attention " << (p.tiled_attention ? "tiled" : "matrix (T x T in memory)") << "\n"
+      << "# fp32 parameters, gradients and AdamW; fp32 activations of one micro-batch (recomputed per\n"
+      << "# micro-batch, as the trainer does); bf16 GEMM scratch, BLAS/NCCL/MPI buffers and the runtime not counted.\n"
+      << "# GB = 1e9 bytes, per rank (one GPU)\n";
+  out << "stage  layers   params/rank   params   grads   AdamW   activations   pipeline    total\n";
+  std::int64_t worst = 0;
+  std::size_t worst_stage = 0;
+  for (std::size_t s = 0; s < stages.size(); ++s) {
+    const auto& st = stages[s];
+    char line[256];
+    std::snprintf(line, sizeof(line), "%5zu  %6d  %12lld  %7s  %6s  %6s  %12s  %8s  %7s\n", s, st.layers,
+                  static_cast<long long>(st.params), gb(st.param_bytes).c_str(), gb(st.grad_bytes).c_str(),
+                  gb(st.optimizer_bytes).c_str(), gb(st.activation_bytes).c_str(), gb(st.pipeline_bytes).c_str(),
+                  gb(st.total()).c_str());
+    out << line;
+    if (st.total() > worst) worst = st.total(), worst_stage = s;
+  }
+  const std::int64_t ckpt = 12 * cfg.model.num_parameters();
+  out << "largest rank: " << gb(worst) << " GB (stage " << worst_stage << "); a node of " << cfg.gpus_per_node
+      << " ranks of that stage: " << gb(worst * cfg.gpus_per_node) << " GB\n"
+      << "checkpoint: " << gb(ckpt) << " GB (parameters + AdamW m, v in fp32; HDF5 metadata aside)\n";
+  if (!cfg.json.empty()) {
+    std::ofstream j(cfg.json);
+    require(bool(j), "cannot write '" + cfg.json + "'");
+    j << "{\"parameters\":" << cfg.model.num_parameters() << ",\"tp\":" << cfg.tp << ",\"pp\":" << cfg.pp
+      << ",\"dp\":" << cfg.dp << ",\"zero\":" << cfg.zero << ",\"batch_size\":" << cfg.batch_size
+      << ",\"seq_len\":" << cfg.seq_len << ",\"micro_batches\":" << cfg.micro_batches
+      << ",\"checkpoint_bytes\":" << ckpt << ",\"stages\":[";
+    for (std::size_t s = 0; s < stages.size(); ++s) {
+      const auto& st = stages[s];
+      j << (s ? "," : "") << "{\"layers\":" << st.layers << ",\"params\":" << st.params
+        << ",\"param_bytes\":" << st.param_bytes << ",\"grad_bytes\":" << st.grad_bytes
+        << ",\"optimizer_bytes\":" << st.optimizer_bytes << ",\"activation_bytes\":" << st.activation_bytes
+        << ",\"pipeline_bytes\":" << st.pipeline_bytes << ",\"total_bytes\":" << st.total() << "}";
+    }
+    j << "]}\n";
+  }
 }
 
 }  // namespace tapestry::train

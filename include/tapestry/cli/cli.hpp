@@ -7,7 +7,7 @@
 
 namespace tapestry::cli {
 
-enum class Command { exit, train, data_prepare, bench_step, bench_gemm, bench_allreduce, bench_ckpt, ckpt_info, ckpt_verify, ckpt_export, ckpt_eval };
+enum class Command { exit, train, data_prepare, bench_step, bench_gemm, bench_allreduce, bench_ckpt, ckpt_info, ckpt_verify, ckpt_export, ckpt_eval, plan };
 
 /// \brief What the command line asked for.
 struct Invocation {
@@ -19,6 +19,7 @@ struct Invocation {
   BenchGemmConfig bench_gemm;
   BenchAllreduceConfig bench_allreduce;
   BenchCkptConfig bench_ckpt;
+  PlanConfig plan;
   std::string ckpt_path, ckpt_output;  ///< `tapestry ckpt ...`
   std::string eval_data, eval_logits;  ///< `tapestry ckpt eval`
   int eval_seq_len = 64, eval_rows = 4;

@@ -202,6 +202,20 @@ struct BenchCkptConfig {
   int iters = 3;
 };
 
+/// \brief `tapestry plan`: bytes per rank of a model on a layout, computed, nothing allocated.
+struct PlanConfig {
+  ModelConfig model;
+  int tp = 1, pp = 1, dp = 1, zero = 0;
+  bool sequence_parallel = false;
+  std::string attention = "auto";  ///< as TrainConfig::attention (tiled: no T x T matrices)
+  std::string pp_split;
+  int batch_size = 1;       ///< sequences per micro-batch per rank
+  int seq_len = 4096;
+  int micro_batches = 1;    ///< per optimizer step
+  int gpus_per_node = 4;    ///< for the per-node line
+  std::string json;         ///< optional JSON result file
+};
+
 void validate(const BenchStepConfig& c);
 void validate(const BenchAllreduceConfig& c);
 

@@ -41,6 +41,10 @@ std::vector<AllreduceRow> bench_allreduce(const BenchAllreduceConfig& cfg, const
 /// GB/s of file data on rank 0. Collective.
 void bench_ckpt(const BenchCkptConfig& cfg, const parallel::Comm& world, std::ostream& out);
 
+/// `tapestry plan`: prints each pipeline stage's bytes per rank (parameters, gradients, AdamW,
+/// activations of one micro-batch, pipeline buffers), the largest rank, a node and the checkpoint.
+void plan(const PlanConfig& cfg, std::ostream& out);
+
 /// Returns GFLOP/s of the BLAS sgemm at M = N = K = cfg.size.
 double bench_gemm(const BenchGemmConfig& cfg, std::ostream& out);
 
