@@ -35,7 +35,6 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage&
     ParamTensor p;
     p.name = std::move(name), p.split = split, p.init = init, p.per_layer = per_layer, p.parts = std::move(parts);
     p.decay = init == Init::normal || init == Init::normal_residual;
-    p.token_partial = init == Init::one || (init == Init::zero && shape.size() == 1 && p.name.rfind("ln", 0) == 0);
     p.row_blocks = blocks;
     if (split == Split::rows) {  // this rank's share of each block
       std::int64_t rows = 0;
@@ -48,11 +47,17 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage&
     t.push_back(std::move(p));
   };
   const bool ln = m.norm_has_bias();
+  // A norm's gain or bias: with sequence parallelism each rank sees its token chunk only.
+  auto norm = [&](std::string name, std::int64_t n, Init init, bool per_layer, std::string path) {
+    add(std::move(name), {n}, Split::none, init, per_layer, {{std::move(path), 0, C}});
+    t.back().token_partial = true;
+  };
   add("wte", {has_wte ? Vp : 0, C}, Split::rows, Init::normal, false, {{"embedding/token/weight", 0, Vp}}, {has_wte ? Vp : 0});
+  t.back().vocab_rows = true;
   if (m.learned_positions())
     add("wpe", {stage.embed ? m.max_seq_len : 0, C}, Split::none, Init::normal, false, {{"embedding/position/weight", 0, m.max_seq_len}});
-  add("ln1w", {C}, Split::none, Init::one, true, {{"attn_norm/weight", 0, C}});
-  if (ln) add("ln1b", {C}, Split::none, Init::zero, true, {{"attn_norm/bias", 0, C}});
+  norm("ln1w", C, Init::one, true, "attn_norm/weight");
+  if (ln) norm("ln1b", C, Init::zero, true, "attn_norm/bias");
   const std::vector<std::int64_t> qkv_blocks = {Q, KV, KV};
   add("qkvw", {Q + 2 * KV, C}, Split::rows, Init::normal, true,
       {{"attn/q/weight", 0, Q}, {"attn/k/weight", Q, KV}, {"attn/v/weight", Q + KV, KV}}, qkv_blocks);
@@ -63,12 +68,11 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage&
     add("qnormw", {hd}, Split::none, Init::one, true, {{"attn/q_norm/weight", 0, hd}});
     add("knormw", {hd}, Split::none, Init::one, true, {{"attn/k_norm/weight", 0, hd}});
     t[t.size() - 1].tp_partial = t[t.size() - 2].tp_partial = true;
-    t[t.size() - 1].token_partial = t[t.size() - 2].token_partial = false;
   }
   add("attprojw", {C, Q}, Split::cols, Init::normal_residual, true, {{"attn/o/weight", 0, C}});
   if (m.bias) add("attprojb", {C}, Split::none, Init::zero, true, {{"attn/o/bias", 0, C}});
-  add("ln2w", {C}, Split::none, Init::one, true, {{"mlp_norm/weight", 0, C}});
-  if (ln) add("ln2b", {C}, Split::none, Init::zero, true, {{"mlp_norm/bias", 0, C}});
+  norm("ln2w", C, Init::one, true, "mlp_norm/weight");
+  if (ln) norm("ln2b", C, Init::zero, true, "mlp_norm/bias");
   const std::vector<std::int64_t> up_blocks = swiglu ? std::vector<std::int64_t>{F, F} : std::vector<std::int64_t>{F};
   const std::vector<TensorPart> up_w = swiglu ? std::vector<TensorPart>{{"mlp/gate/weight", 0, F}, {"mlp/up/weight", F, F}}
                                               : std::vector<TensorPart>{{"mlp/up/weight", 0, F}};
@@ -80,12 +84,15 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage&
   if (m.bias) add("fcprojb", {C}, Split::none, Init::zero, true, {{"mlp/down/bias", 0, C}});
   if (m.mlp == "xielu") {
     add("xielu", {2}, Split::none, Init::xielu_alpha, true, {{"mlp/act/alpha_p", 0, 1}, {"mlp/act/alpha_n", 1, 1}});
-    t.back().tp_partial = true, t.back().token_partial = false;
+    t.back().tp_partial = true;
   }
   const std::int64_t Cf = stage.head ? C : 0;
-  add("lnfw", {Cf}, Split::none, Init::one, false, {{"final_norm/weight", 0, C}});
-  if (ln) add("lnfb", {Cf}, Split::none, Init::zero, false, {{"final_norm/bias", 0, C}});
-  if (!tied) add("lm_head", {stage.head ? Vp : 0, C}, Split::rows, Init::normal, false, {{"lm_head/weight", 0, Vp}}, {stage.head ? Vp : 0});
+  norm("lnfw", Cf, Init::one, false, "final_norm/weight");
+  if (ln) norm("lnfb", Cf, Init::zero, false, "final_norm/bias");
+  if (!tied) {
+    add("lm_head", {stage.head ? Vp : 0, C}, Split::rows, Init::normal, false, {{"lm_head/weight", 0, Vp}}, {stage.head ? Vp : 0});
+    t.back().vocab_rows = true;
+  }
   std::size_t off = 0;
   for (auto& p : t) {
     p.size = 1;
@@ -337,7 +344,7 @@ void GPT::init_random(std::uint64_t seed) {
     const auto& t = whole_[i];
     float* p = h.data() + t.offset;
     std::size_t n = t.size;  // drawn: all but the padded vocabulary rows
-    if (t.name == "wte" || t.name == "lm_head") n = std::size_t(cfg_.vocab_size) * std::size_t(cfg_.d_model);
+    if (t.vocab_rows) n = std::size_t(cfg_.vocab_size) * std::size_t(cfg_.d_model);
     for (std::size_t j = 0; j < t.size; ++j) {
       float v = 0.0f;
       if (t.init == Init::one)

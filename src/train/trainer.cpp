@@ -94,10 +94,10 @@ class StepVote {
 /// TP, replicated tensors}. The first sums over the TP group, the second is the same on every TP
 /// rank, so the global norm counts every parameter once.
 std::array<double, 2> split_sumsq(const ExecSpace& ex, View1<float> g, std::size_t begin,
-                                  const std::vector<model::ParamTensor>& tensors, bool skip_wte) {
+                                  const std::vector<model::ParamTensor>& tensors, const model::ParamTensor* skip) {
   std::array<double, 2> s{0, 0};
   for (const auto& t : tensors) {
-    if (skip_wte && t.name == "wte") continue;
+    if (&t == skip) continue;
     const std::size_t lo = std::max(t.offset, begin), hi = std::min(t.offset + t.size, begin + g.extent(0));
     if (lo < hi)
       s[t.split == model::Split::none ? 1 : 0] += kernels::sum_squares<float>(ex, View1<float>(g.data() + (lo - begin), hi - lo));
@@ -520,7 +520,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     if (tp == 1 && !r.pipe) {
       sumsq = kernels::sum_squares<float>(ex, mine);
     } else {  // split tensors: summed over the TP group; replicated ones: counted once; then over stages
-      const bool tied_copy = gpt.stage().head && !gpt.stage().embed;  // the last stage's wte: counted at stage 0
+      // the last stage's copy of a tied embedding: counted at the first stage
+      const model::ParamTensor* tied_copy = !gpt.stage().embed ? gpt.tied_embedding() : nullptr;
       const auto parts = split_sumsq(ex, mine, zero ? r.adamw->begin() : 0, gpt.tensors(), tied_copy);
       sumsq = all_sum(parts[0], grid.tp()) + parts[1];
       sumsq = all_sum(sumsq, grid.pp());

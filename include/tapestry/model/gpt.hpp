@@ -53,6 +53,8 @@ struct ParamTensor {
   /// A norm's gain or bias: with sequence parallelism its gradient is a partial sum over the ranks'
   /// token chunks, summed over the group in backward().
   bool token_partial = false;
+  /// Rows are the vocabulary (the embedding, the output layer): rows past vocab_size are padding.
+  bool vocab_rows = false;
 };
 
 /// \brief Which part of the network a pipeline stage runs.
