@@ -19,6 +19,13 @@ namespace tapestry::model {
 
 namespace {
 View1<float> as1(const View2<float>& v) { return View1<float>(v.data(), v.size()); }
+
+/// pos (B*T) = t of each row b*T + t. (A free function: CUDA's device lambdas may not live in a
+/// constructor.)
+void fill_positions(const Kokkos::View<int*, Layout, MemSpace>& pos, int T) {
+  Kokkos::parallel_for("tapestry::positions_init", Kokkos::RangePolicy<ExecSpace>(0, int(pos.extent(0))),
+                       KOKKOS_LAMBDA(int i) { pos(i) = i % T; });
+}
 }  // namespace
 
 std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage& stage) {
@@ -282,10 +289,7 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   if (k > 1 && stage_.head) xent_stats_ = View3<float>("tapestry::xent_stats", k, N, 3);
   if (cfg_.positions == "rope") {
     pos_ = decltype(pos_)("tapestry::positions", N);
-    const auto pos = pos_;
-    const int Tn = T;
-    Kokkos::parallel_for("tapestry::positions_init", Kokkos::RangePolicy<ExecSpace>(0, N),
-                         KOKKOS_LAMBDA(int i) { pos(i) = i % Tn; });
+    fill_positions(pos_, T);
     kernels::RopeScaling sc;
     sc.llama3 = cfg_.rope_scaling == "llama3";
     sc.factor = cfg_.rope_factor, sc.low_freq_factor = cfg_.rope_low_freq_factor;
