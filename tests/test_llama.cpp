@@ -1,8 +1,8 @@
 // The Llama family under every layout: a small Llama-style model (RMSNorm, RoPE, 8 query heads on
 // 4 kv heads, QK-norm, SwiGLU, untied output layer, no biases) and an Apertus-like one (xIELU)
 // must give the single-rank losses step for step at dp, ZeRO-1, tp 2 and 4 (grouped-query heads
-// split), sequence parallelism, pp 2 and tp x pp x dp = 2 x 2 x 2; a checkpoint of a split run
-// resumes on one rank. Registered at 2, 4 and 8 ranks; a layout that does not fit the rank count
+// split, or replicated when tp > n_kv_head), sequence parallelism, pp 2 and tp x pp x dp =
+// 2 x 2 x 2, and across sites; a checkpoint of a split run resumes on one rank. Registered at 2, 4 and 8 ranks; a layout that does not fit the rank count
 // is reported as skipped.
 #include <mpi.h>
 
@@ -133,19 +133,50 @@ TEST_CASE("Llama family: a tp x pp checkpoint names its tensors and resumes on o
   REQUIRE(all_ranks(refused));
 }
 
-TEST_CASE("kv heads not divisible by tp are one clear error", "[mpi][llama][bad-input]") {
+TEST_CASE("kv heads replicated over TP ranks (tp > n_kv_head) match one rank", "[mpi][llama][tp][gqa]") {
   const int P = world_size();
-  if (P < 4) {
-    skipped("needs tp 4");
+  for (const auto& [tp, kv] : {std::pair{2, 1}, std::pair{4, 2}, std::pair{4, 1}}) {
+    if (P % tp != 0) {
+      skipped("tp 4 needs 4 or 8 ranks");
+      continue;
+    }
+    auto c = llama_config("swiglu");
+    c.model.n_kv_head = kv;
+    const auto ref = train_on(c, MPI_COMM_SELF);
+    for (const bool sp : {false, true}) {
+      CAPTURE(tp, kv, sp);
+      c.parallel.sequence_parallel = sp;
+      c.parallel.zero = P / tp > 1 ? 1 : 0;
+      const auto run = train_on(c, MPI_COMM_WORLD, tp);
+      REQUIRE(all_ranks(curve_diff(ref, run) <= kRelTol));
+      REQUIRE(all_ranks(std::abs(run.param_checksum - ref.param_checksum) <= 1e-4 * std::abs(ref.param_checksum)));
+    }
+    // the checkpoint holds each replicated kv head once: it resumes on one rank
+    const fs::path dir = fresh_dir("llama_kv_rep_" + std::to_string(tp) + "_" + std::to_string(kv));
+    auto save = c;
+    save.parallel.sequence_parallel = false, save.val_every = 0, save.save_every = 5, save.keep = 0;
+    save.ckpt_dir = dir.string();
+    const auto full = train_on(save, MPI_COMM_WORLD, tp);
+    auto one = c;
+    one.parallel = ParallelConfig{}, one.val_every = 0, one.resume = (dir / "step_00000005.h5").string();
+    one.ckpt_dir = (dir / ("single_" + std::to_string(world_rank()))).string();
+    REQUIRE(all_ranks(curve_diff(full, train_on(one, MPI_COMM_SELF), 5) <= kRelTol));
+  }
+}
+
+TEST_CASE("kv heads and tp that do not divide one another are one clear error", "[mpi][llama][bad-input]") {
+  const int P = world_size();
+  if (P % 2 != 0) {
+    skipped("needs tp 2");
     return;
   }
   auto c = llama_config("swiglu");
-  c.model.n_kv_head = 2;
+  c.model.n_head = 6, c.model.n_kv_head = 3, c.model.d_model = 48;
   bool refused = false;
   try {
-    train_on(c, MPI_COMM_WORLD, 4);
+    train_on(c, MPI_COMM_WORLD, 2);
   } catch (const Error& e) {  // rank 0 names the problem; the others learn that a peer failed
-    refused = world_rank() == 0 && std::string(e.what()).find("n_kv_head (2) is not divisible by tp (4)") != std::string::npos;
+    refused = world_rank() == 0 && std::string(e.what()).find("n_kv_head (3) and tp (2) must divide one another") != std::string::npos;
   } catch (const parallel::PeerError&) {
     refused = world_rank() != 0;
   }

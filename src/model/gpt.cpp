@@ -1,5 +1,6 @@
 #include "tapestry/model/gpt.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -38,14 +39,14 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage&
   const bool has_wte = stage.embed || (stage.head && tied);
   std::vector<ParamTensor> t;
   auto add = [&](std::string name, std::vector<std::int64_t> shape, Split split, Init init, bool per_layer,
-                 std::vector<TensorPart> parts, std::vector<std::int64_t> blocks = {}) {
+                 std::vector<TensorPart> parts, std::vector<RowBlock> blocks = {}) {
     ParamTensor p;
     p.name = std::move(name), p.split = split, p.init = init, p.per_layer = per_layer, p.parts = std::move(parts);
     p.decay = init == Init::normal || init == Init::normal_residual;
     p.row_blocks = blocks;
     if (split == Split::rows) {  // this rank's share of each block
       std::int64_t rows = 0;
-      for (auto b : blocks) rows += b / k;
+      for (const auto& b : blocks) rows += b.rows * b.replicas / k;
       shape[0] = rows;
     }
     if (split == Split::cols) shape.back() /= k;
@@ -59,13 +60,16 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage&
     add(std::move(name), {n}, Split::none, init, per_layer, {{std::move(path), 0, C}});
     t.back().token_partial = true;
   };
-  add("wte", {has_wte ? Vp : 0, C}, Split::rows, Init::normal, false, {{"embedding/token/weight", 0, Vp}}, {has_wte ? Vp : 0});
+  add("wte", {has_wte ? Vp : 0, C}, Split::rows, Init::normal, false, {{"embedding/token/weight", 0, Vp}},
+      {{has_wte ? Vp : 0, 1}});
   t.back().vocab_rows = true;
   if (m.learned_positions())
     add("wpe", {stage.embed ? m.max_seq_len : 0, C}, Split::none, Init::normal, false, {{"embedding/position/weight", 0, m.max_seq_len}});
   norm("ln1w", C, Init::one, true, "attn_norm/weight");
   if (ln) norm("ln1b", C, Init::zero, true, "attn_norm/bias");
-  const std::vector<std::int64_t> qkv_blocks = {Q, KV, KV};
+  // kv heads: split when tp divides them, else each group of tp / n_kv_head ranks holds one
+  const int kv_rep = m.kv_heads() % tp == 0 ? 1 : tp / m.kv_heads();
+  const std::vector<RowBlock> qkv_blocks = {{Q, 1}, {KV, kv_rep}, {KV, kv_rep}};
   add("qkvw", {Q + 2 * KV, C}, Split::rows, Init::normal, true,
       {{"attn/q/weight", 0, Q}, {"attn/k/weight", Q, KV}, {"attn/v/weight", Q + KV, KV}}, qkv_blocks);
   if (m.bias)
@@ -80,7 +84,7 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage&
   if (m.bias) add("attprojb", {C}, Split::none, Init::zero, true, {{"attn/o/bias", 0, C}});
   norm("ln2w", C, Init::one, true, "mlp_norm/weight");
   if (ln) norm("ln2b", C, Init::zero, true, "mlp_norm/bias");
-  const std::vector<std::int64_t> up_blocks = swiglu ? std::vector<std::int64_t>{F, F} : std::vector<std::int64_t>{F};
+  const std::vector<RowBlock> up_blocks = swiglu ? std::vector<RowBlock>{{F, 1}, {F, 1}} : std::vector<RowBlock>{{F, 1}};
   const std::vector<TensorPart> up_w = swiglu ? std::vector<TensorPart>{{"mlp/gate/weight", 0, F}, {"mlp/up/weight", F, F}}
                                               : std::vector<TensorPart>{{"mlp/up/weight", 0, F}};
   const std::vector<TensorPart> up_b = swiglu ? std::vector<TensorPart>{{"mlp/gate/bias", 0, F}, {"mlp/up/bias", F, F}}
@@ -97,7 +101,8 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage&
   norm("lnfw", Cf, Init::one, false, "final_norm/weight");
   if (ln) norm("lnfb", Cf, Init::zero, false, "final_norm/bias");
   if (!tied) {
-    add("lm_head", {stage.head ? Vp : 0, C}, Split::rows, Init::normal, false, {{"lm_head/weight", 0, Vp}}, {stage.head ? Vp : 0});
+    add("lm_head", {stage.head ? Vp : 0, C}, Split::rows, Init::normal, false, {{"lm_head/weight", 0, Vp}},
+        {{stage.head ? Vp : 0, 1}});
     t.back().vocab_rows = true;
   }
   std::size_t off = 0;
@@ -121,9 +126,10 @@ void validate_tp(const ModelConfig& m, int tp) {
   require(tp >= 1, "tp must be >= 1 (got " + n(tp) + ")");
   require(m.n_head % tp == 0, "n_head (" + n(m.n_head) + ") is not divisible by tp (" + n(tp) +
                                   "): attention heads are split over the tensor-parallel ranks");
-  require(m.kv_heads() % tp == 0,
-          "n_kv_head (" + n(m.kv_heads()) + ") is not divisible by tp (" + n(tp) +
-              "): key/value heads are split over the tensor-parallel ranks (replicating them is not supported yet)");
+  require(m.kv_heads() % tp == 0 || tp % m.kv_heads() == 0,
+          "n_kv_head (" + n(m.kv_heads()) + ") and tp (" + n(tp) +
+              ") must divide one another: key/value heads are split over the tensor-parallel ranks, or each "
+              "replicated over tp / n_kv_head of them");
   require(m.ffn() % tp == 0, "ffn_dim (" + n(m.ffn()) + ") is not divisible by tp (" + n(tp) +
                                  "): the MLP's hidden columns are split over the tensor-parallel ranks");
   require(m.vocab_padded() % tp == 0, "the padded vocabulary (" + n(m.vocab_padded()) +
@@ -141,24 +147,29 @@ template <class F> void GPT::for_each_element(F&& f) const {
     const bool two_d = t.shape.size() == d + 2;
     const std::size_t Rl = std::size_t(t.shape[d]), Cl = two_d ? std::size_t(t.shape[d + 1]) : 1;
     const std::size_t Rw = std::size_t(w.shape[d]), Cw = two_d ? std::size_t(w.shape[d + 1]) : 1;
-    const bool replicated = t.split == Split::none;  // whole on every TP rank
     const std::size_t l0 = t.per_layer ? std::size_t(stage_.first_layer) : 0;
-    // Split::rows: local row -> whole row, block by block.
+    // Split::rows: local row -> whole row, block by block, and whether this rank owns it (the
+    // first rank of a block's replicas does).
     std::vector<std::size_t> whole_row(t.split == Split::rows ? Rl : 0);
+    std::vector<char> row_owner(whole_row.size(), 1);
     if (t.split == Split::rows) {
       std::size_t a = 0, w0 = 0;
-      for (auto blk : w.row_blocks) {
-        const std::size_t bl = std::size_t(blk) / k;
-        for (std::size_t j = 0; j < bl; ++j) whole_row[a++] = w0 + r * bl + j;
-        w0 += std::size_t(blk);
+      for (const auto& blk : t.row_blocks) {  // this layout's blocks: whole rows, and replicas at this tp
+        const std::size_t rep = std::size_t(blk.replicas), bl = std::size_t(blk.rows) * rep / k;
+        for (std::size_t j = 0; j < bl; ++j, ++a) {
+          whole_row[a] = w0 + (r / rep) * bl + j;
+          row_owner[a] = r % rep == 0;
+        }
+        w0 += std::size_t(blk.rows);
       }
     }
     const std::size_t col0 = t.split == Split::cols ? r * Cl : 0;
     for (std::size_t l = 0; l < layers; ++l)
       for (std::size_t a = 0; a < Rl; ++a) {
         const std::size_t ga = t.split == Split::rows ? whole_row[a] : a;
+        const bool owner = t.split == Split::none ? r == 0 : t.split == Split::cols || row_owner[a] != 0;
         const std::size_t lo = t.offset + (l * Rl + a) * Cl, wo = w.offset + ((l0 + l) * Rw + ga) * Cw + col0;
-        for (std::size_t c = 0; c < Cl; ++c) f(i, lo + c, wo + c, replicated);
+        for (std::size_t c = 0; c < Cl; ++c) f(i, lo + c, wo + c, owner);
       }
   }
 }
@@ -173,11 +184,10 @@ std::vector<float> GPT::take_part(const std::vector<float>& whole) const {
 std::vector<float> GPT::gather_whole(View1<float> local) const {
   const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), local);
   std::vector<float> whole(n_whole_, 0.0f);
-  const bool lead = tp_->rank() == 0;  // replicated tensors: from one rank, so the sum counts them once
-  const int wte = slot_.wte;
-  for_each_element([&](std::size_t i, std::size_t l, std::size_t w, bool replicated) {
+  const int wte = slot_.wte;  // replicated elements: from their owner, so the sum counts them once
+  for_each_element([&](std::size_t i, std::size_t l, std::size_t w, bool owner) {
     const bool tied_copy = !stage_.embed && int(i) == wte;  // the last stage's copy of wte
-    if (!tied_copy && (!replicated || lead)) whole[w] = h(l);
+    if (!tied_copy && owner) whole[w] = h(l);
   });
   if (tp_->size() > 1) {
     View1<float> dev("tapestry::gather_whole", n_whole_);
@@ -221,7 +231,7 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   grads_ = View1<float>("tapestry::grads", n);
   const int N = B * T, C = cfg_.d_model, Cl = C / k, NHl = cfg_.n_head / k, Vl = cfg_.vocab_padded() / k;
   const int hd = cfg_.head_dim();
-  nkv_ = cfg_.kv_heads() / k, ffn_ = cfg_.ffn() / k;
+  nkv_ = std::max(1, cfg_.kv_heads() / k), ffn_ = cfg_.ffn() / k;  // a replicated kv head: one per rank
   const int W = (NHl + 2 * nkv_) * hd, up = (cfg_.mlp == "swiglu" ? 2 : 1) * ffn_;
   const int Nc = sp_ ? N / k : N;
   const bool layernorm = cfg_.norm == "layernorm";
@@ -301,13 +311,33 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   }
   // Gradients that are partial sums over the TP group: QK-norm and xIELU parameters (each rank
   // sees its own heads / MLP columns), and with sequence parallelism the norms (token chunks).
+  // A kv head replicated over tp / n_kv_head ranks: each sees only its own q heads' share of the
+  // k and v rows' gradients, summed over the replicas; the non-first replicas' copies are
+  // duplicates for the gradient norm.
   std::size_t partial = 0;
   for (std::size_t i = 0; i < layout_.size(); ++i)
     if (layout_[i].size > 0 && k > 1 && (layout_[i].tp_partial || (sp_ && layout_[i].token_partial))) {
-      partial_.push_back(int(i));
+      partial_.push_back({layout_[i].offset, layout_[i].size, k});
       partial += layout_[i].size;
     }
+  const int rep = cfg_.kv_heads() % k == 0 ? 1 : k / cfg_.kv_heads();
+  if (rep > 1)
+    for (int idx : {slot_.qkvw, slot_.qkvb}) {
+      if (idx < 0 || layout_[std::size_t(idx)].size == 0) continue;
+      const auto& t = layout_[std::size_t(idx)];
+      const std::size_t rows = std::size_t(t.shape[1]), cols = t.shape.size() == 3 ? std::size_t(t.shape[2]) : 1;
+      const std::size_t q = std::size_t(NHl) * std::size_t(hd) * cols, kv = 2 * std::size_t(hd) * cols;
+      for (std::size_t l = 0; l < std::size_t(stage_.num_layers); ++l) {
+        const std::size_t off = t.offset + l * rows * cols + q;
+        partial_.push_back({off, kv, rep});
+        partial += kv;
+        if (tp_->rank() % rep != 0) duplicates_.emplace_back(off, off + kv);
+      }
+    }
   if (partial > 0) partial_saved_ = View1<float>("tapestry::partial_grad_saved", partial);
+  if (const auto& w = layout_[std::size_t(slot_.wte)]; !stage_.embed && w.size > 0)  // the tied copy
+    duplicates_.emplace_back(w.offset, w.offset + w.size);
+  std::sort(duplicates_.begin(), duplicates_.end());
 }
 
 const ParamTensor* GPT::tied_embedding() const {
@@ -538,12 +568,11 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   // over the group at the end, then the earlier micro-batches' are added back.
   {
     std::size_t saved = 0;
-    for (int i : partial_) {
-      const auto& t = layout_[std::size_t(i)];
-      const View1<float> g(G.data() + t.offset, t.size);
-      Kokkos::deep_copy(ex, View1<float>(partial_saved_.data() + saved, t.size), g);
+    for (const auto& p : partial_) {
+      const View1<float> g(G.data() + p.offset, p.size);
+      Kokkos::deep_copy(ex, View1<float>(partial_saved_.data() + saved, p.size), g);
       Kokkos::deep_copy(ex, g, 0.0f);
-      saved += t.size;
+      saved += p.size;
     }
   }
   auto input_grad = [&](View2<float> full, View2<float> chunk) {  // backward of f: sum the partials
@@ -603,12 +632,12 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   if (!partial_.empty()) {
     Kokkos::fence();
     std::size_t saved = 0;
-    for (int i : partial_) {
-      const auto& t = layout_[std::size_t(i)];
-      const View1<float> g(G.data() + t.offset, t.size);
-      tp_->all_reduce_sum(g.data(), t.size);
-      residual_forward(ex, g, g, View1<float>(partial_saved_.data() + saved, t.size));  // + earlier micro-batches
-      saved += t.size;
+    for (const auto& p : partial_) {
+      const View1<float> g(G.data() + p.offset, p.size);
+      if (p.block == k) tp_->all_reduce_sum(g.data(), p.size);
+      else tp_->all_reduce_sum_block(g.data(), p.size, p.block);
+      residual_forward(ex, g, g, View1<float>(partial_saved_.data() + saved, p.size));  // + earlier micro-batches
+      saved += p.size;
     }
   }
 }

@@ -1,5 +1,7 @@
 #include "tapestry/model/memory.hpp"
 
+#include <algorithm>
+
 #include "tapestry/core/error.hpp"
 
 namespace tapestry::model {
@@ -10,7 +12,7 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
   const std::size_t k = std::size_t(tp), N = std::size_t(B) * std::size_t(T), C = std::size_t(m.d_model);
   const bool sp = sequence_parallel && tp > 1, ln = m.norm == "layernorm", rope = m.positions == "rope";
   const std::size_t Nc = sp ? N / k : N, Cl = C / k, NHl = std::size_t(m.n_head) / k;
-  const std::size_t nkv = std::size_t(m.kv_heads()) / k, hd = std::size_t(m.head_dim()), W = (NHl + 2 * nkv) * hd;
+  const std::size_t nkv = std::max<std::size_t>(1, std::size_t(m.kv_heads()) / k), hd = std::size_t(m.head_dim()), W = (NHl + 2 * nkv) * hd;
   const std::size_t F = std::size_t(m.ffn()) / k, up = (m.mlp == "swiglu" ? 2 : 1) * F;
   const std::size_t Vl = std::size_t(m.vocab_padded()) / k, L = std::size_t(stage.num_layers < 0 ? m.n_layer : stage.num_layers);
   const std::size_t att = tiled ? std::size_t(B) * NHl * std::size_t(T) : std::size_t(B) * NHl * std::size_t(T) * std::size_t(T);
@@ -30,6 +32,8 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
   if (k > 1)
     for (const auto& t : param_layout(m, tp, stage))
       if (t.size > 0 && (t.tp_partial || (sp && t.token_partial))) f += t.size;
+  if (m.kv_heads() % tp != 0)  // a replicated kv head's k and v rows (and biases)
+    f += L * 2 * hd * (C + (m.bias ? 1 : 0));
   std::size_t bytes = f * sizeof(float) + 2 * N * sizeof(int);  // + tokens and targets
   if (rope) bytes += N * sizeof(int) + hd / 2 * sizeof(double);
   return bytes;

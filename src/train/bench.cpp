@@ -117,7 +117,8 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   const parallel::ProcessGrid& grid = *grid_owner;
   const int dp = grid.layout().dp(), tp = cfg.tp;
   kernels::Blas blas(ExecSpace(), parse_precision(cfg.precision));
-  detail::CollectivesTp tpg(parallel::make_collectives(parallel::parse_backend("auto"), grid.tp()));
+  detail::CollectivesTp tpg(parallel::make_collectives(parallel::parse_backend("auto"), grid.tp()), grid.tp(),
+                           parallel::parse_backend("auto"));
   model::GptOptions opt;
   opt.tp = &tpg, opt.sequence_parallel = cfg.sequence_parallel;
   if (cfg.attention != "auto") opt.tiled_attention = cfg.attention == "tiled";

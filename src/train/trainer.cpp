@@ -94,13 +94,22 @@ class StepVote {
 /// TP, replicated tensors}. The first sums over the TP group, the second is the same on every TP
 /// rank, so the global norm counts every parameter once.
 std::array<double, 2> split_sumsq(const ExecSpace& ex, View1<float> g, std::size_t begin,
-                                  const std::vector<model::ParamTensor>& tensors, const model::ParamTensor* skip) {
+                                  const std::vector<model::ParamTensor>& tensors,
+                                  const std::vector<std::pair<std::size_t, std::size_t>>& skip) {
   std::array<double, 2> s{0, 0};
+  auto add = [&](int part, std::size_t lo, std::size_t hi) {
+    if (lo < hi) s[std::size_t(part)] += kernels::sum_squares<float>(ex, View1<float>(g.data() + (lo - begin), hi - lo));
+  };
   for (const auto& t : tensors) {
-    if (&t == skip) continue;
-    const std::size_t lo = std::max(t.offset, begin), hi = std::min(t.offset + t.size, begin + g.extent(0));
-    if (lo < hi)
-      s[t.split == model::Split::none ? 1 : 0] += kernels::sum_squares<float>(ex, View1<float>(g.data() + (lo - begin), hi - lo));
+    std::size_t lo = std::max(t.offset, begin);
+    const std::size_t hi = std::min(t.offset + t.size, begin + g.extent(0));
+    const int part = t.split == model::Split::none ? 1 : 0;
+    for (const auto& [a, b] : skip) {  // sorted ranges of duplicates: counted on another rank
+      if (b <= lo || a >= hi) continue;
+      add(part, lo, std::max(lo, a));
+      lo = std::max(lo, b);
+    }
+    add(part, lo, hi);
   }
   return s;
 }
@@ -239,7 +248,7 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
     r.val_loader = std::make_unique<io::DataLoader>(std::vector<std::string>{cfg.val_data}, B, T,
                                                     cfg.model.vocab_size, drank, dp, cfg.grad_accum);
   const auto backend = parallel::parse_backend(cfg.parallel.collectives);
-  r.tp = std::make_unique<CollectivesTp>(parallel::make_collectives(backend, grid.tp()));
+  r.tp = std::make_unique<CollectivesTp>(parallel::make_collectives(backend, grid.tp()), grid.tp(), backend);
   if (layout.tp() > 1) model::validate_tp(cfg.model, layout.tp());
   r.site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
   // TP and PP groups exchange activations every step: never across sites
@@ -520,9 +529,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     if (tp == 1 && !r.pipe) {
       sumsq = kernels::sum_squares<float>(ex, mine);
     } else {  // split tensors: summed over the TP group; replicated ones: counted once; then over stages
-      // the last stage's copy of a tied embedding: counted at the first stage
-      const model::ParamTensor* tied_copy = !gpt.stage().embed ? gpt.tied_embedding() : nullptr;
-      const auto parts = split_sumsq(ex, mine, zero ? r.adamw->begin() : 0, gpt.tensors(), tied_copy);
+      // duplicates (a tied embedding's copy on the last stage, replicated kv heads): counted once
+      const auto parts = split_sumsq(ex, mine, zero ? r.adamw->begin() : 0, gpt.tensors(), gpt.duplicate_ranges());
       sumsq = all_sum(parts[0], grid.tp()) + parts[1];
       sumsq = all_sum(sumsq, grid.pp());
     }

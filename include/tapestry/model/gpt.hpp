@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tapestry/core/config.hpp"
@@ -28,6 +29,14 @@ enum class Split {
 /// How a tensor is initialised (init_random).
 enum class Init { zero, one, normal, normal_residual, xielu_alpha };
 
+/// \brief A block of a row-split tensor (whole-model rows): split evenly over the TP ranks, or, with
+/// `replicas` > 1, split over tp / replicas groups of `replicas` consecutive ranks that each hold
+/// the same rows (key/value heads when tp > n_kv_head: each rank holds the head its q heads use).
+struct RowBlock {
+  std::int64_t rows = 0;
+  int replicas = 1;
+};
+
 /// \brief A named piece of a tensor as checkpoints and exports see it: rows [row0, row0 + rows) of
 /// the whole tensor (of each layer), under `path` (inside /model/layers/NN/ for per-layer tensors).
 struct TensorPart {
@@ -44,7 +53,7 @@ struct ParamTensor {
   bool decay = false;               ///< weight decay applies (matrices and embeddings)
   Split split = Split::none;
   bool per_layer = false;           ///< shape[0] is the layer
-  std::vector<std::int64_t> row_blocks;  ///< Split::rows: whole-model row blocks, each split evenly
+  std::vector<RowBlock> row_blocks;  ///< Split::rows: whole-model row blocks
   std::vector<TensorPart> parts;    ///< its named pieces (whole-model rows)
   Init init = Init::zero;
   /// Replicated, but each TP rank's gradient is a partial sum over its heads or MLP columns
@@ -118,6 +127,10 @@ class GPT {
   /// The tied token embedding when this rank holds a copy of it that another pipeline stage also
   /// holds (first and last stage of a tied model): its gradients are summed between them.
   const ParamTensor* tied_embedding() const;
+  /// Flat ranges [begin, end) of this rank's part whose values another rank of its TP group or
+  /// pipeline also holds and counts (a kv head replicated over TP ranks, the last stage's copy of a
+  /// tied embedding): a sum over all ranks (the gradient norm) skips them.
+  const std::vector<std::pair<std::size_t, std::size_t>>& duplicate_ranges() const { return duplicates_; }
   /// Copies the whole model's parameters (host, llm.c order) in: this rank takes its part.
   void load_params(const std::vector<float>& host);
   /// The whole model's parameters (llm.c order) from this rank's part of a buffer laid out like
@@ -176,8 +189,9 @@ class GPT {
   View2<float> p2(const View1<float>& flat, int idx, int layer = 0) const;
   View1<float> p1(const View1<float>& flat, int idx, int layer = 0) const;  ///< empty when idx < 0
 
-  /// Calls f(tensor index, local flat index, whole-model flat index, replicated) for every element
-  /// of this rank's part.
+  /// Calls f(tensor index, local flat index, whole-model flat index, owner) for every element of
+  /// this rank's part; owner: this rank counts the element for the group (replicated elements have
+  /// one owner: TP rank 0, or the first rank of a replica block).
   template <class F> void for_each_element(F&& f) const;
 
   ModelConfig cfg_;
@@ -189,6 +203,7 @@ class GPT {
   int rows_ = 0;  // rows of the token chunk: B*T, or B*T / size with sequence parallelism
   std::vector<ParamTensor> layout_, whole_;
   Slots slot_;
+  std::vector<std::pair<std::size_t, std::size_t>> duplicates_;
   int nkv_ = 0, ffn_ = 0;  // this rank's kv heads and MLP columns
   std::size_t n_params_ = 0, n_whole_ = 0;
   View1<float> params_, grads_;
@@ -198,7 +213,11 @@ class GPT {
   View2<float> encoded_, lnf_, logits_;  // logits (BT, Vp) hold probs, then dlogits; encoded_ a chunk
   View2<float> emb_full_, lnfc_, projc_, dresf_, dtmpc_;  // full/chunk partners (aliases without SP)
   View2<float> ln_full_;  // sequence parallelism: the all-gathered LayerNorm output, shared by the layers
-  std::vector<int> partial_;     // tensors whose gradients are summed over the TP group in backward()
+  struct PartialRange {
+    std::size_t offset, size;
+    int block;  // summed over blocks of this many TP ranks (the whole group, or a kv head's replicas)
+  };
+  std::vector<PartialRange> partial_;  // gradients summed over the TP group in backward()
   View1<float> partial_saved_;  // their gradients of earlier micro-batches
   View1<float> lnf_mean_, lnf_rstd_, losses_;
   std::vector<LayerActs> layers_;

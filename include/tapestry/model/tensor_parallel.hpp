@@ -21,6 +21,9 @@ class TpGroup {
   virtual void all_gather_inplace(float* buf, std::size_t n) const = 0;
   /// recv (n) = sum over the group of send[rank * n, (rank + 1) * n). Collective.
   virtual void reduce_scatter_sum(const float* send, float* recv, std::size_t n) const = 0;
+  /// buf (n) = sum over this rank's block of `block` consecutive ranks (block divides size()), in
+  /// place: the ranks that hold the same replicated key/value head. Collective over the group.
+  virtual void all_reduce_sum_block(float* buf, std::size_t n, int block) const = 0;
 };
 
 /// \brief A group of one: no communication.
@@ -31,6 +34,7 @@ class SoloTp final : public TpGroup {
   void all_reduce_sum(float*, std::size_t) const override {}
   void all_gather_inplace(float*, std::size_t) const override {}
   void reduce_scatter_sum(const float* send, float* recv, std::size_t n) const override;
+  void all_reduce_sum_block(float*, std::size_t, int) const override {}
 };
 
 /// Megatron's f, in front of a column-parallel layer: identity in forward; in backward the
