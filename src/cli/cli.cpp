@@ -1,6 +1,7 @@
 #include "tapestry/cli/cli.hpp"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -21,37 +22,15 @@ void add_model_options(CLI::App* app, ModelConfig& m) {
   app->add_option("--n-layer", m.n_layer, "Transformer blocks")->capture_default_str()->group("Model");
   app->add_option("--n-head", m.n_head, "Attention heads (must divide d-model)")->capture_default_str()->group("Model");
   app->add_option("--d-model", m.d_model, "Hidden size C")->capture_default_str()->group("Model");
-  app->add_option("--max-seq-len", m.max_seq_len, "Rows of the position embedding")->capture_default_str()->group("Model");
+  app->add_option("--max-seq-len", m.max_seq_len, "Longest sequence (rows of a learned position embedding)")->capture_default_str()->group("Model");
   app->add_option("--vocab-size", m.vocab_size, "Vocabulary (256 for the byte tokenizer)")->capture_default_str()->group("Model");
   app->add_option("--padded-vocab-size", m.padded_vocab_size,
                   "Token-embedding rows; 0: vocab-size rounded up to 128")->capture_default_str()->group("Model");
-  app->add_option("--arch", m.arch,
-                  "Family whose defaults fill the block keys you do not set: gpt2 (LayerNorm, GELU, learned "
-                  "positions, tied, biases) or llama (RMSNorm, SwiGLU, RoPE theta 500000, untied, no biases)")
-      ->capture_default_str()->group("Model");
-  app->add_option("--n-kv-head", m.n_kv_head, "Key/value heads (grouped-query attention; must divide n-head); 0: n-head")
-      ->capture_default_str()->group("Model");
-  app->add_option("--ffn-dim", m.ffn_dim, "MLP hidden size; 0: 4 x d-model")->capture_default_str()->group("Model");
-  app->add_option("--norm", m.norm, "layernorm or rmsnorm")->capture_default_str()->group("Model");
-  app->add_option("--norm-eps", m.norm_eps, "Epsilon of the norms (and of QK-norm)")->capture_default_str()->group("Model");
-  app->add_option("--qk-norm", m.qk_norm, "RMSNorm over each head's q and k before RoPE (true/false)")
-      ->capture_default_str()->group("Model");
-  app->add_option("--mlp", m.mlp, "gelu (up, GELU, down), swiglu (silu(gate) * up, down) or xielu (Apertus: trainable "
-                  "activation with two scalars per layer)")->capture_default_str()->group("Model");
-  app->add_option("--positions", m.positions, "learned (position embedding) or rope")->capture_default_str()->group("Model");
-  app->add_option("--rope-theta", m.rope_theta, "RoPE base")->capture_default_str()->group("Model");
-  app->add_option("--rope-scaling", m.rope_scaling, "none or llama3 (Llama 3.1's frequency scaling)")
-      ->capture_default_str()->group("Model");
-  app->add_option("--rope-factor", m.rope_factor, "llama3 scaling: factor")->capture_default_str()->group("Model");
-  app->add_option("--rope-low-freq-factor", m.rope_low_freq_factor, "llama3 scaling: low_freq_factor")
-      ->capture_default_str()->group("Model");
-  app->add_option("--rope-high-freq-factor", m.rope_high_freq_factor, "llama3 scaling: high_freq_factor")
-      ->capture_default_str()->group("Model");
-  app->add_option("--rope-original-context", m.rope_original_context,
-                  "llama3 scaling: original_max_position_embeddings")->capture_default_str()->group("Model");
-  app->add_option("--tie-embeddings", m.tie_embeddings, "The output layer is the token embedding (true/false)")
-      ->capture_default_str()->group("Model");
-  app->add_option("--bias", m.bias, "Biases in the linear layers and LayerNorms (true/false)")->capture_default_str()->group("Model");
+  for_each_block_key(m, [&](const char* name, auto& field, const char* help) {
+    std::string flag = std::string("--") + name;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    app->add_option(flag, field, help)->capture_default_str()->group("Model");
+  });
   app->add_option("--model", "Model preset: a name from inputs/models/ (gpt2-124m, llama3-8b, llama3-70b, apertus-8b, "
                   "apertus-70b, tiny-llama) or a TOML file of model keys; the command line and -c override it")
       ->group("Model");

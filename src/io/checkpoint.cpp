@@ -9,6 +9,7 @@
 #include <ctime>
 #include <fstream>
 #include <functional>
+#include <type_traits>
 #include <utility>
 
 #include "tapestry/core/error.hpp"
@@ -262,24 +263,15 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
     const auto& m = st.model;
     attr(g, "architecture", m.is_gpt2() ? "GPT-2: learned positions, pre-LayerNorm, GELU(tanh) MLP, tied output layer"
                                         : "pre-norm decoder (model spec in these attributes; docs/model-spec.md)");
-    attr(g, "arch", m.arch);
-    attr(g, "n_kv_head", m.kv_heads());
-    attr(g, "ffn_dim", m.ffn());
-    attr(g, "norm", m.norm);
-    attr(g, "norm_eps", m.norm_eps);
-    attr(g, "qk_norm", int(m.qk_norm));
-    attr(g, "mlp", m.mlp);
+    ModelConfig resolved = m;  // 0 (derived) written as the value it stands for
+    resolved.n_kv_head = m.kv_heads(), resolved.ffn_dim = m.ffn();
+    for_each_block_key(resolved, [&](const char* name, const auto& v, const char*) {
+      using V = std::decay_t<decltype(v)>;
+      if constexpr (std::is_same_v<V, bool>) attr(g, name, int(v));
+      else attr(g, name, v);
+    });
     attr(g, "xielu_beta", 0.5);
     attr(g, "xielu_eps", -1e-6);
-    attr(g, "positions", m.positions);
-    attr(g, "rope_theta", m.rope_theta);
-    attr(g, "rope_scaling", m.rope_scaling);
-    attr(g, "rope_factor", m.rope_factor);
-    attr(g, "rope_low_freq_factor", m.rope_low_freq_factor);
-    attr(g, "rope_high_freq_factor", m.rope_high_freq_factor);
-    attr(g, "rope_original_context", m.rope_original_context);
-    attr(g, "tie_embeddings", int(m.tie_embeddings));
-    attr(g, "bias", int(m.bias));
     attr(g, "dtype", "float32");
   }
   write_tensors("/model", slice.params, 0, slice.write_begin, slice.write_end);
@@ -381,22 +373,13 @@ CheckpointState read_checkpoint_state(const std::string& path) {
   st.format_version = int(version);
   if (version >= 2) {  // the model spec (version 1 held GPT-2 only: the defaults)
     auto& m = st.model;
-    m.arch = r.str(model, "arch");
-    m.n_kv_head = int(r.i64(model, "n_kv_head"));
-    m.ffn_dim = int(r.i64(model, "ffn_dim"));
-    m.norm = r.str(model, "norm");
-    m.norm_eps = r.f64(model, "norm_eps");
-    m.qk_norm = r.i64(model, "qk_norm") != 0;
-    m.mlp = r.str(model, "mlp");
-    m.positions = r.str(model, "positions");
-    m.rope_theta = r.f64(model, "rope_theta");
-    m.rope_scaling = r.str(model, "rope_scaling");
-    m.rope_factor = r.f64(model, "rope_factor");
-    m.rope_low_freq_factor = r.f64(model, "rope_low_freq_factor");
-    m.rope_high_freq_factor = r.f64(model, "rope_high_freq_factor");
-    m.rope_original_context = int(r.i64(model, "rope_original_context"));
-    m.tie_embeddings = r.i64(model, "tie_embeddings") != 0;
-    m.bias = r.i64(model, "bias") != 0;
+    for_each_block_key(m, [&](const char* name, auto& v, const char*) {
+      using V = std::decay_t<decltype(v)>;
+      if constexpr (std::is_same_v<V, bool>) v = r.i64(model, name) != 0;
+      else if constexpr (std::is_same_v<V, int>) v = int(r.i64(model, name));
+      else if constexpr (std::is_same_v<V, double>) v = r.f64(model, name);
+      else v = r.str(model, name);
+    });
     try {
       validate(m);
     } catch (const Error& e) {

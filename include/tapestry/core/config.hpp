@@ -53,6 +53,32 @@ struct ModelConfig {
   double flops_per_token(int T) const;
 };
 
+/// Calls f(name, field, help) for every block key of the spec (beyond the shape), in a fixed order:
+/// the one list that the command line (name with '-' for '_'), the checkpoint's /model attributes
+/// and exports share. M is ModelConfig or const ModelConfig.
+template <class M, class F> void for_each_block_key(M& m, F&& f) {
+  f("arch", m.arch,
+    "Family whose defaults fill the block keys you do not set: gpt2 (LayerNorm, GELU, learned positions, tied, "
+    "biases) or llama (RMSNorm, SwiGLU, RoPE theta 500000, untied, no biases)");
+  f("n_kv_head", m.n_kv_head, "Key/value heads (grouped-query attention; must divide n-head); 0: n-head");
+  f("ffn_dim", m.ffn_dim, "MLP hidden size; 0: 4 x d-model");
+  f("norm", m.norm, "layernorm or rmsnorm");
+  f("norm_eps", m.norm_eps, "Epsilon of the norms (and of QK-norm)");
+  f("qk_norm", m.qk_norm, "RMSNorm over each head's q and k before RoPE (true/false)");
+  f("mlp", m.mlp,
+    "gelu (up, GELU, down), swiglu (silu(gate) * up, down) or xielu (Apertus: trainable activation with two "
+    "scalars per layer)");
+  f("positions", m.positions, "learned (position embedding) or rope");
+  f("rope_theta", m.rope_theta, "RoPE base");
+  f("rope_scaling", m.rope_scaling, "none or llama3 (Llama 3.1's frequency scaling)");
+  f("rope_factor", m.rope_factor, "llama3 scaling: factor");
+  f("rope_low_freq_factor", m.rope_low_freq_factor, "llama3 scaling: low_freq_factor");
+  f("rope_high_freq_factor", m.rope_high_freq_factor, "llama3 scaling: high_freq_factor");
+  f("rope_original_context", m.rope_original_context, "llama3 scaling: original_max_position_embeddings");
+  f("tie_embeddings", m.tie_embeddings, "The output layer is the token embedding (true/false)");
+  f("bias", m.bias, "Biases in the linear layers and LayerNorms (true/false)");
+}
+
 /// One line naming the shape and, beyond GPT-2, the block options ("L=4 H=4 C=128 ... rmsnorm ...").
 std::string spec_string(const ModelConfig& m);
 
