@@ -63,6 +63,7 @@ endif()
 message(STATUS "Tapestry: NCCL collectives: ${TAPESTRY_HAVE_NCCL} ${TAPESTRY_NCCL_LIBRARY}")
 
 find_package(CLI11 CONFIG REQUIRED)
+find_package(nlohmann_json 3 CONFIG REQUIRED)  # Debian: nlohmann-json3-dev (safetensors headers, config.json)
 
 # Host BLAS (OpenBLAS preferred) with its CBLAS header.
 set(BLA_VENDOR OpenBLAS)

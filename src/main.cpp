@@ -11,6 +11,7 @@
 #include "tapestry/parallel/runtime.hpp"
 #include "tapestry/train/bench.hpp"
 #include "tapestry/train/checkpointing.hpp"
+#include "tapestry/train/hf.hpp"
 #include "tapestry/train/trainer.hpp"
 
 namespace {
@@ -68,7 +69,13 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
       if (rt.rank() != 0) return 0;  // serial tools
       if (inv.command == Command::ckpt_info) tapestry::train::ckpt_info(inv.ckpt_path, out);
       else if (inv.command == Command::ckpt_verify) tapestry::train::ckpt_verify(inv.ckpt_path, out);
-      else tapestry::train::ckpt_export_llmc(inv.ckpt_path, inv.ckpt_output, out);
+      else if (inv.export_format == "hf")
+        tapestry::train::ckpt_export_hf(inv.ckpt_path, inv.ckpt_output, inv.export_dtype,
+                                        tapestry::parse_bytes(inv.max_shard_size), out);
+      else if (inv.export_format == "llmc")
+        tapestry::train::ckpt_export_llmc(inv.ckpt_path, inv.ckpt_output, out);
+      else
+        throw tapestry::Error("ckpt export: --format must be llmc or hf (got '" + inv.export_format + "')");
       return 0;
     case Command::plan:
       if (rt.rank() != 0) return 0;

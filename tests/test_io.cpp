@@ -1,5 +1,7 @@
 // Token files, the data loader, the byte tokenizer, data preparation and llm.c checkpoints.
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -7,6 +9,7 @@
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/data_loader.hpp"
 #include "tapestry/io/llmc_checkpoint.hpp"
+#include "tapestry/io/safetensors.hpp"
 #include "tapestry/io/token_file.hpp"
 #include "tapestry/io/tokenizer.hpp"
 #include "tapestry/model/gpt.hpp"
@@ -217,4 +220,58 @@ TEST_CASE("llm.c checkpoints round-trip and bad ones are rejected", "[io][llmc][
   bad[5 * 4] = 3;  // num_heads = 3 does not divide channels = 8
   spit(d / "heads.bin", bad);
   REQUIRE_THROWS_WITH(read_llmc_header(d / "heads.bin"), Catch::Matchers::Contains("does not divide d_model"));
+}
+
+TEST_CASE("safetensors: written tensors read back in every dtype; F16 and BF16 decode exactly", "[io][safetensors]") {
+  const auto dir = std::filesystem::temp_directory_path() / "tapestry_test_safetensors";
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "t.safetensors").string();
+  const std::vector<float> a = {1.5f, -2.25f, 3e-8f, 65504.0f, -0.0f, 1e30f};
+  // bf16 of 1.0, -2.0, 0.15625; f16 of 1.0, -2.0, 0.000060975551605224609375 (smallest normal), 2^-24 (subnormal), inf
+  const std::uint16_t b[3] = {0x3f80, 0xc000, 0x3e20};
+  const std::uint16_t h[5] = {0x3c00, 0xc000, 0x0400, 0x0001, 0x7c00};
+  {
+    io::SafetensorsWriter w(path, {{"a", "F32", {2, 3}, 0, 0}, {"b", "BF16", {3}, 0, 0}},
+                            {{"format", "pt"}});
+    w.write("a", a.data(), a.size() * 4);
+    w.write("b", b, sizeof(b));
+    REQUIRE_FALSE(std::filesystem::exists(path));  // only .tmp until finish()
+    w.finish();
+  }
+  io::SafetensorsFile f(path);
+  REQUIRE(f.tensors().size() == 2);
+  REQUIRE(f.metadata().at("format") == "pt");
+  REQUIRE(f.find("a")->shape == std::vector<std::int64_t>{2, 3});
+  std::vector<float> got(6);
+  f.read("a", 0, 6, 1, got.data());
+  for (std::size_t i = 0; i < a.size(); ++i) REQUIRE(std::memcmp(&got[i], &a[i], 4) == 0);
+  f.read("a", 1, 2, 3, got.data());  // a column: elements 1 and 4
+  REQUIRE(got[0] == -2.25f);
+  REQUIRE(std::memcmp(&got[1], &a[4], 4) == 0);
+  f.read("b", 0, 3, 1, got.data());
+  REQUIRE((got[0] == 1.0f && got[1] == -2.0f && got[2] == 0.15625f));
+  // F16 through a hand-made file
+  const std::string hpath = (dir / "h.safetensors").string();
+  {
+    std::string header = R"({"h":{"dtype":"F16","shape":[5],"data_offsets":[0,10]}})";
+    header.append((8 - header.size() % 8) % 8, ' ');
+    std::ofstream o(hpath, std::ios::binary);
+    const std::uint64_t n = header.size();
+    o.write(reinterpret_cast<const char*>(&n), 8);
+    o << header;
+    o.write(reinterpret_cast<const char*>(h), sizeof(h));
+  }
+  io::SafetensorsFile hf(hpath);
+  hf.read("h", 0, 5, 1, got.data());
+  REQUIRE((got[0] == 1.0f && got[1] == -2.0f && got[2] == 0x1p-14f && got[3] == 0x1p-24f && std::isinf(got[4])));
+  // an unfinished writer leaves nothing behind
+  { io::SafetensorsWriter w((dir / "cut.safetensors").string(), {{"a", "F32", {1}, 0, 0}}); }
+  REQUIRE_FALSE(std::filesystem::exists(dir / "cut.safetensors"));
+  REQUIRE_FALSE(std::filesystem::exists(dir / "cut.safetensors.tmp"));
+  REQUIRE_THROWS_WITH(io::SafetensorsFile((dir / "none.safetensors").string()),
+                      Catch::Matchers::Contains("cannot open safetensors file"));
+  REQUIRE(parse_bytes("5GB") == 5000000000ULL);
+  REQUIRE(parse_bytes("300KB") == 300000ULL);
+  REQUIRE(parse_bytes("1234") == 1234ULL);
+  REQUIRE_THROWS_WITH(parse_bytes("lots"), "'lots' is not a size (e.g. 5GB, 500MB or a byte count)");
 }

@@ -123,7 +123,10 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
 
   t->add_option("--train-data", c.train_data, "Training token file (llm.c format)")->group("Files");
   t->add_option("--val-data", c.val_data, "Validation token file")->group("Files");
-  t->add_option("--init-from", c.init_from, "Start from an llm.c GPT-2 checkpoint (fp32, version 3)")->group("Files");
+  t->add_option("--init-from", c.init_from,
+                "Start from weights: a Hugging Face model directory (config.json + safetensors; its config sets the "
+                "model) or a .safetensors file (for this run's model), or an llm.c GPT-2 checkpoint (fp32, version 3)")
+      ->group("Files");
   t->add_option("--export-llmc", c.export_llmc, "After training, write the parameters as an llm.c checkpoint")->group("Files");
   t->add_option("--ckpt-dir", c.ckpt_dir, "Directory of HDF5 checkpoints")->capture_default_str()->group("Checkpoints");
   t->add_option("--save-every", c.save_every, "Save every N steps and at the end; 0: only on SIGTERM/SIGUSR1/SIGUSR2")->capture_default_str()->group("Checkpoints");
@@ -265,12 +268,19 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   info->add_option("checkpoint", inv.ckpt_path, "A checkpoint file (.h5)")->required();
   auto* verify = ckpt->add_subcommand("verify", "Check completeness and every tensor's checksum");
   verify->add_option("checkpoint", inv.ckpt_path, "A checkpoint file (.h5)")->required();
-  auto* exp = ckpt->add_subcommand("export", "Write the parameters as an llm.c checkpoint (for --init-from)");
+  auto* exp = ckpt->add_subcommand("export", "Write the parameters as an llm.c checkpoint or a Hugging Face model directory");
   exp->add_option("checkpoint", inv.ckpt_path, "A checkpoint file (.h5)")->required();
-  exp->add_option("--output,-o", inv.ckpt_output, "llm.c checkpoint to write")->required();
+  exp->add_option("--output,-o", inv.ckpt_output, "llm.c checkpoint file, or (--format hf) the directory to create")->required();
+  exp->add_option("--format", inv.export_format,
+                  "llmc (GPT-2, llm.c's fp32 file) or hf (config.json + safetensors: GPT2LMHeadModel, "
+                  "LlamaForCausalLM or ApertusForCausalLM)")->capture_default_str();
+  exp->add_option("--dtype", inv.export_dtype, "hf: fp32 or bf16 (rounded to nearest even)")->capture_default_str();
+  exp->add_option("--max-shard-size", inv.max_shard_size,
+                  "hf: largest safetensors file (bytes, or with KB/MB/GB: 1000-based, as Hugging Face); "
+                  "above it, shards and model.safetensors.index.json")->capture_default_str();
 
   auto* ev = ckpt->add_subcommand("eval", "Loss of the checkpoint's model on the first rows of a token file (one rank)");
-  ev->add_option("checkpoint", inv.ckpt_path, "A checkpoint file (.h5)")->required();
+  ev->add_option("checkpoint", inv.ckpt_path, "A checkpoint file (.h5) or a Hugging Face model directory")->required();
   ev->add_option("--data", inv.eval_data, "Token file (llm.c format)")->required();
   ev->add_option("--seq-len,-t", inv.eval_seq_len, "Tokens per row (T)")->capture_default_str();
   ev->add_option("--rows", inv.eval_rows, "Rows: row r reads tokens [r*T, r*T + T] (inputs and shifted targets)")

@@ -1,6 +1,7 @@
 #include "tapestry/core/config.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 
 #include "tapestry/core/error.hpp"
@@ -180,6 +181,22 @@ std::vector<int> stage_layers(int n_layer, int pp, const std::string& split) {
                                                        " stages and " + num(sum) + " layers; the run has " + num(pp) +
                                                        " stages and n_layer = " + num(n_layer));
   return out;
+}
+
+std::uint64_t parse_bytes(const std::string& text) {
+  std::size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  std::string unit = text.substr(pos);
+  for (auto& ch : unit) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+  const double scale = unit.empty() || unit == "B" ? 1 : unit == "KB" ? 1e3 : unit == "MB" ? 1e6 : unit == "GB" ? 1e9
+                                                                              : unit == "TB" ? 1e12 : -1;
+  require(pos > 0 && scale > 0 && v > 0, "'" + text + "' is not a size (e.g. 5GB, 500MB or a byte count)");
+  return std::uint64_t(v * scale);
 }
 
 void resolve_batch(TrainConfig& c, int dp) {

@@ -137,7 +137,7 @@ void validate_tp(const ModelConfig& m, int tp) {
                                           "): set --padded-vocab-size to a multiple of tp");
 }
 
-template <class F> void GPT::for_each_element(F&& f) const {
+template <class F> void GPT::for_each_run(F&& f) const {
   const std::size_t r = std::size_t(tp_->rank()), k = std::size_t(tp_->size());
   for (std::size_t i = 0; i < layout_.size(); ++i) {
     const auto &t = layout_[i], &w = whole_[i];
@@ -164,14 +164,34 @@ template <class F> void GPT::for_each_element(F&& f) const {
       }
     }
     const std::size_t col0 = t.split == Split::cols ? r * Cl : 0;
-    for (std::size_t l = 0; l < layers; ++l)
+    // 1-D tensors (biases, gains) are one run per layer, the others one run per row.
+    const bool vector = !two_d && t.split != Split::rows;
+    for (std::size_t l = 0; l < layers; ++l) {
+      if (vector) {
+        f(i, t.offset + l * Rl, w.offset + (l0 + l) * Rw, Rl, t.split == Split::cols || r == 0);
+        continue;
+      }
       for (std::size_t a = 0; a < Rl; ++a) {
         const std::size_t ga = t.split == Split::rows ? whole_row[a] : a;
         const bool owner = t.split == Split::none ? r == 0 : t.split == Split::cols || row_owner[a] != 0;
-        const std::size_t lo = t.offset + (l * Rl + a) * Cl, wo = w.offset + ((l0 + l) * Rw + ga) * Cw + col0;
-        for (std::size_t c = 0; c < Cl; ++c) f(i, lo + c, wo + c, owner);
+        f(i, t.offset + (l * Rl + a) * Cl, w.offset + ((l0 + l) * Rw + ga) * Cw + col0, Cl, owner);
       }
+    }
   }
+}
+
+template <class F> void GPT::for_each_element(F&& f) const {
+  for_each_run([&](std::size_t i, std::size_t lo, std::size_t wo, std::size_t n, bool owner) {
+    for (std::size_t c = 0; c < n; ++c) f(i, lo + c, wo + c, owner);
+  });
+}
+
+void GPT::load_params_from(const std::function<void(std::size_t, std::size_t, float*)>& read) {
+  std::vector<float> part(n_params_, 0.0f);
+  for_each_run([&](std::size_t, std::size_t lo, std::size_t wo, std::size_t n, bool) { read(wo, n, part.data() + lo); });
+  Kokkos::deep_copy(params_, 0.0f);
+  Kokkos::View<const float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(part.data(), part.size());
+  Kokkos::deep_copy(View1<float>(params_.data(), n_params_), h);
 }
 
 std::vector<float> GPT::take_part(const std::vector<float>& whole) const {

@@ -11,6 +11,7 @@
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/llmc_checkpoint.hpp"
 #include "tapestry/kernels/blas.hpp"
+#include "tapestry/train/hf.hpp"
 #include "tapestry/io/token_file.hpp"
 #include "tapestry/model/gpt.hpp"
 
@@ -221,7 +222,10 @@ void ckpt_export_llmc(const std::string& path, const std::string& out_path, std:
 }
 
 void ckpt_eval(const std::string& path, const EvalConfig& cfg, std::ostream& out) {
-  const auto st = io::read_checkpoint_state(path);
+  const bool hf = fs::is_directory(path);  // a Hugging Face model directory
+  io::CheckpointState st;
+  if (hf) st.model = model_from_hf_config((fs::path(path) / "config.json").string());
+  else st = io::read_checkpoint_state(path);
   const auto& m = st.model;
   require(cfg.seq_len >= 1 && cfg.seq_len <= m.max_seq_len && cfg.rows >= 1,
           "ckpt eval: needs 1 <= seq-len <= max_seq_len (" + std::to_string(m.max_seq_len) + ") and rows >= 1");
@@ -231,10 +235,15 @@ void ckpt_eval(const std::string& path, const EvalConfig& cfg, std::ostream& out
                                      " tokens; " + std::to_string(cfg.rows) + " rows of " + std::to_string(T) +
                                      " need " + std::to_string(need));
   model::GPT gpt(m, 1, cfg.seq_len);
-  std::vector<float> params(gpt.whole_num_params());
-  io::read_checkpoint_tensors(path, checkpoint_tensors(m, st.format_version), params.data(), params.size(), nullptr,
-                              nullptr, 0, 0);
-  gpt.load_params(params);
+  if (hf) {
+    const HfReader reader(path, m);
+    gpt.load_params_from([&](std::size_t w, std::size_t n, float* dst) { reader.read(w, n, dst); });
+  } else {
+    std::vector<float> params(gpt.whole_num_params());
+    io::read_checkpoint_tensors(path, checkpoint_tensors(m, st.format_version), params.data(), params.size(), nullptr,
+                                nullptr, 0, 0);
+    gpt.load_params(params);
+  }
   kernels::Blas blas;
   std::ofstream logits;
   if (!cfg.logits_out.empty()) {

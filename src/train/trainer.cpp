@@ -1,6 +1,7 @@
 #include "tapestry/train/trainer.hpp"
 
 #include <algorithm>
+#include <filesystem>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -15,6 +16,7 @@
 #include "tapestry/kernels/blas.hpp"
 #include "tapestry/kernels/optim.hpp"
 #include "tapestry/model/gpt.hpp"
+#include "tapestry/train/hf.hpp"
 #include "tapestry/optim/adamw.hpp"
 #include "tapestry/parallel/collectives.hpp"
 #include "tapestry/parallel/grad_reducer.hpp"
@@ -229,7 +231,14 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   require(cfg.export_llmc.empty() || cfg.model.is_gpt2(),
           "--export-llmc writes llm.c's GPT-2 format; this model spec is not GPT-2 (norm " + cfg.model.norm + ", mlp " +
               cfg.model.mlp + ", positions " + cfg.model.positions + ")");
-  if (!cfg.init_from.empty()) {
+  const bool hf = !cfg.init_from.empty() && is_hf_source(cfg.init_from);
+  if (hf && std::filesystem::is_directory(cfg.init_from)) {  // the model is the directory's config.json
+    ModelConfig m = model_from_hf_config((std::filesystem::path(cfg.init_from) / "config.json").string());
+    if (cfg.model.padded_vocab_size >= m.vocab_size) m.padded_vocab_size = cfg.model.padded_vocab_size;
+    if (spec_string(m) != spec_string(cfg.model))
+      out << "note: model taken from " << cfg.init_from << "/config.json: " << spec_string(m) << "\n";
+    cfg.model = m;
+  } else if (!cfg.init_from.empty() && !hf) {
     require(cfg.model.is_gpt2(), "--init-from reads llm.c GPT-2 checkpoints; this model spec is not GPT-2 (norm " +
                                      cfg.model.norm + ", mlp " + cfg.model.mlp + ", positions " + cfg.model.positions + ")");
     const ModelConfig m = io::read_llmc_header(cfg.init_from);
@@ -290,8 +299,14 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
     r.embed_coll = parallel::make_collectives(backend, r.embed_comm);
   }
   // Every rank initialises identically (same seed or same file), so no broadcast is needed.
-  if (cfg.init_from.empty()) r.gpt->init_random(cfg.seed);
-  else r.gpt->load_params(io::read_llmc_params(cfg.init_from, std::size_t(cfg.model.num_parameters())));
+  if (cfg.init_from.empty()) {
+    r.gpt->init_random(cfg.seed);
+  } else if (hf) {  // each rank reads only the values it holds
+    const HfReader reader(cfg.init_from, cfg.model);
+    r.gpt->load_params_from([&](std::size_t w, std::size_t n, float* dst) { reader.read(w, n, dst); });
+  } else {
+    r.gpt->load_params(io::read_llmc_params(cfg.init_from, std::size_t(cfg.model.num_parameters())));
+  }
   const std::size_t n = r.gpt->padded_size();
   r.coll = parallel::make_collectives(backend, grid.dp());
   const auto& pc = cfg.parallel;
@@ -496,7 +511,13 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       if (metrics) metrics << "{\"step\":" << v.step << ",\"val_loss\":" << v.loss << "}\n";
       result.val.push_back(v);
     }
-    if (step == cfg.steps) break;
+    if (step == cfg.steps) {
+      if (cfg.steps == 0 && cfg.save_every > 0) {  // --steps 0: the initial model as a checkpoint (e.g. HF -> HDF5)
+        const std::string path = save(r, grid, 0, r.wall_before + since(run_start));
+        site_out << "saved checkpoint " << path << std::endl;
+      }
+      break;
+    }
     StepRecord rec;
     const auto t0 = Clock::now();
     gpt.zero_grad();

@@ -22,6 +22,8 @@ struct Invocation {
   PlanConfig plan;
   std::string ckpt_path, ckpt_output;  ///< `tapestry ckpt ...`
   std::string eval_data, eval_logits;  ///< `tapestry ckpt eval`
+  std::string export_format = "llmc", export_dtype = "fp32";  ///< `tapestry ckpt export`
+  std::string max_shard_size = "5GB";
   int eval_seq_len = 64, eval_rows = 4;
 };
 

@@ -174,6 +174,10 @@ std::string federation_fingerprint(const TrainConfig& c);
 /// sum to n_layer.
 std::vector<int> stage_layers(int n_layer, int pp, const std::string& split);
 
+/// "5GB", "500MB", "64KB" (1000-based, as Hugging Face) or a plain byte count; throws
+/// tapestry::Error naming the text otherwise.
+std::uint64_t parse_bytes(const std::string& text);
+
 /// Fixes grad_accum and global_batch for `dp` data-parallel ranks: global_batch (when set) must be
 /// a multiple of batch_size * dp. Throws tapestry::Error otherwise.
 void resolve_batch(TrainConfig& c, int dp);

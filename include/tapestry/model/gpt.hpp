@@ -6,6 +6,7 @@
 /// one flat buffer of per-layer-stacked tensors (GPT-2: llm.c's layout, so `--init-from` is a copy).
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -131,6 +132,10 @@ class GPT {
   /// pipeline also holds and counts (a kv head replicated over TP ranks, the last stage's copy of a
   /// tied embedding): a sum over all ranks (the gradient norm) skips them.
   const std::vector<std::pair<std::size_t, std::size_t>>& duplicate_ranges() const { return duplicates_; }
+  /// Fills this rank's part from a reader of the whole model's flat buffer: read(whole_begin, n,
+  /// dst) is called once per contiguous run (a row of a tensor, at most), so a rank reads only the
+  /// values it holds and nothing allocates the whole model.
+  void load_params_from(const std::function<void(std::size_t whole_begin, std::size_t n, float* dst)>& read);
   /// Copies the whole model's parameters (host, llm.c order) in: this rank takes its part.
   void load_params(const std::vector<float>& host);
   /// The whole model's parameters (llm.c order) from this rank's part of a buffer laid out like
@@ -193,6 +198,9 @@ class GPT {
   /// this rank's part; owner: this rank counts the element for the group (replicated elements have
   /// one owner: TP rank 0, or the first rank of a replica block).
   template <class F> void for_each_element(F&& f) const;
+  /// Calls f(tensor index, local flat index, whole-model flat index, n, owner) for every contiguous
+  /// run of n elements of this rank's part (a row of a tensor, or its share of one).
+  template <class F> void for_each_run(F&& f) const;
 
   ModelConfig cfg_;
   int B_, T_;
