@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
   const bool computes = inv.command == Command::train || inv.command == Command::bench_step ||
                         inv.command == Command::bench_allreduce || inv.command == Command::bench_gemm ||
                         inv.command == Command::bench_ckpt;
+  if (computes && rt.rank() == 0) std::cout << rt.backend() << "\n";
   if (computes && !rt.devices().empty()) std::cout << rt.devices() << std::flush;  // CUDA: each rank's GPU
   try {
     return run(inv, rt);

@@ -224,6 +224,7 @@ TEST_CASE("llm.c checkpoints round-trip and bad ones are rejected", "[io][llmc][
 
 TEST_CASE("safetensors: written tensors read back in every dtype; F16 and BF16 decode exactly", "[io][safetensors]") {
   const auto dir = std::filesystem::temp_directory_path() / "tapestry_test_safetensors";
+  std::filesystem::remove_all(dir);  // a fresh directory: files of an earlier run must not count
   std::filesystem::create_directories(dir);
   const std::string path = (dir / "t.safetensors").string();
   const std::vector<float> a = {1.5f, -2.25f, 3e-8f, 65504.0f, -0.0f, 1e30f};

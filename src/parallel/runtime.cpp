@@ -1,10 +1,12 @@
 #include "tapestry/parallel/runtime.hpp"
 
 #include <Kokkos_Core.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #ifdef KOKKOS_ENABLE_CUDA
@@ -144,9 +146,45 @@ Runtime::Runtime(int& argc, char**& argv) {
   }
 #endif
   (void)device_given;
+#ifdef KOKKOS_ENABLE_OPENMP
+  // Tapestry's defaults for an OpenMP host backend, chosen here so that Kokkos has nothing to warn
+  // about: threads = the node's cores / its ranks (unless OMP_NUM_THREADS or --kokkos-num-threads
+  // say otherwise), and no thread binding unless the site sets OMP_PROC_BIND (the job scripts set
+  // spread + OMP_PLACES=threads).
+  std::string threads_arg;
+  bool threads_given = std::getenv("OMP_NUM_THREADS") != nullptr;
+  for (std::size_t i = 1; i < kargs.size(); ++i)
+    threads_given = threads_given || std::string(kargs[i]).rfind("--kokkos-num-threads", 0) == 0 ||
+                    std::string(kargs[i]).rfind("--kokkos-threads", 0) == 0;
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
+  int local = 1;
+  MPI_Comm_size(node, &local);
+  MPI_Comm_free(&node);
+  const int cores = std::max(1, int(std::thread::hardware_concurrency()));
+  if (!threads_given) {
+    threads_arg = "--kokkos-num-threads=" + std::to_string(std::max(1, cores / local));
+    kargs.push_back(threads_arg.data());
+  }
+  const bool bind_set = std::getenv("OMP_PROC_BIND") != nullptr;
+  if (!bind_set) setenv("OMP_PROC_BIND", "false", 0);
+#endif
   int kargc = int(kargs.size());
   kargs.push_back(nullptr);
   Kokkos::initialize(kargc, kargs.data());
+  // One line for the log: the host backend and its threads.
+  backend_ = std::string("Kokkos ") + std::to_string(KOKKOS_VERSION / 10000) + "." +
+             std::to_string(KOKKOS_VERSION / 100 % 100) + "." + std::to_string(KOKKOS_VERSION % 100) + ", " +
+             Kokkos::DefaultExecutionSpace::name();
+#ifdef KOKKOS_ENABLE_OPENMP
+  backend_ += std::string(", host: ") + Kokkos::DefaultHostExecutionSpace::name() + " with " +
+              std::to_string(Kokkos::DefaultHostExecutionSpace().concurrency()) + " threads per rank (" +
+              (threads_given ? "OMP_NUM_THREADS or --kokkos-num-threads" :
+                               std::to_string(cores) + " cores / " + std::to_string(local) + " ranks on the node") +
+              "), OMP_PROC_BIND=" + std::getenv("OMP_PROC_BIND") + (bind_set ? "" : " (Tapestry's default; unset)");
+#else
+  backend_ += std::string(", host: ") + Kokkos::DefaultHostExecutionSpace::name() + " (one thread per rank)";
+#endif
 }
 
 Runtime::~Runtime() {

@@ -27,10 +27,12 @@ class Runtime {
   int size() const { return size_; }
   /// On rank 0 of a CUDA build: one line per rank naming its node and GPU; empty otherwise.
   const std::string& devices() const { return devices_; }
+  /// The Kokkos version, execution space and host threads of this rank, as one line.
+  const std::string& backend() const { return backend_; }
 
  private:
   int rank_ = 0, size_ = 1;
-  std::string devices_;
+  std::string devices_, backend_;
 };
 
 }  // namespace tapestry::parallel
