@@ -6,8 +6,10 @@
 #include <catch2/catch.hpp>
 #endif
 #include <Kokkos_Core.hpp>
+#include <cstdlib>
 
 int main(int argc, char** argv) {
+  setenv("OMP_PROC_BIND", "false", 0);  // as the executable does: quiet on OpenMP unless the site binds
   Kokkos::initialize();
   const int rc = Catch::Session().run(argc, argv);
   Kokkos::finalize();

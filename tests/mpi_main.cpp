@@ -11,11 +11,13 @@
 #include <string>
 #include <vector>
 
+#include "tapestry/parallel/runtime.hpp"
+
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  Kokkos::initialize();
+  // MPI and Kokkos as the executable starts them: on a threaded backend, the node's cores shared
+  // by its ranks (the tests oversubscribe nothing but the ranks themselves).
+  tapestry::parallel::Runtime rt(argc, argv);
+  const int rank = rt.rank();
   std::vector<char*> args(argv, argv + argc);
   std::string out = "--out", devnull = "/dev/null";
   if (rank != 0) {
@@ -23,10 +25,8 @@ int main(int argc, char** argv) {
     args.push_back(devnull.data());
   }
   const int rc = Catch::Session().run(int(args.size()), args.data());
-  Kokkos::finalize();
   // A rank that failed must not leave the others waiting: agree on the result before finalizing.
   int worst = rc;
   MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return worst;
+  return worst;  // rt finalizes Kokkos, then MPI
 }
