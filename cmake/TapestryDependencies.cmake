@@ -65,13 +65,32 @@ message(STATUS "Tapestry: NCCL collectives: ${TAPESTRY_HAVE_NCCL} ${TAPESTRY_NCC
 find_package(CLI11 CONFIG REQUIRED)
 find_package(nlohmann_json 3 CONFIG REQUIRED)  # Debian: nlohmann-json3-dev (safetensors headers, config.json)
 
-# Host BLAS (OpenBLAS preferred) with its CBLAS header.
+# Host BLAS (OpenBLAS preferred) with its CBLAS header. With Kokkos on OpenMP, an OpenBLAS built on
+# OpenMP (Debian: libopenblas0-openmp) shares the kernels' thread pool instead of spinning against
+# it on the same cores (docs/performance.md): it is taken when found, through an RPATH to its folder
+# (Debian's default libopenblas.so.0 is the pthreads build).
 set(BLA_VENDOR OpenBLAS)
 find_package(BLAS)
 if(NOT BLAS_FOUND)
   unset(BLA_VENDOR)
   find_package(BLAS REQUIRED)
 endif()
+set(TAPESTRY_BLAS_THREADS "as built")
+if(Kokkos_DEVICES MATCHES "OPENMP" AND NOT TAPESTRY_ENABLE_CUDA)
+  find_library(TAPESTRY_OPENBLAS_OPENMP NAMES libopenblas.so.0 openblas
+               PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH)
+  if(TAPESTRY_OPENBLAS_OPENMP)
+    set(BLAS_LIBRARIES ${TAPESTRY_OPENBLAS_OPENMP})
+    get_filename_component(_omp_blas_dir ${TAPESTRY_OPENBLAS_OPENMP} DIRECTORY)
+    list(APPEND CMAKE_BUILD_RPATH ${_omp_blas_dir})
+    list(APPEND CMAKE_INSTALL_RPATH ${_omp_blas_dir})
+    set(TAPESTRY_BLAS_THREADS "OpenMP (${TAPESTRY_OPENBLAS_OPENMP})")
+  else()
+    message(WARNING "Tapestry: Kokkos runs on OpenMP but no OpenMP build of OpenBLAS was found "
+                    "(Debian: libopenblas0-openmp); BLAS and Kokkos threads will compete for the cores")
+  endif()
+endif()
+message(STATUS "Tapestry: BLAS ${BLAS_LIBRARIES}, threads: ${TAPESTRY_BLAS_THREADS}")
 find_path(TAPESTRY_CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas openblas-pthread REQUIRED)
 add_library(tapestry_blas INTERFACE)
 target_include_directories(tapestry_blas SYSTEM INTERFACE ${TAPESTRY_CBLAS_INCLUDE_DIR})

@@ -7,6 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tarball=../shared/third_party/kokkos-4.6.01.tar.gz
+# OpenBLAS on OpenMP threads: one thread pool for the Kokkos kernels and the BLAS
+if ! dpkg-query -W -f='${Status}' libopenblas0-openmp 2>/dev/null | grep -q "install ok installed"; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends libopenblas0-openmp >/dev/null
+fi
 if [ ! -f "$tarball" ]; then
   echo "test_openmp: SKIPPED: $tarball not found (no Kokkos 4 source to build the OpenMP backend from)"
   exit 0
