@@ -142,11 +142,7 @@ template <class F> void GPT::for_each_run(F&& f) const {
   for (std::size_t i = 0; i < layout_.size(); ++i) {
     const auto &t = layout_[i], &w = whole_[i];
     if (t.size == 0) continue;  // not on this pipeline stage
-    const std::size_t layers = t.per_layer ? std::size_t(t.shape[0]) : 1;
-    const std::size_t d = t.per_layer ? 1 : 0;  // first per-layer dimension
-    const bool two_d = t.shape.size() == d + 2;
-    const std::size_t Rl = std::size_t(t.shape[d]), Cl = two_d ? std::size_t(t.shape[d + 1]) : 1;
-    const std::size_t Rw = std::size_t(w.shape[d]), Cw = two_d ? std::size_t(w.shape[d + 1]) : 1;
+    const std::size_t layers = t.layers(), Rl = t.rows(), Cl = t.cols(), Rw = w.rows(), Cw = w.cols();
     const std::size_t l0 = t.per_layer ? std::size_t(stage_.first_layer) : 0;
     // Split::rows: local row -> whole row, block by block, and whether this rank owns it (the
     // first rank of a block's replicas does).
@@ -165,7 +161,7 @@ template <class F> void GPT::for_each_run(F&& f) const {
     }
     const std::size_t col0 = t.split == Split::cols ? r * Cl : 0;
     // 1-D tensors (biases, gains) are one run per layer, the others one run per row.
-    const bool vector = !two_d && t.split != Split::rows;
+    const bool vector = !t.matrix() && t.split != Split::rows;
     for (std::size_t l = 0; l < layers; ++l) {
       if (vector) {
         f(i, t.offset + l * Rl, w.offset + (l0 + l) * Rw, Rl, t.split == Split::cols || r == 0);
@@ -242,6 +238,7 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
                             {&s.fcprojb, "fcprojb"}, {&s.xielu, "xielu"}, {&s.lnfw, "lnfw"}, {&s.lnfb, "lnfb"},
                             {&s.lm_head, "lm_head"}})
     *slot = find_tensor(layout_, name);
+  s.output = s.lm_head >= 0 ? s.lm_head : s.wte;  // the output layer: untied, or the token embedding
   require(T <= cfg_.max_seq_len, "seq_len (" + std::to_string(T) + ") is above the model's max_seq_len (" +
                                      std::to_string(cfg_.max_seq_len) + ")");
   n_params_ = layout_.back().offset + layout_.back().size;
@@ -340,15 +337,14 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
       partial_.push_back({layout_[i].offset, layout_[i].size, k});
       partial += layout_[i].size;
     }
-  const int rep = cfg_.kv_heads() % k == 0 ? 1 : k / cfg_.kv_heads();
+  const int rep = layout_[std::size_t(slot_.qkvw)].row_blocks[1].replicas;  // the k block's
   if (rep > 1)
     for (int idx : {slot_.qkvw, slot_.qkvb}) {
       if (idx < 0 || layout_[std::size_t(idx)].size == 0) continue;
       const auto& t = layout_[std::size_t(idx)];
-      const std::size_t rows = std::size_t(t.shape[1]), cols = t.shape.size() == 3 ? std::size_t(t.shape[2]) : 1;
-      const std::size_t q = std::size_t(NHl) * std::size_t(hd) * cols, kv = 2 * std::size_t(hd) * cols;
-      for (std::size_t l = 0; l < std::size_t(stage_.num_layers); ++l) {
-        const std::size_t off = t.offset + l * rows * cols + q;
+      const std::size_t q = std::size_t(NHl) * std::size_t(hd) * t.cols(), kv = 2 * std::size_t(hd) * t.cols();
+      for (std::size_t l = 0; l < t.layers(); ++l) {
+        const std::size_t off = t.offset + l * t.layer_size() + q;
         partial_.push_back({off, kv, rep});
         partial += kv;
         if (tp_->rank() % rep != 0) duplicates_.emplace_back(off, off + kv);
@@ -544,8 +540,7 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
   if (!stage_.head) return 0.0;
   norm_forward(ex, lnfc_, lnf_mean_, lnf_rstd_, x, S.lnfw, S.lnfb, 0);
   into_full(lnfc_, lnf_);
-  const int out_w = S.lm_head >= 0 ? S.lm_head : S.wte;
-  matmul_forward(blas, logits_, lnf_, p2(P, out_w), View1<float>());  // this rank's vocabulary columns
+  matmul_forward(blas, logits_, lnf_, p2(P, S.output), View1<float>());  // this rank's vocabulary columns
   if (k == 1) {
     softmax_xent_forward(ex, logits_, losses_, logits_, targets_, cfg_.vocab_size);
   } else {  // vocabulary-parallel cross-entropy: 3 numbers per row and rank cross the group
@@ -568,7 +563,7 @@ std::vector<float> GPT::logits(const kernels::Blas& blas) const {
   require(tp_->size() == 1 && stage_.whole(), "logits: needs the whole model on one rank");
   const int N = B_ * T_, V = cfg_.vocab_size, Vp = cfg_.vocab_padded();
   View2<float> out("tapestry::logits_copy", N, Vp);
-  kernels::matmul_forward(blas, out, lnf_, p2(params_, slot_.lm_head >= 0 ? slot_.lm_head : slot_.wte), View1<float>());
+  kernels::matmul_forward(blas, out, lnf_, p2(params_, slot_.output), View1<float>());
   const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), out);
   std::vector<float> r(std::size_t(N) * std::size_t(V));
   for (int i = 0; i < N; ++i)
@@ -603,9 +598,8 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     if (sp_) gather_from_sequence_region(*tp_, chunk, full);
   };
   if (stage_.head) {
-    const int out_w = S.lm_head >= 0 ? S.lm_head : S.wte;
     softmax_xent_backward(ex, logits_, logits_, targets_, loss_scale / N, cfg_.vocab_size, v0);
-    matmul_backward(blas, dtmp_, p2(G, out_w), View1<float>(), logits_, lnf_, p2(P, out_w));
+    matmul_backward(blas, dtmp_, p2(G, S.output), View1<float>(), logits_, lnf_, p2(P, S.output));
     input_grad(dtmp_, dtmpc_);
     Kokkos::deep_copy(ex, dres_, 0.0f);
     norm_backward(ex, dres_, dtmpc_, stage_output(), lnf_mean_, lnf_rstd_, S.lnfw, S.lnfb, 0);

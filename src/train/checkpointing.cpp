@@ -59,16 +59,13 @@ std::vector<io::FlatTensor> checkpoint_tensors(const ModelConfig& m, int format_
   // Every named part of every tensor (per layer): q, k and v of the fused projection, gate and up.
   std::vector<io::FlatTensor> out;
   for (const auto& t : model::param_layout(m)) {
-    const std::size_t layers = t.per_layer ? std::size_t(m.n_layer) : 1;
-    const std::size_t d = t.per_layer ? 1 : 0;
-    const std::size_t cols = t.shape.size() == d + 2 ? std::size_t(t.shape[d + 1]) : 1;
-    const std::size_t per = t.size / layers;
-    for (std::size_t l = 0; l < layers; ++l) {
+    const std::size_t cols = t.cols(), per = t.layer_size();
+    for (std::size_t l = 0; l < t.layers(); ++l) {
       char layer[32];
       std::snprintf(layer, sizeof(layer), "layers/%02d/", int(l));
       for (const auto& part : t.parts) {
         std::vector<std::int64_t> shape = {part.rows};
-        if (t.shape.size() == d + 2) shape.push_back(t.shape[d + 1]);
+        if (t.matrix()) shape.push_back(std::int64_t(cols));
         const std::string llmc = t.name + (t.per_layer ? "[" + std::to_string(l) + "]" : "") +
                                  (t.parts.size() > 1 ? " rows " + std::to_string(part.row0) + "+" + std::to_string(part.rows) : "");
         out.push_back({(t.per_layer ? std::string(layer) : std::string()) + part.path, shape,

@@ -79,10 +79,9 @@ std::vector<HfTensor> hf_tensors(const ModelConfig& m) {
   const bool gpt2 = arch == kGpt2;
   std::vector<std::pair<int, HfTensor>> out;  // (layer for the order: -1 embeddings, L the head)
   for (const auto& t : model::param_layout(m)) {
-    const std::size_t layers = t.per_layer ? std::size_t(m.n_layer) : 1, d = t.per_layer ? 1 : 0;
-    const std::int64_t cols = t.shape.size() == d + 2 ? t.shape[d + 1] : 1;
-    const std::size_t per = t.size / layers;
-    for (std::size_t l = 0; l < layers; ++l) {
+    const std::int64_t cols = std::int64_t(t.cols());
+    const std::size_t per = t.layer_size();
+    for (std::size_t l = 0; l < t.layers(); ++l) {
       const std::string prefix = !t.per_layer ? "" : (gpt2 ? "transformer.h." : "model.layers.") + std::to_string(l) + ".";
       const int order = t.per_layer ? int(l) : (t.parts[0].path.rfind("embedding", 0) == 0 ? -1 : m.n_layer);
       const std::size_t base = t.offset + l * per;
@@ -100,7 +99,7 @@ std::vector<HfTensor> hf_tensors(const ModelConfig& m) {
         h.name = prefix + hf_name(arch, part.path);
         h.rows = part.rows, h.cols = cols, h.offset = base + std::size_t(part.row0 * cols);
         h.keep_rows = t.vocab_rows ? m.vocab_size : part.rows;
-        h.transpose = gpt2 && cols > 1 && !t.vocab_rows && t.name != "wpe";  // Conv1D weights
+        h.transpose = gpt2 && t.per_layer && cols > 1;  // Conv1D: the blocks' weights
         if (h.transpose) h.shape = {cols, h.rows};
         else if (cols > 1) h.shape = {h.keep_rows, cols};
         else h.shape = {h.keep_rows};

@@ -65,6 +65,14 @@ struct ParamTensor {
   bool token_partial = false;
   /// Rows are the vocabulary (the embedding, the output layer): rows past vocab_size are padding.
   bool vocab_rows = false;
+
+  /// Layers stacked in the tensor (1 when not per layer), and one layer's rows, columns (1 for a
+  /// vector) and elements.
+  std::size_t layers() const { return per_layer ? std::size_t(shape[0]) : 1; }
+  std::size_t rows() const { return std::size_t(shape[per_layer ? 1 : 0]); }
+  bool matrix() const { return shape.size() == (per_layer ? 3u : 2u); }  ///< else a vector
+  std::size_t cols() const { return matrix() ? std::size_t(shape.back()) : 1; }
+  std::size_t layer_size() const { return rows() * cols(); }
 };
 
 /// \brief Which part of the network a pipeline stage runs.
@@ -186,6 +194,7 @@ class GPT {
     int wte = -1, wpe = -1, ln1w = -1, ln1b = -1, qkvw = -1, qkvb = -1, qnorm = -1, knorm = -1, attprojw = -1,
         attprojb = -1, ln2w = -1, ln2b = -1, fcw = -1, fcb = -1, fcprojw = -1, fcprojb = -1, xielu = -1,
         lnfw = -1, lnfb = -1, lm_head = -1;
+    int output = -1;  ///< the output layer: lm_head, or wte when tied
   };
   void norm_forward(const ExecSpace& ex, View2<float> out, View1<float> mean, View1<float> rstd, View2<float> inp,
                     int w, int b, int layer);
