@@ -65,6 +65,17 @@ message(STATUS "Tapestry: NCCL collectives: ${TAPESTRY_HAVE_NCCL} ${TAPESTRY_NCC
 find_package(CLI11 CONFIG REQUIRED)
 find_package(nlohmann_json 3 CONFIG REQUIRED)  # Debian: nlohmann-json3-dev (safetensors headers, config.json)
 
+# Tokenizers: PCRE2 (Unicode regexes of BPE pre-tokenizers; Debian libpcre2-dev) and SentencePiece
+# (Debian libsentencepiece-dev), found through pkg-config.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(TAPESTRY_PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+pkg_check_modules(TAPESTRY_SPM REQUIRED IMPORTED_TARGET sentencepiece)
+find_library(TAPESTRY_SPM_TRAIN_LIBRARY sentencepiece_train HINTS ${TAPESTRY_SPM_LIBRARY_DIRS} REQUIRED)
+add_library(tapestry_pcre2 INTERFACE)
+target_link_libraries(tapestry_pcre2 INTERFACE PkgConfig::TAPESTRY_PCRE2)
+add_library(tapestry_sentencepiece INTERFACE)
+target_link_libraries(tapestry_sentencepiece INTERFACE PkgConfig::TAPESTRY_SPM ${TAPESTRY_SPM_TRAIN_LIBRARY})
+
 # Host BLAS (OpenBLAS preferred) with its CBLAS header. With Kokkos on OpenMP, an OpenBLAS built on
 # OpenMP (Debian: libopenblas0-openmp) shares the kernels' thread pool instead of spinning against
 # it on the same cores (docs/performance.md): it is taken when found, through an RPATH to its folder

@@ -1,10 +1,15 @@
 // tapestry: runtime guard -> parse -> process grid -> run the chosen command.
+#include <unistd.h>
+
+#include <cstdio>
 #include <exception>
 #include <iostream>
 #include <memory>
+#include <string>
 
 #include "tapestry/cli/cli.hpp"
 #include "tapestry/core/error.hpp"
+#include "tapestry/io/data_prepare.hpp"
 #include "tapestry/io/tokenizer.hpp"
 #include "tapestry/parallel/comm.hpp"
 #include "tapestry/parallel/federation.hpp"
@@ -15,6 +20,13 @@
 #include "tapestry/train/trainer.hpp"
 
 namespace {
+
+/// Three significant figures, as a progress line shows them.
+std::string fmt_num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), v >= 100 ? "%.0f" : v >= 10 ? "%.1f" : "%.2f", v);
+  return buf;
+}
 
 int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime& rt) {
   using tapestry::cli::Command;
@@ -44,11 +56,34 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
       return 0;
     }
     case Command::data_prepare: {
-      if (rt.rank() != 0) return 0;
-      const auto r = tapestry::io::prepare_data(inv.prepare);
+      // Every rank tokenizes its share of the input into part files; rank 0 joins them in order.
+      const auto& pc = inv.prepare;
+      tapestry::io::PrepareResult part;
+      const bool tty = isatty(2) != 0;
+      par::agree(world, [&] { part = tapestry::io::prepare_part(pc, world.rank(), world.size(), tty && world.rank() == 0); });
+      std::uint64_t mine[3] = {part.bytes, part.train_tokens, part.documents}, sum[3] = {0, 0, 0};
+      MPI_Reduce(mine, sum, 3, MPI_UINT64_T, MPI_SUM, 0, world.get());
+      double secs = 0;
+      MPI_Reduce(&part.seconds, &secs, 1, MPI_DOUBLE, MPI_MAX, 0, world.get());
+      if (world.rank() != 0) return 0;
+      const auto r = tapestry::io::prepare_join(pc, world.size());
+      out << "tokenizer: " << part.tokenizer << "\n";
+      out << "tokenized " << fmt_num(double(sum[0]) / 1e6) << " MB, " << sum[2] << " documents";
+      if (part.empty_documents > 0) out << " (empty ones skipped)";
+      out << " in " << fmt_num(secs) << " s: " << fmt_num(double(sum[0]) / 1e6 / secs) << " MB/s, "
+          << fmt_num(double(sum[1]) / secs) << " tokens/s (" << world.size() << (world.size() == 1 ? " rank" : " ranks")
+          << " x " << pc.threads << (pc.threads == 1 ? " thread)" : " threads)") << "\n";
+      if (r.eos >= 0) out << "each document ends with EOS id " << r.eos << " (train with --eod-token " << r.eos << ")\n";
       out << "wrote " << r.train_path << " (" << r.train_tokens << " tokens)";
       if (!r.val_path.empty()) out << " and " << r.val_path << " (" << r.val_tokens << " tokens)";
       out << "\n";
+      return 0;
+    }
+    case Command::data_train_tokenizer: {
+      if (rt.rank() != 0) return 0;
+      tapestry::io::train_tokenizer(inv.train_tokenizer);
+      const auto tok = tapestry::io::load_tokenizer(inv.train_tokenizer.output_prefix + ".model");
+      out << "wrote " << inv.train_tokenizer.output_prefix << ".model: " << tok->describe() << "\n";
       return 0;
     }
     case Command::bench_step:

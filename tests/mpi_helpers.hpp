@@ -10,7 +10,7 @@
 
 #include <sstream>
 
-#include "tapestry/io/tokenizer.hpp"
+#include "tapestry/io/data_prepare.hpp"
 #include "tapestry/parallel/comm.hpp"
 #include "tapestry/train/trainer.hpp"
 

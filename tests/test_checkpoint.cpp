@@ -54,6 +54,39 @@ TEST_CASE("resume on the same layout is bit-exact", "[mpi][checkpoint]") {
   }
 }
 
+TEST_CASE("resume of a shuffled mixture is bit-exact: the loader's position is in the checkpoint", "[mpi][checkpoint][mixture]") {
+  const int P = world_size();
+  const fs::path dir = fresh_dir("mixture");
+  auto c = config(2 * P);
+  c.batch_size = 2;
+  c.grad_accum = 2;
+  c.train_data = "0.6 " + corpus().train_path + " 0.4 " + corpus().val_path;
+  c.shuffle = true;
+  c.save_every = 4;
+  c.keep = 0;
+  c.ckpt_dir = dir.string();
+  const auto full = train_on(c, MPI_COMM_WORLD);
+  auto r = c;
+  r.ckpt_dir = (dir / "again").string();
+  r.resume = (dir / "step_00000004.h5").string();
+  const auto resumed = train_on(r, MPI_COMM_WORLD);
+  REQUIRE(all_ranks(curve_diff(full, resumed, 4) == 0.0));  // bitwise
+  REQUIRE(all_ranks(resumed.param_checksum == full.param_checksum));
+  // The position belongs to this order: the same checkpoint read in order is refused.
+  auto seq = r;
+  seq.train_data = corpus().train_path;
+  seq.shuffle = false;
+  bool refused = false;
+  try {
+    train_on(seq, MPI_COMM_WORLD);
+  } catch (const Error& e) {  // rank 0 names the problem; the others learn that a peer failed
+    refused = world_rank() == 0 && std::string(e.what()).find("mixture or shuffled run") != std::string::npos;
+  } catch (const parallel::PeerError&) {
+    refused = world_rank() != 0;
+  }
+  REQUIRE(all_ranks(refused));
+}
+
 TEST_CASE("DiLoCo: resume mid-round is bit-exact; every site's state is in the file", "[mpi][checkpoint][diloco]") {
   const int P = world_size();
   const int sites = P % 2 == 0 ? 2 : 1;

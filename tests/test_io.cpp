@@ -1,4 +1,5 @@
 // Token files, the data loader, the byte tokenizer, data preparation and llm.c checkpoints.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -8,6 +9,8 @@
 #include "catch.hpp"
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/data_loader.hpp"
+#include "tapestry/io/data_prepare.hpp"
+#include "tapestry/io/token_dataset.hpp"
 #include "tapestry/io/llmc_checkpoint.hpp"
 #include "tapestry/io/safetensors.hpp"
 #include "tapestry/io/token_file.hpp"
@@ -19,6 +22,15 @@ using namespace tapestry::io;
 namespace fs = std::filesystem;
 
 namespace {
+std::vector<DataSource> one(const std::string& path) { return {DataSource{1.0, path}}; }
+DataLoader::Options opts(int B, int T, std::uint64_t vocab, int shard = 0, int shards = 1, int micro = 1,
+                         bool shuffle = false) {
+  DataLoader::Options o;
+  o.batch_size = B, o.seq_len = T, o.vocab_size = vocab, o.shard = shard, o.num_shards = shards, o.micro_batches = micro;
+  o.shuffle = shuffle;
+  return o;
+}
+
 /// A fresh directory per test case, removed at the end.
 struct TempDir {
   fs::path path;
@@ -82,7 +94,7 @@ TEST_CASE("the data loader is deterministic, wraps, and resumes from a saved pos
   const int B = 2, T = 3;
   const auto toks = iota_tokens(20, 17);  // 20 tokens: 3 batches of 6 (+1) fit
   write_token_file(d / "a.bin", toks);
-  DataLoader a({d / "a.bin"}, B, T, 17);
+  DataLoader a(one(d / "a.bin"), opts(B, T, 17));
   std::vector<int> in, tg;
   a.next_batch(in, tg);
   REQUIRE(in == std::vector<int>{0, 1, 2, 3, 4, 5});
@@ -96,14 +108,14 @@ TEST_CASE("the data loader is deterministic, wraps, and resumes from a saved pos
   a.next_batch(in, tg);
   REQUIRE(in == std::vector<int>{0, 1, 2, 3, 4, 5});
 
-  DataLoader b({d / "a.bin"}, B, T, 17);
+  DataLoader b(one(d / "a.bin"), opts(B, T, 17));
   b.set_position(saved);
   b.next_batch(in, tg);
   REQUIRE(in == second);
   REQUIRE_THROWS_AS(b.set_position({0, 19, 0}), Error);
 
   // Two shards of B=1 read, together, the rows one loader of B=2 reads, step after step.
-  DataLoader whole({d / "a.bin"}, 2, T, 17), s0({d / "a.bin"}, 1, T, 17, 0, 2), s1({d / "a.bin"}, 1, T, 17, 1, 2);
+  DataLoader whole(one(d / "a.bin"), opts(2, T, 17)), s0(one(d / "a.bin"), opts(1, T, 17, 0, 2)), s1(one(d / "a.bin"), opts(1, T, 17, 1, 2));
   std::vector<int> i0, t0, i1, t1;
   for (int step = 0; step < 5; ++step) {
     whole.next_batch(in, tg);
@@ -122,9 +134,9 @@ TEST_CASE("every split of a global batch reads the same rows and wraps at the sa
   const int T = 3;
   write_token_file(d / "a.bin", iota_tokens(60, 61));  // 60 tokens: 2 global batches of 4 x 3 (+1) per epoch... and a tail
   // One rank with 4 rows; one rank with 2 rows x 2 micro-batches; two ranks with 1 row x 2 micro-batches.
-  DataLoader whole({d / "a.bin"}, 4, T, 61);
-  DataLoader accum({d / "a.bin"}, 2, T, 61, 0, 1, 2);
-  DataLoader r0({d / "a.bin"}, 1, T, 61, 0, 2, 2), r1({d / "a.bin"}, 1, T, 61, 1, 2, 2);
+  DataLoader whole(one(d / "a.bin"), opts(4, T, 61));
+  DataLoader accum(one(d / "a.bin"), opts(2, T, 61, 0, 1, 2));
+  DataLoader r0(one(d / "a.bin"), opts(1, T, 61, 0, 2, 2)), r1(one(d / "a.bin"), opts(1, T, 61, 1, 2, 2));
   std::vector<int> in, tg, a, b, x, y;
   for (int step = 0; step < 12; ++step) {  // several epochs
     whole.next_batch(in, tg);
@@ -150,21 +162,129 @@ TEST_CASE("every split of a global batch reads the same rows and wraps at the sa
   REQUIRE(whole.position().epoch >= 2);
 }
 
+TEST_CASE("shuffled and mixed samples: each sample once per epoch, shares by weight, exact resume, any split", "[io][loader][mixture]") {
+  TempDir d("mixture");
+  const int T = 4;
+  // a: llm.c uint16, 101 tokens = 25 samples, token i at position i; b: Megatron int32 (vocab
+  // 100000), 41 tokens = 10 samples, token 70000 + i.
+  std::vector<std::uint16_t> a(101);
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = std::uint16_t(i);
+  write_token_file(d / "a.bin", a);
+  {
+    TokenDatasetWriter w(d / "b", TokenFormat::megatron, 100000);
+    std::vector<std::uint32_t> doc;
+    for (std::uint32_t i = 0; i < 41; ++i) doc.push_back(70000 + i);
+    w.add_document(doc.data(), 20);
+    w.add_document(doc.data() + 20, 21);
+    w.finish();
+  }
+  auto sample_of = [&](int first) { return first >= 70000 ? 1000 + (first - 70000) / T : first / T; };
+  std::vector<int> in, tg;
+  // One dataset, shuffled: every epoch visits each of its 25 samples once, in a new order.
+  DataLoader s(one(d / "a.bin"), opts(1, T, 100000, 0, 1, 1, true));
+  std::vector<int> order;
+  for (int i = 0; i < 75; ++i) {
+    s.next_batch(in, tg);
+    REQUIRE(tg[0] == in[0] + 1);  // targets are the inputs shifted by one
+    REQUIRE(in[0] % T == 0);
+    order.push_back(sample_of(in[0]));
+  }
+  for (int e = 0; e < 3; ++e) {
+    std::vector<int> ep(order.begin() + 25 * e, order.begin() + 25 * (e + 1));
+    std::vector<int> sorted = ep;
+    std::sort(sorted.begin(), sorted.end());
+    for (int k = 0; k < 25; ++k) REQUIRE(sorted[std::size_t(k)] == k);
+    int moved = 0;
+    for (int k = 0; k < 25; ++k) moved += ep[std::size_t(k)] != k;
+    REQUIRE(moved > 15);  // not the identity
+  }
+  REQUIRE(!std::equal(order.begin(), order.begin() + 25, order.begin() + 25));  // epochs differ
+  // A mixture 0.75 a 0.25 b: over 400 samples exactly 300 from a and 100 from b (Megatron's
+  // blending is exact at multiples of the weights' denominator), each dataset cycling its epochs.
+  const auto mix = parse_data_spec("3 " + (d / "a.bin") + " 1 " + (d / "b"));
+  REQUIRE(mix.size() == 2);
+  DataLoader m(mix, opts(2, T, 100000, 0, 1, 1, true));
+  int from_b = 0;
+  std::vector<int> seen_b;
+  for (int i = 0; i < 200; ++i) {
+    m.next_batch(in, tg);
+    for (int b = 0; b < 2; ++b)
+      if (in[std::size_t(b * T)] >= 70000) ++from_b, seen_b.push_back(sample_of(in[std::size_t(b * T)]));
+  }
+  REQUIRE(from_b == 100);
+  std::sort(seen_b.begin(), seen_b.end());
+  for (int k = 0; k < 10; ++k) REQUIRE(std::count(seen_b.begin(), seen_b.end(), 1000 + k) == 10);  // 10 epochs
+  REQUIRE_THAT(m.describe(), Catch::Matchers::Contains("mixture of 2: 0.750") && Catch::Matchers::Contains("megatron int32"));
+  // Resume: a loader set to a saved position reads what the uninterrupted one reads next.
+  DataLoader u(mix, opts(2, T, 100000, 0, 1, 2, true)), v(mix, opts(2, T, 100000, 0, 1, 2, true));
+  for (int i = 0; i < 14; ++i) u.next_batch(in, tg);  // 7 steps of 2 micro-batches
+  const auto saved = u.position();
+  REQUIRE(saved.file == -1);
+  REQUIRE(saved.offset == 28);
+  v.set_position(saved);
+  std::vector<int> in2, tg2;
+  for (int i = 0; i < 10; ++i) {
+    u.next_batch(in, tg);
+    v.next_batch(in2, tg2);
+    REQUIRE(in == in2);
+    REQUIRE(tg == tg2);
+  }
+  // A position from the other order is refused.
+  DataLoader seq(one(d / "a.bin"), opts(2, T, 100000));
+  REQUIRE_THROWS_WITH(seq.set_position(saved), Catch::Matchers::Contains("mixture or shuffled run"));
+  REQUIRE_THROWS_WITH(v.set_position({0, 0, 0}), Catch::Matchers::Contains("read one dataset in order"));
+  // Two data-parallel ranks with 2 micro-batches read, together, the rows one rank reads.
+  DataLoader whole(mix, opts(4, T, 100000, 0, 1, 1, true));
+  DataLoader r0(mix, opts(1, T, 100000, 0, 2, 2, true)), r1(mix, opts(1, T, 100000, 1, 2, 2, true));
+  for (int step = 0; step < 20; ++step) {
+    whole.next_batch(in, tg);
+    for (int mb = 0; mb < 2; ++mb) {
+      r0.next_batch(in2, tg2);
+      REQUIRE(std::equal(in2.begin(), in2.end(), in.begin() + (2 * mb) * T));
+      r1.next_batch(in2, tg2);
+      REQUIRE(std::equal(in2.begin(), in2.end(), in.begin() + (2 * mb + 1) * T));
+    }
+  }
+}
+
+TEST_CASE("data specs and mixtures reject bad weights and missing datasets", "[io][loader][bad-input]") {
+  TempDir d("mixbad");
+  write_token_file(d / "a.bin", iota_tokens(50, 40));
+  REQUIRE_THROWS_WITH(parse_data_spec(""), Catch::Matchers::Contains("no dataset given"));
+  REQUIRE_THROWS_WITH(parse_data_spec("0.5 A 0.5"), Catch::Matchers::Contains("neither one path nor pairs"));
+  REQUIRE_THROWS_WITH(parse_data_spec("0 A 1 B"), Catch::Matchers::Contains("weight of 'A' must be a positive number"));
+  REQUIRE_THROWS_WITH(parse_data_spec("-1 A 1 B"), Catch::Matchers::Contains("weight of 'A' must be a positive number"));
+  REQUIRE_THROWS_WITH(parse_data_spec("nan A 1 B"), Catch::Matchers::Contains("weight of 'A' must be a positive number"));
+  REQUIRE_THROWS_WITH(parse_data_spec("x A 1 B"), Catch::Matchers::Contains("'x' is not a weight"));
+  REQUIRE_THROWS_WITH(DataLoader(parse_data_spec("1 " + (d / "a.bin") + " 1 " + (d / "nope")), opts(1, 4, 40, 0, 1, 1, true)),
+                      Catch::Matchers::Contains("nope"));
+  REQUIRE_THROWS_WITH(DataLoader(one(d / "a.bin"), opts(1, 60, 40, 0, 1, 1, true)),
+                      Catch::Matchers::Contains("fewer than one sample"));
+}
+
 TEST_CASE("the data loader rejects token ids >= vocab_size and files too small for a batch", "[io][bad-input]") {
   TempDir d("loaderbad");
   write_token_file(d / "a.bin", iota_tokens(50, 40));
-  REQUIRE_THROWS_WITH(DataLoader({d / "a.bin"}, 2, 4, 39), Catch::Matchers::Contains("token id 39 at position 39 is >= vocab_size 39"));
-  REQUIRE_THROWS_WITH(DataLoader({d / "a.bin"}, 7, 8, 40), Catch::Matchers::Contains("holds 50 tokens, fewer than one global batch: batch_size*seq_len*dp*grad_accum+1 = 57"));
+  // An id >= vocab_size is found when its row is read (nothing reads a whole dataset): recorded,
+  // replaced by 0, and left to the trainer to stop every rank at the step's vote.
+  DataLoader bad(one(d / "a.bin"), opts(2, 4, 39));
+  std::vector<int> in, tg;
+  for (int step = 0; step < 4; ++step) bad.next_batch(in, tg);
+  REQUIRE(bad.error().empty());
+  bad.next_batch(in, tg);  // tokens 32..40
+  REQUIRE_THAT(bad.error(), Catch::Matchers::Contains("token id 39 at position 39 is >= vocab_size 39"));
+  REQUIRE(tg[6] == 0);
+  REQUIRE_THROWS_WITH(DataLoader(one(d / "a.bin"), opts(7, 8, 40)), Catch::Matchers::Contains("holds 50 tokens, fewer than one global batch: batch_size*seq_len*dp*grad_accum+1 = 57"));
 }
 
 TEST_CASE("byte tokenizer and data prepare", "[io][tokenizer]") {
   TempDir d("prepare");
   const std::string text = std::string("hello, w\xc3\xb6rld\n\0x", 16) + std::string(90, 'z');
-  ByteTokenizer tok;
-  const auto ids = tok.encode(text);
+  const auto tok = make_byte_tokenizer();
+  const auto ids = tok->encode(text);
   REQUIRE(ids.size() == text.size());
   REQUIRE(ids[9] == 0xb6);
-  REQUIRE(tok.decode(ids) == text);
+  REQUIRE(tok->decode(ids) == text);
   spit(d / "in.txt", text);
   PrepareConfig cfg;
   cfg.inputs = {d / "in.txt", d / "in.txt"};
@@ -174,9 +294,9 @@ TEST_CASE("byte tokenizer and data prepare", "[io][tokenizer]") {
   REQUIRE(r.train_tokens + r.val_tokens == 2 * text.size());
   REQUIRE(r.val_tokens == std::size_t(0.25 * double(2 * text.size())));
   const auto tr = read_token_file(r.train_path), va = read_token_file(r.val_path);
-  std::vector<std::uint16_t> all(tr);
+  std::vector<std::uint32_t> all(tr.begin(), tr.end());
   all.insert(all.end(), va.begin(), va.end());
-  REQUIRE(tok.decode(all) == text + text);
+  REQUIRE(tok->decode(all) == text + text);
   cfg.inputs = {d / "nope.txt"};
   REQUIRE_THROWS_WITH(prepare_data(cfg), Catch::Matchers::Contains("cannot open input"));
 }

@@ -321,7 +321,8 @@ namespace {
 /// Causal multi-head attention, straight from the definition. C = NH hs is the width of out; qkv rows
 /// are [q: NH hs | k: KV hs | v: KV hs] with KV = n_kv_head (0: NH), query head h reading kv head
 /// h / (NH / KV) (grouped-query attention).
-V naive_attention(const V& qkv, int B, int T, int C, int NH, int KV = 0) {
+/// With doc_pos (B*T positions in each token's document), a query sees only its own document's keys.
+V naive_attention(const V& qkv, int B, int T, int C, int NH, int KV = 0, const std::vector<int>& doc_pos = {}) {
   if (KV == 0) KV = NH;
   const int hs = C / NH, W = C + 2 * KV * hs, group = NH / KV;
   V out(std::size_t(B) * T * C, 0.0);
@@ -332,14 +333,19 @@ V naive_attention(const V& qkv, int B, int T, int C, int NH, int KV = 0) {
         const int k_col = C + (h / group) * hs, v_col = C + KV * hs + (h / group) * hs;
         V s(std::size_t(t) + 1);
         double mx = -1e300;
+        const int lo = doc_pos.empty() ? 0 : t - doc_pos[std::size_t(b * T + t)];
         for (int t2 = 0; t2 <= t; ++t2) {
+          if (t2 < lo) {
+            s[std::size_t(t2)] = -1e300;
+            continue;
+          }
           double d = 0;
           for (int j = 0; j < hs; ++j) d += at(b, t, h * hs + j) * at(b, t2, k_col + j);
           s[std::size_t(t2)] = d / std::sqrt(double(hs));
           mx = std::max(mx, s[std::size_t(t2)]);
         }
         double z = 0;
-        for (auto& v : s) z += (v = std::exp(v - mx));
+        for (auto& v : s) z += (v = v == -1e300 ? 0.0 : std::exp(v - mx));
         for (int j = 0; j < hs; ++j) {
           double o = 0;
           for (int t2 = 0; t2 <= t; ++t2) o += s[std::size_t(t2)] / z * at(b, t2, v_col + j);
@@ -466,6 +472,52 @@ TEST_CASE("grouped-query tiled attention matches the naive reference and finite 
   View3<double> vqkv("qkv", 1, 3, C + 2 * 4 * hs), vout("out", 1, 3, C), lse("lse", 1, NH, 3);
   REQUIRE_THROWS_AS(attention_tiled_forward<double>(ex, vout, lse, vqkv, NH, 4), std::invalid_argument);
   REQUIRE_THROWS_AS(attention_tiled_forward<double>(ex, vout, lse, vqkv, NH, 2), std::invalid_argument);
+}
+
+TEST_CASE("document-masked attention (matrix and tiled) matches the naive reference and finite differences", "[kernels][attention][docmask]") {
+  ExecSpace ex;
+  Blas blas;
+  const int NH = 4, hs = 3, C = NH * hs;
+  // T = 37: a document boundary inside a key tile and documents spanning two tiles; row 0 is one
+  // whole document, row 1 has documents of lengths 5, 1, 20 and 11 (position 0 at each start).
+  for (const int T : {9, 37})
+    for (const int KV : {4, 2}) {
+      CAPTURE(T, KV);
+      const int B = 2, W = C + 2 * KV * hs;
+      std::vector<int> pos(std::size_t(B) * T);
+      const int starts[] = {0, 5, 6, 26};
+      for (int t = 0; t < T; ++t) {
+        pos[std::size_t(t)] = t;
+        int s0 = 0;
+        for (int st : starts)
+          if (st <= t) s0 = st;
+        pos[std::size_t(T + t)] = t - s0;
+      }
+      Kokkos::View<int*, Layout, MemSpace> vpos("pos", pos.size());
+      auto hpos = Kokkos::create_mirror_view(vpos);
+      for (std::size_t i = 0; i < pos.size(); ++i) hpos(i) = pos[i];
+      Kokkos::deep_copy(vpos, hpos);
+      const V qkv = randn(std::size_t(B) * T * W, 33);
+      const V wout = randn(std::size_t(B) * T * C, 34);
+      const V ref = naive_attention(qkv, B, T, C, NH, KV, pos);
+      // the mask changes the result (documents after the first do not see earlier ones)
+      REQUIRE(max_rel_err(ref, naive_attention(qkv, B, T, C, NH, KV)) > 1e-3);
+      View3<double> vqkv("qkv", B, T, W), vout("out", B, T, C), tout("tout", B, T, C), lse("lse", B, NH, T);
+      View4<double> att("att", B, NH, T, T), scratch("scratch", B, NH, T, T);
+      from_vec(vqkv, qkv);
+      attention_forward(blas, vout, att, vqkv, NH, KV, vpos);
+      REQUIRE(max_rel_err(to_vec(vout), ref) < 1e-12);
+      attention_tiled_forward<double>(ex, tout, lse, vqkv, NH, KV, vpos);
+      REQUIRE(max_rel_err(to_vec(tout), ref) < 1e-12);
+      View3<double> gqkv("gqkv", B, T, W), tgqkv("tgqkv", B, T, W), gout("gout", B, T, C);
+      from_vec(gout, wout);
+      attention_backward(blas, gqkv, scratch, gout, vqkv, att, NH, KV);
+      attention_tiled_backward<double>(ex, tgqkv, gout, vqkv, tout, lse, NH, KV, vpos);
+      auto J = [&](const V& x) { return dot(naive_attention(x, B, T, C, NH, KV, pos), wout); };
+      const V fd = finite_diff(qkv, J);
+      REQUIRE(max_rel_err(to_vec(gqkv), fd) < kGradTol);
+      REQUIRE(max_rel_err(to_vec(tgqkv), fd) < kGradTol);
+    }
 }
 
 // ---------------------------------------------------------------- gelu, residual
@@ -762,6 +814,7 @@ TEST_CASE("vocabulary-parallel cross-entropy equals the whole-row one, padding m
     for (int v = Vr; v < Vp; ++v) logits[std::size_t(n * Vp + v)] = 50.0;
   std::vector<int> tg(static_cast<std::size_t>(N));
   for (int n = 0; n < N; ++n) tg[std::size_t(n)] = (4 * n + 2) % Vr;
+  tg[1] = -1;  // an ignored row (document masking): loss 0, no gradient, on every shard
   Kokkos::View<int*, Layout, MemSpace> vt("targets", N);
   from_vec(vt, tg);
   View2<double> vl("logits", N, Vp), probs("probs", N, Vp);
@@ -785,7 +838,7 @@ TEST_CASE("vocabulary-parallel cross-entropy equals the whole-row one, padding m
     }
     for (int r = 0; r < R; ++r) {
       View1<double> l("l", N);
-      xent_shard_finish<double>(ex, shard[std::size_t(r)], l, shard[std::size_t(r)], all, Vr, r * Vl);
+      xent_shard_finish<double>(ex, shard[std::size_t(r)], l, shard[std::size_t(r)], all, vt, Vr, r * Vl);
       REQUIRE(max_rel_err(to_vec(l), want_loss) < 1e-13);
       softmax_xent_backward<double>(ex, shard[std::size_t(r)], shard[std::size_t(r)], vt, 0.37, Vr, r * Vl);
       const V g = to_vec(shard[std::size_t(r)]);
@@ -807,6 +860,7 @@ TEST_CASE("softmax cross-entropy ignores padded columns and its backward matches
       for (int v = Vr; v < Vp; ++v) logits[std::size_t(n * Vp + v)] = 50.0;  // padding would win if counted
     std::vector<int> tg(static_cast<std::size_t>(N));
     for (int n = 0; n < N; ++n) tg[std::size_t(n)] = (3 * n + 1) % Vr;
+    if (N > 1) tg[1] = -1;  // ignored row: loss 0 and no gradient
     const double dloss = 0.37;
     auto losses_of = [&](const V& lg) {
       V l(static_cast<std::size_t>(N));
@@ -814,7 +868,7 @@ TEST_CASE("softmax cross-entropy ignores padded columns and its backward matches
         double mx = -1e300, z = 0;
         for (int v = 0; v < Vr; ++v) mx = std::max(mx, lg[std::size_t(n * Vp + v)]);
         for (int v = 0; v < Vr; ++v) z += std::exp(lg[std::size_t(n * Vp + v)] - mx);
-        l[std::size_t(n)] = -(lg[std::size_t(n * Vp + tg[std::size_t(n)])] - mx - std::log(z));
+        l[std::size_t(n)] = tg[std::size_t(n)] < 0 ? 0.0 : -(lg[std::size_t(n * Vp + tg[std::size_t(n)])] - mx - std::log(z));
       }
       return l;
     };

@@ -11,7 +11,7 @@
 #include "tapestry/io/data_loader.hpp"
 #include "tapestry/io/llmc_checkpoint.hpp"
 #include "tapestry/io/token_file.hpp"
-#include "tapestry/io/tokenizer.hpp"
+#include "tapestry/io/data_prepare.hpp"
 #include "tapestry/kernels/blas.hpp"
 #include "tapestry/model/gpt.hpp"
 #include "tapestry/model/memory.hpp"
@@ -78,11 +78,14 @@ ModelConfig tiny_spec(const std::string& which) {
   m.rope_scaling = "llama3", m.rope_original_context = 4, m.rope_factor = 4;  // every band at head_dim 4
   if (which == "xielu") m.mlp = "xielu";
   if (which == "mqa") m.n_kv_head = 1, m.norm = "layernorm", m.qk_norm = false, m.mlp = "gelu", m.rope_scaling = "none";
+  // Document masking with RoPE restarting and the token after an end-of-document not predicted;
+  // token 6 is at position 2 of the first row of the [grad] test's inputs.
+  if (which == "docmask") m.doc_mask = true, m.eod_token = 6, m.eod_mask_loss = true;
   return m;
 }
 
 TEST_CASE("the whole model's gradient matches finite differences (float, sampled parameters)", "[model][grad]") {
-  const std::string which = GENERATE(as<std::string>{}, "gpt2", "llama", "xielu", "mqa");
+  const std::string which = GENERATE(as<std::string>{}, "gpt2", "llama", "xielu", "mqa", "docmask");
   CAPTURE(which);
   const ModelConfig spec = tiny_spec(which);
   const int B = 2, T = 5;
@@ -134,6 +137,63 @@ TEST_CASE("the whole model's gradient matches finite differences (float, sampled
   }
   REQUIRE(checked == 4 * int(gpt.tensors().size()));
   REQUIRE(gpt.tensors().size() == (which == "gpt2" ? 16u : which == "mqa" ? 9u : which == "xielu" ? 12u : 11u));
+}
+
+TEST_CASE("document masking: a packed sequence's documents see what they would see trained apart", "[model][docmask]") {
+  // Row 0 packs document A (5 tokens), the end-of-document token 6, and document B; row 1 is B
+  // alone at the start of a row, then other tokens. With doc_mask, every position of B in row 0
+  // has the logits of the same position of B in row 1 (RoPE restarts, no attention to A); without
+  // it they differ. Both attention kernels.
+  const int B = 2, T = 12, V = 11, eod = 6;
+  const std::vector<int> A = {3, 10, 2, 9, 5}, Bdoc = {1, 8, 4, 0, 7, 2};
+  std::vector<int> in(std::size_t(B * T)), tg(std::size_t(B * T));
+  for (std::size_t i = 0; i < A.size(); ++i) in[i] = A[i];
+  in[A.size()] = eod;
+  for (std::size_t i = 0; i < Bdoc.size(); ++i) in[A.size() + 1 + i] = Bdoc[i], in[std::size_t(T) + i] = Bdoc[i];
+  for (std::size_t i = Bdoc.size(); i < std::size_t(T); ++i) in[std::size_t(T) + i] = int(i % 5);
+  for (std::size_t i = 0; i < in.size(); ++i) tg[i] = in[(i + 1) % in.size()];
+  const std::size_t off = A.size() + 1;
+  for (const std::string attention : {"matrix", "tiled"}) {
+    CAPTURE(attention);
+    ModelConfig m = tiny_spec("llama");
+    m.max_seq_len = T;
+    model::GptOptions o;
+    o.tiled_attention = attention == "tiled";
+    model::GPT plain(m, B, T, 1, o);
+    m.doc_mask = true, m.eod_token = eod;
+    model::GPT masked(m, B, T, 1, o);
+    plain.init_random(3);
+    masked.load_params(plain.params_to_host());
+    kernels::Blas blas;
+    const double lp = plain.forward(blas, in, tg);
+    const auto a = plain.logits(blas);
+    const double lm = masked.forward(blas, in, tg);
+    const auto b = masked.logits(blas);
+    REQUIRE(std::isfinite(lp));
+    REQUIRE(std::isfinite(lm));
+    double worst = 0, unmasked = 0;
+    for (std::size_t t = 0; t < Bdoc.size(); ++t)
+      for (int v = 0; v < V; ++v) {
+        const float packed = b[(off + t) * V + std::size_t(v)], alone = b[(std::size_t(T) + t) * V + std::size_t(v)];
+        REQUIRE(std::isfinite(packed));
+        worst = std::max(worst, double(std::abs(packed - alone)));
+        unmasked = std::max(unmasked, double(std::abs(a[(off + t) * V + std::size_t(v)] - alone)));
+      }
+    REQUIRE(worst < 1e-5);
+    REQUIRE(unmasked > 1e-3);  // without the mask, B sees A
+    // Document A, at the start of row 0, is unchanged by the mask.
+    for (std::size_t i = 0; i <= A.size() * V; ++i) REQUIRE(std::abs(a[i] - b[i]) < 1e-6);
+    // eod_mask_loss drops exactly one term: the prediction from the end-of-document token.
+    m.eod_mask_loss = true;
+    model::GPT skip(m, B, T, 1, o);
+    skip.load_params(plain.params_to_host());
+    const double ls = skip.forward(blas, in, tg);
+    double mx = -1e30, z = 0;
+    for (int v = 0; v < V; ++v) mx = std::max(mx, double(b[A.size() * V + std::size_t(v)]));
+    for (int v = 0; v < V; ++v) z += std::exp(double(b[A.size() * V + std::size_t(v)]) - mx);
+    const double term = mx + std::log(z) - double(b[A.size() * V + std::size_t(tg[A.size()])]);
+    REQUIRE(std::abs(ls * B * T - (lm * B * T - term)) < 1e-4);
+  }
 }
 
 namespace {
@@ -255,7 +315,9 @@ TEST_CASE("an exported llm.c checkpoint restarts with the same loss", "[train][l
   model::GPT gpt(io::read_llmc_header(ckpt), b.batch_size, b.seq_len);
   gpt.load_params(io::read_llmc_params(ckpt, std::size_t(gpt.config().num_parameters())));
   kernels::Blas blas;
-  io::DataLoader loader({corpus().train}, b.batch_size, b.seq_len, 256);
+  io::DataLoader::Options lo;
+  lo.batch_size = b.batch_size, lo.seq_len = b.seq_len, lo.vocab_size = 256;
+  io::DataLoader loader({io::DataSource{1.0, corpus().train}}, lo);
   std::vector<int> in, tg;
   loader.next_batch(in, tg);
   REQUIRE(rb.steps[0].loss == gpt.forward(blas, in, tg));

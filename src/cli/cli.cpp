@@ -31,6 +31,15 @@ void add_model_options(CLI::App* app, ModelConfig& m) {
     std::replace(flag.begin(), flag.end(), '_', '-');
     app->add_option(flag, field, help)->capture_default_str()->group("Model");
   });
+  app->add_option("--doc-mask", m.doc_mask,
+                  "Document masking: attention stays inside each document of a packed sequence and RoPE positions "
+                  "restart at each (true/false; needs --eod-token)")
+      ->capture_default_str()->group("Model");
+  app->add_option("--eod-token", m.eod_token, "End-of-document token id (the EOS that data prepare appends); -1: none")
+      ->capture_default_str()->group("Model");
+  app->add_option("--eod-mask-loss", m.eod_mask_loss,
+                  "The token after an end-of-document is not predicted: no loss, no gradient (true/false)")
+      ->capture_default_str()->group("Model");
   app->add_option("--model", "Model preset: a name from inputs/models/ (gpt2-124m, llama3-8b, llama3-70b, apertus-8b, "
                   "apertus-70b, tiny-llama) or a TOML file of model keys; the command line and -c override it")
       ->group("Model");
@@ -121,8 +130,15 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
                 "Sequences per optimizer step over all ranks; sets grad-accum = global / (batch-size * dp)")
       ->capture_default_str()->group("Training");
 
-  t->add_option("--train-data", c.train_data, "Training token file (llm.c format)")->group("Files");
-  t->add_option("--val-data", c.val_data, "Validation token file")->group("Files");
+  t->add_option("--train-data", c.train_data,
+                 "Training data: a token dataset (llm.c file, or Megatron .bin/.idx by prefix), or a weighted mixture "
+                 "\"0.7 A 0.3 B\"")
+      ->group("Files");
+  t->add_option("--val-data", c.val_data, "Validation data (same forms; read in order)")->group("Files");
+  t->add_option("--shuffle", c.shuffle,
+                "Read seq-len+1 token samples in a seeded random order per epoch (--seed); a mixture reads samples "
+                "in order without it (true/false)")
+      ->capture_default_str()->group("Files");
   t->add_option("--init-from", c.init_from,
                 "Start from weights: a Hugging Face model directory (config.json + safetensors; its config sets the "
                 "model) or a .safetensors file (for this run's model), or an llm.c GPT-2 checkpoint (fp32, version 3)")
@@ -189,11 +205,45 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
 
   auto* data = app.add_subcommand("data", "Prepare token files");
   data->require_subcommand(1);
-  auto* prep = data->add_subcommand("prepare", "Byte-tokenize text files into <name>_train.bin and <name>_val.bin");
-  prep->add_option("inputs", inv.prepare.inputs, "Text files, concatenated in order")->required();
-  prep->add_option("--output-dir,-o", inv.prepare.output_dir, "Where to write")->capture_default_str();
-  prep->add_option("--name", inv.prepare.name, "Prefix of the output files")->capture_default_str();
-  prep->add_option("--val-fraction", inv.prepare.val_fraction, "Tail of the corpus held out")->capture_default_str();
+  auto& prc = inv.prepare;
+  auto* prep = data->add_subcommand(
+      "prepare", "Tokenize text files (plain text, or .jsonl with a text field) into <name>_train and <name>_val "
+                 "datasets; under mpirun the ranks share the work");
+  prep->add_option("inputs", prc.inputs, "Text or .jsonl files, in order; each file starts a document")->required();
+  prep->add_option("--output-dir,-o", prc.output_dir, "Where to write")->capture_default_str();
+  prep->add_option("--name", prc.name, "Prefix of the output files")->capture_default_str();
+  prep->add_option("--val-fraction", prc.val_fraction, "Tail of the corpus (by bytes, whole documents) held out")
+      ->capture_default_str();
+  prep->add_option("--tokenizer", prc.tokenizer,
+                   "byte; a Hugging Face tokenizer.json (or the model folder holding it); a SentencePiece .model")
+      ->capture_default_str();
+  prep->add_option("--format", prc.format,
+                   "llmc (<name>_train.bin: llm.c's token file, uint16 or uint32 ids) or megatron (<name>_train.bin + "
+                   ".idx: Megatron's indexed dataset, with document boundaries)")
+      ->capture_default_str();
+  prep->add_option("--doc-separator", prc.doc_separator,
+                   "Plain text: the string between documents, with \\n escapes (\"\\n\\n\": blank lines); "
+                   "default: each file is one document");
+  prep->add_option("--text-key", prc.text_key, "The field of each JSON line that holds the text")->capture_default_str();
+  prep->add_option("--add-bos", prc.add_bos, "Put the tokenizer's BOS before each document (where it has one)")
+      ->capture_default_str();
+  prep->add_option("--add-eos", prc.add_eos, "Put the tokenizer's EOS after each document (where it has one)")
+      ->capture_default_str();
+  prep->add_option("--threads", prc.threads, "Tokenizing threads per rank")->capture_default_str();
+
+  auto& tt = inv.train_tokenizer;
+  auto* ttok = data->add_subcommand("train-tokenizer",
+                                    "Build a SentencePiece tokenizer (<prefix>.model, .vocab) from text files");
+  ttok->add_option("inputs", tt.inputs, "Text files, one sentence or paragraph per line")->required();
+  ttok->add_option("--output,-o", tt.output_prefix, "Prefix of the model files")->capture_default_str();
+  ttok->add_option("--vocab-size", tt.vocab_size, "Vocabulary size")->capture_default_str();
+  ttok->add_option("--model-type", tt.model_type, "unigram or bpe")->capture_default_str();
+  ttok->add_option("--character-coverage", tt.character_coverage,
+                   "Share of characters the vocabulary covers (1.0 for small alphabets)")
+      ->capture_default_str();
+  ttok->add_option("--byte-fallback", tt.byte_fallback, "Unknown characters become byte tokens, never <unk>")
+      ->capture_default_str();
+  ttok->add_option("--max-sentences", tt.max_sentences, "Sample this many lines (0: all)")->capture_default_str();
 
   auto* bench = app.add_subcommand("bench", "Benchmarks for qualifying a machine");
   bench->require_subcommand(1);
@@ -318,6 +368,7 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   }
   if (train->parsed()) inv.command = Command::train;
   else if (prep->parsed()) inv.command = Command::data_prepare;
+  else if (ttok->parsed()) inv.command = Command::data_train_tokenizer;
   else if (step->parsed()) inv.command = Command::bench_step;
   else if (gemm->parsed()) inv.command = Command::bench_gemm;
   else if (ar->parsed()) inv.command = Command::bench_allreduce;

@@ -103,6 +103,9 @@ void validate(const ModelConfig& m) {
                                        m.rope_high_freq_factor > m.rope_low_freq_factor && m.rope_original_context >= 1),
           "rope_scaling llama3 needs rope_factor >= 1, 0 < rope_low_freq_factor < rope_high_freq_factor and "
           "rope_original_context >= 1");
+  require(!(m.doc_mask || m.eod_mask_loss) || (m.eod_token >= 0 && m.eod_token < m.vocab_size),
+          "--doc-mask and --eod-mask-loss need --eod-token, the end-of-document id, in [0, vocab_size) (got " +
+              std::to_string(m.eod_token) + ")");
 }
 
 void validate(const OptimConfig& o) {

@@ -1,60 +1,93 @@
+// The byte tokenizer, load_tokenizer's dispatch by file, and SentencePiece training.
 #include "tapestry/io/tokenizer.hpp"
 
+#include <sentencepiece_trainer.h>
+
 #include <filesystem>
-#include <fstream>
-#include <iterator>
+#include <sstream>
+#include <unordered_map>
 
 #include "tapestry/core/error.hpp"
-#include "tapestry/io/token_file.hpp"
 
 namespace tapestry::io {
+namespace {
 
-std::vector<std::uint16_t> ByteTokenizer::encode(const std::string& text) const {
-  std::vector<std::uint16_t> out(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) out[i] = static_cast<unsigned char>(text[i]);
-  return out;
+class ByteTokenizer final : public Tokenizer {
+ public:
+  std::vector<std::uint32_t> encode(std::string_view text) const override {
+    std::vector<std::uint32_t> out(text.size());
+    for (std::size_t i = 0; i < text.size(); ++i) out[i] = static_cast<unsigned char>(text[i]);
+    return out;
+  }
+  std::string decode(const std::vector<std::uint32_t>& ids) const override {
+    std::string s(ids.size(), '\0');
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      require(ids[i] < 256, "byte tokenizer cannot decode token id " + std::to_string(ids[i]));
+      s[i] = static_cast<char>(ids[i]);
+    }
+    return s;
+  }
+  std::uint32_t vocab_size() const override { return 256; }
+  std::int64_t bos_id() const override { return -1; }
+  std::int64_t eos_id() const override { return -1; }
+  std::string describe() const override { return "byte tokenizer (256 ids, bos none, eos none)"; }
+};
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::string ByteTokenizer::decode(const std::vector<std::uint16_t>& tokens) const {
-  std::string s(tokens.size(), '\0');
-  for (std::size_t i = 0; i < tokens.size(); ++i) {
-    require(tokens[i] < kVocabSize, "byte tokenizer cannot decode token " + std::to_string(tokens[i]));
-    s[i] = static_cast<char>(tokens[i]);
-  }
-  return s;
-}
+}  // namespace
 
-PrepareResult prepare_data(const PrepareConfig& cfg) {
-  require(!cfg.inputs.empty(), "data prepare: no input text files given");
-  require(cfg.val_fraction >= 0 && cfg.val_fraction < 1,
-          "data prepare: val_fraction must be in [0, 1)");
-  std::string text;
-  for (const auto& path : cfg.inputs) {
-    std::ifstream f(path, std::ios::binary);
-    require(bool(f), "data prepare: cannot open input '" + path + "'");
-    text.append(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-  }
-  require(!text.empty(), "data prepare: the inputs are empty");
-  const auto tokens = ByteTokenizer{}.encode(text);
-  const std::size_t n_val = std::size_t(double(tokens.size()) * cfg.val_fraction);
-  const std::size_t n_train = tokens.size() - n_val;
-  require(cfg.val_fraction == 0 || n_val > 0, "data prepare: corpus too small for a validation split");
+std::unique_ptr<Tokenizer> make_byte_tokenizer() { return std::make_unique<ByteTokenizer>(); }
 
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
+  namespace fs = std::filesystem;
+  if (spec == "byte") return make_byte_tokenizer();
+  if (ends_with(spec, ".json")) return load_bpe_tokenizer(spec);
   std::error_code ec;
-  std::filesystem::create_directories(cfg.output_dir, ec);
-  require(!ec, "data prepare: cannot create '" + cfg.output_dir + "': " + ec.message());
-  PrepareResult r;
-  r.train_path = (std::filesystem::path(cfg.output_dir) / (cfg.name + "_train.bin")).string();
-  r.val_path = (std::filesystem::path(cfg.output_dir) / (cfg.name + "_val.bin")).string();
-  write_token_file(r.train_path, std::vector<std::uint16_t>(tokens.begin(), tokens.begin() + std::ptrdiff_t(n_train)));
-  r.train_tokens = n_train;
-  if (n_val > 0) {
-    write_token_file(r.val_path, std::vector<std::uint16_t>(tokens.begin() + std::ptrdiff_t(n_train), tokens.end()));
-    r.val_tokens = n_val;
-  } else {
-    r.val_path.clear();
+  if (fs::is_directory(spec, ec)) {
+    const fs::path json = fs::path(spec) / "tokenizer.json";
+    require(fs::is_regular_file(json, ec), "tokenizer folder '" + spec + "' holds no tokenizer.json");
+    return load_bpe_tokenizer(json.string());
   }
-  return r;
+  if (ends_with(spec, ".model")) return load_sentencepiece_tokenizer(spec);
+  throw Error("unknown tokenizer '" + spec +
+              "' (expected 'byte', a tokenizer.json, a folder holding one, or a SentencePiece .model)");
+}
+
+void train_tokenizer(const TokenizerTrainConfig& cfg) {
+  require(!cfg.inputs.empty(), "train-tokenizer: no input text files given");
+  require(cfg.model_type == "unigram" || cfg.model_type == "bpe",
+          "train-tokenizer: model type '" + cfg.model_type + "' is not unigram or bpe");
+  std::string inputs;
+  for (const auto& in : cfg.inputs) {
+    require(std::filesystem::is_regular_file(in), "train-tokenizer: cannot open input '" + in + "'");
+    inputs += (inputs.empty() ? "" : ",") + in;
+  }
+  std::ostringstream cov;
+  cov.precision(17);
+  cov << cfg.character_coverage;
+  std::unordered_map<std::string, std::string> args = {
+      {"input", inputs},
+      {"model_prefix", cfg.output_prefix},
+      {"model_type", cfg.model_type},
+      {"vocab_size", std::to_string(cfg.vocab_size)},
+      {"character_coverage", cov.str()},
+      {"byte_fallback", cfg.byte_fallback ? "true" : "false"},
+      // Lossless, as for Llama 2: no NFKC, whitespace kept as written (code, indentation).
+      {"normalization_rule_name", "identity"},
+      {"remove_extra_whitespaces", "false"},
+      {"allow_whitespace_only_pieces", "true"},
+      {"num_threads", "1"},
+      {"minloglevel", "2"},  // warnings and errors only; failures come back in the status
+  };
+  if (cfg.max_sentences > 0) {
+    args["input_sentence_size"] = std::to_string(cfg.max_sentences);
+    args["shuffle_input_sentence"] = "true";
+  }
+  const auto st = sentencepiece::SentencePieceTrainer::Train(args);
+  if (!st.ok()) throw Error("train-tokenizer: " + std::string(st.message()));
 }
 
 }  // namespace tapestry::io

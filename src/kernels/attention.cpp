@@ -27,7 +27,7 @@ template <class T> Shape shape_of(const In3<T>& qkv, int NH, int KV) {
 }  // namespace
 
 template <class T>
-void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv, int NH, int KV) {
+void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv, int NH, int KV, In1<int> doc_pos) {
   const auto s = shape_of<T>(qkv, NH, KV);
   const int Tn = s.T, W = s.W, hs = s.hs, g = s.g, C = NH * hs, nkv = s.KV;
   const T scale = T(1) / math::sqrt(T(hs));
@@ -39,14 +39,19 @@ void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv,
       blas.attention_gemm<T>(false, true, Tn, Tn, hs, scale, q + j * hs, W, long(g) * hs, q + C, W, hs, T(0),
                              att.data() + (long(b) * NH + j) * TT, Tn, long(g) * TT, nkv);
   }
-  // Causal softmax per query row; entries above the diagonal become exactly 0.
+  // Causal (or block-causal) softmax per query row over keys lo..t; every other entry becomes
+  // exactly 0.
+  if (doc_pos.extent(0) != 0 && doc_pos.extent(0) != std::size_t(s.B) * std::size_t(Tn))
+    throw std::invalid_argument("tapestry::attention: doc_pos is not (B*T)");
+  const bool masked = doc_pos.extent(0) != 0;
   Kokkos::parallel_for(
       "tapestry::attention_softmax_forward", detail::team_per_row(blas.exec(), s.B * NH * Tn),
       KOKKOS_LAMBDA(const detail::Member& m) {
         const int i = m.league_rank(), t = i % Tn, h = (i / Tn) % NH, b = i / (Tn * NH);
-        const T maxv = detail::team_max<T>(m, t + 1, T(-1e30), [&](int t2) { return att(b, h, t, t2); });
+        const int lo = masked ? t - doc_pos(b * Tn + t) : 0;
+        const T maxv = detail::team_max<T>(m, t + 1, T(-1e30), [&](int t2) { return t2 >= lo ? att(b, h, t, t2) : T(-1e30); });
         const T sum = detail::team_sum<T>(m, t + 1, [&](int t2) {
-          const T e = math::exp(att(b, h, t, t2) - maxv);
+          const T e = t2 >= lo ? math::exp(att(b, h, t, t2) - maxv) : T(0);
           att(b, h, t, t2) = e;
           return e;
         });
@@ -111,7 +116,7 @@ void attention_backward(const Blas& blas, View3<T> dqkv, View4<T> dpre, In3<T> d
 }
 
 #define TAPESTRY_INSTANTIATE(T)                                                                  \
-  template void attention_forward<T>(const Blas&, View3<T>, View4<T>, In3<T>, int, int);       \
+  template void attention_forward<T>(const Blas&, View3<T>, View4<T>, In3<T>, int, int, In1<int>); \
   template void attention_backward<T>(const Blas&, View3<T>, View4<T>, In3<T>, In3<T>, In4<T>, \
                                       int, int);
 TAPESTRY_INSTANTIATE(float)

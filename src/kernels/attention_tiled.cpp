@@ -48,13 +48,21 @@ KOKKOS_INLINE_FUNCTION void load_key_tile(const Member& tm, const In3<T>& qkv, i
     V(c, d) = qkv(b, k0 + c, C + kvC + g * hd + d);
   });
 }
+
+/// Whether doc_pos masks (not empty); throws when it is not (B*T).
+inline bool check_doc_pos(const In1<int>& doc_pos, int B, int Tn) {
+  if (doc_pos.extent(0) != 0 && doc_pos.extent(0) != std::size_t(B) * std::size_t(Tn))
+    throw std::invalid_argument("tapestry::attention_tiled: doc_pos is not (B*T)");
+  return doc_pos.extent(0) != 0;
+}
 }  // namespace
 
 template <class T>
 void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, In3<T> qkv, int n_head,
-                             int n_kv_head) {
+                             int n_kv_head, In1<int> doc_pos) {
   const Heads sh = heads_of(n_head, n_kv_head, out.extent(2), qkv.extent(2));
   const int B = int(qkv.extent(0)), Tn = int(qkv.extent(1)), NH = sh.NH, G = sh.g, hd = sh.hd, C = sh.C, kvC = sh.kvC;
+  const bool masked = check_doc_pos(doc_pos, B, Tn);
   const int tiles = (Tn + kTile - 1) / kTile;
   const T scale = T(1) / math::sqrt(T(hd));
   const std::size_t bytes = 4 * Tile<T>::shmem_size(kTile, hd) + 2 * Row<T>::shmem_size(kTile);
@@ -82,10 +90,11 @@ void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, 
           tm.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows), [&](int r) {
             const int qi = q0 + r, ncols = qi - k0 + 1 < cols ? qi - k0 + 1 : cols;  // causal
-            if (ncols <= 0) return;
+            const int lo = masked ? qi - doc_pos(b * Tn + qi) : 0, c0 = lo > k0 ? lo - k0 : 0;  // its document
+            if (ncols <= c0) return;
             T s[kTile];
             T mx = M(r);
-            for (int c = 0; c < ncols; ++c) {
+            for (int c = c0; c < ncols; ++c) {
               T acc = 0;
               for (int d = 0; d < hd; ++d) acc += Q(r, d) * K(c, d);
               s[c] = acc;
@@ -94,7 +103,7 @@ void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, 
             const T alpha = math::exp(M(r) - mx);
             T l = L(r) * alpha;
             for (int d = 0; d < hd; ++d) O(r, d) *= alpha;
-            for (int c = 0; c < ncols; ++c) {
+            for (int c = c0; c < ncols; ++c) {
               const T p = math::exp(s[c] - mx);
               l += p;
               for (int d = 0; d < hd; ++d) O(r, d) += p * V(c, d);
@@ -114,10 +123,11 @@ void attention_tiled_forward(const ExecSpace& exec, View3<T> out, View3<T> lse, 
 
 template <class T>
 void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout, In3<T> qkv, In3<T> out,
-                              In3<T> lse, int n_head, int n_kv_head) {
+                              In3<T> lse, int n_head, int n_kv_head, In1<int> doc_pos) {
   const Heads sh = heads_of(n_head, n_kv_head, dout.extent(2), qkv.extent(2));
   const int B = int(qkv.extent(0)), Tn = int(qkv.extent(1)), NH = sh.NH, KV = sh.KV, G = sh.g, hd = sh.hd, C = sh.C,
             kvC = sh.kvC;
+  const bool masked = check_doc_pos(doc_pos, B, Tn);
   const int tiles = (Tn + kTile - 1) / kTile;
   const T scale = T(1) / math::sqrt(T(hd));
   const std::size_t bytes = 6 * Tile<T>::shmem_size(kTile, hd) + 2 * Row<T>::shmem_size(kTile);
@@ -159,6 +169,7 @@ void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout,
             Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, cols), [&](int c) {  // this thread's key row
               for (int r = 0; r < rows; ++r) {
                 if (q0 + r < k0 + c) continue;  // causal
+                if (masked && k0 + c < q0 + r - doc_pos(b * Tn + q0 + r)) continue;  // another document
                 T sc = 0, dp = 0;
                 for (int d = 0; d < hd; ++d) sc += Q(r, d) * K(c, d), dp += dO(r, d) * V(c, d);
                 const T p = math::exp(sc * scale - LSE(r)), ds = p * (dp - D(r)) * scale;
@@ -192,7 +203,8 @@ void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout,
           load_key_tile<T>(tm, qkv, C, kvC, hd, b, h / G, k0, cols, K, V);
           tm.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, rows), [&](int r) {  // this thread's query row
-            for (int c = 0; c < cols && k0 + c <= q0 + r; ++c) {
+            const int lo = masked ? q0 + r - doc_pos(b * Tn + q0 + r) : 0;
+            for (int c = lo > k0 ? lo - k0 : 0; c < cols && k0 + c <= q0 + r; ++c) {
               T sc = 0, dp = 0;
               for (int d = 0; d < hd; ++d) sc += Q(r, d) * K(c, d), dp += dO(r, d) * V(c, d);
               const T p = math::exp(sc * scale - LSE(r)), ds = p * (dp - D(r)) * scale;
@@ -208,8 +220,9 @@ void attention_tiled_backward(const ExecSpace& exec, View3<T> dqkv, In3<T> dout,
 }
 
 #define TAPESTRY_INSTANTIATE(T)                                                                        \
-  template void attention_tiled_forward<T>(const ExecSpace&, View3<T>, View3<T>, In3<T>, int, int);   \
-  template void attention_tiled_backward<T>(const ExecSpace&, View3<T>, In3<T>, In3<T>, In3<T>, In3<T>, int, int);
+  template void attention_tiled_forward<T>(const ExecSpace&, View3<T>, View3<T>, In3<T>, int, int, In1<int>); \
+  template void attention_tiled_backward<T>(const ExecSpace&, View3<T>, In3<T>, In3<T>, In3<T>, In3<T>, int, int, \
+                                            In1<int>);
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)
 #undef TAPESTRY_INSTANTIATE

@@ -22,7 +22,7 @@ void softmax_xent_forward(const ExecSpace& exec, View2<T> probs, View1<T> losses
         m.team_barrier();  // the exponentials are in probs
         Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vp), [&](int v) { probs(n, v) = v < V ? probs(n, v) * inv : T(0); });
         m.team_barrier();
-        Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = -math::log(probs(n, targets(n))); });
+        Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = targets(n) < 0 ? T(0) : -math::log(probs(n, targets(n))); });
       });
 }
 
@@ -36,7 +36,7 @@ void softmax_xent_backward(const ExecSpace& exec, View2<T> dlogits, In2<T> probs
       "tapestry::softmax_xent_backward", Kokkos::RangePolicy<ExecSpace>(exec, 0, std::size_t(N) * Vp),
       KOKKOS_LAMBDA(std::size_t i) {  // flat: consecutive threads, consecutive columns
         const int n = int(i / std::size_t(Vp)), v = int(i % std::size_t(Vp));
-        const T p = v < Vr ? probs(n, v) : T(0);
+        const T p = v < Vr && targets(n) >= 0 ? probs(n, v) : T(0);  // an ignored row: no gradient
         dlogits(n, v) = d * (p - (v + vocab_begin == targets(n) ? T(1) : T(0)));
       });
 }
@@ -62,7 +62,7 @@ void xent_shard_stats(const ExecSpace& exec, View2<T> stats, In2<T> logits, In1<
 
 template <class T>
 void xent_shard_finish(const ExecSpace& exec, View2<T> probs, View1<T> losses, In2<T> logits,
-                       In3<T> all_stats, int V, int vocab_begin) {
+                       In3<T> all_stats, In1<int> targets, int V, int vocab_begin) {
   const int N = int(logits.extent(0)), Vl = int(logits.extent(1)), R = int(all_stats.extent(0));
   const int Vr = V - vocab_begin < Vl ? V - vocab_begin : Vl;
   Kokkos::parallel_for(
@@ -78,7 +78,7 @@ void xent_shard_finish(const ExecSpace& exec, View2<T> probs, View1<T> losses, I
         const T lse = M + math::log(S);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vl),
                              [&](int v) { probs(n, v) = v < Vr ? math::exp(logits(n, v) - lse) : T(0); });
-        Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = lse - target; });
+        Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = targets(n) < 0 ? T(0) : lse - target; });
       });
 }
 
@@ -88,7 +88,7 @@ void xent_shard_finish(const ExecSpace& exec, View2<T> probs, View1<T> losses, I
   template void softmax_xent_backward<T>(const ExecSpace&, View2<T>, In2<T>, In1<int>, double,  \
                                          int, int);                                               \
   template void xent_shard_stats<T>(const ExecSpace&, View2<T>, In2<T>, In1<int>, int, int);     \
-  template void xent_shard_finish<T>(const ExecSpace&, View2<T>, View1<T>, In2<T>, In3<T>, int, int);
+  template void xent_shard_finish<T>(const ExecSpace&, View2<T>, View1<T>, In2<T>, In3<T>, In1<int>, int, int);
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)
 #undef TAPESTRY_INSTANTIATE

@@ -314,8 +314,9 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   datty_ = View2<float>("tapestry::datty", N, Cl);
   if (!tiled_) datt_ = View4<float>("tapestry::datt", B, NHl, T, T);
   if (k > 1 && stage_.head) xent_stats_ = View3<float>("tapestry::xent_stats", k, N, 3);
+  if (cfg_.doc_mask) doc_pos_ = decltype(doc_pos_)("tapestry::document_positions", N);
   if (cfg_.positions == "rope") {
-    pos_ = decltype(pos_)("tapestry::positions", N);
+    pos_ = cfg_.doc_mask ? doc_pos_ : decltype(pos_)("tapestry::positions", N);  // restart at each document
     fill_positions(pos_, T);
     kernels::RopeScaling sc;
     sc.llama3 = cfg_.rope_scaling == "llama3";
@@ -435,7 +436,7 @@ std::size_t GPT::activation_bytes() const {
          a.ln2_mean.span() + a.ln2_rstd.span() + a.q_rstd.span() + a.k_rstd.span() + a.att.span() + a.lse.span();
     if (sp_) n += a.ln1c.span() + a.ln2c.span();
   }
-  return n * sizeof(float) + (tokens_.span() + targets_.span() + pos_.span()) * sizeof(int) +
+  return n * sizeof(float) + (tokens_.span() + targets_.span() + pos_.span() + doc_pos_.span()) * sizeof(int) +
          inv_freq_.span() * sizeof(double);
 }
 
@@ -483,8 +484,28 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
     Kokkos::View<const int**, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(inputs.data(), B_, T_);
     Kokkos::deep_copy(ex, tokens_, h);
     if (stage_.embed) token_rows_.build(ex, inputs, v0, cfg_.vocab_padded() / k);
-    Kokkos::View<const int*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> ht(targets.data(), N);
+    // Documents end at eod_token: positions restart after it (attention mask, RoPE), and with
+    // eod_mask_loss the token after it is not predicted (target -1: no loss, no gradient).
+    const std::int64_t eod = cfg_.eod_token;
+    std::vector<int> masked;
+    if (cfg_.eod_mask_loss) {
+      masked = targets;
+      for (std::size_t i = 0; i < masked.size(); ++i)
+        if (inputs[i] == eod) masked[i] = -1;
+    }
+    const std::vector<int>& tg = cfg_.eod_mask_loss ? masked : targets;
+    Kokkos::View<const int*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> ht(tg.data(), N);
     Kokkos::deep_copy(ex, targets_, ht);
+    if (cfg_.doc_mask) {
+      std::vector<int> dpos(static_cast<std::size_t>(N));
+      for (int b = 0; b < B_; ++b)
+        for (int t = 0; t < T_; ++t) {
+          const std::size_t i = std::size_t(b) * std::size_t(T_) + std::size_t(t);
+          dpos[i] = t == 0 || inputs[i - 1] == eod ? 0 : dpos[i - 1] + 1;
+        }
+      Kokkos::View<const int*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> hp(dpos.data(), N);
+      Kokkos::deep_copy(ex, doc_pos_, hp);
+    }
   }
   const auto& P = params_;
   const auto& S = slot_;
@@ -518,10 +539,10 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
     if (pos_.extent(0) > 0) rope_apply(ex, a.qkv, pos_, inv_freq_, 0, NHl + nkv_, hd, false);  // q and k heads
     if (tiled_)
       attention_tiled_forward<float>(ex, View3<float>(a.atty.data(), B_, T_, Cl), a.lse,
-                                     View3<float>(a.qkv.data(), B_, T_, W), NHl, nkv_);
+                                     View3<float>(a.qkv.data(), B_, T_, W), NHl, nkv_, doc_pos_);
     else
       attention_forward(blas, View3<float>(a.atty.data(), B_, T_, Cl), a.att, View3<float>(a.qkv.data(), B_, T_, W),
-                        NHl, nkv_);
+                        NHl, nkv_, doc_pos_);
     matmul_forward(blas, proj_, a.atty, p2(P, S.attprojw, l), lead ? p1(P, S.attprojb, l) : View1<float>());
     into_chunk(proj_, projc_);
     residual_forward(ex, as1(a.res2), as1(x), as1(projc_));
@@ -549,7 +570,7 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
                             targets_, cfg_.vocab_size, v0);
     Kokkos::fence();
     tp_->all_reduce_sum(xent_stats_.data(), xent_stats_.size());
-    xent_shard_finish<float>(ex, logits_, losses_, logits_, xent_stats_, cfg_.vocab_size, v0);
+    xent_shard_finish<float>(ex, logits_, losses_, logits_, xent_stats_, targets_, cfg_.vocab_size, v0);
   }
   double sum = 0;
   const auto losses = losses_;
@@ -623,7 +644,7 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     if (tiled_)
       attention_tiled_backward<float>(ex, View3<float>(dqkv_.data(), B_, T_, W),
                                       View3<float>(datty_.data(), B_, T_, Cl), View3<float>(a.qkv.data(), B_, T_, W),
-                                      View3<float>(a.atty.data(), B_, T_, Cl), a.lse, NHl, nkv_);
+                                      View3<float>(a.atty.data(), B_, T_, Cl), a.lse, NHl, nkv_, doc_pos_);
     else
       attention_backward(blas, View3<float>(dqkv_.data(), B_, T_, W), datt_, View3<float>(datty_.data(), B_, T_, Cl),
                          View3<float>(a.qkv.data(), B_, T_, W), a.att, NHl, nkv_);

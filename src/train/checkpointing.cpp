@@ -12,6 +12,7 @@
 #include "tapestry/io/llmc_checkpoint.hpp"
 #include "tapestry/kernels/blas.hpp"
 #include "tapestry/train/hf.hpp"
+#include "tapestry/io/token_dataset.hpp"
 #include "tapestry/io/token_file.hpp"
 #include "tapestry/model/gpt.hpp"
 
@@ -226,9 +227,9 @@ void ckpt_eval(const std::string& path, const EvalConfig& cfg, std::ostream& out
   const auto& m = st.model;
   require(cfg.seq_len >= 1 && cfg.seq_len <= m.max_seq_len && cfg.rows >= 1,
           "ckpt eval: needs 1 <= seq-len <= max_seq_len (" + std::to_string(m.max_seq_len) + ") and rows >= 1");
-  const auto tokens = io::read_token_file(cfg.data);
+  const auto data = io::TokenDataset::open(cfg.data);  // any format; only the rows read are touched
   const std::size_t T = std::size_t(cfg.seq_len), need = std::size_t(cfg.rows) * T + 1;
-  require(tokens.size() >= need, "ckpt eval: '" + cfg.data + "' has " + std::to_string(tokens.size()) +
+  require(data->num_tokens() >= need, "ckpt eval: '" + cfg.data + "' has " + std::to_string(data->num_tokens()) +
                                      " tokens; " + std::to_string(cfg.rows) + " rows of " + std::to_string(T) +
                                      " need " + std::to_string(need));
   model::GPT gpt(m, 1, cfg.seq_len);
@@ -249,10 +250,15 @@ void ckpt_eval(const std::string& path, const EvalConfig& cfg, std::ostream& out
   }
   double sum = 0;
   std::vector<int> in(T), tg(T);
+  std::vector<std::uint32_t> row(T + 1);
   for (int r = 0; r < cfg.rows; ++r) {
+    data->read(std::uint64_t(r) * T, T + 1, row.data());
     for (std::size_t t = 0; t < T; ++t) {
-      in[t] = tokens[std::size_t(r) * T + t];
-      tg[t] = tokens[std::size_t(r) * T + t + 1];
+      require(row[t + 1] < std::uint32_t(m.vocab_size) && row[t] < std::uint32_t(m.vocab_size),
+              "ckpt eval: '" + cfg.data + "' holds token id " + std::to_string(std::max(row[t], row[t + 1])) +
+                  " >= the model's vocab_size " + std::to_string(m.vocab_size));
+      in[t] = int(row[t]);
+      tg[t] = int(row[t + 1]);
     }
     sum += gpt.forward(blas, in, tg);
     if (logits.is_open()) {

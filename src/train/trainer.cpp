@@ -55,6 +55,11 @@ double evaluate(model::GPT& gpt, detail::Pipeline* pipe, const kernels::Blas& bl
     loader.next_batch(in, tg);
     sum += pipe != nullptr ? pipe->forward_only(blas, in, tg) : gpt.forward(blas, in, tg);
   }
+  // A bad token id met on some rank stops every rank here, named by the ranks that met it.
+  if (all_sum(loader.error().empty() ? 0.0 : 1.0, dp) > 0) {
+    if (!loader.error().empty()) throw Error(loader.error());
+    throw parallel::PeerError();
+  }
   return all_sum(sum / calls, dp) / dp.size();
 }
 
@@ -69,14 +74,15 @@ class StepVote {
   }
   StepVote(const StepVote&) = delete;
   StepVote& operator=(const StepVote&) = delete;
-  /// {stop, failed} as the maximum over ranks; `last`: also settle this step's vote now.
-  std::array<int, 2> vote(bool stop, bool failed, bool last) {
+  /// {stop, failed} as the maximum over ranks (failed: 0 fine, 1 loss not finite, 2 a data error);
+  /// `last`: also settle this step's vote now.
+  std::array<int, 2> vote(bool stop, int failed, bool last) {
     std::array<int, 2> got{0, 0};
     if (req_ != MPI_REQUEST_NULL) {
       MPI_Wait(&req_, MPI_STATUS_IGNORE);
       got = recv_;
     }
-    send_ = {stop ? 1 : 0, failed ? 1 : 0};
+    send_ = {stop ? 1 : 0, failed};
     if (lagged_ && !last) {
       MPI_Iallreduce(send_.data(), recv_.data(), 2, MPI_INT, MPI_MAX, comm_, &req_);
       return got;
@@ -237,25 +243,31 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
     if (cfg.model.padded_vocab_size >= m.vocab_size) m.padded_vocab_size = cfg.model.padded_vocab_size;
     if (spec_string(m) != spec_string(cfg.model))
       out << "note: model taken from " << cfg.init_from << "/config.json: " << spec_string(m) << "\n";
+    m.doc_mask = cfg.model.doc_mask, m.eod_token = cfg.model.eod_token, m.eod_mask_loss = cfg.model.eod_mask_loss;
     cfg.model = m;
   } else if (!cfg.init_from.empty() && !hf) {
     require(cfg.model.is_gpt2(), "--init-from reads llm.c GPT-2 checkpoints; this model spec is not GPT-2 (norm " +
                                      cfg.model.norm + ", mlp " + cfg.model.mlp + ", positions " + cfg.model.positions + ")");
-    const ModelConfig m = io::read_llmc_header(cfg.init_from);
+    ModelConfig m = io::read_llmc_header(cfg.init_from);
     if (cfg.model.vocab_size != m.vocab_size || cfg.model.n_layer != m.n_layer ||
         cfg.model.d_model != m.d_model || cfg.model.n_head != m.n_head)
       out << "note: model shape taken from " << cfg.init_from << "\n";
+    m.doc_mask = cfg.model.doc_mask, m.eod_token = cfg.model.eod_token, m.eod_mask_loss = cfg.model.eod_mask_loss;
     cfg.model = m;
   }
   const int dp = layout.dp(), drank = grid.dp().rank();
   resolve_batch(cfg, dp);
   validate(cfg);
   const int B = cfg.batch_size, T = cfg.seq_len;
-  r.train_loader = std::make_unique<io::DataLoader>(std::vector<std::string>{cfg.train_data}, B, T,
-                                                    cfg.model.vocab_size, drank, dp, cfg.grad_accum);
-  if (cfg.val_every > 0)
-    r.val_loader = std::make_unique<io::DataLoader>(std::vector<std::string>{cfg.val_data}, B, T,
-                                                    cfg.model.vocab_size, drank, dp, cfg.grad_accum);
+  io::DataLoader::Options lopt;
+  lopt.batch_size = B, lopt.seq_len = T, lopt.vocab_size = std::uint64_t(cfg.model.vocab_size);
+  lopt.shard = drank, lopt.num_shards = dp, lopt.micro_batches = cfg.grad_accum;
+  lopt.shuffle = cfg.shuffle, lopt.seed = cfg.seed;
+  r.train_loader = std::make_unique<io::DataLoader>(io::parse_data_spec(cfg.train_data), lopt);
+  if (cfg.val_every > 0) {
+    lopt.shuffle = false;  // validation: the same rows every time
+    r.val_loader = std::make_unique<io::DataLoader>(io::parse_data_spec(cfg.val_data), lopt);
+  }
   const auto backend = parallel::parse_backend(cfg.parallel.collectives);
   r.tp = std::make_unique<CollectivesTp>(parallel::make_collectives(backend, grid.tp()), grid.tp(), backend);
   if (layout.tp() > 1) model::validate_tp(cfg.model, layout.tp());
@@ -476,6 +488,13 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       << " (B=" << B << " per rank, grad_accum=" << cfg.grad_accum << ")" << (zero ? ", ZeRO-1" : "")
       << (blas.precision() == Precision::bf16 ? ", bf16 matmuls (fp32 accumulation, weights and optimizer)" : "")
       << ", " << r.train_loader->num_tokens() << " training tokens, " << cfg.steps << " steps\n";
+  out << "data: " << r.train_loader->describe() << "\n";
+  if (cfg.model.doc_mask || cfg.model.eod_mask_loss)
+    out << "documents end at token " << cfg.model.eod_token << ":"
+        << (cfg.model.doc_mask ? " attention stays inside each document" : "")
+        << (cfg.model.doc_mask && cfg.model.positions == "rope" ? ", RoPE positions restart" : "")
+        << (cfg.model.eod_mask_loss ? (cfg.model.doc_mask ? ";" : "") + std::string(" the token after one is not predicted") : "")
+        << "\n";
   if (r.pipe) {
     const auto per = stage_layers(cfg.model.n_layer, grid.layout().pp(), cfg.parallel.pp_split);
     out << "pipeline: " << per.size() << " stages (layers";
@@ -520,6 +539,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     }
     StepRecord rec;
     const auto t0 = Clock::now();
+    const double read_before = r.train_loader->read_seconds();
     gpt.zero_grad();
     double loss = 0;
     if (r.pipe) {  // 1F1B over the stages
@@ -538,6 +558,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       }
     }
     ex.fence();
+    rec.data_ms = 1e3 * (r.train_loader->read_seconds() - read_before);
     const auto tc = Clock::now();
     // Gradients are summed over the reducing group (DP, or the site with DiLoCo); dividing by its
     // size is folded into the norm and AdamW's scale.
@@ -609,7 +630,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     if (metrics) {
       metrics << "{\"step\":" << rec.step << ",\"loss\":" << rec.loss << ",\"lr\":" << rec.lr
               << ",\"grad_norm\":" << rec.grad_norm << ",\"ms\":" << rec.ms << ",\"comm_ms\":" << rec.comm_ms
-              << ",\"cross_site_mb\":" << rec.cross_site_mb;
+              << ",\"cross_site_mb\":" << rec.cross_site_mb << ",\"data_ms\":" << rec.data_ms;
       if (r.pipe) {
         metrics << ",\"pp_idle\":[";
         for (std::size_t i = 0; i < rec.pp_idle.size(); ++i) metrics << (i ? "," : "") << rec.pp_idle[i];
@@ -621,9 +642,12 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     }
     result.steps.push_back(rec);
     // Save on schedule, at the end, or when any rank got a stop signal (then exit cleanly).
-    const auto [stop, failed] = vote.vote(stop_requested(), !std::isfinite(loss), rec.step == cfg.steps);
+    const std::string& data_error = r.train_loader->error();
+    const auto [stop, failed] =
+        vote.vote(stop_requested(), !data_error.empty() ? 2 : std::isfinite(loss) ? 0 : 1, rec.step == cfg.steps);
     if (failed) {
-      if (!root) throw parallel::PeerError();
+      if (!data_error.empty()) throw Error(data_error);  // the ranks that read it name it
+      if (failed == 2 || !root) throw parallel::PeerError();
       throw Error("loss is not finite by step " + std::to_string(rec.step) + " (lower --lr or enable --grad-clip)");
     }
     const bool scheduled = cfg.save_every > 0 && (rec.step % cfg.save_every == 0 || rec.step == cfg.steps);

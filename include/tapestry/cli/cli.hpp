@@ -3,11 +3,12 @@
 /// \brief Command line (CLI11) -> configs. Fills structs; runs nothing.
 
 #include "tapestry/core/config.hpp"
+#include "tapestry/io/data_prepare.hpp"
 #include "tapestry/io/tokenizer.hpp"
 
 namespace tapestry::cli {
 
-enum class Command { exit, train, data_prepare, bench_step, bench_gemm, bench_allreduce, bench_ckpt, ckpt_info, ckpt_verify, ckpt_export, ckpt_eval, plan };
+enum class Command { exit, train, data_prepare, data_train_tokenizer, bench_step, bench_gemm, bench_allreduce, bench_ckpt, ckpt_info, ckpt_verify, ckpt_export, ckpt_eval, plan };
 
 /// \brief What the command line asked for.
 struct Invocation {
@@ -15,6 +16,7 @@ struct Invocation {
   int exit_code = 0;  ///< for Command::exit (after --help, --version or a parse error)
   TrainConfig train;
   io::PrepareConfig prepare;
+  io::TokenizerTrainConfig train_tokenizer;
   BenchStepConfig bench_step;
   BenchGemmConfig bench_gemm;
   BenchAllreduceConfig bench_allreduce;

@@ -36,6 +36,12 @@ struct ModelConfig {
   bool tie_embeddings = true;      ///< the output layer is the token embedding
   bool bias = true;                ///< biases in the linear layers (and LayerNorm's bias)
 
+  // Document masking of packed sequences (not block keys: a checkpoint can be trained on with or
+  // without it). A document ends at token eod_token (the separator `data prepare` appends).
+  bool doc_mask = false;         ///< attention stays inside each document; RoPE positions restart
+  std::int64_t eod_token = -1;   ///< end-of-document id; -1: none
+  bool eod_mask_loss = false;    ///< the token after an end-of-document is not predicted (no loss)
+
   int head_dim() const { return d_model / n_head; }
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int ffn() const { return ffn_dim > 0 ? ffn_dim : 4 * d_model; }
@@ -143,8 +149,9 @@ struct TrainConfig {
   int val_batches = 8;  ///< global batches per validation (the same rows for every layout)
   int log_every = 1;
   std::uint64_t seed = 1234;
-  std::string train_data;
+  std::string train_data;   ///< a dataset path, or a mixture "0.7 A 0.3 B" (io::parse_data_spec)
   std::string val_data;
+  bool shuffle = false;     ///< seeded random order of samples per epoch (seed)
   std::string init_from;     ///< llm.c GPT-2 checkpoint (optional)
   std::string export_llmc;   ///< write the final parameters as an llm.c checkpoint (optional)
   std::string metrics_file;  ///< JSONL, one record per step (optional)

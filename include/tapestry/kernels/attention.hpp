@@ -13,10 +13,15 @@ namespace tapestry::kernels {
 /// att (B, NH, T, T) softmax probabilities, saved for backward (zero above the diagonal).
 /// The two products (Q K^T and att V) go to the BLAS, batched over heads; the masked softmax is a
 /// Kokkos kernel.
+/// Document masking: doc_pos (B*T, row-major (B, T)), when not empty, is each token's position in
+/// its document (0 at a document's first token); query t then attends only to keys
+/// t - doc_pos(t) .. t of its own document (block-causal). Empty: causal over the whole row.
 template <class T>
-void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv, int n_head, int n_kv_head = 0);
+void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv, int n_head, int n_kv_head = 0,
+                       In1<int> doc_pos = {});
 
-/// dqkv (B, T, (NH + 2 KV) hs) overwritten; scratch (B, NH, T, T) is clobbered.
+/// dqkv (B, T, (NH + 2 KV) hs) overwritten; scratch (B, NH, T, T) is clobbered. The mask is the
+/// forward's: att is 0 outside it, and so is every gradient through those entries.
 template <class T>
 void attention_backward(const Blas& blas, View3<T> dqkv, View4<T> scratch, In3<T> dout,
                         In3<T> qkv, In4<T> att, int n_head, int n_kv_head = 0);

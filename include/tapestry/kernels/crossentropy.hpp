@@ -7,7 +7,8 @@
 namespace tapestry::kernels {
 
 /// probs (N, Vp) = softmax over the first V columns of logits (padded columns get 0; probs may
-/// alias logits); losses (N) = -log probs[target].
+/// alias logits); losses (N) = -log probs[target]. A row whose target is negative is ignored:
+/// its loss is 0, and so is its gradient in softmax_xent_backward().
 template <class T>
 void softmax_xent_forward(const ExecSpace& exec, View2<T> probs, View1<T> losses, In2<T> logits,
                           In1<int> targets, int V);
@@ -27,9 +28,10 @@ template <class T>
 void xent_shard_stats(const ExecSpace& exec, View2<T> stats, In2<T> logits, In1<int> targets, int V,
                       int vocab_begin);
 /// Step 2, after every rank has every rank's stats, all_stats (R, N, 3): probs (N, Vl) = softmax
-/// over the whole vocabulary (padding 0; may alias logits), losses (N) = logsumexp - target logit.
+/// over the whole vocabulary (padding 0; may alias logits), losses (N) = logsumexp - target logit
+/// (0 where the target is negative: an ignored row).
 template <class T>
 void xent_shard_finish(const ExecSpace& exec, View2<T> probs, View1<T> losses, In2<T> logits,
-                       In3<T> all_stats, int V, int vocab_begin);
+                       In3<T> all_stats, In1<int> targets, int V, int vocab_begin);
 
 }  // namespace tapestry::kernels

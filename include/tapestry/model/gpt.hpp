@@ -241,6 +241,7 @@ class GPT {
   View2<float> proj_, dres_, dtmp_, dbig_, dact_, dqkv_, datty_;  // scratch
   View1<float> ln_zero_bias_, ln_bias_grad_;  // LayerNorm without bias (bias = false)
   Kokkos::View<int*, Layout, MemSpace> pos_;        // (BT): each row's position, for RoPE
+  Kokkos::View<int*, Layout, MemSpace> doc_pos_;    // (BT): position in its document (doc_mask; else empty)
   Kokkos::View<double*, Layout, MemSpace> inv_freq_;  // (head_dim / 2): RoPE frequencies
   View4<float> datt_;
   View3<float> xent_stats_;  // (tp, BT, 3): every rank's vocabulary-shard statistics

@@ -16,6 +16,7 @@ struct StepRecord {
   int step = 0;
   double loss = 0, lr = 0, grad_norm = 0, ms = 0, comm_ms = 0, tokens_per_s = 0, mfu = 0;
   double cross_site_mb = 0;  ///< bytes sent between sites this step (all ranks), MB
+  double data_ms = 0;        ///< this rank's time reading its batches (the data loader)
   std::vector<double> pp_idle;  ///< with pipeline stages: each stage's share of the step spent waiting
 };
 
