@@ -9,6 +9,7 @@
 
 #include "catch.hpp"
 #include "tapestry/core/error.hpp"
+#include "tapestry/io/data_loader.hpp"
 #include "tapestry/io/token_dataset.hpp"
 #include "tapestry/io/token_file.hpp"
 
@@ -359,4 +360,61 @@ TEST_CASE("Megatron documents of several sequences read and concatenate", "[data
   REQUIRE(starts == std::vector<std::uint64_t>{0, 3, 6, 9, 12});
   REQUIRE(read_all(*y) == std::vector<std::uint32_t>{10, 11, 12, 20, 21, 22, 10, 11, 12, 20, 21, 22});
   REQUIRE(fs::file_size(dir / "y.idx") == 34 + 12 * 6 + 8 * 5);
+}
+
+TEST_CASE("a Megatron dataset of more than 2^31 tokens: 64-bit offsets in the reader and the loader", "[dataset][large]") {
+  // A sparse .bin of 2^31 + 100 uint16 tokens (4 GiB on paper, a few KiB on disk) in two
+  // documents, with ids 1..10 written at token 2^31 + 10; the .idx written here by hand from the
+  // format's description.
+  TempDir dir("dataset_large");
+  const std::uint64_t N = (std::uint64_t(1) << 31) + 100, L0 = std::uint64_t(1) << 30, L1 = N - L0;
+  const std::string prefix = dir / "big";
+  {
+    std::ofstream idx(prefix + ".idx", std::ios::binary);
+    idx.write("MMIDIDX\0\0", 9);
+    auto put = [&](auto v) { idx.write(reinterpret_cast<const char*>(&v), sizeof(v)); };
+    put(std::uint64_t(1));
+    put(std::uint8_t(8));  // uint16
+    put(std::uint64_t(2));  // sequences
+    put(std::uint64_t(3));  // document indices: 0, 1, 2
+    put(std::int32_t(L0)), put(std::int32_t(L1));
+    put(std::int64_t(0)), put(std::int64_t(2 * L0));
+    put(std::int64_t(0)), put(std::int64_t(1)), put(std::int64_t(2));
+    REQUIRE(bool(idx));
+  }
+  {
+    std::ofstream bin(prefix + ".bin", std::ios::binary);
+    REQUIRE(bool(bin));
+  }
+  fs::resize_file(prefix + ".bin", 2 * N);  // sparse
+  {
+    std::fstream bin(prefix + ".bin", std::ios::binary | std::ios::in | std::ios::out);
+    bin.seekp(std::streamoff(2 * ((std::uint64_t(1) << 31) + 10)));
+    for (std::uint16_t v = 1; v <= 10; ++v) bin.write(reinterpret_cast<const char*>(&v), 2);
+    REQUIRE(bool(bin));
+  }
+  const auto ds = TokenDataset::open(prefix);
+  REQUIRE(ds->num_tokens() == N);
+  REQUIRE(ds->num_documents() == 2);
+  REQUIRE(ds->document_start(1) == L0);
+  REQUIRE(ds->document_start(2) == N);
+  std::vector<std::uint32_t> got(12);
+  ds->read((std::uint64_t(1) << 31) + 9, 12, got.data());
+  REQUIRE(got == std::vector<std::uint32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0});
+  REQUIRE_THROWS_WITH(ds->read(N - 5, 6, got.data()), Contains("past the end"));
+  // The loader: a position beyond 2^31 tokens, in order; and a shuffle over its 2^28 samples.
+  DataLoader::Options o;
+  o.batch_size = 1, o.seq_len = 8, o.vocab_size = 65536;
+  DataLoader seq({DataSource{1.0, prefix}}, o);
+  seq.set_position({0, std::int64_t(std::uint64_t(1) << 31) + 8, 0});
+  std::vector<int> in, tg;
+  seq.next_batch(in, tg);
+  REQUIRE(in == std::vector<int>{0, 0, 1, 2, 3, 4, 5, 6});
+  REQUIRE(tg == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7});
+  o.shuffle = true;
+  DataLoader shuffled({DataSource{1.0, prefix}}, o);
+  shuffled.set_position({-1, std::int64_t(N / 8) - 3, 0});  // the last samples of epoch 0, then epoch 1
+  for (int i = 0; i < 6; ++i) shuffled.next_batch(in, tg);
+  REQUIRE(shuffled.error().empty());
+  REQUIRE(shuffled.position().offset == std::int64_t(N / 8) + 3);
 }
