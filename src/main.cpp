@@ -67,7 +67,7 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
       MPI_Reduce(&part.seconds, &secs, 1, MPI_DOUBLE, MPI_MAX, 0, world.get());
       if (world.rank() != 0) return 0;
       const auto r = tapestry::io::prepare_join(pc, world.size());
-      out << "tokenizer: " << part.tokenizer << "\n";
+      out << "tokenizer: " << part.tokenizer << " (loaded in " << fmt_num(part.load_seconds) << " s)\n";
       out << "tokenized " << fmt_num(double(sum[0]) / 1e6) << " MB, " << sum[2] << " documents";
       if (part.empty_documents > 0) out << " (empty ones skipped)";
       out << " in " << fmt_num(secs) << " s: " << fmt_num(double(sum[0]) / 1e6 / secs) << " MB/s, "

@@ -34,7 +34,7 @@ mkdir -p docs/bench
       set -- $layout
       cmd=($exe data prepare "$work/corpus.jsonl" --tokenizer "$tok" --format megatron --val-fraction 0 -o "$work/out" --threads "$2")
       if [ "$1" -gt 1 ]; then cmd=(tools/mpirun.sh -np "$1" "${cmd[@]}"); fi
-      "${cmd[@]}" | grep -E "^tokenized" | sed "s|$work/||"
+      "${cmd[@]}" | grep -E "^tokenized|^tokenizer:" | sed "s|$work/||" | sed "s|^tokenizer: .*(loaded|  (tokenizer loaded|"
     done
   done
 } 2>&1 | tee "$out"

@@ -265,9 +265,10 @@ Counts tokenize_sub(const PrepareConfig& cfg, const Plan& plan, const Tokenizer&
 }  // namespace
 
 PrepareResult prepare_part(const PrepareConfig& cfg, int part, int parts, bool progress) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto tl = std::chrono::steady_clock::now();
   const Plan plan = plan_inputs(cfg);
   const auto tok = load_tokenizer(cfg.tokenizer);
+  const auto t0 = std::chrono::steady_clock::now();
   const TokenFormat fmt = format_of(cfg.format);
   require(fmt != TokenFormat::llmc || !fs::exists(output_name(cfg, "train") + ".idx"),
           "data prepare: '" + output_name(cfg, "train") + ".idx' exists (a Megatron dataset of that name); remove it or "
@@ -299,6 +300,7 @@ PrepareResult prepare_part(const PrepareConfig& cfg, int part, int parts, bool p
   r.bos = cfg.add_bos ? tok->bos_id() : -1;
   r.eos = cfg.add_eos ? tok->eos_id() : -1;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.load_seconds = std::chrono::duration<double>(t0 - tl).count();
   return r;
 }
 
@@ -329,7 +331,7 @@ PrepareResult prepare_data(const PrepareConfig& cfg) {
   const auto part = prepare_part(cfg, 0, 1, false);
   auto r = prepare_join(cfg, 1);
   r.documents = part.documents, r.empty_documents = part.empty_documents, r.bytes = part.bytes;
-  r.seconds = part.seconds;
+  r.seconds = part.seconds, r.load_seconds = part.load_seconds;
   return r;
 }
 

@@ -29,6 +29,7 @@ struct PrepareResult {
   std::string train_path, val_path;  ///< val_path empty when val_fraction is 0
   std::uint64_t train_tokens = 0, val_tokens = 0, documents = 0, empty_documents = 0, bytes = 0;
   double seconds = 0;                ///< tokenizing and writing this part (prepare_part) or all (prepare_data)
+  double load_seconds = 0;           ///< mapping the inputs and loading the tokenizer, before that
   std::string tokenizer;             ///< the tokenizer's describe() line
   std::int64_t bos = -1, eos = -1;   ///< ids added per document (-1: none)
 };
