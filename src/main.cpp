@@ -5,6 +5,7 @@
 #include <exception>
 #include <iostream>
 #include <memory>
+#include <new>
 #include <string>
 
 #include "tapestry/cli/cli.hpp"
@@ -147,8 +148,15 @@ int main(int argc, char** argv) {
     std::cerr << "tapestry: error: " << e.what() << "\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "tapestry: internal error on rank " << rt.rank() << ": " << e.what() << "\n";
-    MPI_Abort(rt.world(), 3);
+    // Out of memory (a model or batch larger than the node: Kokkos' allocation failure is a
+    // std::bad_alloc) is the user's to fix; anything else is a bug. One line either way; a job of
+    // several ranks is stopped (the others may be waiting in a collective).
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    const bool oom = dynamic_cast<const std::bad_alloc*>(&e) != nullptr || what.find("failed to allocate") != std::string::npos;
+    if (oom) std::cerr << "tapestry: error: out of memory on rank " << rt.rank() << " (see `tapestry plan`): " << what << "\n";
+    else std::cerr << "tapestry: internal error on rank " << rt.rank() << ": " << what << "\n";
+    if (rt.size() > 1) MPI_Abort(rt.world(), 3);
     return 3;
   }
 }

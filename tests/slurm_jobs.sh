@@ -51,7 +51,8 @@ echo "PASS train.sbatch: 2 ranks, 6 steps, checkpoint verifies"
 
 # ---- 2. the time-limit signal: save, exit 0, resubmit; the next job resumes and finishes
 rm -rf checkpoints
-jid=$(TAPESTRY_ARGS="$common --steps 40 --val-every 0" TAPESTRY_RESUBMIT=1 sbatch --parsable --ntasks=2 "$src/jobs/slurm/train.sbatch")
+jid=$(TAPESTRY_ARGS="$common --steps 40 --val-every 0" TAPESTRY_RESUBMIT=1 sbatch --parsable --ntasks=2 --time=00:07:00 \
+  "$src/jobs/slurm/train.sbatch")
 out=tapestry-$jid.out
 for _ in $(seq 300); do grep -q "step     3/40" "$out" 2>/dev/null && break; sleep 0.1; done
 scancel --signal=USR1 "$jid"   # what --signal=USR1@120 sends before the limit
@@ -61,10 +62,12 @@ grep -q "stop signal received: saved at step" "$out" || fail "job $jid did not s
 step=$(sed -n 's/.*saved at step \([0-9]*\), exiting.*/\1/p' "$out")
 next=$(sed -n 's/.*resubmitted as job \([0-9]*\).*/\1/p' "$out")
 [ -n "$next" ] || fail "job $jid did not resubmit itself"
+limit=$(scontrol -o show job "$next" | grep -o 'TimeLimit=[^ ]*')
+[ "$limit" = TimeLimit=00:07:00 ] || fail "job $next was resubmitted with $limit, not the --time=00:07:00 of job $jid"
 wait_job "$next"; out=tapestry-$next.out
 grep -q "resumed from checkpoints/step_$(printf %08d "$step").h5 at step $step" "$out" || fail "job $next did not resume at step $step"
 grep -q "step    40/40 | loss" "$out" || fail "job $next did not finish training"
-echo "PASS train.sbatch: signal at step $step -> saved, resubmitted as $next, resumed, finished"
+echo "PASS train.sbatch: signal at step $step -> saved, resubmitted as $next with the same time limit, resumed, finished"
 
 # ---- 3. PBS script through Slurm's PBS compatibility: sbatch reads the #PBS block
 rm -rf checkpoints
@@ -92,7 +95,9 @@ env -u SLURM_JOB_ID PBS_JOBID=4242.pbs-server PBS_O_WORKDIR="$work" PBS_NODEFILE
   fail "PBS shim run failed"
 grep -q "train.pbs: job 4242.pbs-server, 2 ranks, tp=1 pp=1, walltime 3600 s" "$out" || fail "shim: wrong start"
 grep -q "step     3/3 | loss" "$out" || fail "shim did not train"
-echo "PASS train.pbs with a PBS environment shim"
+sleep 0.5
+pgrep -f "sleep 3480" > /dev/null && fail "the time-limit timer's sleep outlived the job"
+echo "PASS train.pbs with a PBS environment shim; no timer process left behind"
 
 # ---- 6. fewer ranks than the layout needs: a clear message before any work
 jid=$(TAPESTRY_TP=4 TAPESTRY_ARGS="$common --steps 2" sbatch --parsable --ntasks=2 "$src/jobs/slurm/train.sbatch")
@@ -151,6 +156,8 @@ wait "${pbs_pids[@]}" || true
 out=pbsfed0.out
 grep -q "joined as site 0 of 2" "$out" && grep -q "step     3/3 | loss" "$out" || fail "federation.pbs site 0"
 grep -q "federation.pbs: training finished" pbsfed1.out || { out=pbsfed1.out; fail "federation.pbs site 1"; }
+sleep 0.5
+pgrep -f "sleep 3420" > /dev/null && fail "federation.pbs: the time-limit timer's sleep outlived the job"
 msg=$(env -u SLURM_JOB_ID -u TAPESTRY_FEDERATION PBS_JOBID=1 bash "$src/jobs/pbs/federation.pbs" 2>&1) &&
   fail "federation.pbs ran without TAPESTRY_FEDERATION"
 echo "$msg" | grep -q "TAPESTRY_FEDERATION is not set" || fail "unclear message: $msg"

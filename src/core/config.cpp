@@ -203,6 +203,13 @@ std::uint64_t parse_bytes(const std::string& text) {
 }
 
 void resolve_batch(TrainConfig& c, int dp) {
+  // Checked here, before the division below (a batch size of 0 was a SIGFPE under mpirun).
+  require(c.batch_size >= 1, "batch_size must be >= 1 (got " + num(c.batch_size) + ")");
+  require(dp >= 1, "the data-parallel size must be >= 1 (got " + num(dp) + ")");
+  require(c.global_batch >= 0, "global_batch must be >= 0 (got " + num(c.global_batch) + ")");
+  require(c.grad_accum >= 1, "grad-accum (micro-batches) must be >= 1 (got " + num(c.grad_accum) + ")");
+  require(std::int64_t(c.batch_size) * dp * c.grad_accum <= 0x7fffffff && std::int64_t(c.batch_size) * dp <= 0x7fffffff,
+          "batch_size x dp x grad-accum is above 2^31 - 1");
   const int per_micro = c.batch_size * dp;
   if (c.global_batch > 0) {
     require(c.global_batch % per_micro == 0,

@@ -152,7 +152,8 @@ struct Plan {
 Plan plan_inputs(const PrepareConfig& cfg) {
   require(!cfg.inputs.empty(), "data prepare: no input text files given");
   require(cfg.val_fraction >= 0 && cfg.val_fraction < 1, "data prepare: val_fraction must be in [0, 1)");
-  require(cfg.threads >= 1, "data prepare: --threads must be >= 1 (got " + std::to_string(cfg.threads) + ")");
+  require(cfg.threads >= 1 && cfg.threads <= 1024,
+          "data prepare: --threads must be in [1, 1024] (got " + std::to_string(cfg.threads) + ")");
   format_of(cfg.format);
   Plan p;
   const std::string sep = unescape(cfg.doc_separator);

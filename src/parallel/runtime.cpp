@@ -149,8 +149,9 @@ Runtime::Runtime(int& argc, char**& argv) {
 #ifdef KOKKOS_ENABLE_OPENMP
   // Tapestry's defaults for an OpenMP host backend, chosen here so that Kokkos has nothing to warn
   // about: threads = the node's cores / its ranks (unless OMP_NUM_THREADS or --kokkos-num-threads
-  // say otherwise), and no thread binding unless the site sets OMP_PROC_BIND (the job scripts set
-  // spread + OMP_PLACES=threads).
+  // say otherwise), and no thread binding unless the site sets OMP_PROC_BIND. (Binding threads
+  // only helps where the launcher binds each rank to its own cores; an unbound rank's threads
+  // bound with `spread` all start at core 0, so the job scripts leave it to the site.)
   std::string threads_arg;
   bool threads_given = std::getenv("OMP_NUM_THREADS") != nullptr;
   for (std::size_t i = 1; i < kargs.size(); ++i)

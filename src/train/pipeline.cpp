@@ -1,5 +1,9 @@
 #include "pipeline.hpp"
 
+#include <string>
+
+#include "tapestry/core/error.hpp"
+#include "tapestry/parallel/large_count.hpp"
 #include "tapestry/parallel/pipeline_schedule.hpp"
 #include "text.hpp"
 
@@ -8,6 +12,9 @@ namespace tapestry::train::detail {
 Pipeline::Pipeline(model::GPT& gpt, const parallel::Comm& pp, int micro_batches)
     : gpt_(gpt), pp_(pp), stage_(pp.rank()), stages_(pp.size()), M_(micro_batches) {
   const std::size_t n = gpt.stage_input().size();
+  // One non-blocking message per micro-batch boundary: its count must be an int.
+  require(n <= std::size_t(parallel::kMaxCount), "pipeline: a stage boundary of " + std::to_string(n) +
+                                                     " floats is above one MPI message (2^30); use fewer tokens per micro-batch or tp");
   for (int m = 0; m < M_; ++m) {
     if (stage_ > 0) {
       inputs_.emplace_back("tapestry::pipe_input", n);
@@ -83,14 +90,14 @@ double Pipeline::forward_only(const kernels::Blas& blas, const std::vector<int>&
   const MPI_Comm comm = pp_.get();
   if (stage_ > 0) {
     auto x = parallel::MpiBuffer::over(gpt_.stage_input().data(), gpt_.stage_input().size());
-    MPI_Recv(x.data(), int(x.size()), MPI_FLOAT, stage_ - 1, 0, comm, MPI_STATUS_IGNORE);
+    parallel::recv(x.data(), x.size(), MPI_FLOAT, sizeof(float), stage_ - 1, 0, comm);
     x.copy_out(ex);
   }
   double loss = gpt_.forward(blas, in, tg);
   if (stage_ < stages_ - 1) {
     auto y = parallel::MpiBuffer::over(gpt_.stage_output().data(), gpt_.stage_output().size());
     y.copy_in(ex);
-    MPI_Send(y.data(), int(y.size()), MPI_FLOAT, stage_ + 1, 0, comm);
+    parallel::send(y.data(), y.size(), MPI_FLOAT, sizeof(float), stage_ + 1, 0, comm);
   }
   MPI_Allreduce(MPI_IN_PLACE, &loss, 1, MPI_DOUBLE, MPI_SUM, comm);
   return loss;

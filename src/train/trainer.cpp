@@ -12,6 +12,7 @@
 
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/data_loader.hpp"
+#include "tapestry/parallel/large_count.hpp"
 #include "tapestry/io/llmc_checkpoint.hpp"
 #include "tapestry/kernels/blas.hpp"
 #include "tapestry/kernels/optim.hpp"
@@ -376,7 +377,7 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
 std::vector<float> whole_of(const model::GPT& gpt, const parallel::ProcessGrid& grid, View1<float> local) {
   auto whole = gpt.gather_whole(local);
   if (grid.layout().pp() > 1)
-    MPI_Allreduce(MPI_IN_PLACE, whole.data(), int(whole.size()), MPI_FLOAT, MPI_SUM, grid.pp().get());
+    parallel::all_reduce_sum(whole.data(), whole.size(), MPI_FLOAT, sizeof(float), grid.pp().get());
   return whole;
 }
 
@@ -415,7 +416,7 @@ std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wal
       std::vector<float> full(r.gpt->padded_size(), 0.0f);
       std::copy(shard.data(), shard.data() + shard.extent(0), full.begin() + std::ptrdiff_t(r.adamw->begin()));
       if (r.adamw->end() - r.adamw->begin() < full.size())
-        MPI_Allreduce(MPI_IN_PLACE, full.data(), int(full.size()), MPI_FLOAT, MPI_SUM, r.shard_comm->get());
+        parallel::all_reduce_sum(full.data(), full.size(), MPI_FLOAT, sizeof(float), r.shard_comm->get());
       View1<float> dev("tapestry::moments", full.size());
       Kokkos::deep_copy(dev, Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(full.data(), full.size()));
       return whole_of(*r.gpt, grid, dev);

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every numeric flag of `train`, `plan` and `data prepare`, read from --help, given 0, -1 and a huge
+# value on top of a small valid command. Each run must end in one of three ways: exit 0 (the
+# value is valid), still running after a few seconds (valid and long, e.g. --steps 2147483647;
+# stopped here), or exactly one line `tapestry: error: ...` on stderr with an exit status of 1-100.
+# A crash (signal, abort), a multi-line error or an internal error fails the test.
+#   tests/fuzz_flags.sh TAPESTRY DATA_DIR WORK_DIR
+set -uo pipefail
+exe=$(realpath "$1")
+data=$2
+work=$3
+src=$(cd "$(dirname "$0")/.." && pwd)
+rm -rf "$work" && mkdir -p "$work" && cd "$work"
+base_train=(train --train-data "$data/corpus_train.bin" --val-data "$data/corpus_val.bin" --val-every 1 --val-batches 1
+            --steps 1 -b 1 -t 8 --n-layer 1 --n-head 2 --d-model 16 --log-every 1 --ckpt-dir ck --metrics-file m.jsonl)
+base_plan=(plan --model tiny-llama)
+base_prepare=(data prepare "$src/inputs/corpus/licenses.txt" -o out)
+failures=0 runs=0
+flags_of() { "$exe" "$@" --help | grep -oE -- '--[a-z0-9-]+ (INT|UINT|FLOAT)' | sort -u; }
+for cmd in train plan prepare; do
+  case $cmd in
+    train) base=("${base_train[@]}") ; help=(train) ;;
+    plan) base=("${base_plan[@]}") ; help=(plan) ;;
+    prepare) base=("${base_prepare[@]}") ; help=(data prepare) ;;
+  esac
+  while read -r flag type; do
+    [ "$type" = FLOAT ] && huge=1e300 || huge=2147483647
+    for v in 0 -1 "$huge"; do
+      runs=$((runs + 1))
+      timeout -s KILL 5 "$exe" "${base[@]}" "$flag" "$v" > out.log 2> err.log
+      rc=$?
+      lines=$(grep -c . err.log)
+      if [ $rc -eq 0 ] || [ $rc -eq 137 ]; then continue; fi
+      if [ $rc -le 100 ] && [ "$lines" -eq 1 ] && grep -q "^tapestry: error: " err.log; then continue; fi
+      failures=$((failures + 1))
+      echo "FAIL: tapestry ${help[*]} $flag $v: exit $rc, stderr:"
+      head -5 err.log | sed 's/^/    /'
+    done
+  done < <(flags_of "${help[@]}")
+done
+echo "fuzz_flags: $runs runs, $failures failures"
+[ $failures -eq 0 ]
