@@ -90,13 +90,14 @@ echo "PASS train.pbs via qsub"
 rm -rf checkpoints
 printf 'localhost\nlocalhost\n' > nodefile
 out=shim.out
+sleeps_before=$(pgrep -f "^sleep 3480$" | sort)
 env -u SLURM_JOB_ID PBS_JOBID=4242.pbs-server PBS_O_WORKDIR="$work" PBS_NODEFILE="$work/nodefile" \
   TAPESTRY_ARGS="$common --steps 3 --val-every 0" TAPESTRY_WALLTIME=3600 bash "$src/jobs/pbs/train.pbs" > "$out" 2>&1 ||
   fail "PBS shim run failed"
 grep -q "train.pbs: job 4242.pbs-server, 2 ranks, tp=1 pp=1, walltime 3600 s" "$out" || fail "shim: wrong start"
 grep -q "step     3/3 | loss" "$out" || fail "shim did not train"
 sleep 0.5
-pgrep -f "sleep 3480" > /dev/null && fail "the time-limit timer's sleep outlived the job"
+[ "$(pgrep -f "^sleep 3480$" | sort)" = "$sleeps_before" ] || fail "the time-limit timer's sleep outlived the job"
 echo "PASS train.pbs with a PBS environment shim; no timer process left behind"
 
 # ---- 6. fewer ranks than the layout needs: a clear message before any work
@@ -144,6 +145,7 @@ echo "PASS federation.sbatch: 2 sites joined; a signal at site 1 stopped both at
 
 # ---- 8. federation.pbs with the PBS shim (two sites, two shells) and a missing parameter
 printf 'localhost\n' > nodefile1
+sleeps_before=$(pgrep -f "^sleep 3420$" | sort)
 pbs_pids=()
 for s in 0 1; do
   env -u SLURM_JOB_ID PBS_JOBID=77$s.pbs PBS_O_WORKDIR="$work" PBS_NODEFILE="$work/nodefile1" TAPESTRY_WALLTIME=3600 \
@@ -157,7 +159,7 @@ out=pbsfed0.out
 grep -q "joined as site 0 of 2" "$out" && grep -q "step     3/3 | loss" "$out" || fail "federation.pbs site 0"
 grep -q "federation.pbs: training finished" pbsfed1.out || { out=pbsfed1.out; fail "federation.pbs site 1"; }
 sleep 0.5
-pgrep -f "sleep 3420" > /dev/null && fail "federation.pbs: the time-limit timer's sleep outlived the job"
+[ "$(pgrep -f "^sleep 3420$" | sort)" = "$sleeps_before" ] || fail "federation.pbs: the time-limit timer's sleep outlived the job"
 msg=$(env -u SLURM_JOB_ID -u TAPESTRY_FEDERATION PBS_JOBID=1 bash "$src/jobs/pbs/federation.pbs" 2>&1) &&
   fail "federation.pbs ran without TAPESTRY_FEDERATION"
 echo "$msg" | grep -q "TAPESTRY_FEDERATION is not set" || fail "unclear message: $msg"
