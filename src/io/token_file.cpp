@@ -1,7 +1,12 @@
 #include "tapestry/io/token_file.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -36,6 +41,24 @@ std::vector<std::uint16_t> read_token_file(const std::string& path) {
   return tokens;
 }
 
+void sync_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  require(fd >= 0, "cannot open '" + path + "' to flush it to disk: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  require(rc == 0, "flushing '" + path + "' to disk failed: " + std::strerror(err));
+}
+
+void sync_parent_dir(const std::string& path) {
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return;  // a file system without directory handles: nothing to flush
+  ::fsync(fd);          // some file systems refuse fsync on a directory (EINVAL): the rename stands
+  ::close(fd);
+}
+
 void write_file_atomic(const std::string& path, const std::string& bytes) {
   const std::string tmp = path + ".tmp";
   {
@@ -48,10 +71,17 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
       throw Error("writing '" + tmp + "' failed (disk full?)");
     }
   }
+  try {
+    sync_file(tmp);  // the bytes are on disk before the name points at them
+  } catch (const Error&) {
+    std::remove(tmp.c_str());
+    throw;
+  }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());
     throw Error("cannot rename '" + tmp + "' to '" + path + "'");
   }
+  sync_parent_dir(path);
 }
 
 void write_token_file(const std::string& path, const std::vector<std::uint16_t>& tokens) {

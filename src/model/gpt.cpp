@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <random>
 
 #include "tapestry/core/error.hpp"
 #include "tapestry/kernels/attention.hpp"
@@ -378,36 +377,37 @@ View1<float> GPT::p1(const View1<float>& flat, int idx, int layer) const {
 }
 
 void GPT::init_random(std::uint64_t seed) {
-  std::vector<float> h(n_whole_, 0.0f);  // the whole model, then this rank's part of it
-  // Box-Muller on mt19937_64 words: no rejection loop (std::normal_distribution's polar method
-  // rejects on a rounded comparison, so one last-bit difference between compilers or -march
-  // flags shifts every later draw). Here a last-bit difference stays in its own value, and every
-  // build - CPU or CUDA, any layout - starts from the same weights.
-  std::mt19937_64 rng(seed);
-  auto uniform = [&rng] { return (double(rng() >> 11) + 0.5) * 0x1p-53; };  // (0, 1), never 0
-  auto normal = [&](double std) {
-    const double u1 = uniform(), u2 = uniform();
-    return float(std * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+  // Counter-based: the value of whole-model element w is a function of (seed, w) alone - a
+  // Box-Muller pair from two splitmix64 words of w - so every rank computes just its own part
+  // (nothing holds the whole model) and every layout, build and device starts from the same
+  // weights. (Box-Muller has no rejection loop, so a last-bit difference between compilers stays
+  // in its own value.)
+  auto word = [seed](std::uint64_t x) {
+    x += seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
   };
+  auto uniform = [&](std::uint64_t x) { return (double(word(x) >> 11) + 0.5) * 0x1p-53; };  // (0, 1), never 0
   const double resid_std = 0.02 / std::sqrt(2.0 * double(cfg_.n_layer));
   const float xielu_p = float(kernels::softplus_inverse(0.8)), xielu_n = float(kernels::softplus_inverse(0.8 - 0.5));
-  for (std::size_t i = 0; i < whole_.size(); ++i) {
-    const auto& t = whole_[i];
-    float* p = h.data() + t.offset;
-    std::size_t n = t.size;  // drawn: all but the padded vocabulary rows
-    if (t.vocab_rows) n = std::size_t(cfg_.vocab_size) * std::size_t(cfg_.d_model);
-    for (std::size_t j = 0; j < t.size; ++j) {
-      float v = 0.0f;
-      if (t.init == Init::one)
-        v = 1.0f;
-      else if (t.init == Init::xielu_alpha)
-        v = j % 2 == 0 ? xielu_p : xielu_n;
-      else if (t.decay && j < n)
-        v = normal(t.init == Init::normal_residual ? resid_std : 0.02);
-      p[j] = v;
-    }
-  }
-  load_params(h);
+  const std::size_t vocab_rows = std::size_t(cfg_.vocab_size) * std::size_t(cfg_.d_model);
+  auto value = [&](const ParamTensor& t, std::size_t w) {
+    const std::size_t j = w - t.offset;
+    if (t.init == Init::one) return 1.0f;
+    if (t.init == Init::xielu_alpha) return j % 2 == 0 ? xielu_p : xielu_n;
+    if (!t.decay || (t.vocab_rows && j >= vocab_rows)) return 0.0f;  // padded vocabulary rows stay 0
+    const double std = t.init == Init::normal_residual ? resid_std : 0.02;
+    const double u1 = uniform(2 * std::uint64_t(w)), u2 = uniform(2 * std::uint64_t(w) + 1);
+    return float(std * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+  };
+  load_params_from([&](std::size_t w0, std::size_t n, float* dst) {
+    // the whole tensor that holds w0 (whole_ is in offset order); a run never crosses tensors
+    auto it = std::upper_bound(whole_.begin(), whole_.end(), w0,
+                               [](std::size_t w, const ParamTensor& t) { return w < t.offset; });
+    const ParamTensor& t = *(it - 1);
+    for (std::size_t k = 0; k < n; ++k) dst[k] = value(t, w0 + k);
+  });
 }
 
 void GPT::load_params(const std::vector<float>& host) {

@@ -96,14 +96,18 @@ std::string CheckpointManager::save(const io::CheckpointState& state, const std:
   MPI_Bcast(&ok, 1, MPI_INT, 0, comm_);
   require(ok == 1, "cannot create checkpoint directory '" + dir_ + "'");
   io::write_checkpoint(tmp.string(), comm_, state, tensors, slice);
-  // Verify on rank 0, then publish: rename, then `latest` (itself written atomically).
+  // Verify on rank 0, then publish: flush, rename, then `latest` (itself written atomically).
   std::string failure;
   if (rank == 0) {
     try {
       io::read_checkpoint_state(tmp.string());
       for (const auto& rep : io::inspect_checkpoint(tmp.string(), tensors))
         require(rep.ok, "checkpoint '" + tmp.string() + "': tensor " + rep.path + " failed verification");
+      // Durable before it is published: the file's bytes, then its name, then `latest` (each
+      // fsync'ed; write_file_atomic flushes `latest` and the directory).
+      io::sync_file(tmp.string());
       fs::rename(tmp, final_path);
+      io::sync_parent_dir(final_path.string());
       io::write_file_atomic((fs::path(dir_) / "latest").string(), std::string(name) + "\n");
       // Keep the newest `keep` checkpoints.
       // Keep the newest `keep`; drop temporaries of writes that were cut short earlier.

@@ -19,8 +19,15 @@ std::vector<std::uint16_t> read_token_file(const std::string& path);
 /// Writes a token file atomically: to `path.tmp`, then renamed over `path`.
 void write_token_file(const std::string& path, const std::vector<std::uint16_t>& tokens);
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a failure never leaves a
-/// half-written file in place of good data.
+/// Writes `bytes` to `path` through a temporary file, flushed to disk (fsync), and a rename, then
+/// flushes the directory: a failure, a killed process or a node crash never leaves a half-written
+/// file in place of good data.
 void write_file_atomic(const std::string& path, const std::string& bytes);
+
+/// fsync of a written file (throws tapestry::Error naming it on failure).
+void sync_file(const std::string& path);
+/// fsync of the directory that holds `path`, so that a rename in it survives a node crash (best
+/// effort: file systems that cannot flush a directory are left as they are).
+void sync_parent_dir(const std::string& path);
 
 }  // namespace tapestry::io
