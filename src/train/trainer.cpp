@@ -157,6 +157,7 @@ struct Run {
   /// full copy and no parameter all-gather crosses sites.
   const parallel::Comm* shard_comm = nullptr;
   /// Checkpoints of a federated run: one file per site, in <ckpt-dir>/site_NN (written by the site).
+  std::string resume_path;  ///< the checkpoint to resume from (phase 1 found it), or ""
   std::string ckpt_dir() const {
     if (!federated) return cfg.ckpt_dir;
     char buf[16];
@@ -228,7 +229,10 @@ void resume_from(Run& r, const std::string& path) {
   r.resumed_from = path;
 }
 
-void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid, std::ostream& out) {
+/// Setup, phase 1: local only (no communication) - the config, the data, the site, the files to
+/// read. A failure on any one rank (a data file missing on one node, a bad TAPESTRY_SITE on one
+/// rank) reaches the agree() that follows on every rank, before any collective, so none hangs.
+void setup_local(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid, std::ostream& out) {
   TrainConfig& cfg = r.cfg;
   cfg = cfg_in;
   const auto& layout = grid.layout();
@@ -269,10 +273,26 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
     lopt.shuffle = false;  // validation: the same rows every time
     r.val_loader = std::make_unique<io::DataLoader>(io::parse_data_spec(cfg.val_data), lopt);
   }
+  parallel::parse_backend(cfg.parallel.collectives);
+  if (layout.tp() > 1) model::validate_tp(cfg.model, layout.tp());
+  if (layout.pp() > 1) stage_layers(cfg.model.n_layer, layout.pp(), cfg.parallel.pp_split);
+  r.site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
+  r.federated = !cfg.parallel.federation.empty();
+  if (hf) HfReader(cfg.init_from, cfg.model);  // its files are there and fit the spec (read later)
+  r.resume_path = resolve_resume(cfg.resume, r.ckpt_dir());
+  if (!r.resume_path.empty()) io::read_checkpoint_state(r.resume_path);  // readable here (loaded later)
+}
+
+/// Setup, phase 2: the communicators, the model, the optimizer and the resumed state. Every rank
+/// gets here only when phase 1 succeeded on all of them.
+void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& out) {
+  TrainConfig& cfg = r.cfg;
+  const auto& layout = grid.layout();
+  const bool hf = !cfg.init_from.empty() && is_hf_source(cfg.init_from);
+  const int dp = layout.dp(), drank = grid.dp().rank();
+  const int B = cfg.batch_size, T = cfg.seq_len;
   const auto backend = parallel::parse_backend(cfg.parallel.collectives);
   r.tp = std::make_unique<CollectivesTp>(parallel::make_collectives(backend, grid.tp()), grid.tp(), backend);
-  if (layout.tp() > 1) model::validate_tp(cfg.model, layout.tp());
-  r.site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
   // TP and PP groups exchange activations every step: never across sites
   for (const auto* g : {&grid.tp(), &grid.pp()}) {
     const auto [lo, hi] = min_max(r.site, *g);
@@ -323,7 +343,6 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
   const std::size_t n = r.gpt->padded_size();
   r.coll = parallel::make_collectives(backend, grid.dp());
   const auto& pc = cfg.parallel;
-  r.federated = !pc.federation.empty();
   if (pc.sites > 1 || pc.grad_reduce == "hierarchical" || pc.outer_steps > 0)
     r.sites = std::make_unique<parallel::SiteTopology>(grid.dp(), r.site, pc.sites);
   r.sum_comm = r.shard_comm = &grid.dp();
@@ -364,8 +383,7 @@ void setup(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid& grid,
     r.adamw = std::make_unique<optim::AdamW>(cfg.optim, r.gpt->tensors(), 0, n);
   }
   r.tensors = checkpoint_tensors(cfg.model);
-  const std::string resume = resolve_resume(cfg.resume, r.ckpt_dir());
-  if (!resume.empty()) resume_from(r, resume);
+  if (!r.resume_path.empty()) resume_from(r, r.resume_path);
   // Every site must continue from the same step (federated sites resume from their own files).
   const auto [lo, hi] = min_max(r.start_step, grid.world());
   require(lo == hi, "ranks would resume from different steps (" + std::to_string(lo) + " and " + std::to_string(hi) +
@@ -472,7 +490,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   std::ostream& out = root ? out_root : null_sink;
 
   Run r;
-  parallel::agree(grid.world(), [&] { setup(r, cfg_in, grid, out); });
+  parallel::agree(grid.world(), [&] { setup_local(r, cfg_in, grid, out); });
+  parallel::agree(grid.world(), [&] { setup_collective(r, grid, out); });
   const TrainConfig& cfg = r.cfg;
   model::GPT& gpt = *r.gpt;
   const parallel::Comm& dpc = grid.dp();
