@@ -143,6 +143,10 @@ int main(int argc, char** argv) {
     return run(inv, rt);
   } catch (const tapestry::parallel::PeerError&) {
     return 1;  // another rank printed the error
+  } catch (const tapestry::LibraryError& e) {
+    std::cerr << "tapestry: error: rank " << rt.rank() << ": " << e.what() << "\n";
+    if (rt.size() > 1) MPI_Abort(rt.world(), 2);
+    return 2;
   } catch (const tapestry::Error& e) {
     // Errors are thrown on exactly one rank (see parallel::agree) or are printed by rank 0 only.
     std::cerr << "tapestry: error: " << e.what() << "\n";

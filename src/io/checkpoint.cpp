@@ -36,8 +36,15 @@ class H5 {
   herr_t (*close_)(hid_t);
 };
 
+/// An HDF5 read that failed: the file's fault (one error line).
 void check(herr_t r, const std::string& what) {
   if (r < 0) throw Error(what);
+}
+
+/// An HDF5 write that failed: a library error (the other ranks writing the same file may be inside
+/// a collective call), which stops the whole job.
+void check_write(herr_t r, const std::string& what) {
+  if (r < 0) throw LibraryError("HDF5: " + what);
 }
 
 /// HDF5 prints its own error stack by default; Tapestry reports one line instead.
@@ -47,17 +54,17 @@ void quiet_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 void attr(hid_t obj, const char* name, std::int64_t v) {
   H5 space(H5Screate(H5S_SCALAR), H5Sclose);
   H5 a(H5Acreate2(obj, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  check(H5Awrite(a, H5T_NATIVE_INT64, &v), std::string("cannot write attribute ") + name);
+  check_write(H5Awrite(a, H5T_NATIVE_INT64, &v), std::string("cannot write attribute ") + name);
 }
 void attr(hid_t obj, const char* name, std::uint64_t v) {
   H5 space(H5Screate(H5S_SCALAR), H5Sclose);
   H5 a(H5Acreate2(obj, name, H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  check(H5Awrite(a, H5T_NATIVE_UINT64, &v), std::string("cannot write attribute ") + name);
+  check_write(H5Awrite(a, H5T_NATIVE_UINT64, &v), std::string("cannot write attribute ") + name);
 }
 void attr(hid_t obj, const char* name, double v) {
   H5 space(H5Screate(H5S_SCALAR), H5Sclose);
   H5 a(H5Acreate2(obj, name, H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  check(H5Awrite(a, H5T_NATIVE_DOUBLE, &v), std::string("cannot write attribute ") + name);
+  check_write(H5Awrite(a, H5T_NATIVE_DOUBLE, &v), std::string("cannot write attribute ") + name);
 }
 void attr(hid_t obj, const char* name, const std::string& v) {
   H5 space(H5Screate(H5S_SCALAR), H5Sclose);
@@ -65,7 +72,7 @@ void attr(hid_t obj, const char* name, const std::string& v) {
   H5Tset_size(type, std::max<std::size_t>(1, v.size()));
   H5Tset_strpad(type, H5T_STR_NULLPAD);
   H5 a(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  check(H5Awrite(a, type, v.empty() ? "" : v.data()), std::string("cannot write attribute ") + name);
+  check_write(H5Awrite(a, type, v.empty() ? "" : v.data()), std::string("cannot write attribute ") + name);
 }
 void attr(hid_t obj, const char* name, int v) { attr(obj, name, std::int64_t(v)); }
 void attr(hid_t obj, const char* name, const char* v) { attr(obj, name, std::string(v)); }
@@ -242,7 +249,7 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
           H5Sselect_none(mem);
         }
         const float* p = k < blocks.size() ? src + blocks[k].buffer_offset : src;
-        check(H5Dwrite(ds, H5T_NATIVE_FLOAT, mem, fs, dxpl, p), "writing " + name + " to '" + path + "' failed");
+        check_write(H5Dwrite(ds, H5T_NATIVE_FLOAT, mem, fs, dxpl, p), "writing " + name + " to '" + path + "' failed");
       }
       std::uint64_t sum = n ? checksum(src, n) : 0;
       MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, comm);
@@ -338,7 +345,7 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
   MPI_Bcast(created.data(), int(created.size()), MPI_CHAR, 0, comm);  // identical on all ranks
   attr(root, "created_utc", created);
   attr(root, "complete", std::int64_t(1));  // last: a file without it was cut short
-  check(H5Fflush(file, H5F_SCOPE_GLOBAL), "flushing '" + path + "' failed (disk full?)");
+  check_write(H5Fflush(file, H5F_SCOPE_GLOBAL), "flushing '" + path + "' failed (disk full?)");
 }
 
 CheckpointState read_checkpoint_state(const std::string& path) {

@@ -9,7 +9,7 @@ namespace tapestry::kernels::cublas {
 namespace {
 void check(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS)
-    throw Error(std::string("cuBLAS: ") + what + " failed: " + cublasGetStatusString(s));
+    throw LibraryError(std::string("cuBLAS: ") + what + " failed: " + cublasGetStatusString(s));
 }
 cublasOperation_t op(bool t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; }
 cublasHandle_t handle(const Handle& h) { return static_cast<cublasHandle_t>(h.get()); }

@@ -12,10 +12,10 @@ namespace tapestry::parallel {
 namespace {
 
 void check(ncclResult_t r, const char* what) {
-  if (r != ncclSuccess) throw Error(std::string("NCCL ") + what + ": " + ncclGetErrorString(r));
+  if (r != ncclSuccess) throw LibraryError(std::string("NCCL ") + what + ": " + ncclGetErrorString(r));
 }
 void check(cudaError_t r, const char* what) {
-  if (r != cudaSuccess) throw Error(std::string("CUDA ") + what + ": " + cudaGetErrorString(r));
+  if (r != cudaSuccess) throw LibraryError(std::string("CUDA ") + what + ": " + cudaGetErrorString(r));
 }
 
 class NcclCollectives final : public Collectives {

@@ -185,6 +185,9 @@ Comm federate(const Comm& local, const FederationSpec& spec, const std::string& 
   }
   // Order by site, then by rank inside the site; then check that the sites fit together.
   Comm world = merged.split(0, spec.site * (1 << 20) + local.rank());
+  // The joining ran with MPI_ERRORS_RETURN (to report a failed connect); the run's communicator
+  // must not inherit it, or a failed call in training would go unnoticed.
+  MPI_Comm_set_errhandler(world.get(), MPI_ERRORS_ARE_FATAL);
   const auto prints = all_gather_strings(std::to_string(spec.site) + "|" + std::to_string(local.size()) + "|" + fingerprint,
                                          world.get());
   std::string problem;
