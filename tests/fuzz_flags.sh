@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every numeric flag of `train`, `plan` and `data prepare`, read from --help, given 0, -1 and a huge
+# Every numeric flag of `train`, `plan`, `data prepare`, `bench step` and `bench gemm`, read from --help, given 0, -1 and a huge
 # value on top of a small valid command. Each run must end in one of three ways: exit 0 (the
 # value is valid), still running after a few seconds (valid and long, e.g. --steps 2147483647;
 # stopped here), or exactly one line `tapestry: error: ...` on stderr with an exit status of 1-100.
@@ -15,13 +15,17 @@ base_train=(train --train-data "$data/corpus_train.bin" --val-data "$data/corpus
             --steps 1 -b 1 -t 8 --n-layer 1 --n-head 2 --d-model 16 --log-every 1 --ckpt-dir ck --metrics-file m.jsonl)
 base_plan=(plan --model tiny-llama)
 base_prepare=(data prepare "$src/inputs/corpus/licenses.txt" -o out)
+base_step=(bench step --n-layer 1 --n-head 2 --d-model 16 --vocab-size 64 --max-seq-len 16 -b 1 -t 8 --warmup 0 --iters 1)
+base_gemm=(bench gemm --size 8 --iters 1)
 failures=0 runs=0
 flags_of() { "$exe" "$@" --help | grep -oE -- '--[a-z0-9-]+ (INT|UINT|FLOAT)' | sort -u; }
-for cmd in train plan prepare; do
+for cmd in train plan prepare step gemm; do
   case $cmd in
     train) base=("${base_train[@]}") ; help=(train) ;;
     plan) base=("${base_plan[@]}") ; help=(plan) ;;
     prepare) base=("${base_prepare[@]}") ; help=(data prepare) ;;
+    step) base=("${base_step[@]}") ; help=(bench step) ;;
+    gemm) base=("${base_gemm[@]}") ; help=(bench gemm) ;;
   esac
   while read -r flag type; do
     [ "$type" = FLOAT ] && huge=1e300 || huge=2147483647

@@ -37,6 +37,7 @@ grep -q "Kokkos_DIR:PATH=$prefix" build-openmp/CMakeCache.txt || {
 cmake --build build-openmp -j "$(nproc)"
 cd build-openmp
 ./src/tapestry bench gemm --size 64 --iters 1 | head -1   # the backend line: Kokkos 4.6.1, OpenMP, threads
-# test_large_count (label large: MPI transfers above 2^31 elements, 13 GB, 3 minutes) does not
-# depend on the Kokkos backend; it runs once, in the Debian build's suite.
-ctest --output-on-failure --timeout 600 -LE large
+# Tests labelled `once` do not depend on the Kokkos backend and are long: test_large_count (MPI
+# transfers above 2^31 elements, 13 GB, 3 minutes) and fuzz_numeric_flags (the command line, 3
+# minutes). They run once, in the Debian build's suite.
+ctest --output-on-failure --timeout 600 -LE once
