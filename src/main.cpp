@@ -107,7 +107,7 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
       else if (inv.command == Command::ckpt_verify) tapestry::train::ckpt_verify(inv.ckpt_path, out);
       else if (inv.export_format == "hf")
         tapestry::train::ckpt_export_hf(inv.ckpt_path, inv.ckpt_output, inv.export_dtype,
-                                        tapestry::parse_bytes(inv.max_shard_size), out);
+                                        tapestry::parse_bytes(inv.max_shard_size), out, inv.export_tokenizer);
       else if (inv.export_format == "llmc")
         tapestry::train::ckpt_export_llmc(inv.ckpt_path, inv.ckpt_output, out);
       else

@@ -59,4 +59,12 @@ for s in 5 6 7 8; do
   b=$(grep -E "^step +$s/8 \| loss" resumed.log | awk '{print $5}')
   [ -n "$a" ] && [ "$a" = "$b" ] || fail "step $s: loss $a uninterrupted, $b resumed"
 done
-echo "data_pipeline: ok (tokenizer, prepare at 1 and 2 ranks and 2 threads identical, numpy reader, mixture + doc-mask training resumed exactly)"
+# The trained model to Hugging Face, with its tokenizer and special ids.
+"$exe" ckpt export ck/step_00000008.h5 --format hf -o hf --tokenizer tok.model > export.log
+[ -f hf/tokenizer.model ] && cmp -s hf/tokenizer.model tok.model || fail "the tokenizer was not copied"
+/usr/bin/python3 -c "import json,sys; c=json.load(open('hf/config.json')); sys.exit(0 if (c['bos_token_id'], c['eos_token_id']) == (1, 2) else 1)" ||
+  fail "config.json lacks the tokenizer's BOS/EOS ids"
+"$exe" ckpt export ck/step_00000008.h5 --format hf -o hf_big --tokenizer "$src/tests/data/missing.model" 2> bad.log && fail "a missing tokenizer was accepted"
+grep -q "tapestry: error: tokenizer '.*missing.model'" bad.log || fail "unclear error for a missing tokenizer: $(cat bad.log)"
+[ -e hf_big ] && fail "a failed export left a directory"
+echo "data_pipeline: ok (tokenizer, prepare at 1 and 2 ranks and 2 threads identical, numpy reader, mixture + doc-mask training resumed exactly, HF export with the tokenizer)"

@@ -325,6 +325,9 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
                   "llmc (GPT-2, llm.c's fp32 file) or hf (config.json + safetensors: GPT2LMHeadModel, "
                   "LlamaForCausalLM or ApertusForCausalLM)")->capture_default_str();
   exp->add_option("--dtype", inv.export_dtype, "hf: fp32 or bf16 (rounded to nearest even)")->capture_default_str();
+  exp->add_option("--tokenizer", inv.export_tokenizer,
+                  "hf: the tokenizer to put beside the weights (tokenizer.json or its folder, or a SentencePiece "
+                  ".model); its BOS/EOS ids go into config.json");
   exp->add_option("--max-shard-size", inv.max_shard_size,
                   "hf: largest safetensors file (bytes, or with KB/MB/GB: 1000-based, as Hugging Face); "
                   "above it, shards and model.safetensors.index.json")->capture_default_str();

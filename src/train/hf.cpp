@@ -8,6 +8,7 @@
 
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/checkpoint.hpp"
+#include "tapestry/io/tokenizer.hpp"
 #include "tapestry/kernels/bf16.hpp"
 #include "tapestry/model/gpt.hpp"
 #include "tapestry/train/checkpointing.hpp"
@@ -220,11 +221,28 @@ ModelConfig model_from_hf_config(const std::string& path) {
 }
 
 void ckpt_export_hf(const std::string& path, const std::string& out_dir, const std::string& dtype,
-                    std::uint64_t max_shard_bytes, std::ostream& out) {
+                    std::uint64_t max_shard_bytes, std::ostream& out, const std::string& tokenizer) {
   require(dtype == "fp32" || dtype == "bf16", "ckpt export: --dtype must be fp32 or bf16 (got '" + dtype + "')");
   require(max_shard_bytes > 0, "ckpt export: --max-shard-size must be > 0");
   const auto st = io::read_checkpoint_state(path);
   const auto& m = st.model;
+  // The tokenizer's files, checked before anything is written.
+  std::vector<std::pair<fs::path, std::string>> tok_files;  // source, name in the output
+  std::int64_t bos = -1, eos = -1;
+  if (!tokenizer.empty()) {
+    const auto tok = io::load_tokenizer(tokenizer);
+    require(tok->vocab_size() <= std::uint32_t(m.vocab_size),
+            "ckpt export: the tokenizer '" + tokenizer + "' has " + std::to_string(tok->vocab_size()) +
+                " ids but the model's vocabulary is " + std::to_string(m.vocab_size));
+    bos = tok->bos_id(), eos = tok->eos_id();
+    const fs::path t(tokenizer);
+    if (fs::is_directory(t)) {
+      for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
+        if (fs::exists(t / f)) tok_files.push_back({t / f, f});
+    } else {
+      tok_files.push_back({t, t.extension() == ".model" ? "tokenizer.model" : "tokenizer.json"});
+    }
+  }
   const auto tensors = checkpoint_tensors(m, st.format_version);
   const auto hf = hf_tensors(m);
   std::error_code ec;
@@ -290,9 +308,20 @@ void ckpt_export_hf(const std::string& path, const std::string& out_dir, const s
     require(bool(f), "ckpt export: cannot write the index in '" + tmp.string() + "'");
   }
   {
+    std::string config = hf_config_json(m, dtype);
+    if (!tokenizer.empty()) {  // the special ids come from the tokenizer
+      json c = json::parse(config);
+      if (bos >= 0) c["bos_token_id"] = bos;
+      if (eos >= 0) c["eos_token_id"] = eos;
+      config = c.dump(2) + "\n";
+    }
     std::ofstream f(tmp / "config.json");
-    f << hf_config_json(m, dtype);
+    f << config;
     require(bool(f), "ckpt export: cannot write config.json in '" + tmp.string() + "'");
+  }
+  for (const auto& [src, name] : tok_files) {
+    fs::copy_file(src, tmp / name, ec);
+    require(!ec, "ckpt export: cannot copy '" + src.string() + "': " + ec.message());
   }
   fs::remove(out_dir, ec);  // empty, if it exists
   fs::rename(tmp, out_dir, ec);

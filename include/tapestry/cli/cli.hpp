@@ -26,6 +26,7 @@ struct Invocation {
   std::string eval_data, eval_logits;  ///< `tapestry ckpt eval`
   std::string export_format = "llmc", export_dtype = "fp32";  ///< `tapestry ckpt export`
   std::string max_shard_size = "5GB";
+  std::string export_tokenizer;  ///< `ckpt export --format hf --tokenizer`
   int eval_seq_len = 64, eval_rows = 4;
 };
 

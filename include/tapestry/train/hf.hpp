@@ -42,8 +42,12 @@ ModelConfig model_from_hf_config(const std::string& path);
 
 /// `tapestry ckpt export PATH --format hf -o DIR`: writes DIR/config.json and model.safetensors,
 /// or shards of at most `max_shard_bytes` and model.safetensors.index.json. dtype: fp32 or bf16.
+/// `tokenizer` (optional): a tokenizer.json, the folder holding it, or a SentencePiece .model,
+/// copied in beside the weights (tokenizer.json with its tokenizer_config.json and
+/// special_tokens_map.json where the folder has them; tokenizer.model), its BOS/EOS ids written
+/// into config.json. Its ids must fit the model's vocabulary.
 void ckpt_export_hf(const std::string& path, const std::string& out_dir, const std::string& dtype,
-                    std::uint64_t max_shard_bytes, std::ostream& out);
+                    std::uint64_t max_shard_bytes, std::ostream& out, const std::string& tokenizer = "");
 
 /// True for what --init-from reads as Hugging Face weights: a directory or a .safetensors file.
 bool is_hf_source(const std::string& path);
