@@ -215,6 +215,24 @@ TEST_CASE("kv heads and tp that do not divide one another are one clear error", 
   REQUIRE(all_ranks(refused));
 }
 
+TEST_CASE("Llama family across sites with tp 2 or pp 2 inside each: the hierarchical reduction matches one rank", "[mpi][llama][sites]") {
+  const int P = world_size();
+  if (P != 4 && P != 8) {
+    skipped("two sites of tp 2 or pp 2 run at 4 and 8 ranks");
+    return;
+  }
+  const auto ref = train_on(llama_config("swiglu"), MPI_COMM_SELF);
+  for (const int split : {0, 1}) {  // 0: tp 2, 1: pp 2
+    CAPTURE(split);
+    auto c = llama_config("swiglu");
+    c.batch_size = 16 / P;  // global batch 8 over dp = P / 2
+    c.parallel.sites = 2, c.parallel.grad_reduce = "hierarchical", c.parallel.compress = "none";
+    c.parallel.zero = 1;
+    const auto run = split == 0 ? train_on(c, MPI_COMM_WORLD, 2, 1) : train_on(c, MPI_COMM_WORLD, 1, 2);
+    REQUIRE(all_ranks(curve_diff(ref, run) <= kRelTol));
+  }
+}
+
 TEST_CASE("Llama family across sites: hierarchical reduction matches one rank; DiLoCo sites meet", "[mpi][llama][diloco]") {
   const int P = world_size();
   if (P % 2 != 0 || P > 4) {

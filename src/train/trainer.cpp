@@ -236,9 +236,12 @@ void setup_local(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid&
   TrainConfig& cfg = r.cfg;
   cfg = cfg_in;
   const auto& layout = grid.layout();
+  // TP/PP with the hierarchical reduction across sites works (tests: test_llama [sites]); DiLoCo
+  // and federation train too, but their checkpoints (per-site inner states, outer state) are not
+  // assembled from TP/PP parts yet, so a resumed run would not continue the same run.
   require((layout.tp() == 1 && layout.pp() == 1) || (cfg.parallel.outer_steps == 0 && cfg.parallel.federation.empty()),
-          "tensor or pipeline parallelism with DiLoCo or federation is not implemented yet (got " +
-              layout.describe() + ")");
+          "tensor or pipeline parallelism with DiLoCo or federation is not implemented yet: their checkpoints would "
+          "not hold the per-site state (got " + layout.describe() + "; --grad-reduce hierarchical works with tp and pp)");
   require(cfg.export_llmc.empty() || cfg.model.is_gpt2(),
           "--export-llmc writes llm.c's GPT-2 format; this model spec is not GPT-2 (norm " + cfg.model.norm + ", mlp " +
               cfg.model.mlp + ", positions " + cfg.model.positions + ")");
