@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <functional>
 #include <random>
@@ -42,11 +43,16 @@ inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
 }
 
 /// Largest |a - b| / max(1, |b|).
+/// |a - b| / max(1, |b|); infinite when either value is NaN or infinite (std::max would drop a NaN).
+inline double rel_diff(double a, double b) {
+  if (!std::isfinite(a) || !std::isfinite(b)) return std::numeric_limits<double>::infinity();
+  return std::abs(a - b) / std::max(1.0, std::abs(b));
+}
+
 inline double max_rel_err(const std::vector<double>& a, const std::vector<double>& b) {
   REQUIRE(a.size() == b.size());
   double e = 0;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    e = std::max(e, std::abs(a[i] - b[i]) / std::max(1.0, std::abs(b[i])));
+  for (std::size_t i = 0; i < a.size(); ++i) e = std::max(e, rel_diff(a[i], b[i]));
   return e;
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -90,15 +91,19 @@ inline train::TrainResult train_on(const TrainConfig& c, MPI_Comm comm, int tp =
 /// `from`): the training losses, and with from = 0 also the gradient norms (/ 10) and the
 /// validation losses. 1e9 when the runs do not line up (step counts or numbers). Rank 0 prints it.
 inline double curve_diff(const train::TrainResult& ref, const train::TrainResult& run, std::size_t from = 0) {
+  // NaN or inf on either side is an infinite difference (std::max would silently drop a NaN).
+  auto rel = [](double a, double b) {
+    return std::isfinite(a) && std::isfinite(b) ? std::abs(a - b) / std::abs(a) : std::numeric_limits<double>::infinity();
+  };
   double worst = ref.steps.size() == run.steps.size() + from && (from > 0 || ref.val.size() == run.val.size()) ? 0 : 1e9;
   for (std::size_t s = 0; worst < 1e9 && s < run.steps.size(); ++s) {
     const auto &a = ref.steps[s + from], &b = run.steps[s];
     if (a.step != b.step) worst = 1e9;
-    worst = std::max(worst, std::abs(a.loss - b.loss) / a.loss);
-    if (from == 0) worst = std::max(worst, std::abs(a.grad_norm - b.grad_norm) / a.grad_norm * 0.1);
+    worst = std::max(worst, rel(a.loss, b.loss));
+    if (from == 0) worst = std::max(worst, rel(a.grad_norm, b.grad_norm) * 0.1);
   }
   for (std::size_t s = 0; worst < 1e9 && from == 0 && s < ref.val.size(); ++s)
-    worst = std::max(worst, std::abs(ref.val[s].loss - run.val[s].loss) / ref.val[s].loss);
+    worst = std::max(worst, rel(ref.val[s].loss, run.val[s].loss));
   if (world_rank() == 0) std::printf("largest relative difference to the reference run: %.3g\n", worst);
   return worst;
 }

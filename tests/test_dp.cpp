@@ -162,3 +162,19 @@ TEST_CASE("DiLoCo over sites: sites train apart, meet at every outer step", "[mp
     REQUIRE(!same_params_everywhere(data_parallel(c)));
   }
 }
+
+TEST_CASE("curve_diff treats a NaN or inf loss as an infinite difference", "[helpers]") {
+  train::TrainResult a, b;
+  for (int s = 1; s <= 3; ++s) {
+    train::StepRecord r;
+    r.step = s, r.loss = 5.0 - s, r.grad_norm = 1.0;
+    a.steps.push_back(r);
+    b.steps.push_back(r);
+  }
+  REQUIRE(curve_diff(a, b) == 0.0);
+  b.steps[1].loss = std::numeric_limits<double>::quiet_NaN();
+  REQUIRE(curve_diff(a, b) == std::numeric_limits<double>::infinity());
+  b.steps[1].loss = a.steps[1].loss;
+  b.steps[2].grad_norm = std::numeric_limits<double>::infinity();
+  REQUIRE_FALSE(curve_diff(a, b) <= 1e-6);
+}

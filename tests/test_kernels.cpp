@@ -1125,3 +1125,12 @@ TEST_CASE("kernels that promise determinism: a checksum of their bits, compared 
   std::printf("determinism: concurrency %d checksum %016llx\n", int(ExecSpace().concurrency()),
               static_cast<unsigned long long>(first));
 }
+
+TEST_CASE("the comparison helpers treat NaN and inf as an infinite difference", "[helpers]") {
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  REQUIRE(max_rel_err({1.0, 2.0}, {1.0, 2.0}) == 0.0);
+  REQUIRE(max_rel_err({1.0, nan}, {1.0, 2.0}) == inf);  // a NaN output fails every "< tol" check
+  REQUIRE(max_rel_err({1.0, 2.0}, {nan, 2.0}) == inf);
+  REQUIRE(max_rel_err({inf, 2.0}, {inf, 2.0}) == inf);
+  REQUIRE_FALSE(max_rel_err({nan}, {1.0}) < kGradTol);
+}
