@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "catch.hpp"
+#include "temp_files.hpp"
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/data_loader.hpp"
 #include "tapestry/io/data_prepare.hpp"
@@ -20,6 +21,9 @@
 using namespace tapestry;
 using namespace tapestry::io;
 namespace fs = std::filesystem;
+using tapestry::test::TempDir;
+using tapestry::test::slurp;
+using tapestry::test::spit;
 
 namespace {
 std::vector<DataSource> one(const std::string& path) { return {DataSource{1.0, path}}; }
@@ -31,22 +35,6 @@ DataLoader::Options opts(int B, int T, std::uint64_t vocab, int shard = 0, int s
   return o;
 }
 
-/// A fresh directory per test case, removed at the end.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / ("tapestry_test_" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
-
-std::string slurp(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
-void spit(const std::string& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
 
 std::vector<std::uint16_t> iota_tokens(std::size_t n, int mod) {
   std::vector<std::uint16_t> t(n);

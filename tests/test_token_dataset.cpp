@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "temp_files.hpp"
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/data_loader.hpp"
 #include "tapestry/io/token_dataset.hpp"
@@ -16,26 +17,12 @@
 using namespace tapestry;
 using namespace tapestry::io;
 namespace fs = std::filesystem;
+using tapestry::test::TempDir;
+using tapestry::test::slurp;
+using tapestry::test::spit;
 using Catch::Matchers::Contains;
 
 namespace {
-/// A fresh directory per test case, removed at the end.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / ("tapestry_test_" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-  std::size_t entries() const { return std::size_t(std::distance(fs::directory_iterator(path), fs::directory_iterator())); }
-};
-
-std::string slurp(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
-void spit(const std::string& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
 
 using Docs = std::vector<std::vector<std::uint32_t>>;
 

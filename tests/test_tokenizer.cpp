@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "catch.hpp"
+#include "temp_files.hpp"
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/tokenizer.hpp"
 
@@ -17,23 +18,11 @@ using namespace tapestry::io;
 using Catch::Matchers::Contains;
 using Ids = std::vector<std::uint32_t>;
 namespace fs = std::filesystem;
+using tapestry::test::TempDir;
+using tapestry::test::slurp;
+using tapestry::test::spit;
 
 namespace {
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / ("tapestry_test_" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
-
-std::string slurp(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
-void spit(const std::string& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
 
 /// A byte-level BPE tokenizer.json small enough to follow by hand ("Ġ" is the space byte).
 ///   vocab  a:0 b:1 c:2 Ġ:3 ab:4 abc:5 Ġab:6 d:7 cd:8 bd:9 1:13 2:14 12:15
