@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every numeric flag of `train`, `plan`, `data prepare`, `bench step` and `bench gemm`, read from --help, given 0, -1 and a huge
 # value on top of a small valid command. Each run must end in one of three ways: exit 0 (the
-# value is valid), still running after a few seconds (valid and long, e.g. --steps 2147483647;
+# value is valid), still running after 3 seconds (valid and long, e.g. --steps 2147483647;
 # stopped here), or exactly one line `tapestry: error: ...` on stderr with an exit status of 1-100.
 # A crash (signal, abort), a multi-line error or an internal error fails the test.
 #   tests/fuzz_flags.sh TAPESTRY DATA_DIR WORK_DIR
@@ -31,7 +31,7 @@ for cmd in train plan prepare step gemm; do
     [ "$type" = FLOAT ] && huge=1e300 || huge=2147483647
     for v in 0 -1 "$huge"; do
       runs=$((runs + 1))
-      timeout -s KILL 5 "$exe" "${base[@]}" "$flag" "$v" > out.log 2> err.log
+      timeout -s KILL 3 "$exe" "${base[@]}" "$flag" "$v" > out.log 2> err.log
       rc=$?
       lines=$(grep -c . err.log)
       if [ $rc -eq 0 ] || [ $rc -eq 137 ]; then continue; fi
