@@ -10,7 +10,7 @@ if ! command -v npm >/dev/null; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "tapestry test oracles: installing nodejs npm"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null 2>&1 ||
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm; } >/dev/null 2>&1 ||
     echo "tapestry test oracles: could not install nodejs/npm; tiktoken_golden will be skipped"
 fi
 if command -v npm >/dev/null && [ ! -f "$dir/node_modules/tiktoken/package.json" ]; then
