@@ -62,15 +62,15 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
       tapestry::io::PrepareResult part;
       const bool tty = isatty(2) != 0;
       par::agree(world, [&] { part = tapestry::io::prepare_part(pc, world.rank(), world.size(), tty && world.rank() == 0); });
-      std::uint64_t mine[3] = {part.bytes, part.train_tokens, part.documents}, sum[3] = {0, 0, 0};
-      MPI_Reduce(mine, sum, 3, MPI_UINT64_T, MPI_SUM, 0, world.get());
+      std::uint64_t mine[4] = {part.bytes, part.tokens, part.documents, part.empty_documents}, sum[4] = {0, 0, 0, 0};
+      MPI_Reduce(mine, sum, 4, MPI_UINT64_T, MPI_SUM, 0, world.get());
       double secs = 0;
       MPI_Reduce(&part.seconds, &secs, 1, MPI_DOUBLE, MPI_MAX, 0, world.get());
       if (world.rank() != 0) return 0;
-      const auto r = tapestry::io::prepare_join(pc, world.size());
+      const auto r = tapestry::io::prepare_join(pc, world.size(), part);
       out << "tokenizer: " << part.tokenizer << " (loaded in " << fmt_num(part.load_seconds) << " s)\n";
       out << "tokenized " << fmt_num(double(sum[0]) / 1e6) << " MB, " << sum[2] << " documents";
-      if (part.empty_documents > 0) out << " (empty ones skipped)";
+      if (sum[3] > 0) out << " (" << sum[3] << " empty ones skipped)";
       out << " in " << fmt_num(secs) << " s: " << fmt_num(double(sum[0]) / 1e6 / secs) << " MB/s, "
           << fmt_num(double(sum[1]) / secs) << " tokens/s (" << world.size() << (world.size() == 1 ? " rank" : " ranks")
           << " x " << pc.threads << (pc.threads == 1 ? " thread)" : " threads)") << "\n";

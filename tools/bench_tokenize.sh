@@ -26,7 +26,7 @@ mkdir -p docs/bench
     start=$(date +%s.%N)
     $exe data train-tokenizer "$work/corpus.txt" -o "$work/spm_$type" --vocab-size 32000 --model-type $type \
       --max-sentences 200000 | sed "s|$work/||"
-    echo "train-tokenizer $type: $(echo "$(date +%s.%N) - $start" | bc) s"
+    echo "train-tokenizer $type: $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
   done
   for tok in byte "$work/tt/gpt2/tokenizer.json" "$work/tt/cl100k_base/tokenizer.json" "$work/spm_unigram.model" "$work/spm_bpe.model"; do
     echo "== --tokenizer ${tok#$work/}"

@@ -33,6 +33,8 @@ directory or config.json is missing/unreadable or the config cannot be interpret
 import argparse, json, math, os, re, struct, sys
 import numpy as np
 
+from model_ref import BadInput, read_hf_config  # tools/model_ref.py (json + numpy too); BadInput -> exit 2
+
 FLOAT_DTYPES = {"F32": 4, "BF16": 2, "F16": 2}
 # other dtypes of the safetensors spec: known sizes, but not accepted in a model checkpoint
 OTHER_DTYPES = {"F64": 8, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
@@ -40,10 +42,6 @@ OTHER_DTYPES = {"F64": 8, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16
 IGNORABLE = {"gpt2": (r".*\.attn\.bias", r".*\.attn\.masked_bias"),
              "llama": (r".*\.rotary_emb\.inv_freq",),
              "apertus": (r".*\.rotary_emb\.inv_freq",)}
-
-
-class BadInput(Exception):  # -> exit code 2
-    pass
 
 
 def _int(cfg, key, default=None):
@@ -251,16 +249,7 @@ def run(d, expect_dtype):
     errs, warns = [], []
     if not os.path.isdir(d):
         raise BadInput(f"not a directory: {d}")
-    cp = os.path.join(d, "config.json")
-    if not os.path.isfile(cp):
-        raise BadInput(f"no config.json in {d}")
-    try:
-        with open(cp, encoding="utf-8") as fh:
-            cfg = json.load(fh)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise BadInput(f"cannot parse {cp}: {e}")
-    if not isinstance(cfg, dict):
-        raise BadInput(f"{cp}: not a JSON object")
+    cp, cfg = read_hf_config(d)
     mt, E, opt, w = expected_tensors(cfg)
     warns += w
     arch = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",

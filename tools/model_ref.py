@@ -213,8 +213,9 @@ def read_safetensors(path, want=None):
     return out
 
 
-def load_hf(d):
-    """Hugging Face model directory -> (c, W) exactly as load_model builds them."""
+def read_hf_config(d):
+    """(path, dict) of a Hugging Face model directory's config.json; BadInput if it is missing,
+    unreadable or not a JSON object. tools/hf_check.py reads it the same way."""
     cp = os.path.join(d, "config.json")
     if not os.path.isfile(cp):
         raise BadInput(f"no config.json in {d}")
@@ -225,6 +226,12 @@ def load_hf(d):
         raise BadInput(f"cannot parse {cp}: {e}")
     if not isinstance(cfg, dict):
         raise BadInput(f"{cp}: not a JSON object")
+    return cp, cfg
+
+
+def load_hf(d):
+    """Hugging Face model directory -> (c, W) exactly as load_model builds them."""
+    cp, cfg = read_hf_config(d)
     mt = cfg.get("model_type")
     if mt not in ("gpt2", "llama", "apertus"):
         raise BadInput(f"{cp}: model_type {mt!r} is not gpt2, llama or apertus")

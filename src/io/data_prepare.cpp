@@ -1,10 +1,5 @@
 #include "tapestry/io/data_prepare.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstring>
 #include <exception>
@@ -16,6 +11,7 @@
 #include <thread>
 
 #include "tapestry/core/error.hpp"
+#include "tapestry/io/mapped_file.hpp"
 #include "tapestry/io/token_dataset.hpp"
 #include "tapestry/io/tokenizer.hpp"
 
@@ -38,40 +34,14 @@ std::string unescape(const std::string& s) {
 
 namespace {
 
-/// A read-only memory map of a whole input file.
-class Mapped {
- public:
-  explicit Mapped(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY);
-    require(fd >= 0, "data prepare: cannot open input '" + path + "': " + std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      ::close(fd);
-      throw Error("data prepare: cannot stat input '" + path + "'");
-    }
-    size_ = std::uint64_t(st.st_size);
-    if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
-      if (p == MAP_FAILED) {
-        ::close(fd);
-        throw Error("data prepare: cannot map input '" + path + "': " + std::strerror(errno));
-      }
-      data_ = static_cast<const char*>(p);
-    }
-    ::close(fd);
+/// An input file, memory-mapped; its errors say "data prepare: cannot open input '...': ...".
+std::unique_ptr<MappedFile> map_input(const std::string& path) {
+  try {
+    return std::make_unique<MappedFile>(path, "input");
+  } catch (const Error& e) {
+    throw Error(std::string("data prepare: ") + e.what());
   }
-  ~Mapped() {
-    if (data_ != nullptr) ::munmap(const_cast<char*>(data_), size_);
-  }
-  Mapped(const Mapped&) = delete;
-  Mapped& operator=(const Mapped&) = delete;
-  std::string_view view() const { return {data_, size_}; }
-  std::uint64_t size() const { return size_; }
-
- private:
-  const char* data_ = nullptr;
-  std::uint64_t size_ = 0;
-};
+}
 
 bool is_jsonl(const std::string& path) {
   const auto ext = fs::path(path).extension().string();
@@ -84,7 +54,7 @@ struct Input {
   std::uint64_t offset = 0;  // global byte offset
   bool jsonl = false;
   std::string sep;           // "" : one document
-  std::unique_ptr<Mapped> map;
+  std::unique_ptr<MappedFile> map;
 
   std::uint64_t size() const { return map->size(); }
   std::string_view text() const { return map->view(); }
@@ -162,7 +132,7 @@ Plan plan_inputs(const PrepareConfig& cfg) {
     in.path = path;
     in.jsonl = is_jsonl(path);
     in.sep = in.jsonl ? std::string("\n") : sep;
-    in.map = std::make_unique<Mapped>(path);
+    in.map = map_input(path);
     in.offset = p.total;
     p.total += in.size();
     p.inputs.push_back(std::move(in));
@@ -294,10 +264,10 @@ PrepareResult prepare_part(const PrepareConfig& cfg, int part, int parts, bool p
     if (e) std::rethrow_exception(e);
   PrepareResult r;
   for (const auto& c : counts) {
-    r.documents += c.documents, r.empty_documents += c.empty, r.bytes += c.bytes;
-    r.train_tokens += c.tokens;  // this part's tokens, both splits
+    r.documents += c.documents, r.empty_documents += c.empty, r.bytes += c.bytes, r.tokens += c.tokens;
   }
   r.tokenizer = tok->describe();
+  r.vocab_size = tok->vocab_size();
   r.bos = cfg.add_bos ? tok->bos_id() : -1;
   r.eos = cfg.add_eos ? tok->eos_id() : -1;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -305,35 +275,24 @@ PrepareResult prepare_part(const PrepareConfig& cfg, int part, int parts, bool p
   return r;
 }
 
-PrepareResult prepare_join(const PrepareConfig& cfg, int parts) {
+PrepareResult prepare_join(const PrepareConfig& cfg, int parts, const PrepareResult& part) {
   const TokenFormat fmt = format_of(cfg.format);
-  const auto tok = load_tokenizer(cfg.tokenizer);
   const int n = parts * cfg.threads;
-  PrepareResult r;
+  PrepareResult r = part;
   for (const char* split : {"train", "val"}) {
     if (std::string(split) == "val" && cfg.val_fraction == 0) continue;
     std::vector<std::string> names;
     for (int s = 0; s < n; ++s) names.push_back(dataset_path(part_name(cfg, split, s), fmt));
     const std::string out = dataset_path(output_name(cfg, split), fmt);
-    concat_token_datasets(names, out, fmt, tok->vocab_size());
+    concat_token_datasets(names, out, fmt, part.vocab_size);
     for (int s = 0; s < n; ++s) remove_dataset(part_name(cfg, split, s), fmt);
     const auto ds = TokenDataset::open(out);
     if (std::string(split) == "train") r.train_path = out, r.train_tokens = ds->num_tokens();
     else r.val_path = out, r.val_tokens = ds->num_tokens();
-    r.documents += fmt == TokenFormat::megatron ? ds->num_documents() : 0;
   }
-  r.tokenizer = tok->describe();
-  r.bos = cfg.add_bos ? tok->bos_id() : -1;
-  r.eos = cfg.add_eos ? tok->eos_id() : -1;
   return r;
 }
 
-PrepareResult prepare_data(const PrepareConfig& cfg) {
-  const auto part = prepare_part(cfg, 0, 1, false);
-  auto r = prepare_join(cfg, 1);
-  r.documents = part.documents, r.empty_documents = part.empty_documents, r.bytes = part.bytes;
-  r.seconds = part.seconds, r.load_seconds = part.load_seconds;
-  return r;
-}
+PrepareResult prepare_data(const PrepareConfig& cfg) { return prepare_join(cfg, 1, prepare_part(cfg, 0, 1, false)); }
 
 }  // namespace tapestry::io

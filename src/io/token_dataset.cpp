@@ -13,7 +13,6 @@
 #include "tapestry/io/token_dataset.hpp"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,15 +22,17 @@
 #include <cstring>
 
 #include "tapestry/core/error.hpp"
+#include "tapestry/io/mapped_file.hpp"
+#include "tapestry/io/token_file.hpp"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "token files are little-endian; so must the host be");
 
 namespace tapestry::io {
 namespace {
 
-constexpr std::int32_t kLlmcMagic16 = 20240520, kLlmcVersion16 = 1;
+constexpr std::int32_t kLlmcMagic16 = kTokenMagic, kLlmcVersion16 = kTokenVersion;  // io/token_file.hpp
 constexpr std::int32_t kLlmcMagic32 = 20240801, kLlmcVersion32 = 7;
-constexpr std::uint64_t kLlmcHeaderBytes = 256 * 4;
+constexpr std::uint64_t kLlmcHeaderBytes = kHeaderInts * 4;
 constexpr std::uint64_t kLlmcMaxTokens = 0x7fffffffu;  // the header count is an int32
 constexpr char kMegatronMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
 constexpr std::uint64_t kMegatronHeaderBytes = 9 + 8 + 1 + 8 + 8;  // 34
@@ -61,50 +62,6 @@ bool file_exists(const std::string& p) {
 /// Token width of a dataset written for `vocab_size`: 2 when every id fits a uint16, else 4.
 int width_for_vocab(std::uint64_t vocab_size) { return vocab_size <= 65536 ? 2 : 4; }
 
-/// \brief A read-only memory map of a whole file (MAP_SHARED, PROT_READ); the descriptor is closed
-/// once mapped. An empty file maps to nothing (mmap of length 0 is invalid).
-class Mapping {
- public:
-  explicit Mapping(const std::string& path) : path_(path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    require(fd >= 0, "cannot open " + q(path) + ": " + errno_text());
-    struct stat st;
-    if (::fstat(fd, &st) != 0) {
-      const std::string why = errno_text();
-      ::close(fd);
-      throw Error("cannot stat " + q(path) + ": " + why);
-    }
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw Error("cannot read " + q(path) + ": not a regular file");
-    }
-    size_ = std::uint64_t(st.st_size);
-    if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
-      if (p == MAP_FAILED) {
-        const std::string why = errno_text();
-        ::close(fd);
-        throw Error("cannot memory-map " + q(path) + ": " + why);
-      }
-      data_ = static_cast<const unsigned char*>(p);
-    }
-    ::close(fd);
-  }
-  ~Mapping() {
-    if (data_) ::munmap(const_cast<unsigned char*>(data_), size_);
-  }
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-
-  const unsigned char* data() const { return data_; }
-  std::uint64_t size() const { return size_; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-  const unsigned char* data_ = nullptr;
-  std::uint64_t size_ = 0;
-};
 
 void check_range(const std::string& name, std::uint64_t offset, std::uint64_t n, std::uint64_t total) {
   require(offset <= total && n <= total - offset,
@@ -178,7 +135,7 @@ class LlmcDataset final : public TokenDataset {
   const unsigned char* payload() const { return map_.data() + kLlmcHeaderBytes; }
 
  private:
-  Mapping map_;
+  MappedFile map_;
   int width_ = 2;
   std::uint64_t count_ = 0;
 };
@@ -280,7 +237,7 @@ class MegatronDataset final : public TokenDataset {
 
  private:
   std::string prefix_;
-  Mapping idx_, bin_;
+  MappedFile idx_, bin_;
   int width_ = 2;
   std::uint64_t S_ = 0, D_ = 0, num_tokens_ = 0;
   const unsigned char* lengths_ = nullptr;   // int32[S]
@@ -381,14 +338,6 @@ class OutFile {
   std::size_t used_ = 0;
 };
 
-void fsync_directory_of(const std::string& path) {
-  const auto slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;  // best effort: the data files themselves are already synced
-  (void)::fsync(fd);
-  ::close(fd);
-}
 
 /// \brief Output files written as `final.tmp` and renamed over `final` at commit(), in the order
 /// they were added; the temporaries are removed on abort() or destruction before commit().
@@ -415,7 +364,7 @@ class StagedOutput {
       abort();
       throw;
     }
-    if (!files_.empty()) fsync_directory_of(files_.front().final_path);
+    if (!files_.empty()) sync_parent_dir(files_.front().final_path);  // best effort: the files are synced
     files_.clear();
   }
   void abort() noexcept {

@@ -156,8 +156,11 @@ struct Run {
   /// the DP group, or with sites (hierarchical, DiLoCo) the site's ranks, so that every site holds a
   /// full copy and no parameter all-gather crosses sites.
   const parallel::Comm* shard_comm = nullptr;
+  // Found and read in setup's local phase, used in its collective phase.
+  std::string resume_path;          ///< the checkpoint to resume from, or ""
+  io::CheckpointState resume_state;  ///< its state (attributes), read once
+  std::unique_ptr<HfReader> hf_reader;  ///< --init-from a Hugging Face directory or file
   /// Checkpoints of a federated run: one file per site, in <ckpt-dir>/site_NN (written by the site).
-  std::string resume_path;  ///< the checkpoint to resume from (phase 1 found it), or ""
   std::string ckpt_dir() const {
     if (!federated) return cfg.ckpt_dir;
     char buf[16];
@@ -180,7 +183,7 @@ std::string model_str(const ModelConfig& m) { return spec_string(m); }
 /// (any layout; a DiLoCo checkpoint needs the same number of sites, or a run without DiLoCo, which
 /// continues from site 0's state).
 void resume_from(Run& r, const std::string& path) {
-  const auto st = io::read_checkpoint_state(path);
+  const auto& st = r.resume_state;
   const auto tensors = checkpoint_tensors(st.model, st.format_version);
   const auto& m = r.cfg.model;
   require(model_str(st.model) == model_str(m), "checkpoint '" + path + "' holds model " + model_str(st.model) +
@@ -281,9 +284,9 @@ void setup_local(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid&
   if (layout.pp() > 1) stage_layers(cfg.model.n_layer, layout.pp(), cfg.parallel.pp_split);
   r.site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
   r.federated = !cfg.parallel.federation.empty();
-  if (hf) HfReader(cfg.init_from, cfg.model);  // its files are there and fit the spec (read later)
+  if (hf) r.hf_reader = std::make_unique<HfReader>(cfg.init_from, cfg.model);  // files there, fitting the spec
   r.resume_path = resolve_resume(cfg.resume, r.ckpt_dir());
-  if (!r.resume_path.empty()) io::read_checkpoint_state(r.resume_path);  // readable here (loaded later)
+  if (!r.resume_path.empty()) r.resume_state = io::read_checkpoint_state(r.resume_path);
 }
 
 /// Setup, phase 2: the communicators, the model, the optimizer and the resumed state. Every rank
@@ -291,7 +294,6 @@ void setup_local(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid&
 void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& out) {
   TrainConfig& cfg = r.cfg;
   const auto& layout = grid.layout();
-  const bool hf = !cfg.init_from.empty() && is_hf_source(cfg.init_from);
   const int dp = layout.dp(), drank = grid.dp().rank();
   const int B = cfg.batch_size, T = cfg.seq_len;
   const auto backend = parallel::parse_backend(cfg.parallel.collectives);
@@ -337,9 +339,9 @@ void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& o
   // Every rank initialises identically (same seed or same file), so no broadcast is needed.
   if (cfg.init_from.empty()) {
     r.gpt->init_random(cfg.seed);
-  } else if (hf) {  // each rank reads only the values it holds
-    const HfReader reader(cfg.init_from, cfg.model);
-    r.gpt->load_params_from([&](std::size_t w, std::size_t n, float* dst) { reader.read(w, n, dst); });
+  } else if (r.hf_reader) {  // each rank reads only the values it holds
+    r.gpt->load_params_from([&](std::size_t w, std::size_t n, float* dst) { r.hf_reader->read(w, n, dst); });
+    r.hf_reader.reset();
   } else {
     r.gpt->load_params(io::read_llmc_params(cfg.init_from, std::size_t(cfg.model.num_parameters())));
   }

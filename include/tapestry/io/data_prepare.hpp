@@ -27,7 +27,9 @@ struct PrepareConfig {
 
 struct PrepareResult {
   std::string train_path, val_path;  ///< val_path empty when val_fraction is 0
-  std::uint64_t train_tokens = 0, val_tokens = 0, documents = 0, empty_documents = 0, bytes = 0;
+  std::uint64_t train_tokens = 0, val_tokens = 0;  ///< of the outputs (prepare_join, prepare_data)
+  std::uint64_t tokens = 0, documents = 0, empty_documents = 0, bytes = 0;  ///< tokenized (both splits)
+  std::uint32_t vocab_size = 0;      ///< the tokenizer's
   double seconds = 0;                ///< tokenizing and writing this part (prepare_part) or all (prepare_data)
   double load_seconds = 0;           ///< mapping the inputs and loading the tokenizer, before that
   std::string tokenizer;             ///< the tokenizer's describe() line
@@ -40,9 +42,10 @@ struct PrepareResult {
 /// cfg.threads threads, and writes its part datasets. Throws tapestry::Error naming the problem.
 PrepareResult prepare_part(const PrepareConfig& cfg, int part, int parts, bool progress);
 
-/// After all parts are written: joins them, in order, into the outputs and removes them. The
-/// result's counts are those of the outputs.
-PrepareResult prepare_join(const PrepareConfig& cfg, int parts);
+/// After all parts are written: joins them, in order, into the outputs and removes them. `part`
+/// is this process's prepare_part() result (the tokenizer's description, ids and vocabulary; the
+/// tokenizer is not loaded again). The result's train/val counts are those of the outputs.
+PrepareResult prepare_join(const PrepareConfig& cfg, int parts, const PrepareResult& part);
 
 /// Both, in one process.
 PrepareResult prepare_data(const PrepareConfig& cfg);
