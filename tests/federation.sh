@@ -3,8 +3,9 @@
 # Usage: federation.sh MODE TAPESTRY MPIRUN DATA_DIR WORK_DIR
 #   match      2 jobs x 2 ranks, hierarchical all-reduce, then DiLoCo (H=5, int8): the losses of
 #              one 4-rank job with --sites 2, step for step (relative 1e-6)
-#   resume     federated DiLoCo with ZeRO-1 saving at step 6: each site writes its own checkpoint
-#              (ckpt/site_NN); the federated run resumed from them repeats steps 7-12 bitwise
+#   resume     federated DiLoCo saving at step 6, each site's 2 ranks as ZeRO-1 shards and then as a
+#              tp 2 pair: each site writes its own checkpoint (ckpt_*/site_NN); the federated run
+#              resumed from them repeats steps 7-12 bitwise
 #   mismatch   sites with different model configs: one error line naming the difference in each
 #              job's output, both exit non-zero
 #   unequal    sites of 2 and 1 ranks: one clear error in each job, both exit non-zero
@@ -71,30 +72,34 @@ match)
   ;;
 resume)
   start_server
-  extra=(--outer-steps 4 --zero 1 --ckpt-dir ckpt --keep 0)
-  SITE0_ARGS="--metrics-file full.jsonl" fed full 2 2 "${extra[@]}" --save-every 6
-  [ "$rc0" = 0 ] && [ "$rc1" = 0 ] || fail "full run exited $rc0 / $rc1"
-  for s in 00 01; do
-    "$exe" ckpt verify "ckpt/site_$s/step_00000006.h5" > /dev/null || fail "site $s checkpoint does not verify"
-  done
-  rm ckpt/site_0?/step_00000012.h5
-  echo step_00000006.h5 > ckpt/site_00/latest; echo step_00000006.h5 > ckpt/site_01/latest
-  SITE0_ARGS="--metrics-file resumed.jsonl" fed resumed 2 2 "${extra[@]}" --resume auto
-  [ "$rc0" = 0 ] && [ "$rc1" = 0 ] || fail "resumed run exited $rc0 / $rc1"
-  grep -q "resumed from ckpt/site_00/step_00000006.h5 at step 6" resumed.site0.log || fail "did not resume at step 6"
-  /usr/bin/python3 - <<'PY' || fail "resumed losses differ"
-import json
-full = {(r["step"], "loss" in r): r for r in map(json.loads, open("full.jsonl"))}
-res = [json.loads(l) for l in open("resumed.jsonl")]
+  # Each site's ranks as data-parallel ZeRO-1 shards, then as one tensor-parallel pair.
+  for variant in "zero|--zero 1" "tp|--tp 2"; do
+    v=${variant%%|*}; read -r -a layout <<< "${variant#*|}"
+    extra=(--outer-steps 4 "${layout[@]}" --ckpt-dir "ckpt_$v" --keep 0)
+    SITE0_ARGS="--metrics-file full_$v.jsonl" fed "full_$v" 2 2 "${extra[@]}" --save-every 6
+    [ "$rc0" = 0 ] && [ "$rc1" = 0 ] || fail "$v: full run exited $rc0 / $rc1"
+    for s in 00 01; do
+      "$exe" ckpt verify "ckpt_$v/site_$s/step_00000006.h5" > /dev/null || fail "$v: site $s checkpoint does not verify"
+    done
+    rm "ckpt_$v"/site_0?/step_00000012.h5
+    echo step_00000006.h5 > "ckpt_$v/site_00/latest"; echo step_00000006.h5 > "ckpt_$v/site_01/latest"
+    SITE0_ARGS="--metrics-file resumed_$v.jsonl" fed "resumed_$v" 2 2 "${extra[@]}" --resume auto
+    [ "$rc0" = 0 ] && [ "$rc1" = 0 ] || fail "$v: resumed run exited $rc0 / $rc1"
+    grep -q "resumed from ckpt_$v/site_00/step_00000006.h5 at step 6" "resumed_$v.site0.log" || fail "$v: did not resume at step 6"
+    /usr/bin/python3 - "full_$v.jsonl" "resumed_$v.jsonl" "$v" <<'PY' || fail "$v: resumed losses differ"
+import json, sys
+full = {(r["step"], "loss" in r): r for r in map(json.loads, open(sys.argv[1]))}
+res = [json.loads(l) for l in open(sys.argv[2])]
 assert len(res) >= 6
 for r in res:
     k = "loss" if "loss" in r else "val_loss"
     assert r[k] == full[(r["step"], k == "loss")][k], r
-print(f"resumed: {len(res)} records after step 6 equal the uninterrupted run bitwise")
+print(f"resumed ({sys.argv[3]}): {len(res)} records after step 6 equal the uninterrupted run bitwise")
 PY
+  done
   # One site's checkpoint missing: a clear error, not a silent restart from scratch
-  rm ckpt/site_01/latest
-  fed gap 2 2 "${extra[@]}" --resume auto
+  rm ckpt_zero/site_01/latest
+  fed gap 2 2 --outer-steps 4 --zero 1 --ckpt-dir ckpt_zero --keep 0 --resume auto
   [ "$rc0" != 0 ] && [ "$rc1" != 0 ] || fail "resume with one site's checkpoint missing exited $rc0 / $rc1"
   grep -q "ranks would resume from different steps (0 and 6)" gap.site0.log || fail "no clear error for a missing site checkpoint"
   ;;

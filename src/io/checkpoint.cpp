@@ -166,6 +166,58 @@ std::vector<Block> flat_blocks(const std::vector<std::int64_t>& shape, std::size
   return out;
 }
 
+/// The rectangles of tensor `t` that `runs` (sorted by whole index) cover, each contiguous in the
+/// rank's buffer (Block::buffer_offset: its local index): runs merged where they continue one
+/// another (a TP rank's rows of a column block), then cut into pieces of at most
+/// kMaxTransferElements.
+std::vector<Block> tensor_blocks(const FlatTensor& t, const std::vector<FlatRun>& runs) {
+  std::vector<Block> merged;
+  const bool two_d = t.shape.size() == 2;
+  auto it = std::upper_bound(runs.begin(), runs.end(), t.offset,
+                             [](std::size_t v, const FlatRun& r) { return v < r.whole + r.n; });
+  for (; it != runs.end() && it->whole < t.offset + t.size; ++it) {
+    const std::size_t a = std::max(it->whole, t.offset), b = std::min(it->whole + it->n, t.offset + t.size);
+    if (a >= b) continue;
+    for (auto k : flat_blocks(t.shape, a - t.offset, b - t.offset)) {
+      k.buffer_offset += it->local + (a - it->whole);
+      if (!merged.empty()) {
+        auto& p = merged.back();
+        const std::size_t pn = std::size_t(p.count[0]) * (two_d ? std::size_t(p.count[1]) : 1);
+        const bool follows = two_d ? p.start[1] == k.start[1] && p.count[1] == k.count[1] && p.start[0] + p.count[0] == k.start[0]
+                                   : p.start[0] + p.count[0] == k.start[0];
+        if (follows && p.buffer_offset + pn == k.buffer_offset) {
+          p.count[0] += k.count[0];
+          continue;
+        }
+      }
+      merged.push_back(k);
+    }
+  }
+  std::vector<Block> out;
+  for (const auto& k : merged) {
+    const std::size_t row = two_d ? std::size_t(k.count[1]) : 1;
+    const std::size_t step = std::max<std::size_t>(1, kMaxTransferElements / row);
+    for (hsize_t r = 0; r < k.count[0]; r += step) {
+      Block p = k;
+      p.start[0] = k.start[0] + r;
+      p.count[0] = std::min<hsize_t>(step, k.count[0] - r);
+      p.buffer_offset = k.buffer_offset + std::size_t(r) * row;
+      out.push_back(p);
+    }
+  }
+  return out;
+}
+
+/// Sorted by whole index (the order tensor_blocks searches in).
+std::vector<FlatRun> by_whole(std::vector<FlatRun> runs) {
+  std::sort(runs.begin(), runs.end(), [](const FlatRun& a, const FlatRun& b) { return a.whole < b.whole; });
+  return runs;
+}
+
+std::size_t block_size(const Block& k, std::size_t rank) {
+  return std::size_t(k.count[0]) * (rank == 2 ? std::size_t(k.count[1]) : 1);
+}
+
 std::vector<hsize_t> dims(const std::vector<std::int64_t>& shape) {
   return std::vector<hsize_t>(shape.begin(), shape.end());
 }
@@ -209,7 +261,7 @@ std::uint64_t checksum(const float* x, std::size_t n) {
 }
 
 void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointState& st,
-                      const std::vector<FlatTensor>& tensors, const RankSlice& slice) {
+                      const std::vector<FlatTensor>& tensors, const std::vector<FlatSection>& sections) {
   quiet_hdf5();
   H5 fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
@@ -220,38 +272,46 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
   H5 lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl, 1);
 
-  // Every dataset: created collectively; each rank writes its part of the flat range.
-  auto write_tensors = [&](const std::string& prefix, const float* data, std::size_t data_begin,
-                           std::size_t write_begin, std::size_t write_end) {
-    for (const auto& t : tensors) {
+  // Every dataset: created collectively; each rank writes its rectangles of it, straight from its
+  // buffer. Collective writes need the same number of calls on every rank: the most any rank
+  // makes, selecting nothing where it has no more.
+  auto write_section = [&](const FlatSection& sec) {
+    std::vector<std::vector<Block>> blocks(tensors.size());
+    std::vector<std::uint64_t> calls(tensors.size());
+    const auto runs = by_whole(sec.runs);
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      blocks[i] = tensor_blocks(tensors[i], runs);
+      calls[i] = blocks[i].size();
+    }
+    MPI_Allreduce(MPI_IN_PLACE, calls.data(), int(calls.size()), MPI_UINT64_T, MPI_MAX, comm);
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      const auto& t = tensors[i];
       const auto d = dims(t.shape), c = chunk_dims(t.shape);
       H5 space(H5Screate_simple(int(d.size()), d.data(), nullptr), H5Sclose);
       H5 dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
       H5Pset_chunk(dcpl, int(c.size()), c.data());
       H5Pset_fletcher32(dcpl);
-      const std::string name = prefix + "/" + t.path;
+      const std::string name = sec.prefix + "/" + t.path;
       H5 ds(H5Dcreate2(file, name.c_str(), H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT), H5Dclose);
       require(ds.ok(), "cannot create dataset " + name + " in '" + path + "'");
-      const std::size_t lo = std::max(t.offset, write_begin), hi = std::min(t.offset + t.size, write_end);
-      const std::size_t n = hi > lo ? hi - lo : 0;
-      const float* src = n ? data + (lo - data_begin) : data;
-      // Collective: every rank makes exactly three calls, selecting nothing where it has no block.
-      const auto blocks = flat_blocks(t.shape, n ? lo - t.offset : 0, n ? hi - t.offset : 0);
       const int rank = int(t.shape.size());
-      for (std::size_t k = 0; k < 3; ++k) {
+      std::uint64_t sum = 0;
+      for (std::size_t k = 0; k < calls[i]; ++k) {
         H5 fs(H5Scopy(space), H5Sclose);
         const hsize_t one[2] = {1, 1};
-        H5 mem(H5Screate_simple(rank, k < blocks.size() ? blocks[k].count : one, nullptr), H5Sclose);
-        if (k < blocks.size()) {
-          H5Sselect_hyperslab(fs, H5S_SELECT_SET, blocks[k].start, nullptr, blocks[k].count, nullptr);
+        const bool mine = k < blocks[i].size();
+        H5 mem(H5Screate_simple(rank, mine ? blocks[i][k].count : one, nullptr), H5Sclose);
+        const float* p = sec.data;
+        if (mine) {
+          H5Sselect_hyperslab(fs, H5S_SELECT_SET, blocks[i][k].start, nullptr, blocks[i][k].count, nullptr);
+          p = sec.data + blocks[i][k].buffer_offset;
+          sum += checksum(p, block_size(blocks[i][k], std::size_t(rank)));
         } else {
           H5Sselect_none(fs);
           H5Sselect_none(mem);
         }
-        const float* p = k < blocks.size() ? src + blocks[k].buffer_offset : src;
         check_write(H5Dwrite(ds, H5T_NATIVE_FLOAT, mem, fs, dxpl, p), "writing " + name + " to '" + path + "' failed");
       }
-      std::uint64_t sum = n ? checksum(src, n) : 0;
       MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, comm);
       attr(ds, "checksum", sum);
       attr(ds, "llmc_name", t.llmc_name);
@@ -281,7 +341,6 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
     attr(g, "xielu_eps", -1e-6);
     attr(g, "dtype", "float32");
   }
-  write_tensors("/model", slice.params, 0, slice.write_begin, slice.write_end);
   {
     H5 g = group(file, "/optimizer");
     attr(g, "name", "adamw");
@@ -297,9 +356,7 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
     attr(g, "weight_decay", st.optim.weight_decay);
     attr(g, "grad_clip", st.optim.grad_clip);
   }
-  write_tensors("/optimizer/adam_m", slice.m, slice.moments_begin, slice.write_begin, slice.write_end);
-  write_tensors("/optimizer/adam_v", slice.v, slice.moments_begin, slice.write_begin, slice.write_end);
-  for (const auto& x : slice.extra) write_tensors(x.prefix, x.data, x.data_begin, x.write_begin, x.write_end);
+  for (const auto& sec : sections) write_section(sec);
   if (st.diloco_sites > 0) {
     H5 g = group(file, "/diloco");
     attr(g, "sites", std::int64_t(st.diloco_sites));
@@ -430,8 +487,8 @@ CheckpointState read_checkpoint_state(const std::string& path) {
 }
 
 namespace {
-void read_tensor_range(hid_t file, const std::string& path, const std::string& name, const FlatTensor& t, float* dst,
-                       std::size_t a, std::size_t b) {
+/// Opens dataset `name` and checks its shape against `t`.
+H5 open_tensor(hid_t file, const std::string& path, const std::string& name, const FlatTensor& t) {
   H5 ds(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
   require(ds.ok(), "checkpoint '" + path + "' lacks tensor " + name);
   H5 space(H5Dget_space(ds), H5Sclose);
@@ -440,21 +497,38 @@ void read_tensor_range(hid_t file, const std::string& path, const std::string& n
   std::vector<std::int64_t> got(d.begin(), d.end());
   require(got == t.shape, "checkpoint '" + path + "': tensor " + name + " has shape " + shape_str(got) +
                               ", the run expects " + shape_str(t.shape));
-  for (const auto& k : flat_blocks(t.shape, a, b)) {
-    H5Sselect_hyperslab(space, H5S_SELECT_SET, k.start, nullptr, k.count, nullptr);
-    H5 mem(H5Screate_simple(int(t.shape.size()), k.count, nullptr), H5Sclose);
-    check(H5Dread(ds, H5T_NATIVE_FLOAT, mem, space, H5P_DEFAULT, dst + k.buffer_offset),
-          "checkpoint '" + path + "': tensor " + name + " is corrupted (Fletcher32 checksum mismatch) or unreadable");
+  return ds;
+}
+
+/// Calls f(tensor, open dataset, block) for every block of `runs` in the buffer under `prefix`.
+template <class F>
+void for_each_block(hid_t file, const std::string& path, const std::string& prefix,
+                    const std::vector<FlatTensor>& tensors, const std::vector<FlatRun>& runs, F&& f) {
+  for (const auto& t : tensors) {
+    const auto blocks = tensor_blocks(t, runs);
+    if (blocks.empty()) continue;
+    const std::string name = prefix + "/" + t.path;
+    H5 ds = open_tensor(file, path, name, t);
+    for (const auto& k : blocks) f(t, name, ds, k);
   }
 }
 
-/// Reads [begin, end) of the buffer under `prefix` from an open file.
-void read_section(hid_t file, const std::string& path, const std::string& prefix,
-                  const std::vector<FlatTensor>& tensors, float* dst, std::size_t begin, std::size_t end) {
-  for (const auto& t : tensors) {
-    const std::size_t lo = std::max(t.offset, begin), hi = std::min(t.offset + t.size, end);
-    if (lo < hi) read_tensor_range(file, path, prefix + "/" + t.path, t, dst + (lo - begin), lo - t.offset, hi - t.offset);
-  }
+/// Reads one block of a dataset into dst (block_size elements).
+void read_block(hid_t ds, const std::string& path, const std::string& name, const FlatTensor& t, const Block& k,
+                float* dst) {
+  H5 space(H5Dget_space(ds), H5Sclose);
+  H5Sselect_hyperslab(space, H5S_SELECT_SET, k.start, nullptr, k.count, nullptr);
+  H5 mem(H5Screate_simple(int(t.shape.size()), k.count, nullptr), H5Sclose);
+  check(H5Dread(ds, H5T_NATIVE_FLOAT, mem, space, H5P_DEFAULT, dst),
+        "checkpoint '" + path + "': tensor " + name + " is corrupted (Fletcher32 checksum mismatch) or unreadable");
+}
+
+void read_runs_open(hid_t file, const std::string& path, const std::string& prefix,
+                    const std::vector<FlatTensor>& tensors, float* dst, const std::vector<FlatRun>& runs) {
+  for_each_block(file, path, prefix, tensors, by_whole(runs),
+                 [&](const FlatTensor& t, const std::string& name, hid_t ds, const Block& k) {
+                   read_block(ds, path, name, t, k, dst + k.buffer_offset);
+                 });
 }
 }  // namespace
 
@@ -468,18 +542,44 @@ std::string diloco_site_prefix(int site, const char* what) {
 void read_flat_section(const std::string& path, const std::string& prefix, const std::vector<FlatTensor>& tensors,
                        float* dst, std::size_t begin, std::size_t end) {
   H5 file = open_file(path);
-  read_section(file, path, prefix, tensors, dst, begin, end);
+  read_runs_open(file, path, prefix, tensors, dst, identity_runs(begin, end, begin));
+}
+
+void read_runs(const std::string& path, const std::string& prefix, const std::vector<FlatTensor>& tensors, float* dst,
+               const std::vector<FlatRun>& runs) {
+  H5 file = open_file(path);
+  read_runs_open(file, path, prefix, tensors, dst, runs);
 }
 
 void read_checkpoint_tensors(const std::string& path, const std::vector<FlatTensor>& tensors, float* params,
                              std::size_t n, float* m, float* v, std::size_t m_begin, std::size_t m_end) {
   H5 file = open_file(path);
   for (const auto& t : tensors) require(t.offset + t.size <= n, "read_checkpoint_tensors: tensor outside the buffer");
-  read_section(file, path, "/model", tensors, params, 0, n);
+  read_runs_open(file, path, "/model", tensors, params, identity_runs(0, n));
   if (m_end > m_begin) {
-    read_section(file, path, "/optimizer/adam_m", tensors, m, m_begin, m_end);
-    read_section(file, path, "/optimizer/adam_v", tensors, v, m_begin, m_end);
+    read_runs_open(file, path, "/optimizer/adam_m", tensors, m, identity_runs(m_begin, m_end, m_begin));
+    read_runs_open(file, path, "/optimizer/adam_v", tensors, v, identity_runs(m_begin, m_end, m_begin));
   }
+}
+
+std::string verify_sections(const std::string& path, const std::vector<FlatTensor>& tensors,
+                            const std::vector<FlatSection>& sections) {
+  try {
+    H5 file = open_file(path);
+    std::vector<float> back;
+    for (const auto& sec : sections)
+      for_each_block(file, path, sec.prefix, tensors, by_whole(sec.runs),
+                     [&](const FlatTensor& t, const std::string& name, hid_t ds, const Block& k) {
+                       const std::size_t n = block_size(k, t.shape.size());
+                       back.resize(n);
+                       read_block(ds, path, name, t, k, back.data());
+                       require(std::memcmp(back.data(), sec.data + k.buffer_offset, n * sizeof(float)) == 0,
+                               "checkpoint '" + path + "': tensor " + name + " reads back different values");
+                     });
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 std::vector<TensorReport> inspect_checkpoint(const std::string& path, const std::vector<FlatTensor>& tensors) {

@@ -1,6 +1,9 @@
 #include "tapestry/io/llmc_checkpoint.hpp"
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 
@@ -59,13 +62,11 @@ std::vector<float> read_llmc_params(const std::string& path, std::size_t expecte
   return p;
 }
 
-void write_llmc_checkpoint(const std::string& path, const ModelConfig& m,
-                           const std::vector<float>& params) {
+namespace {
+std::array<std::int32_t, 256> header(const ModelConfig& m) {
   require(m.is_gpt2(), "llm.c checkpoints hold GPT-2 only; this model spec is not GPT-2 (norm " + m.norm + ", mlp " +
                            m.mlp + ", positions " + m.positions + ")");
-  require(params.size() == std::size_t(m.num_parameters()),
-          "write_llmc_checkpoint: parameter count does not match the shape");
-  std::int32_t h[256] = {};
+  std::array<std::int32_t, 256> h{};
   h[0] = kLlmcMagic;
   h[1] = kLlmcVersionFp32;
   h[2] = m.max_seq_len;
@@ -74,10 +75,49 @@ void write_llmc_checkpoint(const std::string& path, const ModelConfig& m,
   h[5] = m.n_head;
   h[6] = m.d_model;
   h[7] = m.vocab_padded();
+  return h;
+}
+}  // namespace
+
+void write_llmc_checkpoint(const std::string& path, const ModelConfig& m,
+                           const std::vector<float>& params) {
+  require(params.size() == std::size_t(m.num_parameters()),
+          "write_llmc_checkpoint: parameter count does not match the shape");
+  const auto h = header(m);
   std::string bytes(kHeaderBytes + params.size() * sizeof(float), '\0');
-  std::memcpy(bytes.data(), h, kHeaderBytes);
+  std::memcpy(bytes.data(), h.data(), kHeaderBytes);
   std::memcpy(bytes.data() + kHeaderBytes, params.data(), params.size() * sizeof(float));
   write_file_atomic(path, bytes);
+}
+
+void write_llmc_checkpoint(const std::string& path, MPI_Comm comm, const ModelConfig& m, const float* data,
+                           const std::vector<FlatRun>& runs) {
+  const auto h = header(m);
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+  const std::string tmp = path + ".tmp";
+  MPI_File f;
+  int rc = MPI_File_open(comm, tmp.c_str(), MPI_MODE_CREATE | MPI_MODE_WRONLY, MPI_INFO_NULL, &f);
+  require(rc == MPI_SUCCESS, "cannot write '" + tmp + "'");
+  auto write_at = [&](std::size_t offset, const void* p, std::size_t bytes) {
+    constexpr std::size_t kMax = std::size_t(1) << 30;  // MPI counts are int
+    for (std::size_t done = 0; done < bytes && rc == MPI_SUCCESS; done += kMax)
+      rc = MPI_File_write_at(f, MPI_Offset(offset + done), static_cast<const char*>(p) + done,
+                             int(std::min(kMax, bytes - done)), MPI_BYTE, MPI_STATUS_IGNORE);
+  };
+  // Exactly the file's size, whatever an earlier `.tmp` left there.
+  rc = MPI_File_set_size(f, MPI_Offset(kHeaderBytes + std::size_t(m.num_parameters()) * sizeof(float)));
+  if (rank == 0) write_at(0, h.data(), kHeaderBytes);
+  for (const auto& r : runs) write_at(kHeaderBytes + r.whole * sizeof(float), data + r.local, r.n * sizeof(float));
+  if (rc == MPI_SUCCESS) rc = MPI_File_sync(f);
+  MPI_File_close(&f);
+  int ok = rc == MPI_SUCCESS ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, comm);
+  require(ok == 1, "writing '" + tmp + "' failed (disk full?)");
+  if (rank == 0) {
+    require(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '" + tmp + "' to '" + path + "'");
+    sync_parent_dir(path);
+  }
 }
 
 }  // namespace tapestry::io

@@ -189,6 +189,20 @@ void GPT::load_params_from(const std::function<void(std::size_t, std::size_t, fl
   Kokkos::deep_copy(View1<float>(params_.data(), n_params_), h);
 }
 
+std::vector<FlatRun> GPT::part_runs(bool owned) const {
+  std::vector<FlatRun> runs;
+  const int wte = slot_.wte;
+  for_each_run([&](std::size_t i, std::size_t lo, std::size_t wo, std::size_t n, bool owner) {
+    const bool tied_copy = !stage_.embed && int(i) == wte;  // the last stage's copy of wte
+    if (owned && (!owner || tied_copy)) return;
+    if (!runs.empty() && runs.back().local + runs.back().n == lo && runs.back().whole + runs.back().n == wo)
+      runs.back().n += n;
+    else
+      runs.push_back({wo, lo, n});
+  });
+  return runs;
+}
+
 std::vector<float> GPT::take_part(const std::vector<float>& whole) const {
   require(whole.size() == n_whole_, "take_part: parameter count mismatch");
   std::vector<float> part(n_params_);

@@ -250,7 +250,10 @@ void bench_ckpt(const BenchCkptConfig& cfg, const parallel::Comm& world, std::os
   for (int it = 0; it < cfg.iters; ++it) {
     world.barrier();
     auto t0 = Clock::now();
-    io::write_checkpoint(path, world.get(), st, tensors, {params.data(), b, b + part, m.data(), v.data(), b, {}});
+    io::write_checkpoint(path, world.get(), st, tensors,
+                         {{"/model", params.data(), identity_runs(b, b + part)},
+                          {"/optimizer/adam_m", m.data(), identity_runs(b, b + part, b)},
+                          {"/optimizer/adam_v", v.data(), identity_runs(b, b + part, b)}});
     world.barrier();
     double w = since(t0);
     t0 = Clock::now();

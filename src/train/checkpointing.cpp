@@ -15,6 +15,7 @@
 #include "tapestry/io/token_dataset.hpp"
 #include "tapestry/io/token_file.hpp"
 #include "tapestry/model/gpt.hpp"
+#include "tapestry/parallel/comm.hpp"
 
 namespace fs = std::filesystem;
 
@@ -81,35 +82,40 @@ CheckpointManager::CheckpointManager(std::string dir, int keep, MPI_Comm comm)
     : dir_(std::move(dir)), keep_(keep), comm_(comm) {}
 
 std::string CheckpointManager::save(const io::CheckpointState& state, const std::vector<io::FlatTensor>& tensors,
-                                    const io::RankSlice& slice) {
-  int rank = 0;
-  MPI_Comm_rank(comm_, &rank);
+                                    const std::vector<io::FlatSection>& sections) {
+  const auto comm = parallel::Comm::view(comm_);
   char name[64];
   std::snprintf(name, sizeof(name), "step_%08lld.h5", static_cast<long long>(state.step));
   const fs::path final_path = fs::path(dir_) / name, tmp = fs::path(dir_) / (std::string(name) + ".tmp");
-  int ok = 1;
-  if (rank == 0) {
+  parallel::agree(comm, [&] {
+    if (comm.rank() != 0) return;
     std::error_code ec;
     fs::create_directories(dir_, ec);
-    ok = ec ? 0 : 1;
-  }
-  MPI_Bcast(&ok, 1, MPI_INT, 0, comm_);
-  require(ok == 1, "cannot create checkpoint directory '" + dir_ + "'");
-  io::write_checkpoint(tmp.string(), comm_, state, tensors, slice);
-  // Verify on rank 0, then publish: flush, rename, then `latest` (itself written atomically).
-  std::string failure;
-  if (rank == 0) {
+    require(!ec, "cannot create checkpoint directory '" + dir_ + "': " + ec.message());
+  });
+  io::write_checkpoint(tmp.string(), comm_, state, tensors, sections);
+  MPI_Barrier(comm_);  // every rank's data has reached the file
+  // Verify, distributed: every rank reads back what it wrote; rank 0 checks the attributes.
+  parallel::agree(comm, [&] {
+    std::string failure = io::verify_sections(tmp.string(), tensors, sections);
+    if (failure.empty() && comm.rank() == 0) {
+      try {
+        io::read_checkpoint_state(tmp.string());
+      } catch (const Error& e) {
+        failure = e.what();
+      }
+    }
+    require(failure.empty(), failure + (comm.size() > 1 ? " (verified on rank " + std::to_string(comm.rank()) + ")" : ""));
+  });
+  // Publish on rank 0: durable before it is published - the file's bytes, then its name, then
+  // `latest` (each fsync'ed; write_file_atomic flushes `latest` and the directory).
+  parallel::agree(comm, [&] {
+    if (comm.rank() != 0) return;
     try {
-      io::read_checkpoint_state(tmp.string());
-      for (const auto& rep : io::inspect_checkpoint(tmp.string(), tensors))
-        require(rep.ok, "checkpoint '" + tmp.string() + "': tensor " + rep.path + " failed verification");
-      // Durable before it is published: the file's bytes, then its name, then `latest` (each
-      // fsync'ed; write_file_atomic flushes `latest` and the directory).
       io::sync_file(tmp.string());
       fs::rename(tmp, final_path);
       io::sync_parent_dir(final_path.string());
       io::write_file_atomic((fs::path(dir_) / "latest").string(), std::string(name) + "\n");
-      // Keep the newest `keep` checkpoints.
       // Keep the newest `keep`; drop temporaries of writes that were cut short earlier.
       std::vector<fs::path> all;
       for (const auto& e : fs::directory_iterator(dir_)) {
@@ -119,16 +125,10 @@ std::string CheckpointManager::save(const io::CheckpointState& state, const std:
       }
       std::sort(all.begin(), all.end());
       for (std::size_t i = 0; keep_ > 0 && i + std::size_t(keep_) < all.size(); ++i) fs::remove(all[i]);
-    } catch (const std::exception& e) {
-      failure = e.what();
+    } catch (const fs::filesystem_error& e) {
+      throw Error(std::string("publishing checkpoint '") + final_path.string() + "' failed: " + e.what());
     }
-  }
-  int bad = failure.empty() ? 0 : 1;
-  MPI_Bcast(&bad, 1, MPI_INT, 0, comm_);
-  if (bad) {
-    if (rank == 0) throw Error(failure);
-    throw Error("checkpoint save failed on rank 0");
-  }
+  });
   return final_path.string();
 }
 

@@ -142,6 +142,7 @@ struct Run {
   std::unique_ptr<optim::AdamW> adamw;
   std::unique_ptr<parallel::Collectives> coll;
   std::unique_ptr<parallel::SiteTopology> sites;
+  parallel::Comm site_world;  ///< federated: this site's ranks of every TP and PP group (they write its file)
   // DiLoCo: gradients are reduced inside the site only (inner_coll over the site's ranks).
   std::unique_ptr<parallel::Collectives> inner_coll;
   std::unique_ptr<parallel::SiteTopology> inner_topo;  // the site alone, for a hierarchical inner reducer
@@ -197,29 +198,20 @@ void resume_from(Run& r, const std::string& path) {
   auto params = Kokkos::create_mirror_view(r.gpt->params());
   auto mm = Kokkos::create_mirror_view(r.adamw->m()), vv = Kokkos::create_mirror_view(r.adamw->v());
   const auto b = r.adamw->begin(), e = r.adamw->end();
-  if (r.gpt->tp().size() == 1 && r.gpt->stage().whole()) {
-    io::read_flat_section(path, io::diloco_site_prefix(s, "model"), tensors, params.data(), 0, params.extent(0));
-    io::read_flat_section(path, io::diloco_site_prefix(s, "adam_m"), tensors, mm.data(), b, e);
-    io::read_flat_section(path, io::diloco_site_prefix(s, "adam_v"), tensors, vv.data(), b, e);
-  } else {  // the file holds whole tensors: read them, keep this rank's part (and its ZeRO shard)
-    const std::size_t nw = r.gpt->whole_num_params();
-    std::vector<float> whole(nw);
-    auto part_into = [&](const char* prefix, float* dst, std::size_t from, std::size_t to) {
-      io::read_flat_section(path, prefix, tensors, whole.data(), 0, nw);
-      const auto part = r.gpt->take_part(whole);
-      for (std::size_t i = from; i < to; ++i) dst[i - from] = i < part.size() ? part[i] : 0.0f;
-    };
-    part_into("/model", params.data(), 0, params.extent(0));
-    part_into("/optimizer/adam_m", mm.data(), b, e);
-    part_into("/optimizer/adam_v", vv.data(), b, e);
-  }
+  // Each rank reads the values it holds straight from their hyperslabs (its TP part, its stages'
+  // layers, its ZeRO shard of the moments); nothing of the whole model's size is allocated.
+  const auto runs = r.gpt->part_runs(false);
+  io::read_runs(path, io::diloco_site_prefix(s, "model"), tensors, params.data(), clip_runs(runs, 0, params.extent(0)));
+  io::read_runs(path, io::diloco_site_prefix(s, "adam_m"), tensors, mm.data(), clip_runs(runs, b, e, b));
+  io::read_runs(path, io::diloco_site_prefix(s, "adam_v"), tensors, vv.data(), clip_runs(runs, b, e, b));
   Kokkos::deep_copy(r.gpt->params(), params);
   Kokkos::deep_copy(r.adamw->m(), mm);
   Kokkos::deep_copy(r.adamw->v(), vv);
   if (r.diloco && st.diloco_sites > 0) {
     auto outer = Kokkos::create_mirror_view(r.diloco->outer()), mom = Kokkos::create_mirror_view(r.diloco->momentum());
-    io::read_flat_section(path, io::kOuterParams, tensors, outer.data(), r.diloco->begin(), r.diloco->end());
-    io::read_flat_section(path, io::kOuterMomentum, tensors, mom.data(), r.diloco->begin(), r.diloco->end());
+    const auto mine = clip_runs(runs, r.diloco->begin(), r.diloco->end(), r.diloco->begin());
+    io::read_runs(path, io::kOuterParams, tensors, outer.data(), mine);
+    io::read_runs(path, io::kOuterMomentum, tensors, mom.data(), mine);
     Kokkos::deep_copy(r.diloco->outer(), outer);
     Kokkos::deep_copy(r.diloco->momentum(), mom);
   } else if (r.diloco) {
@@ -239,12 +231,6 @@ void setup_local(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid&
   TrainConfig& cfg = r.cfg;
   cfg = cfg_in;
   const auto& layout = grid.layout();
-  // TP/PP with the hierarchical reduction across sites works (tests: test_llama [sites]); DiLoCo
-  // and federation train too, but their checkpoints (per-site inner states, outer state) are not
-  // assembled from TP/PP parts yet, so a resumed run would not continue the same run.
-  require((layout.tp() == 1 && layout.pp() == 1) || (cfg.parallel.outer_steps == 0 && cfg.parallel.federation.empty()),
-          "tensor or pipeline parallelism with DiLoCo or federation is not implemented yet: their checkpoints would "
-          "not hold the per-site state (got " + layout.describe() + "; --grad-reduce hierarchical works with tp and pp)");
   require(cfg.export_llmc.empty() || cfg.model.is_gpt2(),
           "--export-llmc writes llm.c's GPT-2 format; this model spec is not GPT-2 (norm " + cfg.model.norm + ", mlp " +
               cfg.model.mlp + ", positions " + cfg.model.positions + ")");
@@ -350,6 +336,7 @@ void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& o
   const auto& pc = cfg.parallel;
   if (pc.sites > 1 || pc.grad_reduce == "hierarchical" || pc.outer_steps > 0)
     r.sites = std::make_unique<parallel::SiteTopology>(grid.dp(), r.site, pc.sites);
+  if (r.federated) r.site_world = grid.world().split(r.site, grid.world().rank());
   r.sum_comm = r.shard_comm = &grid.dp();
   if (pc.outer_steps > 0) {
     r.sum_comm = r.shard_comm = &r.sites->site_ranks();
@@ -395,15 +382,6 @@ void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& o
                         "): every site's --ckpt-dir must hold a checkpoint of the same step");
 }
 
-/// The whole model's values (llm.c order) of a buffer laid out like the parameters, from every
-/// TP rank's part and every pipeline stage's layers. Collective over TP and PP.
-std::vector<float> whole_of(const model::GPT& gpt, const parallel::ProcessGrid& grid, View1<float> local) {
-  auto whole = gpt.gather_whole(local);
-  if (grid.layout().pp() > 1)
-    parallel::all_reduce_sum(whole.data(), whole.size(), MPI_FLOAT, sizeof(float), grid.pp().get());
-  return whole;
-}
-
 /// Saves the run's state at `step` (collective over the DP group).
 std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wall) {
   const auto& cfg = r.cfg;
@@ -426,65 +404,53 @@ std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wal
   const auto m = Kokkos::create_mirror_view_and_copy(HostSpace(), r.adamw->m());
   const auto v = Kokkos::create_mirror_view_and_copy(HostSpace(), r.adamw->v());
   const std::size_t n = r.gpt->padded_size();
-  io::RankSlice slice{params.data(), 0, 0, m.data(), v.data(), r.adamw->begin(), {}};
-  std::remove_const_t<decltype(params)> outer, mom;
-  const bool split_model = grid.layout().tp() > 1 || grid.layout().pp() > 1;
-  const parallel::Comm& writers = split_model ? grid.world() : r.federated ? r.sites->site_ranks() : grid.dp();
-  std::vector<float> whole_p, whole_m, whole_v;
-  if (split_model) {
-    // The file holds whole tensors: assemble the parameters and moments from the TP ranks' parts
-    // and the stages' layers (the moments first from their ZeRO shards), then the first TP rank
-    // of the first stage of each DP rank writes 1/dp.
-    auto full_moments = [&](const auto& shard) {
-      std::vector<float> full(r.gpt->padded_size(), 0.0f);
-      std::copy(shard.data(), shard.data() + shard.extent(0), full.begin() + std::ptrdiff_t(r.adamw->begin()));
-      if (r.adamw->end() - r.adamw->begin() < full.size())
-        parallel::all_reduce_sum(full.data(), full.size(), MPI_FLOAT, sizeof(float), r.shard_comm->get());
-      View1<float> dev("tapestry::moments", full.size());
-      Kokkos::deep_copy(dev, Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(full.data(), full.size()));
-      return whole_of(*r.gpt, grid, dev);
-    };
-    whole_p = whole_of(*r.gpt, grid, r.gpt->params());
-    whole_m = full_moments(m);
-    whole_v = full_moments(v);
-    const std::size_t nw = whole_p.size(), d = std::size_t(grid.dp().rank()), D = std::size_t(grid.dp().size());
-    const bool writes = grid.tp().rank() == 0 && grid.pp().rank() == 0;
-    slice = io::RankSlice{whole_p.data(), writes ? nw * d / D : 0, writes ? nw * (d + 1) / D : 0,
-                          whole_m.data(), whole_v.data(), 0, {}};
-  } else if (r.shard_comm == &grid.dp() && !r.federated) {  // each DP rank writes 1/dp of every buffer: replicated values are written once
+  // Every rank writes a range [lo, hi) of its part (params() layout), restricted to the elements it
+  // speaks for in its TP group and pipeline: straight to their hyperslabs of the whole tensors.
+  const auto owned = r.gpt->part_runs(true);
+  using Range = std::pair<std::size_t, std::size_t>;
+  auto section = [&](const std::string& prefix, const float* data, std::size_t base, Range range) {
+    return io::FlatSection{prefix, data, clip_runs(owned, range.first, range.second, base)};
+  };
+  Range range{0, 0};
+  bool main_writer = r.federated || r.site == 0;
+  if (r.shard_comm == &grid.dp() && !r.federated) {  // each DP rank writes 1/dp: replicated values are written once
     const std::size_t part = n / std::size_t(grid.dp().size()), b = part * std::size_t(grid.dp().rank());
-    slice.write_begin = b, slice.write_end = b + part;
+    range = {b, b + part};
+    main_writer = true;
   } else {
     // Sharded inside sites: rank j of a site writes slice j. One file for the job: site 0's ranks
     // write the state (with DiLoCo, every site its own inner state, site s > 0 under /diloco/site_SS).
     // Federated: every site writes its own file.
     const parallel::Comm& g = r.federated ? r.sites->site_ranks() : *r.shard_comm;
-    const std::size_t k = std::size_t(g.size()), part = n / k, b = part * std::size_t(g.rank());
-    auto mine = [&](bool yes) { return yes ? std::pair<std::size_t, std::size_t>{b, b + part} : std::pair<std::size_t, std::size_t>{0, 0}; };
-    const bool main_writer = r.federated || r.site == 0;
-    std::tie(slice.write_begin, slice.write_end) = mine(main_writer);
-    if (r.diloco) {
-      const int S = r.sites->num_sites();
-      for (int s = 1; s < S && !r.federated; ++s) {
-        const auto [lo, hi] = mine(r.site == s);
-        slice.extra.push_back({io::diloco_site_prefix(s, "model"), params.data(), 0, lo, hi});
-        slice.extra.push_back({io::diloco_site_prefix(s, "adam_m"), m.data(), r.adamw->begin(), lo, hi});
-        slice.extra.push_back({io::diloco_site_prefix(s, "adam_v"), v.data(), r.adamw->begin(), lo, hi});
-      }
-      outer = Kokkos::create_mirror_view_and_copy(HostSpace(), r.diloco->outer());
-      mom = Kokkos::create_mirror_view_and_copy(HostSpace(), r.diloco->momentum());
-      const auto [lo, hi] = mine(main_writer);
-      slice.extra.push_back({io::kOuterParams, outer.data(), r.diloco->begin(), lo, hi});
-      slice.extra.push_back({io::kOuterMomentum, mom.data(), r.diloco->begin(), lo, hi});
-      st.diloco_sites = S;
-      st.diloco_sites_in_file = r.federated ? 1 : S;
-      st.outer_steps = cfg.parallel.outer_steps;
-      st.outer_lr = cfg.parallel.outer_lr, st.outer_momentum = cfg.parallel.outer_momentum;
-      st.outer_nesterov = cfg.parallel.outer_nesterov;
-    }
+    const std::size_t part = n / std::size_t(g.size()), b = part * std::size_t(g.rank());
+    range = {b, b + part};
   }
+  const Range none{0, 0}, main = main_writer ? range : none;
+  std::vector<io::FlatSection> sections = {section("/model", params.data(), 0, main),
+                                           section("/optimizer/adam_m", m.data(), r.adamw->begin(), main),
+                                           section("/optimizer/adam_v", v.data(), r.adamw->begin(), main)};
+  std::remove_const_t<decltype(params)> outer, mom;
+  if (r.diloco) {
+    const int S = r.sites->num_sites();
+    for (int s = 1; s < S && !r.federated; ++s) {
+      const Range mine = r.site == s ? range : none;
+      sections.push_back(section(io::diloco_site_prefix(s, "model"), params.data(), 0, mine));
+      sections.push_back(section(io::diloco_site_prefix(s, "adam_m"), m.data(), r.adamw->begin(), mine));
+      sections.push_back(section(io::diloco_site_prefix(s, "adam_v"), v.data(), r.adamw->begin(), mine));
+    }
+    outer = Kokkos::create_mirror_view_and_copy(HostSpace(), r.diloco->outer());
+    mom = Kokkos::create_mirror_view_and_copy(HostSpace(), r.diloco->momentum());
+    sections.push_back(section(io::kOuterParams, outer.data(), r.diloco->begin(), main));
+    sections.push_back(section(io::kOuterMomentum, mom.data(), r.diloco->begin(), main));
+    st.diloco_sites = S;
+    st.diloco_sites_in_file = r.federated ? 1 : S;
+    st.outer_steps = cfg.parallel.outer_steps;
+    st.outer_lr = cfg.parallel.outer_lr, st.outer_momentum = cfg.parallel.outer_momentum;
+    st.outer_nesterov = cfg.parallel.outer_nesterov;
+  }
+  const parallel::Comm& writers = r.federated ? r.site_world : grid.world();
   CheckpointManager mgr(r.ckpt_dir(), cfg.keep, writers.get());
-  return mgr.save(st, r.tensors, slice);
+  return mgr.save(st, r.tensors, sections);
 }
 
 }  // namespace
@@ -688,8 +654,11 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     }
   }
   double checksum = 0;
-  if (tp > 1 || r.pipe) {  // of the whole model, the same on every rank
-    for (float x : whole_of(gpt, grid, params)) checksum += double(x);
+  if (tp > 1 || r.pipe) {  // of the whole model, the same on every rank: each element from the rank that owns it
+    const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), params);
+    for (const auto& run : gpt.part_runs(true))
+      for (std::size_t i = 0; i < run.n; ++i) checksum += double(h(run.local + i));
+    for (const auto* g : {&grid.tp(), &grid.pp()}) MPI_Allreduce(MPI_IN_PLACE, &checksum, 1, MPI_DOUBLE, MPI_SUM, g->get());
   } else {
     const auto p = params;
     Kokkos::parallel_reduce(
@@ -700,11 +669,11 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   result.param_bytes = gpt.num_params() * sizeof(float);
   result.optimizer_bytes = r.adamw->state_bytes();
   if (!cfg.export_llmc.empty()) {
-    const auto host = whole_of(gpt, grid, params);
-    if (root) {
-      io::write_llmc_checkpoint(cfg.export_llmc, cfg.model, host);
-      out << "wrote llm.c checkpoint " << cfg.export_llmc << "\n";
-    }
+    // Written in parallel: the first DP rank of every TP rank and stage writes the values it owns.
+    const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), params);
+    const auto runs = grid.dp().rank() == 0 ? gpt.part_runs(true) : std::vector<FlatRun>{};
+    parallel::agree(grid.world(), [&] { io::write_llmc_checkpoint(cfg.export_llmc, grid.world().get(), cfg.model, h.data(), runs); });
+    out << "wrote llm.c checkpoint " << cfg.export_llmc << "\n";
   }
   return result;
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "tapestry/core/config.hpp"
+#include "tapestry/core/flat_run.hpp"
 
 namespace tapestry::io {
 
@@ -59,32 +60,32 @@ std::string diloco_site_prefix(int site, const char* what);  ///< what: model, a
 constexpr const char* kOuterParams = "/diloco/outer/model";
 constexpr const char* kOuterMomentum = "/diloco/outer/momentum";
 
-/// \brief A further flat buffer written under `prefix` (e.g. DiLoCo state): this rank writes flat
-/// range [write_begin, write_end); element 0 of `data` is flat index `data_begin`.
+/// \brief One flat buffer of this rank written under `prefix` (/model, /optimizer/adam_m, a
+/// DiLoCo site's state, ...): the whole-model elements `runs` name, taken from data[run.local].
+/// Over the ranks writing a file, every whole element of [0, n) must be named exactly once per
+/// section; a rank with nothing to write passes no runs.
 struct FlatSection {
   std::string prefix;
   const float* data = nullptr;
-  std::size_t data_begin = 0, write_begin = 0, write_end = 0;
+  std::vector<FlatRun> runs;
 };
 
-/// \brief This rank's part of a checkpoint write or read: flat ranges of the parameter and AdamW
-/// buffers (host memory). Element 0 of `params` is flat index 0; element 0 of `m`/`v` is flat
-/// index `moments_begin`.
-struct RankSlice {
-  const float* params = nullptr;
-  std::size_t write_begin = 0, write_end = 0;  ///< flat range this rank writes (params, m and v)
-  const float* m = nullptr;
-  const float* v = nullptr;
-  std::size_t moments_begin = 0;
-  /// Further buffers, in the same order on every rank (a rank that writes nothing of one passes an
-  /// empty range).
-  std::vector<FlatSection> extra;
-};
-
-/// Writes `path` collectively over `comm` (every rank calls it). Each flat element in [0, n) must be
-/// written by exactly one rank. The file is complete only once this returns on every rank.
+/// Writes `path` collectively over `comm` (every rank calls it, with its sections in the same
+/// order: /model, /optimizer/adam_m, /optimizer/adam_v, then any others). Each rank moves its runs
+/// straight between its buffers and their hyperslabs of the whole-tensor datasets (in pieces of at
+/// most kMaxTransferElements), so nothing of the size of the whole model is allocated anywhere.
+/// The file is complete only once this returns on every rank.
 void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointState& state,
-                      const std::vector<FlatTensor>& tensors, const RankSlice& slice);
+                      const std::vector<FlatTensor>& tensors, const std::vector<FlatSection>& sections);
+
+/// The largest piece of a tensor one HDF5 call moves (and the staging buffer of verify_sections).
+constexpr std::size_t kMaxTransferElements = std::size_t(1) << 24;
+
+/// Reads back this rank's runs of every section from a written file and compares them bit for bit
+/// with the buffers they were written from (HDF5 checks each chunk's Fletcher32 as it reads).
+/// Local: each rank checks its own hyperslabs. Returns "" or what failed.
+std::string verify_sections(const std::string& path, const std::vector<FlatTensor>& tensors,
+                            const std::vector<FlatSection>& sections);
 
 /// Reads the attributes. Throws tapestry::Error naming the file for a missing file, a file that is
 /// not a Tapestry checkpoint, an unknown format version or an incomplete write.
@@ -101,6 +102,11 @@ void read_checkpoint_tensors(const std::string& path, const std::vector<FlatTens
 /// (element 0 = flat index begin). Errors as read_checkpoint_tensors.
 void read_flat_section(const std::string& path, const std::string& prefix, const std::vector<FlatTensor>& tensors,
                        float* dst, std::size_t begin, std::size_t end);
+
+/// Reads the whole-model elements `runs` name of the buffer under `prefix` into dst[run.local]:
+/// a rank's TP/PP/ZeRO part, read straight from its hyperslabs. Errors as read_checkpoint_tensors.
+void read_runs(const std::string& path, const std::string& prefix, const std::vector<FlatTensor>& tensors,
+               float* dst, const std::vector<FlatRun>& runs);
 
 /// \brief One tensor as `ckpt info` / `ckpt verify` report it.
 struct TensorReport {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tapestry/core/config.hpp"
+#include "tapestry/core/flat_run.hpp"
 #include "tapestry/core/views.hpp"
 #include "tapestry/kernels/blas.hpp"
 #include "tapestry/kernels/embedding.hpp"
@@ -153,6 +154,12 @@ class GPT {
   /// This rank's part (params() layout, num_params() long) of a whole-model host buffer.
   std::vector<float> take_part(const std::vector<float>& whole) const;
   std::vector<float> params_to_host() const { return gather_whole(params_); }
+  /// Where this rank's part (params() layout) sits in the whole model, as contiguous runs sorted
+  /// by local index. `owned`: only the elements this rank speaks for in its TP group and pipeline
+  /// (a replicated tensor by TP rank 0, a replicated kv head by its first replica, the tied
+  /// embedding by the first stage), so that over the TP x PP ranks every whole element appears
+  /// exactly once; otherwise every element it holds.
+  std::vector<FlatRun> part_runs(bool owned) const;
   /// Parameters of the whole model (llm.c order) and of this rank's part.
   std::size_t whole_num_params() const { return n_whole_; }
 

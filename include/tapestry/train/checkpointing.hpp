@@ -24,10 +24,11 @@ std::vector<io::FlatTensor> checkpoint_tensors(const ModelConfig& m, int format_
 class CheckpointManager {
  public:
   CheckpointManager(std::string dir, int keep, MPI_Comm comm);
-  /// Writes `<name>.tmp`, verifies it (attributes, completeness, every tensor's checksum), renames
-  /// it, points `latest` at it and deletes all but the newest `keep`. Returns the path.
+  /// Writes `<name>.tmp` (each rank its sections' runs), verifies it (every rank reads back its own
+  /// hyperslabs, rank 0 the attributes and completeness), makes it durable, renames it, points
+  /// `latest` at it and deletes all but the newest `keep`. Returns the path.
   std::string save(const io::CheckpointState& state, const std::vector<io::FlatTensor>& tensors,
-                   const io::RankSlice& slice);
+                   const std::vector<io::FlatSection>& sections);
 
  private:
   std::string dir_;
