@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checkpoints as a user and a batch system meet them. Usage: ckpt_cli.sh MODE TAPESTRY DATA_DIR WORK_DIR
 #   signal     SIGUSR1 / SIGTERM mid-run: save at the next step, exit 0; --resume auto continues
-#   kill       SIGKILL at random moments while saving every step: the last good checkpoint still
-#              verifies and resumes; a cut-short write never becomes `latest`
+#   kill       SIGKILL at random moments while saving every step in the background: at least one
+#              kill lands during a background write; the last good checkpoint still verifies and
+#              resumes; a cut-short write never becomes `latest`
 #   inspect    h5ls -r, h5dump -A, ckpt info, the h5py example, ckpt export -> --init-from
 set -eu  # no pipefail: `cmd | grep -q` may end cmd early
 mode=$1 exe=$2 data=$3 work=$4
@@ -34,23 +35,34 @@ signal)
 kill)
   # A model big enough that a save takes a noticeable time; save every step.
   big=(--n-layer 4 --n-head 4 --d-model 256 --save-every 1 --keep 2 --steps 100000)
-  cut_short=0
-  for attempt in 1 2 3 4 5 6; do
+  # Saves run in the background (the default): a kill that lands while the last "saving ... in the
+  # background" has no "saved" yet and its .tmp exists cut a background write short. At least one
+  # of up to 12 attempts must do so.
+  cut_short=0 in_background=0 attempt=0
+  while [ $attempt -lt 6 ] || { [ $in_background = 0 ] && [ $attempt -lt 12 ]; }; do
+    attempt=$((attempt + 1))
     "${train[@]}" "${big[@]}" --resume auto > out.txt 2>&1 &
     pid=$!
     for _ in $(seq 200); do grep -q "saved checkpoint" out.txt && break; sleep 0.05; done
     sleep "0.$((RANDOM % 10))"
     kill -9 $pid; wait $pid 2>/dev/null || true
+    grep -q "in the background (training stalled" out.txt || fail "attempt $attempt: saves did not run in the background"
     ls checkpoints/*.tmp >/dev/null 2>&1 && cut_short=$((cut_short + 1))
+    last=$(grep -E "^sav(ing|ed) checkpoint" out.txt | tail -1)
+    case "$last" in
+      "saving checkpoint "*) f=$(echo "$last" | sed 's/^saving checkpoint \([^ ]*\) .*/\1/')
+        [ -f "$f.tmp" ] && in_background=$((in_background + 1)) ;;
+    esac
     latest="checkpoints/$(cat checkpoints/latest)"
     "$exe" ckpt verify "$latest" > /dev/null || fail "attempt $attempt: latest ($latest) does not verify"
-    echo "attempt $attempt: killed; $(ls checkpoints/*.tmp 2>/dev/null | wc -l) cut-short file(s); latest $latest verifies"
+    echo "attempt $attempt: killed; $(ls checkpoints/*.tmp 2>/dev/null | wc -l) cut-short file(s); last line '$last'; latest $latest verifies"
   done
+  [ $in_background -ge 1 ] || fail "no kill landed during a background write in $attempt attempts"
   # and the run resumes from it
   step=$(sed 's/step_0*\([0-9]*\)\.h5/\1/' checkpoints/latest)
   "${train[@]}" "${big[@]:0:6}" --steps $((step + 1)) --resume auto > out.txt 2>&1 || fail "resume after kill: $(tail -2 out.txt)"
   grep -q "resumed from" out.txt || fail "did not resume"
-  echo "killed mid-save in $cut_short of 6 attempts; every time the previous checkpoint verified and resumed"
+  echo "killed mid-save in $cut_short of $attempt attempts ($in_background during a background write); every time the previous checkpoint verified and resumed"
   ;;
 inspect)
   "${train[@]}" --steps 4 --save-every 4 > out.txt 2>&1 || fail "training failed"

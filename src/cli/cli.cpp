@@ -147,6 +147,10 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--ckpt-dir", c.ckpt_dir, "Directory of HDF5 checkpoints")->capture_default_str()->group("Checkpoints");
   t->add_option("--save-every", c.save_every, "Save every N steps and at the end; 0: only on SIGTERM/SIGUSR1/SIGUSR2")->capture_default_str()->group("Checkpoints");
   t->add_option("--keep", c.keep, "Keep the newest K checkpoints; 0: all")->capture_default_str()->group("Checkpoints");
+  t->add_option("--async-save", c.async_save,
+                "Write checkpoints in the background while training goes on; the step only waits for a copy of "
+                "the state (true/false)")
+      ->capture_default_str()->group("Checkpoints");
   t->add_option("--resume", c.resume, "auto (ckpt-dir/latest, if any) or a checkpoint file")->group("Checkpoints");
   t->add_option("--metrics-file", c.metrics_file, "Write one JSON line per step here")->group("Files");
 }

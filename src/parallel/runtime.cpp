@@ -112,7 +112,8 @@ GpuChoice choose_gpu(MPI_Comm world, int rank) {
 
 Runtime::Runtime(int& argc, char**& argv) {
   int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  // MULTIPLE: checkpoints are written by a background thread while the main one trains.
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
   // Kokkos sees only its own --kokkos-* arguments (otherwise it answers --help too).

@@ -8,7 +8,10 @@
 #include <cstdio>
 #include <fstream>
 #include <iomanip>
+#include <atomic>
 #include <memory>
+#include <thread>
+#include <utility>
 
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/data_loader.hpp"
@@ -382,10 +385,31 @@ void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& o
                         "): every site's --ckpt-dir must hold a checkpoint of the same step");
 }
 
-/// Saves the run's state at `step` (collective over the DP group).
-std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wall) {
-  const auto& cfg = r.cfg;
+/// \brief One step's checkpoint, snapshotted: the values this rank writes, copied into host
+/// buffers the job owns, and where they go; written at once or on a background thread.
+struct SaveJob {
   io::CheckpointState st;
+  std::vector<std::vector<float>> buffers;
+  std::vector<io::FlatSection> sections;
+  const std::vector<io::FlatTensor>* tensors = nullptr;
+  parallel::Comm comm;  ///< the writers: a duplicate of their communicator, owned by this job
+  std::string dir;
+  int keep = 0;
+  std::string path() const {
+    char name[64];
+    std::snprintf(name, sizeof(name), "step_%08lld.h5", static_cast<long long>(st.step));
+    return (std::filesystem::path(dir) / name).string();
+  }
+  std::string write() { return CheckpointManager(dir, keep, comm.get()).save(st, *tensors, sections); }
+};
+
+/// Snapshots the run's state at `step`: each rank copies only the range of its part that it writes
+/// (1/dp of it, or its ZeRO-1 shard, and nothing of a replica another site writes). Collective over
+/// the writers (the communicator is duplicated here).
+std::unique_ptr<SaveJob> snapshot(Run& r, const parallel::ProcessGrid& grid, int step, double wall) {
+  const auto& cfg = r.cfg;
+  auto job = std::make_unique<SaveJob>();
+  io::CheckpointState& st = job->st;
   st.model = cfg.model;
   st.optim = cfg.optim;
   st.tp = grid.layout().tp(), st.pp = grid.layout().pp(), st.dp = grid.layout().dp(), st.zero = cfg.parallel.zero;
@@ -400,16 +424,21 @@ std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wal
   st.loader_file = pos.file, st.loader_offset = pos.offset, st.loader_epoch = pos.epoch;
   st.batch_size = cfg.batch_size, st.seq_len = cfg.seq_len, st.global_batch = cfg.global_batch;
   st.seed = cfg.seed;
-  const auto params = Kokkos::create_mirror_view_and_copy(HostSpace(), r.gpt->params());
-  const auto m = Kokkos::create_mirror_view_and_copy(HostSpace(), r.adamw->m());
-  const auto v = Kokkos::create_mirror_view_and_copy(HostSpace(), r.adamw->v());
   const std::size_t n = r.gpt->padded_size();
   // Every rank writes a range [lo, hi) of its part (params() layout), restricted to the elements it
   // speaks for in its TP group and pipeline: straight to their hyperslabs of the whole tensors.
   const auto owned = r.gpt->part_runs(true);
   using Range = std::pair<std::size_t, std::size_t>;
-  auto section = [&](const std::string& prefix, const float* data, std::size_t base, Range range) {
-    return io::FlatSection{prefix, data, clip_runs(owned, range.first, range.second, base)};
+  // `view`'s element 0 is local index `base`; the job keeps a host copy of [lo, hi) only.
+  auto section = [&](const std::string& prefix, View1<float> view, std::size_t base, Range range) {
+    const auto [lo, hi] = range;
+    std::vector<float> host(hi - lo);
+    if (hi > lo) {
+      Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host.data(), host.size());
+      Kokkos::deep_copy(h, Kokkos::subview(view, std::make_pair(lo - base, hi - base)));
+    }
+    job->buffers.push_back(std::move(host));
+    job->sections.push_back({prefix, job->buffers.back().data(), clip_runs(owned, lo, hi, lo)});
   };
   Range range{0, 0};
   bool main_writer = r.federated || r.site == 0;
@@ -426,22 +455,21 @@ std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wal
     range = {b, b + part};
   }
   const Range none{0, 0}, main = main_writer ? range : none;
-  std::vector<io::FlatSection> sections = {section("/model", params.data(), 0, main),
-                                           section("/optimizer/adam_m", m.data(), r.adamw->begin(), main),
-                                           section("/optimizer/adam_v", v.data(), r.adamw->begin(), main)};
-  std::remove_const_t<decltype(params)> outer, mom;
+  // The buffers never reallocate once their sections point into them.
+  job->buffers.reserve(3 * std::size_t(r.diloco ? r.sites->num_sites() + 1 : 1));
+  section("/model", r.gpt->params(), 0, main);
+  section("/optimizer/adam_m", r.adamw->m(), r.adamw->begin(), main);
+  section("/optimizer/adam_v", r.adamw->v(), r.adamw->begin(), main);
   if (r.diloco) {
     const int S = r.sites->num_sites();
     for (int s = 1; s < S && !r.federated; ++s) {
       const Range mine = r.site == s ? range : none;
-      sections.push_back(section(io::diloco_site_prefix(s, "model"), params.data(), 0, mine));
-      sections.push_back(section(io::diloco_site_prefix(s, "adam_m"), m.data(), r.adamw->begin(), mine));
-      sections.push_back(section(io::diloco_site_prefix(s, "adam_v"), v.data(), r.adamw->begin(), mine));
+      section(io::diloco_site_prefix(s, "model"), r.gpt->params(), 0, mine);
+      section(io::diloco_site_prefix(s, "adam_m"), r.adamw->m(), r.adamw->begin(), mine);
+      section(io::diloco_site_prefix(s, "adam_v"), r.adamw->v(), r.adamw->begin(), mine);
     }
-    outer = Kokkos::create_mirror_view_and_copy(HostSpace(), r.diloco->outer());
-    mom = Kokkos::create_mirror_view_and_copy(HostSpace(), r.diloco->momentum());
-    sections.push_back(section(io::kOuterParams, outer.data(), r.diloco->begin(), main));
-    sections.push_back(section(io::kOuterMomentum, mom.data(), r.diloco->begin(), main));
+    section(io::kOuterParams, r.diloco->outer(), r.diloco->begin(), main);
+    section(io::kOuterMomentum, r.diloco->momentum(), r.diloco->begin(), main);
     st.diloco_sites = S;
     st.diloco_sites_in_file = r.federated ? 1 : S;
     st.outer_steps = cfg.parallel.outer_steps;
@@ -449,9 +477,74 @@ std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wal
     st.outer_nesterov = cfg.parallel.outer_nesterov;
   }
   const parallel::Comm& writers = r.federated ? r.site_world : grid.world();
-  CheckpointManager mgr(r.ckpt_dir(), cfg.keep, writers.get());
-  return mgr.save(st, r.tensors, sections);
+  MPI_Comm dup = MPI_COMM_NULL;
+  MPI_Comm_dup(writers.get(), &dup);
+  job->comm = parallel::Comm::adopt(dup);
+  job->tensors = &r.tensors;
+  job->dir = r.ckpt_dir();
+  job->keep = cfg.keep;
+  return job;
 }
+
+/// Saves the run's state at `step` now (collective over the writers).
+std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wall) {
+  return snapshot(r, grid, step, wall)->write();
+}
+
+/// \brief At most one save in flight on a thread of its own. Its errors reach the main thread only
+/// at wait(), which every rank calls at the same step, so no rank leaves the training loop alone.
+/// An MPI or HDF5 failure inside it stops the job at once (MPI_Abort), like one on the main thread.
+class BackgroundSave {
+ public:
+  ~BackgroundSave() {
+    if (thread_.joinable()) thread_.join();
+  }
+  void start(std::unique_ptr<SaveJob> job) {
+    job_ = std::move(job);
+    done_ = false, error_ = nullptr;
+    thread_ = std::thread([this] {
+      const auto t0 = Clock::now();
+      try {
+        job_->write();
+      } catch (const LibraryError& e) {
+        std::fprintf(stderr, "tapestry: error: rank %d: writing checkpoint %s in the background: %s\n", world_rank(),
+                     job_->path().c_str(), e.what());
+        std::fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+      } catch (...) {
+        error_ = std::current_exception();
+      }
+      seconds_ = since(t0);
+      done_ = true;
+    });
+  }
+  bool busy() const { return job_ != nullptr; }
+  /// How long the last save took to write, verify and publish (valid once finished()).
+  double seconds() const { return seconds_; }
+  /// True once the save in flight has finished (a local look: no communication).
+  bool finished() const { return job_ && done_; }
+  /// Waits for the save in flight; rethrows its error. Returns its path and how long it took.
+  std::pair<std::string, double> wait() {
+    if (!job_) return {"", 0.0};
+    thread_.join();
+    const std::string path = job_->path();
+    job_.reset();
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+    return {path, seconds_};
+  }
+
+ private:
+  static int world_rank() {
+    int r = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &r);
+    return r;
+  }
+  std::unique_ptr<SaveJob> job_;
+  std::thread thread_;
+  std::atomic<bool> done_{false};
+  std::exception_ptr error_;
+  double seconds_ = 0;
+};
 
 }  // namespace
 
@@ -511,6 +604,13 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
 
   TrainResult result;
   StepVote vote(grid.world().get(), r.diloco != nullptr);
+  int thread_level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&thread_level);
+  const bool async = cfg.async_save && thread_level == MPI_THREAD_MULTIPLE;
+  if (cfg.async_save && !async && cfg.save_every > 0)
+    out << "note: checkpoints are written synchronously (the MPI library does not provide MPI_THREAD_MULTIPLE)\n";
+  BackgroundSave saver;
+  std::string saver_path;
   std::vector<int> in, tg;
   View1<float> params = gpt.params(), grads = gpt.grads();
   const std::size_t n = gpt.padded_size();
@@ -641,17 +741,44 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       if (failed == 2 || !root) throw parallel::PeerError();
       throw Error("loss is not finite by step " + std::to_string(rec.step) + " (lower --lr or enable --grad-clip)");
     }
+    auto report_saved = [&] {
+      site_out << "saved checkpoint " << saver_path << " (" << fmt("%.2f", saver.seconds()) << " s in the background)"
+               << std::endl;
+      saver_path.clear();
+    };
+    if (!saver_path.empty() && saver.finished()) report_saved();  // its errors wait for the next agreed point
     const bool scheduled = cfg.save_every > 0 && (rec.step % cfg.save_every == 0 || rec.step == cfg.steps);
     if (scheduled || stop) {
+      // Every rank reaches this point at the same step: the save in flight (if any) is waited for
+      // and its errors raised here. The last save and a save on a stop signal are synchronous.
       const auto ts = Clock::now();
-      const std::string path = save(r, grid, rec.step, r.wall_before + since(run_start));
-      site_out << "saved checkpoint " << path << " (" << fmt("%.2f", since(ts)) << " s)" << std::endl;
+      saver.wait();
+      if (!saver_path.empty()) report_saved();
+      const bool background = async && !stop && rec.step != cfg.steps;
+      auto job = snapshot(r, grid, rec.step, r.wall_before + since(run_start));
+      const std::string path = job->path();
+      if (background) {
+        saver.start(std::move(job));
+        saver_path = path;
+        const double stall = since(ts);
+        result.save_stall_s += stall;
+        site_out << "saving checkpoint " << path << " in the background (training stalled " << fmt("%.3f", stall)
+                 << " s)" << std::endl;
+      } else {
+        job->write();
+        result.save_stall_s += since(ts);
+        site_out << "saved checkpoint " << path << " (" << fmt("%.2f", since(ts)) << " s)" << std::endl;
+      }
     }
     if (stop) {
       site_out << "stop signal received: saved at step " << rec.step << ", exiting" << std::endl;
       result.stopped = true;
       break;
     }
+  }
+  if (saver.busy()) {  // not reached today (the last save is synchronous); kept so no save is left behind
+    saver.wait();
+    if (!saver_path.empty()) site_out << "saved checkpoint " << saver_path << " (in the background)" << std::endl;
   }
   double checksum = 0;
   if (tp > 1 || r.pipe) {  // of the whole model, the same on every rank: each element from the rank that owns it

@@ -158,6 +158,9 @@ struct TrainConfig {
   std::string ckpt_dir = "checkpoints";  ///< where HDF5 checkpoints go
   int save_every = 0;        ///< save every N steps (and at the end); 0: only on a stop signal
   int keep = 3;              ///< keep the newest K checkpoints; 0: keep all
+  /// Write checkpoints on a background thread: training stalls only while the state is copied
+  /// into host buffers (needs MPI_THREAD_MULTIPLE; otherwise saves are synchronous)
+  bool async_save = true;
   std::string resume;        ///< "", "auto" (ckpt_dir/latest if any) or a checkpoint path
   double peak_flops = 437e9;  ///< for MFU: FP32 FMA peak of the devices this rank uses
   std::string attention = "auto";  ///< matrix (T x T in memory, BLAS), tiled, or auto (= matrix)

@@ -33,6 +33,7 @@ struct TrainResult {
   std::size_t param_bytes = 0;      ///< this rank's parameters (its tensor-parallel part)
   std::size_t optimizer_bytes = 0;  ///< this rank's AdamW moments
   bool stopped = false;       ///< ended early on a stop signal, after saving
+  double save_stall_s = 0;    ///< time the training loop spent on checkpoint saves (snapshots, waits, synchronous saves)
 };
 
 /// \brief Trains per `cfg` on `grid` (collective over its world). Progress goes to `out` on world
