@@ -266,7 +266,11 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
   H5 fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
   H5 file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), H5Fclose);
-  require(file.ok(), "cannot create checkpoint file '" + path + "'");
+  // Every rank learns whether every rank could open it (one rank's full or read-only disk must not
+  // leave the others waiting in the collective calls that follow).
+  int opened = file.ok() ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &opened, 1, MPI_INT, MPI_MIN, comm);
+  require(opened == 1, "cannot create checkpoint file '" + path + "'" + (file.ok() ? " on another rank" : ""));
   H5 dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
   H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
   H5 lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
