@@ -9,6 +9,8 @@
 #   mismatch   sites with different model configs: one error line naming the difference in each
 #              job's output, both exit non-zero
 #   unequal    sites of 2 and 1 ranks: one clear error in each job, both exit non-zero
+#   died       site 1's job is SIGKILLed mid-run: site 0 saves its state, prints one line and exits
+#              non-zero within the federation timeout
 #   timeout    no rendezvous (mpirun without --ompi-server): each job ends with one error line
 #              after --federation-timeout, non-zero, no hang
 set -eu
@@ -135,6 +137,33 @@ timeout)
   done
   [ "$took" -lt 40 ] || fail "took $took s"
   echo "timeout: both sites gave up with one error line after ${took} s"
+  ;;
+died)
+  # Site 1's whole job is SIGKILLed mid-run: site 0 must save its own state, print one line and
+  # exit non-zero within the federation timeout (plus a margin), not wait forever.
+  start_server
+  args=(--steps 100000 --val-every 0 --grad-reduce hierarchical --federation-timeout 10 --ckpt-dir ckpt --save-every 0
+        --federation died)
+  $mpirun --ompi-server file:uri -np 1 "$exe" "${train[@]}" "${args[@]}" --site-id 0 > died.site0.log 2>&1 &
+  p0=$!
+  setsid $mpirun --ompi-server file:uri -np 1 "$exe" "${train[@]}" "${args[@]}" --site-id 1 > died.site1.log 2>&1 &
+  p1=$!
+  for _ in $(seq 300); do grep -q "step     5/" died.site0.log && break; sleep 0.1; done
+  grep -q "step     5/" died.site0.log || fail "site 0 did not reach step 5"
+  kill -9 -- "-$(ps -o pgid= "$p1" | tr -d ' ')" 2>/dev/null || kill -9 "$p1"
+  start=$(date +%s)
+  rc0=0; wait $p0 || rc0=$?
+  took=$(( $(date +%s) - start ))
+  [ "$rc0" != 0 ] || fail "site 0 exited 0 after site 1 died"
+  [ "$took" -lt 40 ] || fail "site 0 took $took s to stop"
+  [ "$(grep -c "tapestry: error:" died.site0.log)" = 1 ] || fail "site 0: not exactly one error line: $(grep error died.site0.log)"
+  line=$(grep "tapestry: error:" died.site0.log)
+  echo "$line" | grep -q "federation 'died': no step completed across sites for 10 s" || fail "site 0: message: $line"
+  ck=$(echo "$line" | sed -n "s/.*saved this site's state at step \([0-9]*\) to \([^;]*\);.*/\2/p")
+  [ -n "$ck" ] || fail "site 0 did not save its state: $line"
+  "$exe" ckpt verify "$ck" > /dev/null || fail "site 0's last checkpoint $ck does not verify"
+  [ "ckpt/site_00/$(cat ckpt/site_00/latest)" = "$ck" ] || fail "latest does not point at $ck"
+  echo "died: site 0 stopped ${took} s after site 1 was killed, with one line; its state $ck verifies"
   ;;
 *) fail "unknown mode $mode" ;;
 esac

@@ -9,6 +9,7 @@
 
 #include "catch.hpp"
 #include "mpi_helpers.hpp"
+#include "skip.hpp"
 #include "tapestry/core/views.hpp"
 #include "tapestry/parallel/collectives.hpp"
 #include "tapestry/core/error.hpp"
@@ -34,7 +35,7 @@ View1<float> device(const std::vector<float>& h) {
 }
 }  // namespace
 
-TEST_CASE("MPI collectives: all-reduce, reduce-scatter, all-gather, broadcast, send/recv", "[mpi][collectives]") {
+TEST_CASE("MPI collectives: all-reduce, reduce-scatter, all-gather, broadcast, send/recv", "[case_coll_mpi][mpi][collectives]") {
   const auto world = Comm::view(MPI_COMM_WORLD);
   auto c = make_collectives(Backend::mpi, world);
   const int P = c->size(), r = c->rank();
@@ -90,7 +91,7 @@ TEST_CASE("MPI collectives: all-reduce, reduce-scatter, all-gather, broadcast, s
   REQUIRE(all_ranks(ok));
 }
 
-TEST_CASE("the bucketed flat reducer equals one all-reduce for any bucket size", "[mpi][collectives]") {
+TEST_CASE("the bucketed flat reducer equals one all-reduce for any bucket size", "[case_coll_buckets][mpi][collectives]") {
   const auto world = Comm::view(MPI_COMM_WORLD);
   auto c = make_collectives(Backend::mpi, world);
   const int P = c->size(), r = c->rank();
@@ -117,7 +118,7 @@ TEST_CASE("the bucketed flat reducer equals one all-reduce for any bucket size",
   REQUIRE_THROWS_AS(FlatReducer(*c, 0), tapestry::Error);
 }
 
-TEST_CASE("MPI message buffers: direct where MPI reads the memory, host copies otherwise", "[collectives][staging]") {
+TEST_CASE("MPI message buffers: direct where MPI reads the memory, host copies otherwise", "[case_coll_staging][collectives][staging]") {
   // TAPESTRY_MPI_STAGING=1 (the *_staged CTest runs) forces the host copies that a GPU build
   // under a non-CUDA-aware MPI uses; on this host build MPI reads the buffers directly otherwise.
   const char* force = std::getenv("TAPESTRY_MPI_STAGING");
@@ -141,7 +142,7 @@ TEST_CASE("MPI message buffers: direct where MPI reads the memory, host copies o
   REQUIRE(host(z) == std::vector<float>{7, 8, 9});
 }
 
-TEST_CASE("backend selection and NCCL's presence", "[collectives]") {
+TEST_CASE("backend selection and NCCL's presence", "[case_coll_backend][collectives]") {
   REQUIRE(parse_backend("mpi") == Backend::mpi);
   REQUIRE_THROWS_WITH(parse_backend("gloo"), "unknown collectives backend 'gloo' (use mpi, nccl or auto)");
   if (nccl_available()) {
@@ -155,7 +156,7 @@ TEST_CASE("backend selection and NCCL's presence", "[collectives]") {
   }
 }
 
-TEST_CASE("the hierarchical reducer equals the flat one for every site split and size", "[mpi][collectives][sites]") {
+TEST_CASE("the hierarchical reducer equals the flat one for every site split and size", "[case_coll_hier][mpi][collectives][sites]") {
   const auto world = Comm::view(MPI_COMM_WORLD);
   auto flat_coll = make_collectives(Backend::mpi, world);
   const int P = flat_coll->size(), r = flat_coll->rank();
@@ -195,16 +196,16 @@ TEST_CASE("the hierarchical reducer equals the flat one for every site split and
   REQUIRE(all_ranks(ok));
 }
 
-TEST_CASE("a site count that does not divide the DP ranks is an error", "[collectives][sites][bad-input]") {
+TEST_CASE("a site count that does not divide the DP ranks is an error", "[case_coll_sites_bad][collectives][sites][bad-input]") {
   REQUIRE_THROWS_WITH(SiteTopology::site_of(0, 6, 4), "--sites 4 does not divide the 6 data-parallel ranks");
   REQUIRE(SiteTopology::site_of(5, 6, 3) == 2);
 }
 
-TEST_CASE("cross-site compression stays within its error bound and error feedback cancels it", "[mpi][collectives][sites]") {
+TEST_CASE("cross-site compression stays within its error bound and error feedback cancels it", "[case_coll_compress][mpi][collectives][sites]") {
   const auto world = Comm::view(MPI_COMM_WORLD);
   auto flat_coll = make_collectives(Backend::mpi, world);
   const int P = flat_coll->size(), r = flat_coll->rank();
-  if (P == 1) return;  // one site: nothing crosses
+  if (P == 1) return test::skip_case("one rank is one site: nothing crosses");
   FlatReducer flat(*flat_coll, std::size_t(1) << 20);
   SiteTopology topo(world, SiteTopology::site_of(r, P, P), P);  // every rank its own site
   const std::size_t n = 1000;

@@ -10,6 +10,7 @@
 
 #include "catch.hpp"
 #include "mpi_helpers.hpp"
+#include "skip.hpp"
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/tokenizer.hpp"
 #include "tapestry/parallel/comm.hpp"
@@ -47,7 +48,7 @@ void require_same_curve(const train::TrainResult& ref, const train::TrainResult&
 
 }  // namespace
 
-TEST_CASE("dp = world matches one rank on the same global batch, step for step", "[mpi][dp]") {
+TEST_CASE("dp = world matches one rank on the same global batch, step for step", "[case_dp_world][mpi][dp]") {
   const int P = world_size();
   const auto ref = single_rank(run_config(2 * P));
   auto c = run_config(2 * P);
@@ -71,7 +72,7 @@ TEST_CASE("dp = world matches one rank on the same global batch, step for step",
   }
 }
 
-TEST_CASE("dp with gradient accumulation matches one rank", "[mpi][dp]") {
+TEST_CASE("dp with gradient accumulation matches one rank", "[case_dp_accum][mpi][dp]") {
   const int P = world_size();
   const auto ref = single_rank(run_config(4 * P));
   auto c = run_config(4 * P);
@@ -81,7 +82,7 @@ TEST_CASE("dp with gradient accumulation matches one rank", "[mpi][dp]") {
   require_same_curve(ref, data_parallel(c));
 }
 
-TEST_CASE("a global batch that does not divide is one error on one rank, and no hang", "[mpi][dp][bad-input]") {
+TEST_CASE("a global batch that does not divide is one error on one rank, and no hang", "[case_dp_batch_bad][mpi][dp][bad-input]") {
   const int P = world_size();
   auto c = run_config(2);
   c.batch_size = 2;
@@ -111,7 +112,7 @@ double worst_val_diff(const train::TrainResult& a, const train::TrainResult& b) 
 
 }  // namespace
 
-TEST_CASE("DiLoCo: one site with H = 1, outer lr 1 and no momentum is plain DP", "[mpi][dp][diloco]") {
+TEST_CASE("DiLoCo: one site with H = 1, outer lr 1 and no momentum is plain DP", "[case_dp_diloco_one_site][mpi][dp][diloco]") {
   const int P = world_size();
   const auto ref = single_rank(run_config(2 * P));
   auto c = run_config(2 * P);
@@ -125,9 +126,9 @@ TEST_CASE("DiLoCo: one site with H = 1, outer lr 1 and no momentum is plain DP",
   }
 }
 
-TEST_CASE("DiLoCo over sites: sites train apart, meet at every outer step", "[mpi][dp][diloco]") {
+TEST_CASE("DiLoCo over sites: sites train apart, meet at every outer step", "[case_dp_diloco_sites][mpi][dp][diloco]") {
   const int P = world_size();
-  if (P % 2 != 0) return;  // needs two sites
+  if (P % 2 != 0) return skip_case("two sites need an even rank count");
   auto c = run_config(2 * P);
   c.batch_size = 2;
   c.parallel.sites = 2;
@@ -163,7 +164,7 @@ TEST_CASE("DiLoCo over sites: sites train apart, meet at every outer step", "[mp
   }
 }
 
-TEST_CASE("curve_diff treats a NaN or inf loss as an infinite difference", "[helpers]") {
+TEST_CASE("curve_diff treats a NaN or inf loss as an infinite difference", "[case_dp_nan_helper][helpers]") {
   train::TrainResult a, b;
   for (int s = 1; s <= 3; ++s) {
     train::StepRecord r;

@@ -13,6 +13,7 @@
 
 #include "catch.hpp"
 #include "mpi_helpers.hpp"
+#include "skip.hpp"
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/checkpoint.hpp"
 #include "tapestry/train/checkpointing.hpp"
@@ -41,13 +42,9 @@ TrainConfig llama_config(const std::string& mlp) {
 // at 1e-3 or more within the first steps.
 constexpr double kRelTol = 1e-6;
 
-void skipped(const char* what) {
-  if (world_rank() == 0) std::printf("SKIPPED at %d ranks: %s\n", world_size(), what);
-}
-
 }  // namespace
 
-TEST_CASE("Llama family: dp and ZeRO-1 match one rank", "[mpi][llama][dp]") {
+TEST_CASE("Llama family: dp and ZeRO-1 match one rank", "[case_llama_dp][mpi][llama][dp]") {
   const int P = world_size();
   for (const std::string mlp : {"swiglu", "xielu"}) {
     CAPTURE(mlp);
@@ -58,7 +55,7 @@ TEST_CASE("Llama family: dp and ZeRO-1 match one rank", "[mpi][llama][dp]") {
       c.batch_size = std::max(1, 8 / P / 2);  // two micro-batches per rank where they fit
       c.parallel.zero = zero;
       if (8 % (c.batch_size * P) != 0) {
-        skipped("dp: global batch 8 does not divide over the ranks");
+        skip_part("dp: global batch 8 does not divide over the ranks");
         continue;
       }
       REQUIRE(all_ranks(curve_diff(ref, train_on(c, MPI_COMM_WORLD)) <= kRelTol));
@@ -66,14 +63,14 @@ TEST_CASE("Llama family: dp and ZeRO-1 match one rank", "[mpi][llama][dp]") {
   }
 }
 
-TEST_CASE("Llama family: tp 2 and 4 split the grouped-query heads; sequence parallelism; tp x dp", "[mpi][llama][tp]") {
+TEST_CASE("Llama family: tp 2 and 4 split the grouped-query heads; sequence parallelism; tp x dp", "[case_llama_tp][mpi][llama][tp]") {
   const int P = world_size();
   for (const std::string mlp : {"swiglu", "xielu"}) {
     CAPTURE(mlp);
     const auto ref = train_on(llama_config(mlp), MPI_COMM_SELF);
     for (int tp : {2, 4}) {
       if (P % tp != 0) {
-        skipped("tp 4 needs 4 or 8 ranks");
+        skip_part("tp 4 needs 4 or 8 ranks");
         continue;
       }
       for (const bool sp : {false, true}) {
@@ -91,24 +88,24 @@ TEST_CASE("Llama family: tp 2 and 4 split the grouped-query heads; sequence para
   }
 }
 
-TEST_CASE("Llama family: pp 2 (untied output layer on the last stage) and tp x pp x dp = 2 x 2 x 2", "[mpi][llama][pp]") {
+TEST_CASE("Llama family: pp 2 (untied output layer on the last stage) and tp x pp x dp = 2 x 2 x 2", "[case_llama_pp][mpi][llama][pp]") {
   const int P = world_size();
   const auto ref = train_on(llama_config("swiglu"), MPI_COMM_SELF);
   if (P == 2 || P == 4) {
     REQUIRE(all_ranks(curve_diff(ref, train_on(llama_config("swiglu"), MPI_COMM_WORLD, 1, 2)) <= kRelTol));
   } else {
-    skipped("pp 2 x dp runs at 2 and 4 ranks");
+    skip_part("pp 2 x dp runs at 2 and 4 ranks");
   }
   if (P == 8) {
     auto c = llama_config("swiglu");
     c.parallel.zero = 1, c.parallel.sequence_parallel = true;
     REQUIRE(all_ranks(curve_diff(ref, train_on(c, MPI_COMM_WORLD, 2, 2)) <= kRelTol));
   } else {
-    skipped("tp x pp x dp = 2 x 2 x 2 needs 8 ranks");
+    skip_part("tp x pp x dp = 2 x 2 x 2 needs 8 ranks");
   }
 }
 
-TEST_CASE("document masking on a shuffled mixture: dp, tp with sequence parallelism and pp match one rank", "[mpi][llama][docmask]") {
+TEST_CASE("document masking on a shuffled mixture: dp, tp with sequence parallelism and pp match one rank", "[case_llama_docmask][mpi][llama][docmask]") {
   // Lines of the corpus are the documents (end-of-document: '\n', byte 10); the data is a 3:1
   // mixture of the two corpus files read in a shuffled order. Every layout reads the same rows
   // and masks the same way, so the losses match the single-rank run as for plain data.
@@ -136,14 +133,14 @@ TEST_CASE("document masking on a shuffled mixture: dp, tp with sequence parallel
   if (P == 2 || P == 4) {
     REQUIRE(all_ranks(curve_diff(ref, train_on(config(), MPI_COMM_WORLD, 1, 2)) <= kRelTol));
   } else {
-    skipped("pp 2 x dp runs at 2 and 4 ranks");
+    skip_part("pp 2 x dp runs at 2 and 4 ranks");
   }
 }
 
-TEST_CASE("Llama family: a tp x pp checkpoint names its tensors and resumes on one rank", "[mpi][llama][checkpoint]") {
+TEST_CASE("Llama family: a tp x pp checkpoint names its tensors and resumes on one rank", "[case_llama_ckpt][mpi][llama][checkpoint]") {
   const int P = world_size();
   if (P != 4) {
-    skipped("the tp 2 x pp 2 checkpoint runs at 4 ranks");
+    skip_case("the tp 2 x pp 2 checkpoint runs at 4 ranks");
     return;
   }
   const fs::path dir = fresh_dir("llama_ckpt");
@@ -167,11 +164,11 @@ TEST_CASE("Llama family: a tp x pp checkpoint names its tensors and resumes on o
   REQUIRE(all_ranks(refused));
 }
 
-TEST_CASE("kv heads replicated over TP ranks (tp > n_kv_head) match one rank", "[mpi][llama][tp][gqa]") {
+TEST_CASE("kv heads replicated over TP ranks (tp > n_kv_head) match one rank", "[case_llama_gqa][mpi][llama][tp][gqa]") {
   const int P = world_size();
   for (const auto& [tp, kv] : {std::pair{2, 1}, std::pair{4, 2}, std::pair{4, 1}}) {
     if (P % tp != 0) {
-      skipped("tp 4 needs 4 or 8 ranks");
+      skip_part("tp 4 needs 4 or 8 ranks");
       continue;
     }
     auto c = llama_config("swiglu");
@@ -198,10 +195,10 @@ TEST_CASE("kv heads replicated over TP ranks (tp > n_kv_head) match one rank", "
   }
 }
 
-TEST_CASE("kv heads and tp that do not divide one another are one clear error", "[mpi][llama][bad-input]") {
+TEST_CASE("kv heads and tp that do not divide one another are one clear error", "[case_llama_kv_bad][mpi][llama][bad-input]") {
   const int P = world_size();
   if (P % 2 != 0) {
-    skipped("needs tp 2");
+    skip_case("needs tp 2");
     return;
   }
   auto c = llama_config("swiglu");
@@ -217,10 +214,10 @@ TEST_CASE("kv heads and tp that do not divide one another are one clear error", 
   REQUIRE(all_ranks(refused));
 }
 
-TEST_CASE("Llama family across sites with tp 2 or pp 2 inside each: the hierarchical reduction matches one rank", "[mpi][llama][sites]") {
+TEST_CASE("Llama family across sites with tp 2 or pp 2 inside each: the hierarchical reduction matches one rank", "[case_llama_sites][mpi][llama][sites]") {
   const int P = world_size();
   if (P != 4 && P != 8) {
-    skipped("two sites of tp 2 or pp 2 run at 4 and 8 ranks");
+    skip_case("two sites of tp 2 or pp 2 run at 4 and 8 ranks");
     return;
   }
   const auto ref = train_on(llama_config("swiglu"), MPI_COMM_SELF);
@@ -235,10 +232,10 @@ TEST_CASE("Llama family across sites with tp 2 or pp 2 inside each: the hierarch
   }
 }
 
-TEST_CASE("Llama family across sites: hierarchical reduction matches one rank; DiLoCo sites meet", "[mpi][llama][diloco]") {
+TEST_CASE("Llama family across sites: hierarchical reduction matches one rank; DiLoCo sites meet", "[case_llama_diloco][mpi][llama][diloco]") {
   const int P = world_size();
   if (P % 2 != 0 || P > 4) {
-    skipped("two sites of dp ranks run at 2 and 4 ranks");
+    skip_case("two sites of dp ranks run at 2 and 4 ranks");
     return;
   }
   const auto ref = train_on(llama_config("xielu"), MPI_COMM_SELF);
@@ -254,10 +251,10 @@ TEST_CASE("Llama family across sites: hierarchical reduction matches one rank; D
   REQUIRE(all_ranks(d.steps.size() == 10 && d.steps[2].loss != ref.steps[2].loss && std::isfinite(d.steps.back().loss)));
 }
 
-TEST_CASE("DiLoCo with tp 2 or pp 2 inside each of 2 sites: sites meet; resume mid-round is bit-exact", "[mpi][llama][diloco][checkpoint]") {
+TEST_CASE("DiLoCo with tp 2 or pp 2 inside each of 2 sites: sites meet; resume mid-round is bit-exact", "[case_llama_diloco_split][mpi][llama][diloco][checkpoint]") {
   const int P = world_size();
   if (P != 4 && P != 8) {
-    skipped("two sites of tp 2 or pp 2 run at 4 and 8 ranks");
+    skip_case("two sites of tp 2 or pp 2 run at 4 and 8 ranks");
     return;
   }
   const auto ref = train_on(llama_config("swiglu"), MPI_COMM_SELF);

@@ -10,6 +10,7 @@
 
 #include "catch.hpp"
 #include "mpi_helpers.hpp"
+#include "skip.hpp"
 #include "tapestry/core/error.hpp"
 #include "tapestry/model/gpt.hpp"
 
@@ -36,7 +37,7 @@ constexpr double kRelTol = 1e-6;
 
 }  // namespace
 
-TEST_CASE("tp = world matches one rank, step for step, with and without sequence parallelism", "[mpi][tp]") {
+TEST_CASE("tp = world matches one rank, step for step, with and without sequence parallelism", "[case_tp_world][mpi][tp]") {
   const int P = world_size();
   const auto ref = train_on(run_config(4), MPI_COMM_SELF);
   for (const bool sp : {false, true}) {
@@ -52,7 +53,7 @@ TEST_CASE("tp = world matches one rank, step for step, with and without sequence
   }
 }
 
-TEST_CASE("sequence parallelism with gradient accumulation matches one rank", "[mpi][tp]") {
+TEST_CASE("sequence parallelism with gradient accumulation matches one rank", "[case_tp_sp_accum][mpi][tp]") {
   const int P = world_size();
   const auto ref = train_on(run_config(4), MPI_COMM_SELF);
   auto c = run_config(4);
@@ -63,8 +64,8 @@ TEST_CASE("sequence parallelism with gradient accumulation matches one rank", "[
   REQUIRE(all_ranks(worst <= kRelTol));
 }
 
-TEST_CASE("tp x dp = 2 x 2 matches one rank, with and without ZeRO-1 and sequence parallelism", "[mpi][tp][dp]") {
-  if (world_size() != 4) return;
+TEST_CASE("tp x dp = 2 x 2 matches one rank, with and without ZeRO-1 and sequence parallelism", "[case_tp_x_dp][mpi][tp][dp]") {
+  if (world_size() != 4) return skip_case("tp x dp = 2 x 2 runs at 4 ranks");
   const auto ref = train_on(run_config(4), MPI_COMM_SELF);
   for (int variant : {0, 1, 2}) {
     CAPTURE(variant);
@@ -79,7 +80,7 @@ TEST_CASE("tp x dp = 2 x 2 matches one rank, with and without ZeRO-1 and sequenc
   }
 }
 
-TEST_CASE("each rank holds 1/tp of every split tensor; parameters + AdamW state fall as 1/tp", "[mpi][tp]") {
+TEST_CASE("each rank holds 1/tp of every split tensor; parameters + AdamW state fall as 1/tp", "[case_tp_memory][mpi][tp]") {
   const int P = world_size();
   auto c = run_config(4);
   c.steps = 1, c.val_every = 0;
@@ -96,7 +97,7 @@ TEST_CASE("each rank holds 1/tp of every split tensor; parameters + AdamW state 
   REQUIRE(all_ranks(ratio <= 1.0 / P + double(replicated) / double(replicated + sharded) + 1e-9));
 }
 
-TEST_CASE("a TP checkpoint holds whole tensors: it resumes on one rank and on the same layout", "[mpi][tp][checkpoint]") {
+TEST_CASE("a TP checkpoint holds whole tensors: it resumes on one rank and on the same layout", "[case_tp_ckpt][mpi][tp][checkpoint]") {
   const int P = world_size();
   const fs::path dir = fresh_dir("tp_ckpt");
   auto c = run_config(4);
@@ -119,7 +120,7 @@ TEST_CASE("a TP checkpoint holds whole tensors: it resumes on one rank and on th
   REQUIRE(all_ranks(worst <= kRelTol));
 }
 
-TEST_CASE("n_head not divisible by tp is one error on one rank, and no hang", "[mpi][tp][bad-input]") {
+TEST_CASE("n_head not divisible by tp is one error on one rank, and no hang", "[case_tp_heads_bad][mpi][tp][bad-input]") {
   const int P = world_size();
   auto c = run_config(4);
   c.model.n_head = 2 * P + 1, c.model.d_model = 8 * (2 * P + 1);

@@ -1,6 +1,11 @@
 #include "tapestry/train/checkpointing.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -92,6 +97,14 @@ std::string CheckpointManager::save(const io::CheckpointState& state, const std:
     std::error_code ec;
     fs::create_directories(dir_, ec);
     require(!ec, "cannot create checkpoint directory '" + dir_ + "': " + ec.message());
+  });
+  // Every rank opens the file for writing itself first: a disk that is full or read-only on one
+  // node only would otherwise leave the other ranks waiting in the collective open that follows.
+  parallel::agree(comm, [&] {
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT, 0644);
+    require(fd >= 0, "cannot write checkpoint file '" + tmp.string() + "' on rank " + std::to_string(comm.rank()) +
+                         ": " + std::strerror(errno));
+    ::close(fd);
   });
   io::write_checkpoint(tmp.string(), comm_, state, tensors, sections);
   MPI_Barrier(comm_);  // every rank's data has reached the file

@@ -9,6 +9,8 @@
 #include <fstream>
 #include <iomanip>
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -146,6 +148,9 @@ struct Run {
   std::unique_ptr<parallel::Collectives> coll;
   std::unique_ptr<parallel::SiteTopology> sites;
   parallel::Comm site_world;  ///< federated: this site's ranks of every TP and PP group (they write its file)
+  /// Host buffers of checkpoint snapshots, reused from one save to the next (fresh ones would be
+  /// page-faulted in at every save, which is most of a save's stall on some machines).
+  std::vector<std::vector<float>> save_buffers;
   // DiLoCo: gradients are reduced inside the site only (inner_coll over the site's ranks).
   std::unique_ptr<parallel::Collectives> inner_coll;
   std::unique_ptr<parallel::SiteTopology> inner_topo;  // the site alone, for a hierarchical inner reducer
@@ -406,7 +411,8 @@ struct SaveJob {
 /// Snapshots the run's state at `step`: each rank copies only the range of its part that it writes
 /// (1/dp of it, or its ZeRO-1 shard, and nothing of a replica another site writes). Collective over
 /// the writers (the communicator is duplicated here).
-std::unique_ptr<SaveJob> snapshot(Run& r, const parallel::ProcessGrid& grid, int step, double wall) {
+std::unique_ptr<SaveJob> snapshot(Run& r, const parallel::ProcessGrid& grid, int step, double wall,
+                                  const io::DataLoader::Position* position = nullptr) {
   const auto& cfg = r.cfg;
   auto job = std::make_unique<SaveJob>();
   io::CheckpointState& st = job->st;
@@ -420,7 +426,7 @@ std::unique_ptr<SaveJob> snapshot(Run& r, const parallel::ProcessGrid& grid, int
   st.wall_time_s = wall;
   st.program_version = TAPESTRY_VERSION;
   st.train_data = cfg.train_data;
-  const auto pos = r.train_loader->position();
+  const auto pos = position != nullptr ? *position : r.train_loader->position();
   st.loader_file = pos.file, st.loader_offset = pos.offset, st.loader_epoch = pos.epoch;
   st.batch_size = cfg.batch_size, st.seq_len = cfg.seq_len, st.global_batch = cfg.global_batch;
   st.seed = cfg.seed;
@@ -430,15 +436,18 @@ std::unique_ptr<SaveJob> snapshot(Run& r, const parallel::ProcessGrid& grid, int
   const auto owned = r.gpt->part_runs(true);
   using Range = std::pair<std::size_t, std::size_t>;
   // `view`'s element 0 is local index `base`; the job keeps a host copy of [lo, hi) only.
+  job->buffers = std::move(r.save_buffers);  // the previous save's, if any: already in memory
+  std::size_t used = 0;
   auto section = [&](const std::string& prefix, View1<float> view, std::size_t base, Range range) {
     const auto [lo, hi] = range;
-    std::vector<float> host(hi - lo);
+    if (used == job->buffers.size()) job->buffers.emplace_back();
+    auto& host = job->buffers[used++];
+    host.resize(hi - lo);  // moving the outer vector keeps each buffer's data where it is
     if (hi > lo) {
       Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host.data(), host.size());
       Kokkos::deep_copy(h, Kokkos::subview(view, std::make_pair(lo - base, hi - base)));
     }
-    job->buffers.push_back(std::move(host));
-    job->sections.push_back({prefix, job->buffers.back().data(), clip_runs(owned, lo, hi, lo)});
+    job->sections.push_back({prefix, host.data(), clip_runs(owned, lo, hi, lo)});
   };
   Range range{0, 0};
   bool main_writer = r.federated || r.site == 0;
@@ -455,8 +464,6 @@ std::unique_ptr<SaveJob> snapshot(Run& r, const parallel::ProcessGrid& grid, int
     range = {b, b + part};
   }
   const Range none{0, 0}, main = main_writer ? range : none;
-  // The buffers never reallocate once their sections point into them.
-  job->buffers.reserve(3 * std::size_t(r.diloco ? r.sites->num_sites() + 1 : 1));
   section("/model", r.gpt->params(), 0, main);
   section("/optimizer/adam_m", r.adamw->m(), r.adamw->begin(), main);
   section("/optimizer/adam_v", r.adamw->v(), r.adamw->begin(), main);
@@ -488,7 +495,10 @@ std::unique_ptr<SaveJob> snapshot(Run& r, const parallel::ProcessGrid& grid, int
 
 /// Saves the run's state at `step` now (collective over the writers).
 std::string save(Run& r, const parallel::ProcessGrid& grid, int step, double wall) {
-  return snapshot(r, grid, step, wall)->write();
+  auto job = snapshot(r, grid, step, wall);
+  const std::string path = job->write();
+  r.save_buffers = std::move(job->buffers);
+  return path;
 }
 
 /// \brief At most one save in flight on a thread of its own. Its errors reach the main thread only
@@ -523,14 +533,14 @@ class BackgroundSave {
   double seconds() const { return seconds_; }
   /// True once the save in flight has finished (a local look: no communication).
   bool finished() const { return job_ && done_; }
-  /// Waits for the save in flight; rethrows its error. Returns its path and how long it took.
-  std::pair<std::string, double> wait() {
-    if (!job_) return {"", 0.0};
+  /// Waits for the save in flight; rethrows its error. Returns its host buffers, for the next save.
+  std::vector<std::vector<float>> wait() {
+    if (!job_) return {};
     thread_.join();
-    const std::string path = job_->path();
+    auto buffers = std::move(job_->buffers);
     job_.reset();
     if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
-    return {path, seconds_};
+    return buffers;
   }
 
  private:
@@ -544,6 +554,86 @@ class BackgroundSave {
   std::atomic<bool> done_{false};
   std::exception_ptr error_;
   double seconds_ = 0;
+};
+
+/// \brief A federated run's guard against a site that dies: the cross-site calls of a step would
+/// wait for it forever. The main thread reports progress after every step and marks the last step
+/// whose state its buffers hold; when no step completes within the federation timeout, this site
+/// saves that state to its own checkpoint (site-local calls on its own communicator, from this
+/// thread), prints one line and stops its job.
+class SiteWatchdog {
+ public:
+  SiteWatchdog(Run& r, const parallel::ProcessGrid& grid, BackgroundSave& saver, double timeout_s, bool print)
+      : r_(r), grid_(grid), saver_(saver), timeout_(timeout_s), print_(print) {
+    safe_pos_ = r.train_loader->position();
+    safe_step_ = r.start_step;
+    last_ = Clock::now();
+    thread_ = std::thread([this] { watch(); });
+  }
+  ~SiteWatchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  SiteWatchdog(const SiteWatchdog&) = delete;
+  SiteWatchdog& operator=(const SiteWatchdog&) = delete;
+  /// The parameters and optimizer state now are those after `step`, read up to `pos`.
+  void state_is(int step, const io::DataLoader::Position& pos) {
+    std::lock_guard<std::mutex> lock(mu_);
+    safe_step_ = step, safe_pos_ = pos, updating_ = false, last_ = Clock::now();
+  }
+  /// The optimizer is changing the state (never interrupted by a save).
+  void updating() {
+    std::lock_guard<std::mutex> lock(mu_);
+    updating_ = true;
+  }
+  /// Progress without a new state (a save, a validation pass).
+  void beat() {
+    std::lock_guard<std::mutex> lock(mu_);
+    last_ = Clock::now();
+  }
+
+ private:
+  void watch() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_) {
+      cv_.wait_for(lock, std::chrono::milliseconds(500));
+      if (stop_ || updating_ || std::chrono::duration<double>(Clock::now() - last_).count() < timeout_) continue;
+      const int step = safe_step_;
+      const auto pos = safe_pos_;
+      lock.unlock();
+      std::string saved = "no checkpoint written";
+      try {
+        if (saver_.busy()) r_.save_buffers = saver_.wait();  // HDF5 runs on one thread at a time
+        auto job = snapshot(r_, grid_, step, r_.wall_before, &pos);
+        saved = "saved this site's state at step " + std::to_string(step) + " to " + job->write();
+      } catch (const std::exception& e) {
+        saved = std::string("saving this site's state failed: ") + e.what();
+      }
+      if (print_)
+        std::fprintf(stderr,
+                     "tapestry: error: federation '%s': no step completed across sites for %.0f s (another site's job "
+                     "died or stalls); %s; stopping this site\n",
+                     r_.cfg.parallel.federation.c_str(), timeout_, saved.c_str());
+      std::fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+  }
+  Run& r_;
+  const parallel::ProcessGrid& grid_;
+  BackgroundSave& saver_;
+  double timeout_;
+  bool print_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false, updating_ = false;
+  int safe_step_ = 0;
+  io::DataLoader::Position safe_pos_;
+  Clock::time_point last_;
+  std::thread thread_;
 };
 
 }  // namespace
@@ -611,6 +701,21 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     out << "note: checkpoints are written synchronously (the MPI library does not provide MPI_THREAD_MULTIPLE)\n";
   BackgroundSave saver;
   std::string saver_path;
+  if (async && cfg.save_every > 0 && r.start_step < cfg.steps) {
+    // The snapshot buffers, allocated and touched now rather than at the first save (as Megatron's
+    // asynchronous save keeps its host buffers).
+    const auto t0 = Clock::now();
+    r.save_buffers = std::move(snapshot(r, grid, r.start_step, 0)->buffers);
+    std::size_t bytes = 0;
+    for (const auto& b : r.save_buffers) bytes += b.size() * sizeof(float);
+    site_out << "checkpoints: written in the background from " << fmt("%.2f", double(bytes) / (1 << 30))
+             << " GiB of host buffers on this rank (allocated in " << fmt("%.2f", since(t0)) << " s)" << std::endl;
+  }
+  std::unique_ptr<SiteWatchdog> watchdog;  // federated: a site that dies must not leave this one waiting
+  if (r.federated)
+    watchdog = std::make_unique<SiteWatchdog>(r, grid, saver, cfg.parallel.federation_timeout,
+                                              r.sites->site_ranks().rank() == 0 && grid.tp().rank() == 0 &&
+                                                  grid.pp().rank() == 0);
   std::vector<int> in, tg;
   View1<float> params = gpt.params(), grads = gpt.grads();
   const std::size_t n = gpt.padded_size();
@@ -675,11 +780,16 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     rec.grad_norm = std::sqrt(sumsq) / nred;
     rec.lr = optim::lr_at(cfg.optim, step, cfg.steps);
     const double scale = kernels::clip_factor(rec.grad_norm, cfg.optim.grad_clip) / nred;
+    if (watchdog) watchdog->updating();
     r.adamw->step(ex, params, zero ? r.grad_shard : grads, rec.lr, scale);
     if (zero) {
       const auto tg0 = Clock::now();
       r.reducer->all_gather(params.data(), n);
       rec.comm_ms += 1e3 * since(tg0);
+    }
+    if (watchdog) {  // an outer step that never completes leaves the inner state of this step
+      ex.fence();
+      watchdog->state_is(step + 1, r.train_loader->position());
     }
     if (r.diloco && r.diloco->due(step + 1)) {
       const auto to = Clock::now();
@@ -747,12 +857,13 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       saver_path.clear();
     };
     if (!saver_path.empty() && saver.finished()) report_saved();  // its errors wait for the next agreed point
+    if (watchdog) watchdog->beat();
     const bool scheduled = cfg.save_every > 0 && (rec.step % cfg.save_every == 0 || rec.step == cfg.steps);
     if (scheduled || stop) {
       // Every rank reaches this point at the same step: the save in flight (if any) is waited for
       // and its errors raised here. The last save and a save on a stop signal are synchronous.
       const auto ts = Clock::now();
-      saver.wait();
+      if (saver.busy()) r.save_buffers = saver.wait();
       if (!saver_path.empty()) report_saved();
       const bool background = async && !stop && rec.step != cfg.steps;
       auto job = snapshot(r, grid, rec.step, r.wall_before + since(run_start));
@@ -766,6 +877,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
                  << " s)" << std::endl;
       } else {
         job->write();
+        r.save_buffers = std::move(job->buffers);
         result.save_stall_s += since(ts);
         site_out << "saved checkpoint " << path << " (" << fmt("%.2f", since(ts)) << " s)" << std::endl;
       }
