@@ -1,5 +1,9 @@
 #include "tapestry/train/trainer.hpp"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <array>
@@ -513,6 +517,9 @@ class BackgroundSave {
     job_ = std::move(job);
     done_ = false, error_ = nullptr;
     thread_ = std::thread([this] {
+      // Lowest CPU priority: where the training threads use every core, the write takes what they
+      // leave instead of slowing the steps (Linux: a thread's own nice value).
+      setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);
       const auto t0 = Clock::now();
       try {
         job_->write();
