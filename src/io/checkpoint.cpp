@@ -74,6 +74,12 @@ void attr(hid_t obj, const char* name, const std::string& v) {
   H5 a(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   check_write(H5Awrite(a, type, v.empty() ? "" : v.data()), std::string("cannot write attribute ") + name);
 }
+void attr(hid_t obj, const char* name, const std::vector<std::uint64_t>& v) {
+  const hsize_t n = v.size();
+  H5 space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  H5 a(H5Acreate2(obj, name, H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  check_write(H5Awrite(a, H5T_NATIVE_UINT64, v.data()), std::string("cannot write attribute ") + name);
+}
 void attr(hid_t obj, const char* name, int v) { attr(obj, name, std::int64_t(v)); }
 void attr(hid_t obj, const char* name, const char* v) { attr(obj, name, std::string(v)); }
 
@@ -236,6 +242,41 @@ std::string shape_str(const std::vector<std::int64_t>& s) {
   return r + ")";
 }
 
+/// How a dataset is cut into chunks: whole rows (a vector: runs of elements, as rows of 1).
+struct ChunkGrid {
+  std::size_t rows = 0, cols = 1, chunk_rows = 1;
+  std::size_t count() const { return (rows + chunk_rows - 1) / chunk_rows; }
+};
+ChunkGrid chunk_grid(const std::vector<std::int64_t>& shape, const std::vector<hsize_t>& chunk) {
+  ChunkGrid g;
+  g.rows = std::size_t(shape[0]);
+  g.cols = shape.size() == 2 ? std::size_t(shape[1]) : 1;
+  g.chunk_rows = std::size_t(chunk[0]);
+  return g;
+}
+
+/// Adds block k's contribution (data: its rows, contiguous) to the chunk checksums `sums` of its
+/// dataset. A chunk's checksum is the sum over its elements of (float32 bits as uint32) x (1 +
+/// the element's index inside the chunk), mod 2^64: additive over the ranks that write parts of a
+/// chunk, and it changes with any flipped bit or swapped pair of values.
+/// sums[i] is chunk chunk0 + i's.
+void add_chunk_sums(const ChunkGrid& g, const Block& k, std::size_t rank, const float* data, std::uint64_t* sums,
+                    std::size_t chunk0 = 0) {
+  const std::size_t r0 = std::size_t(k.start[0]), nr = std::size_t(k.count[0]);
+  const std::size_t c0 = rank == 2 ? std::size_t(k.start[1]) : 0, nc = rank == 2 ? std::size_t(k.count[1]) : 1;
+  for (std::size_t r = 0; r < nr; ++r) {
+    const std::size_t row = r0 + r, chunk = row / g.chunk_rows;
+    const std::uint64_t base = std::uint64_t(row - chunk * g.chunk_rows) * g.cols + c0 + 1;
+    std::uint64_t s = 0;
+    for (std::size_t c = 0; c < nc; ++c) {
+      std::uint32_t u;
+      std::memcpy(&u, data + r * nc + c, 4);
+      s += std::uint64_t(u) * (base + c);
+    }
+    sums[chunk - chunk0] += s;
+  }
+}
+
 H5 open_file(const std::string& path) {
   quiet_hdf5();
   {
@@ -283,23 +324,31 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
     std::vector<std::vector<Block>> blocks(tensors.size());
     std::vector<std::uint64_t> calls(tensors.size());
     const auto runs = by_whole(sec.runs);
+    // Per tensor its checksum, then every chunk's: summed over the ranks in one call.
+    std::vector<std::size_t> first_chunk(tensors.size());
+    std::size_t n_sums = tensors.size();
     for (std::size_t i = 0; i < tensors.size(); ++i) {
       blocks[i] = tensor_blocks(tensors[i], runs);
       calls[i] = blocks[i].size();
+      first_chunk[i] = n_sums;
+      n_sums += chunk_grid(tensors[i].shape, chunk_dims(tensors[i].shape)).count();
     }
     MPI_Allreduce(MPI_IN_PLACE, calls.data(), int(calls.size()), MPI_UINT64_T, MPI_MAX, comm);
+    std::vector<std::uint64_t> sums(n_sums, 0);
     for (std::size_t i = 0; i < tensors.size(); ++i) {
       const auto& t = tensors[i];
       const auto d = dims(t.shape), c = chunk_dims(t.shape);
+      const ChunkGrid grid = chunk_grid(t.shape, c);
       H5 space(H5Screate_simple(int(d.size()), d.data(), nullptr), H5Sclose);
       H5 dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+      // Chunked, unfiltered: HDF5 1.10's collective path for filtered (Fletcher32) chunks writes
+      // at a tenth of the unfiltered rate (docs/performance.md); the chunk checksums take its place.
       H5Pset_chunk(dcpl, int(c.size()), c.data());
-      H5Pset_fletcher32(dcpl);
+      H5Pset_attr_phase_change(dcpl, 0, 0);  // dense attribute storage: chunk_checksums may pass 64 KiB
       const std::string name = sec.prefix + "/" + t.path;
       H5 ds(H5Dcreate2(file, name.c_str(), H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT), H5Dclose);
       require(ds.ok(), "cannot create dataset " + name + " in '" + path + "'");
       const int rank = int(t.shape.size());
-      std::uint64_t sum = 0;
       for (std::size_t k = 0; k < calls[i]; ++k) {
         H5 fs(H5Scopy(space), H5Sclose);
         const hsize_t one[2] = {1, 1};
@@ -309,15 +358,24 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
         if (mine) {
           H5Sselect_hyperslab(fs, H5S_SELECT_SET, blocks[i][k].start, nullptr, blocks[i][k].count, nullptr);
           p = sec.data + blocks[i][k].buffer_offset;
-          sum += checksum(p, block_size(blocks[i][k], std::size_t(rank)));
+          sums[i] += checksum(p, block_size(blocks[i][k], std::size_t(rank)));
+          add_chunk_sums(grid, blocks[i][k], std::size_t(rank), p, sums.data() + first_chunk[i]);
         } else {
           H5Sselect_none(fs);
           H5Sselect_none(mem);
         }
         check_write(H5Dwrite(ds, H5T_NATIVE_FLOAT, mem, fs, dxpl, p), "writing " + name + " to '" + path + "' failed");
       }
-      MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, comm);
-      attr(ds, "checksum", sum);
+    }
+    require(sums.size() < std::size_t(1) << 31, "checkpoint: too many chunks in one section");
+    MPI_Allreduce(MPI_IN_PLACE, sums.data(), int(sums.size()), MPI_UINT64_T, MPI_SUM, comm);
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      const auto& t = tensors[i];
+      H5 ds(H5Dopen2(file, (sec.prefix + "/" + t.path).c_str(), H5P_DEFAULT), H5Dclose);
+      attr(ds, "checksum", sums[i]);
+      const auto c0 = sums.begin() + std::ptrdiff_t(first_chunk[i]);
+      const auto nc = std::ptrdiff_t(chunk_grid(t.shape, chunk_dims(t.shape)).count());
+      attr(ds, "chunk_checksums", std::vector<std::uint64_t>(c0, c0 + nc));
       attr(ds, "llmc_name", t.llmc_name);
       attr(ds, "layout", t.shape.size() == 2 ? "row-major (out_features, in_features) or (rows, channels)" : "vector");
     }
@@ -527,12 +585,82 @@ void read_block(hid_t ds, const std::string& path, const std::string& name, cons
         "checkpoint '" + path + "': tensor " + name + " is corrupted (Fletcher32 checksum mismatch) or unreadable");
 }
 
+/// True when the datasets under `prefix` carry chunk checksums (files before them rely on HDF5's
+/// Fletcher32 filter instead).
+bool has_chunk_sums(hid_t file, const std::string& prefix, const std::vector<FlatTensor>& tensors) {
+  if (tensors.empty()) return false;
+  const std::string name = prefix + "/" + tensors.front().path;
+  if (H5Lexists(file, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+  H5 ds(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  return ds.ok() && H5Aexists(ds, "chunk_checksums") > 0;
+}
+
+/// Reads the whole chunks that `runs` touch under `prefix`, checks each against the checksum its
+/// dataset stores for it, and calls f(name, block, row of the block, its values) for every row of
+/// every block (one chunk in memory at a time).
+template <class F>
+void for_each_verified_row(hid_t file, const std::string& path, const std::string& prefix,
+                           const std::vector<FlatTensor>& tensors, const std::vector<FlatRun>& runs, F&& f) {
+  const auto sorted = by_whole(runs);
+  std::vector<float> buf;
+  for (const auto& t : tensors) {
+    const ChunkGrid g = chunk_grid(t.shape, chunk_dims(t.shape));
+    const auto blocks = tensor_blocks(t, sorted);
+    if (blocks.empty()) continue;
+    const std::string name = prefix + "/" + t.path;
+    H5 ds = open_tensor(file, path, name, t);
+    std::vector<std::uint64_t> stored(g.count());
+    {
+      require(H5Aexists(ds, "chunk_checksums") > 0, "checkpoint '" + path + "': tensor " + name + " lacks chunk_checksums");
+      H5 a(H5Aopen(ds, "chunk_checksums", H5P_DEFAULT), H5Aclose);
+      H5 as(H5Aget_space(a), H5Sclose);
+      const hssize_t got = H5Sget_simple_extent_npoints(as);
+      require(got == hssize_t(stored.size()), "checkpoint '" + path + "': tensor " + name + " has " +
+                                                  std::to_string(got) + " chunk checksums for " +
+                                                  std::to_string(stored.size()) + " chunks");
+      check(H5Aread(a, H5T_NATIVE_UINT64, stored.data()), "checkpoint '" + path + "': bad chunk_checksums of " + name);
+    }
+    const bool two_d = t.shape.size() == 2;
+    std::vector<std::size_t> chunks;
+    for (const auto& b : blocks)
+      for (std::size_t k = std::size_t(b.start[0]) / g.chunk_rows; k * g.chunk_rows < b.start[0] + b.count[0]; ++k)
+        chunks.push_back(k);
+    std::sort(chunks.begin(), chunks.end());
+    chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
+    for (const std::size_t k : chunks) {
+      const std::size_t r0 = k * g.chunk_rows, r1 = std::min(g.rows, r0 + g.chunk_rows);
+      Block whole;
+      whole.start[0] = r0, whole.count[0] = r1 - r0, whole.count[1] = g.cols;
+      buf.resize((r1 - r0) * g.cols);
+      read_block(ds, path, name, t, whole, buf.data());
+      std::uint64_t sum = 0;
+      add_chunk_sums(g, whole, t.shape.size(), buf.data(), &sum, k);
+      require(sum == stored[k], "checkpoint '" + path + "': tensor " + name + " is corrupted (chunk " +
+                                    std::to_string(k) + "'s checksum does not match)");
+      for (const auto& b : blocks) {
+        const std::size_t b0 = std::size_t(b.start[0]), b1 = b0 + std::size_t(b.count[0]);
+        const std::size_t c0 = two_d ? std::size_t(b.start[1]) : 0;
+        for (std::size_t r = std::max(r0, b0); r < std::min(r1, b1); ++r)
+          f(name, b, r - b0, buf.data() + (r - r0) * g.cols + c0);
+      }
+    }
+  }
+}
+
 void read_runs_open(hid_t file, const std::string& path, const std::string& prefix,
                     const std::vector<FlatTensor>& tensors, float* dst, const std::vector<FlatRun>& runs) {
-  for_each_block(file, path, prefix, tensors, by_whole(runs),
-                 [&](const FlatTensor& t, const std::string& name, hid_t ds, const Block& k) {
-                   read_block(ds, path, name, t, k, dst + k.buffer_offset);
-                 });
+  if (!has_chunk_sums(file, prefix, tensors)) {  // an older file: HDF5's Fletcher32 checks each chunk read
+    for_each_block(file, path, prefix, tensors, by_whole(runs),
+                   [&](const FlatTensor& t, const std::string& name, hid_t ds, const Block& k) {
+                     read_block(ds, path, name, t, k, dst + k.buffer_offset);
+                   });
+    return;
+  }
+  for_each_verified_row(file, path, prefix, tensors, runs,
+                        [&](const std::string&, const Block& b, std::size_t r, const float* values) {
+                          const std::size_t nc = b.count[1] > 0 ? std::size_t(b.count[1]) : 1;
+                          std::memcpy(dst + b.buffer_offset + r * nc, values, nc * sizeof(float));
+                        });
 }
 }  // namespace
 
@@ -570,16 +698,13 @@ std::string verify_sections(const std::string& path, const std::vector<FlatTenso
                             const std::vector<FlatSection>& sections) {
   try {
     H5 file = open_file(path);
-    std::vector<float> back;
     for (const auto& sec : sections)
-      for_each_block(file, path, sec.prefix, tensors, by_whole(sec.runs),
-                     [&](const FlatTensor& t, const std::string& name, hid_t ds, const Block& k) {
-                       const std::size_t n = block_size(k, t.shape.size());
-                       back.resize(n);
-                       read_block(ds, path, name, t, k, back.data());
-                       require(std::memcmp(back.data(), sec.data + k.buffer_offset, n * sizeof(float)) == 0,
-                               "checkpoint '" + path + "': tensor " + name + " reads back different values");
-                     });
+      for_each_verified_row(file, path, sec.prefix, tensors, sec.runs,
+                            [&](const std::string& name, const Block& b, std::size_t r, const float* values) {
+                              const std::size_t nc = b.count[1] > 0 ? std::size_t(b.count[1]) : 1;
+                              require(std::memcmp(values, sec.data + b.buffer_offset + r * nc, nc * sizeof(float)) == 0,
+                                      "checkpoint '" + path + "': tensor " + name + " reads back different values");
+                            });
   } catch (const Error& e) {
     return e.what();
   }
