@@ -30,8 +30,8 @@ int main(int argc, char** argv) {
   // A rank that failed must not leave the others waiting: agree on the result before finalizing.
   int worst = rc;
   MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  // A case that could not run at this rank count: 77, which ctest reports as Skipped (the binaries
-  // that skip cases run one case per ctest entry: tapestry_mpi_test ... SPLIT).
+  // A case that could not run at this rank count: 77, which ctest reports as Skipped in the entry
+  // registered for it (tapestry_mpi_test), and as a failure anywhere else.
   const int skips = tapestry::test::whole_case_skips();
   if (worst == 0 && skips > 0) {
     if (rank == 0) std::printf("%d test case(s) skipped at this rank count: exit 77\n", skips);

@@ -1,8 +1,8 @@
 #pragma once
-// Test cases that cannot run at the rank count they were started with. A split-registered MPI test
-// binary (tapestry_mpi_test ... SPLIT: one ctest entry per case and rank count) runs one case; when
-// that case calls skip_case, the runner exits 77 and ctest reports the entry as Skipped, not
-// Passed. skip_part says that part of a case did not run; the rest of the case still counts.
+// Test cases that cannot run at the rank count they were started with. Such a case declares the
+// rank counts as tags ([skip_np2]); tapestry_mpi_test (tests/CMakeLists.txt) gives it an entry of
+// its own there, in which it calls skip_case: the runner exits 77 and ctest reports the entry as
+// Skipped, not Passed. skip_part says that part of a case did not run; the rest still counts.
 #include <mpi.h>
 
 #include <cstdio>

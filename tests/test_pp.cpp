@@ -35,7 +35,7 @@ constexpr double kRelTol = 1e-6;
 
 }  // namespace
 
-TEST_CASE("pp = world matches one rank, even and explicit stage splits", "[case_pp_world][mpi][pp]") {
+TEST_CASE("pp = world matches one rank, even and explicit stage splits", "[case_pp_world][skip_np8][mpi][pp]") {
   const int P = world_size();
   if (P > 4) return skip_case("pp = world runs at up to 4 ranks (4 layers)");
   const auto ref = train_on(run_config(), MPI_COMM_SELF);
@@ -56,7 +56,7 @@ TEST_CASE("pp = world matches one rank, even and explicit stage splits", "[case_
   REQUIRE(all_ranks(curve_diff(ref, train_on(c, MPI_COMM_WORLD, 1, P)) <= kRelTol));
 }
 
-TEST_CASE("tp x pp x dp = 2 x 2 x 2 matches one rank, with ZeRO-1 and sequence parallelism", "[case_pp_3d][mpi][pp][tp][dp]") {
+TEST_CASE("tp x pp x dp = 2 x 2 x 2 matches one rank, with ZeRO-1 and sequence parallelism", "[case_pp_3d][skip_np2][skip_np4][mpi][pp][tp][dp]") {
   if (world_size() != 8) return skip_case("tp x pp x dp = 2 x 2 x 2 runs at 8 ranks");
   const auto ref = train_on(run_config(), MPI_COMM_SELF);
   for (int variant : {0, 1}) {
@@ -68,7 +68,7 @@ TEST_CASE("tp x pp x dp = 2 x 2 x 2 matches one rank, with ZeRO-1 and sequence p
   }
 }
 
-TEST_CASE("a pipeline checkpoint holds whole tensors and resumes on one rank", "[case_pp_ckpt][mpi][pp][checkpoint]") {
+TEST_CASE("a pipeline checkpoint holds whole tensors and resumes on one rank", "[case_pp_ckpt][skip_np8][mpi][pp][checkpoint]") {
   const int P = world_size();
   if (P > 4) return skip_case("pp = world runs at up to 4 ranks (4 layers)");
   const fs::path dir = fresh_dir("pp_ckpt");
@@ -82,7 +82,7 @@ TEST_CASE("a pipeline checkpoint holds whole tensors and resumes on one rank", "
   REQUIRE(all_ranks(curve_diff(full, single, 6) <= kRelTol));
 }
 
-TEST_CASE("more stages than layers, or a split that does not add up, is one error", "[case_pp_bad][mpi][pp][bad-input]") {
+TEST_CASE("more stages than layers, or a split that does not add up, is one error", "[case_pp_bad][skip_np8][mpi][pp][bad-input]") {
   const int P = world_size();
   if (P > 4) return skip_case("pp = world runs at up to 4 ranks (4 layers)");
   for (int k : {0, 1}) {
