@@ -254,6 +254,7 @@ void bench_ckpt(const BenchCkptConfig& cfg, const parallel::Comm& world, std::os
                          {{"/model", params.data(), identity_runs(b, b + part)},
                           {"/optimizer/adam_m", m.data(), identity_runs(b, b + part, b)},
                           {"/optimizer/adam_v", v.data(), identity_runs(b, b + part, b)}});
+    if (r == 0) io::sync_file(path);  // on disk, as a training save makes it before publishing
     world.barrier();
     double w = since(t0);
     t0 = Clock::now();
@@ -268,7 +269,7 @@ void bench_ckpt(const BenchCkptConfig& cfg, const parallel::Comm& world, std::os
   out << "# bench ckpt: " << gpt.num_params() << " parameters + AdamW m, v = " << fmt("%.1f", bytes / 1e6)
       << " MB of tensors, " << P << " ranks, " << cfg.iters << " iterations, file " << path << "\n"
       << "  write " << fmt("%.2f", w) << " s  " << fmt("%.2f", bytes / w / 1e9) << " GB/s   (each rank writes 1/"
-      << P << ", collective MPI-IO, chunked, with chunk checksums)\n"
+      << P << ", collective MPI-IO, chunked, with chunk checksums, then fsync)\n"
       << "  read  " << fmt("%.2f", rd) << " s  " << fmt("%.2f", bytes / rd / 1e9)
       << " GB/s of file data  (every rank reads all parameters and 1/" << P << " of m and v; slowest rank)\n";
   if (r == 0) std::filesystem::remove(path);
