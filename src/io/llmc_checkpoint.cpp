@@ -1,5 +1,8 @@
 #include "tapestry/io/llmc_checkpoint.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -96,6 +99,13 @@ void write_llmc_checkpoint(const std::string& path, MPI_Comm comm, const ModelCo
   int rank = 0;
   MPI_Comm_rank(comm, &rank);
   const std::string tmp = path + ".tmp";
+  // Every rank opens it itself first: one rank that cannot must not leave the others inside the
+  // collective MPI_File_open.
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT, 0644);
+  int writable = fd >= 0 ? 1 : 0;
+  if (fd >= 0) ::close(fd);
+  MPI_Allreduce(MPI_IN_PLACE, &writable, 1, MPI_INT, MPI_MIN, comm);
+  require(writable == 1, "cannot write '" + tmp + "'" + (fd >= 0 ? " on another rank" : ""));
   MPI_File f;
   int rc = MPI_File_open(comm, tmp.c_str(), MPI_MODE_CREATE | MPI_MODE_WRONLY, MPI_INFO_NULL, &f);
   require(rc == MPI_SUCCESS, "cannot write '" + tmp + "'");
