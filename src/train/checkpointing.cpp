@@ -86,11 +86,16 @@ std::vector<io::FlatTensor> checkpoint_tensors(const ModelConfig& m, int format_
 CheckpointManager::CheckpointManager(std::string dir, int keep, MPI_Comm comm)
     : dir_(std::move(dir)), keep_(keep), comm_(comm) {}
 
+std::string checkpoint_name(std::int64_t step) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "step_%08lld.h5", static_cast<long long>(step));
+  return name;
+}
+
 std::string CheckpointManager::save(const io::CheckpointState& state, const std::vector<io::FlatTensor>& tensors,
                                     const std::vector<io::FlatSection>& sections) {
   const auto comm = parallel::Comm::view(comm_);
-  char name[64];
-  std::snprintf(name, sizeof(name), "step_%08lld.h5", static_cast<long long>(state.step));
+  const std::string name = checkpoint_name(state.step);
   const fs::path final_path = fs::path(dir_) / name, tmp = fs::path(dir_) / (std::string(name) + ".tmp");
   parallel::agree(comm, [&] {
     if (comm.rank() != 0) return;
@@ -128,7 +133,7 @@ std::string CheckpointManager::save(const io::CheckpointState& state, const std:
       io::sync_file(tmp.string());
       fs::rename(tmp, final_path);
       io::sync_parent_dir(final_path.string());
-      io::write_file_atomic((fs::path(dir_) / "latest").string(), std::string(name) + "\n");
+      io::write_file_atomic((fs::path(dir_) / "latest").string(), name + "\n");
       // Keep the newest `keep`; drop temporaries of writes that were cut short earlier.
       std::vector<fs::path> all;
       for (const auto& e : fs::directory_iterator(dir_)) {

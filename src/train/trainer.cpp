@@ -404,11 +404,7 @@ struct SaveJob {
   parallel::Comm comm;  ///< the writers: a duplicate of their communicator, owned by this job
   std::string dir;
   int keep = 0;
-  std::string path() const {
-    char name[64];
-    std::snprintf(name, sizeof(name), "step_%08lld.h5", static_cast<long long>(st.step));
-    return (std::filesystem::path(dir) / name).string();
-  }
+  std::string path() const { return (std::filesystem::path(dir) / checkpoint_name(st.step)).string(); }
   std::string write() { return CheckpointManager(dir, keep, comm.get()).save(st, *tensors, sections); }
 };
 

@@ -6,6 +6,7 @@
 
 #include <mpi.h>
 
+#include <cstdint>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -19,6 +20,9 @@ namespace tapestry::train {
 /// dataset per layer and named part (format 2: qkvw -> layers/03/attn/q/weight, .../k/weight,
 /// .../v/weight; format 1, GPT-2 only: blocks/03/attn/qkv/weight).
 std::vector<io::FlatTensor> checkpoint_tensors(const ModelConfig& m, int format_version = io::kCheckpointFormatVersion);
+
+/// The file name of step `step`'s checkpoint: step_00000123.h5.
+std::string checkpoint_name(std::int64_t step);
 
 /// \brief Saves into `dir` as step_00000123.h5 (collective over `comm`).
 class CheckpointManager {
