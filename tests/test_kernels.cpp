@@ -10,6 +10,7 @@
 #include "tapestry/kernels/attention_tiled.hpp"
 #include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/blas.hpp"
+#include "tapestry/kernels/compress.hpp"
 #ifdef TAPESTRY_HAVE_CUBLAS
 #include "tapestry/kernels/cublas.hpp"
 #endif
@@ -948,6 +949,97 @@ TEST_CASE("DiLoCo outer step: pseudo-gradient and Nesterov SGD match the referen
   s.lr = 1, s.momentum = 0;
   outer_sgd_update<double>(ex, vo, vm, vd, s);
   REQUIRE(max_rel_err(to_vec(vo), local) < 1e-14);
+}
+
+TEST_CASE("cross-site codecs: bytes, per-value error bounds, residual = input - decoded, error feedback telescopes", "[kernels][compress]") {
+  ExecSpace ex;
+  const std::size_t n = 1000;  // not a multiple of any block: a short last block
+  std::vector<float> x(n);
+  for (std::size_t i = 0; i < n; ++i) x[i] = float(std::sin(0.37 * double(i)) * (1.0 + double(i % 7)) * 1e-3);
+  x[5] = 0, x[300] = -0.02f;  // a zero, and one value far above its block's others
+  View1<float> v("v", n);
+  from_vec(v, x);
+  for (auto c : {Compression::none, Compression::bf16, Compression::int8, Compression::int4, Compression::topk}) {
+    CAPTURE(compression_name(c));
+    REQUIRE(parse_compression(compression_name(c)) == c);
+    const std::size_t bytes = compressed_bytes(c, n);
+    const std::size_t want = c == Compression::none ? 4000
+                             : c == Compression::bf16 ? 2000
+                             : c == Compression::int8 ? 4 * 4 + 1000                // 4 scales
+                             : c == Compression::int4 ? 4 * 16 + 500                // 16 scales, 2 values a byte
+                                                      : 4 * std::size_t(kTopkKeep) * 3;  // 4 blocks of 8 kept
+    REQUIRE(bytes == want);
+    View1<float> residual("r", n), acc("acc", n);
+    std::vector<std::uint8_t> wire(bytes);
+    compress_with_feedback(ex, c, v, residual, wire.data());
+    decompress_add(ex, c, wire.data(), acc);
+    ex.fence();
+    const auto y = to_vec(acc), r = to_vec(residual);
+    std::size_t bad = 0, exact_residual = 0;
+    double first_err = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const double err = std::fabs(double(x[i]) - y[i]);
+      first_err = std::max(first_err, err);
+      double bound = 0;  // per value, from its own block
+      const std::size_t blk = c == Compression::int4 ? kInt4Block : c == Compression::int8 ? kInt8Block : kTopkBlock;
+      const std::size_t lo = i / blk * blk, hi = std::min(n, lo + blk);
+      double amax = 0;
+      for (std::size_t j = lo; j < hi; ++j) amax = std::max(amax, double(std::fabs(x[j])));
+      // to rounding (the kernel may fuse x - k * scale into one FMA); NaN fails
+      if (std::fabs(double(x[i]) - y[i] - r[i]) <= amax * 0x1p-22) ++exact_residual;
+      if (c == Compression::bf16) bound = std::fabs(x[i]) * 0x1p-8;
+      if (c == Compression::int8) bound = amax / 254.0 * 1.0001;
+      if (c == Compression::int4) bound = amax / 14.0 * 1.0001;
+      if (c == Compression::topk) {
+        // kept: bf16 rounding; dropped: no larger than any kept value of its block
+        std::vector<double> mags;
+        for (std::size_t j = lo; j < hi; ++j) mags.push_back(std::fabs(x[j]));
+        std::sort(mags.rbegin(), mags.rend());
+        const double kth = mags[std::min(mags.size(), std::size_t(kTopkKeep)) - 1];
+        bound = y[i] != 0 ? std::fabs(x[i]) * 0x1p-8 : kth;
+        if (y[i] == 0 && std::fabs(x[i]) > kth) bound = -1;  // a larger value was dropped
+      }
+      if (!(err <= bound)) ++bad;
+    }
+    CAPTURE(first_err, bad, exact_residual);
+    REQUIRE(bad == 0);
+    REQUIRE(exact_residual == n);
+    if (c == Compression::topk) {  // exactly kTopkKeep values of each full block were sent
+      std::size_t sent = 0;
+      for (double t : y) sent += t != 0;
+      REQUIRE(sent == 4 * std::size_t(kTopkKeep));
+    }
+    if (c == Compression::none) {
+      REQUIRE(first_err == 0);
+      continue;
+    }
+    // Error feedback: K calls on the same input send K * x minus the last residual, so the mean
+    // of what was sent is off by at most max |residual| / K.
+    const int K = 64;
+    for (int k = 1; k < K; ++k) {
+      compress_with_feedback(ex, c, v, residual, wire.data());
+      decompress_add(ex, c, wire.data(), acc);
+    }
+    ex.fence();
+    const auto sum = to_vec(acc), last = to_vec(residual);
+    double mean_err = 0, rmax = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      mean_err = std::max(mean_err, std::fabs(sum[i] / K - x[i]));
+      rmax = std::max(rmax, std::fabs(last[i]));
+    }
+    CAPTURE(mean_err, rmax);
+    REQUIRE(mean_err <= rmax / K * 1.01 + 1e-9);
+    // The residual stays bounded: within one encoding step of the largest |x| (0.02) plus the
+    // residual itself (int8: /254, int4: /14, geometric), and for top-k what waits its turn: at
+    // most 256 / 8 calls' worth of a block's values.
+    const double A = 0.02;
+    const double rbound = c == Compression::bf16   ? A * 0x1p-8 * 1.01
+                          : c == Compression::int8 ? A / 253.0
+                          : c == Compression::int4 ? A / 13.0
+                                                   : A * double(kTopkBlock) / kTopkKeep;
+    REQUIRE(rmax <= rbound);
+    REQUIRE(mean_err < first_err / 4);
+  }
 }
 
 // ---------------------------------------------------------------- float against double

@@ -107,7 +107,8 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
                 "flat, or hierarchical: reduce inside the node, then the site, then across sites")
       ->capture_default_str()->group("Parallelism");
   t->add_option("--compress", p.compress,
-                "Cross-site encoding (hierarchical gradients or DiLoCo's outer step): none, bf16, int8; with error feedback")
+                "Cross-site encoding (hierarchical gradients or DiLoCo's outer step), with error feedback: none, bf16, "
+                "int8 (scale per 256), int4 (scale per 64), topk (8 largest of every 256, bf16)")
       ->capture_default_str()->group("Parallelism");
   t->add_option("--sites", p.sites, "Sites in this job: contiguous blocks of DP ranks (TAPESTRY_SITE overrides per rank)")
       ->capture_default_str()->group("Parallelism");
@@ -118,6 +119,19 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--outer-lr", p.outer_lr, "DiLoCo outer learning rate")->capture_default_str()->group("Cross-site (DiLoCo)");
   t->add_option("--outer-momentum", p.outer_momentum, "DiLoCo outer momentum")->capture_default_str()->group("Cross-site (DiLoCo)");
   t->add_option("--outer-nesterov", p.outer_nesterov, "DiLoCo: Nesterov (true) or plain (false) outer momentum")
+      ->capture_default_str()->group("Cross-site (DiLoCo)");
+  t->add_option("--outer-fragments", p.outer_fragments,
+                "Streaming DiLoCo: P fragments of each rank's parameters, fragment p synchronised every H steps at "
+                "offset p*H/P (cross-site traffic spread over the round)")
+      ->capture_default_str()->group("Cross-site (DiLoCo)");
+  t->add_option("--outer-delay", p.outer_delay,
+                "Streaming DiLoCo: a fragment's exchange overlaps this many inner steps, then is merged; 0: blocking")
+      ->capture_default_str()->group("Cross-site (DiLoCo)");
+  t->add_option("--outer-mix", p.outer_mix,
+                "With --outer-delay: merged fragment = mix * local + (1 - mix) * new outer parameters")
+      ->capture_default_str()->group("Cross-site (DiLoCo)");
+  t->add_option("--outer-overlap", p.outer_overlap,
+                "With --outer-delay: exchange on a background thread (false: at send time, result held)")
       ->capture_default_str()->group("Cross-site (DiLoCo)");
   t->add_option("--federation", p.federation,
                 "Join the federated run NAME: this job is one site (mpirun --ompi-server file:URI of the run's ompi-server)")
@@ -288,7 +302,7 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   ar->add_option("--collectives", ac.collectives, "mpi, nccl or auto")->capture_default_str();
   ar->add_option("--algo", ac.algo, "Tapestry's reducer: flat or hierarchical")->capture_default_str();
   ar->add_option("--sites", ac.sites, "Sites (hierarchical): contiguous blocks of ranks, or TAPESTRY_SITE")->capture_default_str();
-  ar->add_option("--compress", ac.compress, "Cross-site encoding (hierarchical): none, bf16, int8")->capture_default_str();
+  ar->add_option("--compress", ac.compress, "Cross-site encoding (hierarchical): none, bf16, int8, int4, topk")->capture_default_str();
   ar->add_option("--output,-o", ac.output, "Write the results to FILE.json or FILE.csv");
 
   auto* bck = bench->add_subcommand("ckpt", "Checkpoint write/read seconds and GB/s (parameters + AdamW state)");

@@ -126,8 +126,9 @@ void validate(const ParallelConfig& p) {
   require(p.grad_reduce == "flat" || p.grad_reduce == "hierarchical",
           "grad-reduce must be flat or hierarchical (got '" + p.grad_reduce + "')");
   require(p.sites >= 1, "sites must be >= 1 (got " + num(p.sites) + ")");
-  require(p.compress == "none" || p.compress == "bf16" || p.compress == "int8",
-          "compress must be none, bf16 or int8 (got '" + p.compress + "')");
+  require(p.compress == "none" || p.compress == "bf16" || p.compress == "int8" || p.compress == "int4" ||
+              p.compress == "topk",
+          "compress must be none, bf16, int8, int4 or topk (got '" + p.compress + "')");
   require(p.compress == "none" || p.grad_reduce == "hierarchical" || p.outer_steps > 0,
           "--compress needs --grad-reduce hierarchical or --outer-steps (it applies to the cross-site step)");
   require(p.federation.empty() || (p.sites >= 2 && p.site_id >= 0 && p.site_id < p.sites),
@@ -138,6 +139,16 @@ void validate(const ParallelConfig& p) {
   require(p.outer_lr > 0, "outer-lr must be > 0 (got " + num(p.outer_lr) + ")");
   require(p.outer_momentum >= 0 && p.outer_momentum < 1,
           "outer-momentum must be in [0, 1) (got " + num(p.outer_momentum) + ")");
+  if (p.outer_steps > 0) {
+    require(p.outer_fragments >= 1 && p.outer_fragments <= p.outer_steps,
+            "outer-fragments must be in [1, outer-steps] (got " + num(p.outer_fragments) + " with outer-steps " +
+                num(p.outer_steps) + ")");
+    const int gap = p.outer_steps / p.outer_fragments;
+    require(p.outer_delay >= 0 && p.outer_delay <= gap,
+            "outer-delay must be in [0, outer-steps / outer-fragments = " + num(gap) + "] (got " + num(p.outer_delay) +
+                "): one fragment's exchange at a time");
+    require(p.outer_mix >= 0 && p.outer_mix < 1, "outer-mix must be in [0, 1) (got " + num(p.outer_mix) + ")");
+  }
 }
 
 Precision parse_precision(const std::string& name) {
@@ -157,7 +168,8 @@ std::string federation_fingerprint(const TrainConfig& c) {
          " clip=" + num(o.grad_clip) + "; tp=" + num(p.tp) + " pp=" + num(p.pp) + " zero=" + num(p.zero) +
          " grad_reduce=" + p.grad_reduce + " compress=" + p.compress + " sites=" + num(p.sites) +
          " outer_steps=" + num(p.outer_steps) + " outer_lr=" + num(p.outer_lr) + " outer_momentum=" +
-         num(p.outer_momentum);
+         num(p.outer_momentum) + " outer_fragments=" + num(p.outer_fragments) + " outer_delay=" + num(p.outer_delay) +
+         " outer_mix=" + num(p.outer_mix);
 }
 
 std::vector<int> stage_layers(int n_layer, int pp, const std::string& split) {

@@ -50,9 +50,8 @@ HierarchicalReducer::HierarchicalReducer(const SiteTopology& topo, Backend backe
       xsum_(*cross_, compression) {}
 
 std::string HierarchicalReducer::describe() const {
-  const char* c[] = {"none", "bf16", "int8"};
   return std::string("hierarchical all-reduce (") + flat_.name() + "), " + topo_.describe() +
-         ", cross-site compression " + c[int(xsum_.compression())];
+         ", cross-site compression " + kernels::compression_name(xsum_.compression());
 }
 
 CrossSiteSum::CrossSiteSum(Collectives& cross, kernels::Compression compression)

@@ -116,12 +116,18 @@ struct ParallelConfig {
   std::string collectives = "auto";  ///< mpi, nccl or auto
   std::string grad_reduce = "flat";  ///< flat or hierarchical (node, site, cross-site)
   int sites = 1;              ///< sites in this job: contiguous blocks of DP ranks (or TAPESTRY_SITE)
-  std::string compress = "none";  ///< cross-site encoding (hierarchical or DiLoCo): none, bf16 or int8
+  std::string compress = "none";  ///< cross-site encoding (hierarchical or DiLoCo): none, bf16, int8, int4, topk
   // DiLoCo: sites train apart for outer_steps inner steps, then average their parameter change.
   int outer_steps = 0;            ///< H; 0: off (every step reduces over all DP ranks)
   double outer_lr = 0.7;          ///< outer SGD learning rate (DiLoCo's default)
   double outer_momentum = 0.9;    ///< outer SGD momentum (DiLoCo's default)
   bool outer_nesterov = true;     ///< Nesterov momentum in the outer step
+  // Streaming DiLoCo (Douillard et al. 2025): fragment p of P is synchronised every H steps at
+  // offset p * H / P; its exchange overlaps outer_delay inner steps before it is merged.
+  int outer_fragments = 1;        ///< P; 1: the whole model at once
+  int outer_delay = 0;            ///< tau: steps between sending a fragment and merging it; 0: blocking
+  double outer_mix = 0.5;         ///< alpha (tau > 0): merged = alpha * local + (1 - alpha) * outer
+  bool outer_overlap = true;      ///< tau > 0: exchange on a thread (false: at send time, then held)
   // Federation: this job is one site of a run made of `sites` separately launched jobs.
   std::string federation;         ///< the run's name at the rendezvous; "": not federated
   int site_id = 0;                ///< this job's site (0 hosts the rendezvous)
@@ -231,7 +237,7 @@ struct BenchAllreduceConfig {
   std::string collectives = "auto";
   std::string algo = "flat";       ///< flat or hierarchical
   int sites = 1;                   ///< with hierarchical: sites (contiguous blocks or TAPESTRY_SITE)
-  std::string compress = "none";   ///< with hierarchical: none, bf16, int8
+  std::string compress = "none";   ///< with hierarchical: none, bf16, int8, int4, topk
   std::string output;  ///< .json or .csv results file (optional)
 };
 

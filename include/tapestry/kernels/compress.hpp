@@ -1,7 +1,8 @@
 #pragma once
 /// \file
 /// \brief Lossy encodings for cross-site gradient traffic, with error feedback: bf16 (round to
-/// nearest even) and int8 with one fp32 scale per block of values.
+/// nearest even), int8 and int4 with one fp32 scale per block of values, and top-k (the largest
+/// magnitudes of every block, as bf16 values with their index in the block).
 
 #include <cstdint>
 #include <string>
@@ -10,11 +11,16 @@
 
 namespace tapestry::kernels {
 
-enum class Compression { none, bf16, int8 };
-constexpr int kInt8Block = 256;  ///< values per fp32 scale
+enum class Compression { none, bf16, int8, int4, topk };
+constexpr int kInt8Block = 256;  ///< int8: values per fp32 scale (levels -127..127)
+constexpr int kInt4Block = 64;   ///< int4: values per fp32 scale (levels -7..7, two values a byte)
+constexpr int kTopkBlock = 256;  ///< top-k: the block a kept value's one-byte index points into
+constexpr int kTopkKeep = 8;     ///< top-k: values kept per block (3.125%), 3 bytes each
 
-/// "none", "bf16" or "int8" (anything else is treated as an error by validate()).
+/// "none", "bf16", "int8", "int4" or "topk" (anything else is treated as an error by validate()).
 Compression parse_compression(const std::string& name);
+/// The name parse_compression() reads.
+const char* compression_name(Compression c);
 
 /// Bytes of the encoding of n values.
 std::size_t compressed_bytes(Compression c, std::size_t n);
