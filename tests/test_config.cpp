@@ -4,6 +4,7 @@
 #include "tapestry/core/error.hpp"
 #include "tapestry/model/gpt.hpp"
 #include "tapestry/optim/adamw.hpp"
+#include "tapestry/train/outer_schedule.hpp"
 
 using namespace tapestry;
 
@@ -63,6 +64,55 @@ TEST_CASE("a valid config passes and each impossible one names its problem", "[c
   c = good();
   c.grad_accum = 0;
   REQUIRE_THROWS_WITH(validate(c), "grad-accum (micro-batches) must be >= 1 (got 0)");
+}
+
+TEST_CASE("Streaming DiLoCo schedule: each fragment once per round at offset p*H/P, merged tau steps later", "[config][diloco]") {
+  train::OuterSchedule s;
+  s.H = 10, s.fragments = 4, s.delay = 2;
+  REQUIRE(s.offset(0) == 0);
+  REQUIRE(s.offset(1) == 2);  // 10 / 4 = 2.5: floor
+  REQUIRE(s.offset(2) == 5);
+  REQUIRE(s.offset(3) == 7);
+  std::vector<int> sends(4, 0), merges(4, 0);
+  for (int t = 1; t <= 100; ++t) {
+    const int p = s.sent_after(t), m = s.merged_after(t);
+    if (p >= 0) {
+      ++sends[std::size_t(p)];
+      REQUIRE((t - s.offset(p)) % s.H == 0);
+    }
+    if (m >= 0) {
+      ++merges[std::size_t(m)];
+      REQUIRE(s.sent_after(t - s.delay) == m);
+    }
+  }
+  for (int p = 0; p < 4; ++p) REQUIRE(sends[std::size_t(p)] == 10);  // once per round of 10 steps
+  REQUIRE(merges == std::vector<int>{9, 10, 10, 10});  // fragment 0's send after step 100 merges after 102
+  REQUIRE(s.sent_after(0) == -1);
+  REQUIRE(s.merged_after(1) == -1);
+  REQUIRE(s.merged_after(4) == 1);  // sent after 2
+  // Fragments cover the slice exactly once, sizes within 1.
+  std::size_t covered = 0;
+  for (int p = 0; p < 4; ++p) {
+    const auto [lo, hi] = s.range(p, 37);
+    REQUIRE(lo == covered);
+    REQUIRE((hi - lo == 9 || hi - lo == 10));
+    covered = hi;
+  }
+  REQUIRE(covered == 37);
+  // One fragment: today's DiLoCo (after steps H, 2H, ...).
+  train::OuterSchedule one;
+  one.H = 5;
+  for (int t = 1; t <= 20; ++t) REQUIRE((one.sent_after(t) == 0) == (t % 5 == 0));
+  // Validation: fragments in [1, H], delay in [0, H / P], mix in [0, 1).
+  ParallelConfig p;
+  p.outer_steps = 10, p.outer_fragments = 4, p.outer_delay = 2;
+  REQUIRE_NOTHROW(validate(p));
+  p.outer_delay = 3;
+  REQUIRE_THROWS_WITH(validate(p), Catch::Contains("outer-delay must be in [0, outer-steps / outer-fragments = 2]"));
+  p.outer_delay = 0, p.outer_fragments = 11;
+  REQUIRE_THROWS_WITH(validate(p), Catch::Contains("outer-fragments must be in [1, outer-steps]"));
+  p.outer_fragments = 1, p.outer_mix = 1;
+  REQUIRE_THROWS_WITH(validate(p), Catch::Contains("outer-mix must be in [0, 1)"));
 }
 
 TEST_CASE("parameter count matches GPT-2 124M and the flat layout", "[config]") {

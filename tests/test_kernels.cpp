@@ -949,6 +949,13 @@ TEST_CASE("DiLoCo outer step: pseudo-gradient and Nesterov SGD match the referen
   s.lr = 1, s.momentum = 0;
   outer_sgd_update<double>(ex, vo, vm, vd, s);
   REQUIRE(max_rel_err(to_vec(vo), local) < 1e-14);
+  // Streaming DiLoCo's merge: mix * local + (1 - mix) * outer
+  View1<double> ml("ml", n), mo("mo", n);
+  from_vec(ml, local), from_vec(mo, outer0);
+  outer_merge<double>(ex, ml, mo, 0.25);
+  V want(std::size_t(n), 0.0);
+  for (std::size_t i = 0; i < std::size_t(n); ++i) want[i] = 0.25 * local[i] + 0.75 * outer0[i];
+  REQUIRE(max_rel_err(to_vec(ml), want) < 1e-14);
 }
 
 TEST_CASE("cross-site codecs: bytes, per-value error bounds, residual = input - decoded, error feedback telescopes", "[kernels][compress]") {

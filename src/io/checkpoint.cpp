@@ -427,9 +427,16 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
     attr(g, "outer_lr", st.outer_lr);
     attr(g, "outer_momentum", st.outer_momentum);
     attr(g, "outer_nesterov", std::int64_t(st.outer_nesterov ? 1 : 0));
+    attr(g, "outer_fragments", std::int64_t(st.outer_fragments));
+    attr(g, "outer_delay", std::int64_t(st.outer_delay));
+    attr(g, "outer_mix", st.outer_mix);
+    attr(g, "outer_pending_step", st.outer_pending_step);
+    attr(g, "outer_residual", std::int64_t(st.outer_residual ? 1 : 0));
     attr(g, "note", "site 0's inner state (or, with sites_in_file = 1, this federated site's own) is /model and "
                     "/optimizer; site s > 0's is under site_SS; outer/model and outer/momentum: the outer SGD's "
-                    "parameters and momentum");
+                    "parameters and momentum; outer/pending (outer_pending_step >= 0): the summed pseudo-gradient "
+                    "of the fragment in flight; site_SS/outer_residual (outer_residual = 1): each site's "
+                    "error-feedback residual");
   }
   {
     H5 g = group(file, "/data");
@@ -544,6 +551,13 @@ CheckpointState read_checkpoint_state(const std::string& path) {
     st.outer_lr = r.f64(dl, "outer_lr");
     st.outer_momentum = r.f64(dl, "outer_momentum");
     st.outer_nesterov = r.i64(dl, "outer_nesterov") != 0;
+    if (r.has(dl, "outer_fragments")) {  // written since Streaming DiLoCo
+      st.outer_fragments = int(r.i64(dl, "outer_fragments"));
+      st.outer_delay = int(r.i64(dl, "outer_delay"));
+      st.outer_mix = r.f64(dl, "outer_mix");
+      st.outer_pending_step = r.i64(dl, "outer_pending_step");
+      st.outer_residual = r.i64(dl, "outer_residual") != 0;
+    }
   }
   return st;
 }
@@ -664,6 +678,12 @@ void read_runs_open(hid_t file, const std::string& path, const std::string& pref
 }
 }  // namespace
 
+std::string diloco_residual_prefix(int site) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "/diloco/site_%02d/outer_residual", site);
+  return buf;
+}
+
 std::string diloco_site_prefix(int site, const char* what) {
   if (site == 0) return std::string(what) == std::string("model") ? "/model" : std::string("/optimizer/") + what;
   char buf[64];
@@ -723,6 +743,10 @@ std::vector<TensorReport> inspect_checkpoint(const std::string& path, const std:
       for (const char* what : {"model", "adam_m", "adam_v"}) prefixes.push_back(diloco_site_prefix(s, what) + "/");
     prefixes.push_back(std::string(kOuterParams) + "/");
     prefixes.push_back(std::string(kOuterMomentum) + "/");
+    if (r.has(dl, "outer_pending_step") && r.i64(dl, "outer_pending_step") >= 0)
+      prefixes.push_back(std::string(kOuterPending) + "/");
+    if (r.has(dl, "outer_residual") && r.i64(dl, "outer_residual") != 0)
+      for (int s = 0; s < sites; ++s) prefixes.push_back(diloco_residual_prefix(s) + "/");
   }
   std::vector<std::string> names;
   for (const auto& prefix : prefixes)

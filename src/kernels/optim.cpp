@@ -70,6 +70,14 @@ void outer_sgd_update(const ExecSpace& exec, View1<T> outer, View1<T> momentum, 
       });
 }
 
+template <class T>
+void outer_merge(const ExecSpace& exec, View1<T> local, In1<T> outer, double mix) {
+  const T a = T(mix), b = T(1.0 - mix);
+  Kokkos::parallel_for(
+      "tapestry::outer_merge", Kokkos::RangePolicy<ExecSpace>(exec, 0, local.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) { local(i) = a * local(i) + b * outer(i); });
+}
+
 double clip_factor(double norm, double max_norm) {
   if (max_norm <= 0 || !(norm > max_norm)) return 1.0;
   return max_norm / norm;
@@ -80,7 +88,8 @@ double clip_factor(double norm, double max_norm) {
                                 const AdamWStep&);                                              \
   template double sum_squares<T>(const ExecSpace&, In1<T>);                                     \
   template void pseudo_gradient<T>(const ExecSpace&, In1<T>, In1<T>, View1<T>);                \
-  template void outer_sgd_update<T>(const ExecSpace&, View1<T>, View1<T>, In1<T>, const OuterStep&);
+  template void outer_sgd_update<T>(const ExecSpace&, View1<T>, View1<T>, In1<T>, const OuterStep&); \
+  template void outer_merge<T>(const ExecSpace&, View1<T>, In1<T>, double);
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)
 #undef TAPESTRY_INSTANTIATE

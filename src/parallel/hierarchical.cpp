@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "tapestry/core/error.hpp"
+#include "tapestry/parallel/large_count.hpp"
 
 namespace tapestry::parallel {
 
@@ -47,37 +48,119 @@ HierarchicalReducer::HierarchicalReducer(const SiteTopology& topo, Backend backe
       cross_(make_collectives(backend, topo.cross_site())),
       site_all_(make_collectives(backend, topo.site_ranks())),
       flat_(dp_flat),
-      xsum_(*cross_, compression) {}
+      xsum_(*cross_, topo.cross_site(), compression) {}
 
 std::string HierarchicalReducer::describe() const {
   return std::string("hierarchical all-reduce (") + flat_.name() + "), " + topo_.describe() +
          ", cross-site compression " + kernels::compression_name(xsum_.compression());
 }
 
-CrossSiteSum::CrossSiteSum(Collectives& cross, kernels::Compression compression)
-    : cross_(cross), compression_(compression) {}
+namespace {
+Comm duplicate(const Comm& c) {
+  MPI_Comm d = MPI_COMM_NULL;
+  MPI_Comm_dup(c.get(), &d);
+  // A failure on the exchange thread must not pass unseen (federated communicators return errors).
+  MPI_Comm_set_errhandler(d, MPI_ERRORS_ARE_FATAL);
+  return Comm::adopt(d);
+}
+/// Adds the seconds from its construction to its end to `total`.
+struct Timed {
+  double& total;
+  double t0;
+  ~Timed() { total += MPI_Wtime() - t0; }
+};
+constexpr bool kHostPayload = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
+}  // namespace
 
-void CrossSiteSum::sum(float* piece, std::size_t n) {
-  const std::size_t S = std::size_t(cross_.size());
-  if (S == 1) return;
-  if (compression_ == kernels::Compression::none) {
-    cross_.all_reduce_sum(piece, n);
-    bytes_ += 2 * (S - 1) * n * sizeof(float) / S;  // ring all-reduce: 2(S-1)/S of the data
+CrossSiteSum::CrossSiteSum(Collectives& cross, const Comm& cross_comm, kernels::Compression compression)
+    : cross_(cross), thread_comm_(duplicate(cross_comm)), compression_(compression) {}
+
+CrossSiteSum::~CrossSiteSum() {
+  if (worker_.joinable()) worker_.join();
+}
+
+void CrossSiteSum::sum(float* buf, std::size_t n, View1<float> residual) {
+  if (cross_.size() == 1) return;
+  if (compression_ == kernels::Compression::none) {  // in place, no copy
+    const Timed timed{seconds_, MPI_Wtime()};
+    cross_.all_reduce_sum(buf, n);
+    bytes_ += 2 * (std::size_t(cross_.size()) - 1) * n * sizeof(float) / std::size_t(cross_.size());
     return;
   }
-  const std::size_t bytes = kernels::compressed_bytes(compression_, n), words = (bytes + 3) / 4;
-  if (residual_.extent(0) != n) residual_ = View1<float>("tapestry::xsite_residual", n);  // zero: no error yet
-  if (payload_.extent(0) < S * words) payload_ = View1<float>("tapestry::xsite_payload", S * words);
+  if (residual.extent(0) == 0) {
+    if (residual_.extent(0) != n) residual_ = View1<float>("tapestry::xsite_residual", n);  // zero: no error yet
+    residual = residual_;
+  }
+  start(buf, n, residual, false);
+  finish(buf);
+}
+
+void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual, bool background) {
+  require(n_ == 0, "CrossSiteSum: an exchange is already in flight");
+  const Timed timed{seconds_, MPI_Wtime()};  // every return below counts its time
+  const std::size_t S = std::size_t(cross_.size()), me = std::size_t(cross_.rank());
+  const bool plain = compression_ == kernels::Compression::none;
+  const std::size_t bytes = plain ? n * sizeof(float) : kernels::compressed_bytes(compression_, n);
+  const std::size_t words = (bytes + 3) / 4, blocks = plain ? 1 : S;  // plain: all-reduced in place
+  if (payload_.extent(0) < blocks * words) payload_ = View1<float>("tapestry::xsite_payload", blocks * words);
   const ExecSpace ex;
-  auto* mine = reinterpret_cast<std::uint8_t*>(payload_.data() + std::size_t(cross_.rank()) * words);
-  kernels::compress_with_feedback(ex, compression_, View1<float>(piece, n), residual_, mine);
-  cross_.all_gather_inplace(payload_.data(), words);
-  View1<float> acc(piece, n);
-  Kokkos::deep_copy(ex, acc, 0.0f);
-  for (std::size_t s = 0; s < S; ++s)  // site order: the same sum on every rank
-    kernels::decompress_add(ex, compression_, reinterpret_cast<const std::uint8_t*>(payload_.data() + s * words), acc);
+  float* mine = payload_.data() + (plain ? 0 : me * words);
+  if (plain) Kokkos::deep_copy(ex, View1<float>(mine, n), View1<float>(const_cast<float*>(buf), n));
+  else
+    kernels::compress_with_feedback(ex, compression_, View1<float>(const_cast<float*>(buf), n), residual,
+                                    reinterpret_cast<std::uint8_t*>(mine));
   ex.fence();
-  bytes_ += (S - 1) * bytes;
+  n_ = n, words_ = words, background_ = background && S > 1;
+  bytes_ += plain ? 2 * (S - 1) * n * sizeof(float) / S : (S - 1) * bytes;
+  if (S == 1) return;
+  if (!background_) {
+    if (plain) cross_.all_reduce_sum(mine, n);
+    else cross_.all_gather_inplace(payload_.data(), words);
+    return;
+  }
+  float* wire = payload_.data();
+  if (!kHostPayload) {  // the thread moves host bytes
+    host_.resize(blocks * words);
+    Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host_.data() + (plain ? 0 : me * words), words);
+    Kokkos::deep_copy(h, View1<float>(mine, words));
+    wire = host_.data();
+  }
+  error_ = nullptr;
+  const MPI_Comm comm = thread_comm_.get();
+  worker_ = std::thread([this, wire, words, plain, comm] {
+    try {
+      if (plain) parallel::all_reduce_sum(wire, words, MPI_FLOAT, sizeof(float), comm);
+      else parallel::all_gather_inplace(wire, words, MPI_FLOAT, sizeof(float), comm);
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+  });
+}
+
+void CrossSiteSum::finish(float* out) {
+  require(n_ > 0, "CrossSiteSum: no exchange in flight");
+  const Timed timed{seconds_, MPI_Wtime()};
+  const std::size_t n = n_, words = words_, S = std::size_t(cross_.size());
+  const bool plain = compression_ == kernels::Compression::none;
+  n_ = 0;
+  if (background_) {
+    worker_.join();
+    if (error_) std::rethrow_exception(error_);
+    if (!kHostPayload) {
+      Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host_.data(), host_.size());
+      Kokkos::deep_copy(View1<float>(payload_.data(), host_.size()), h);
+    }
+  }
+  const ExecSpace ex;
+  View1<float> acc(out, n);
+  if (plain) {
+    Kokkos::deep_copy(ex, acc, View1<float>(payload_.data(), n));
+  } else {
+    Kokkos::deep_copy(ex, acc, 0.0f);
+    for (std::size_t s = 0; s < S; ++s)  // site order: the same sum on every rank
+      kernels::decompress_add(ex, compression_, reinterpret_cast<const std::uint8_t*>(payload_.data() + s * words), acc);
+  }
+  ex.fence();
 }
 
 const float* HierarchicalReducer::sum_into_scratch(const float* grads, std::size_t n) {

@@ -1,10 +1,19 @@
 #include "tapestry/train/diloco.hpp"
 
+#include <chrono>
+
 #include "tapestry/core/error.hpp"
 #include "tapestry/kernels/optim.hpp"
 #include "text.hpp"
 
 namespace tapestry::train {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+View1<float> sub(View1<float> v, std::size_t lo, std::size_t hi) { return View1<float>(v.data() + lo, hi - lo); }
+}  // namespace
 
 Diloco::Diloco(const parallel::SiteTopology& topo, parallel::Backend backend, const ParallelConfig& cfg,
                View1<float> params)
@@ -12,7 +21,11 @@ Diloco::Diloco(const parallel::SiteTopology& topo, parallel::Backend backend, co
       cfg_(cfg),
       site_(parallel::make_collectives(backend, topo.site_ranks())),
       cross_(parallel::make_collectives(backend, topo.cross_site())) {
-  xsum_ = std::make_unique<parallel::CrossSiteSum>(*cross_, kernels::parse_compression(cfg.compress));
+  sched_.H = cfg.outer_steps, sched_.fragments = cfg.outer_fragments, sched_.delay = cfg.outer_delay;
+  int level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&level);
+  overlap_ = cfg.outer_delay > 0 && cfg.outer_overlap && level == MPI_THREAD_MULTIPLE;
+  xsum_ = std::make_unique<parallel::CrossSiteSum>(*cross_, topo.cross_site(), kernels::parse_compression(cfg.compress));
   const std::size_t n = params.extent(0), k = std::size_t(site_->size());
   require(n % k == 0, "DiLoCo: the parameter buffer does not divide over the ranks of a site");
   const std::size_t part = n / k;
@@ -20,36 +33,112 @@ Diloco::Diloco(const parallel::SiteTopology& topo, parallel::Backend backend, co
   outer_ = View1<float>("tapestry::outer_params", part);
   momentum_ = View1<float>("tapestry::outer_momentum", part);
   delta_ = View1<float>("tapestry::pseudo_gradient", part);
+  residual_ = View1<float>("tapestry::outer_residual", part);
+  if (sched_.fragments > 1 && k > 1) gather_ = View1<float>("tapestry::outer_gather", k * sched_.range(0, part).second + k);
   reset(params);
 }
 
 void Diloco::reset(View1<float> params) {
+  if (xsum_->in_flight()) xsum_->finish(delta_.data());  // drained; the sum is dropped
   Kokkos::deep_copy(outer_, View1<float>(params.data() + begin_, outer_.extent(0)));
   Kokkos::deep_copy(momentum_, 0.0f);
+  Kokkos::deep_copy(residual_, 0.0f);
+  pending_frag_ = -1, pending_sent_ = -1, pending_summed_ = false;
 }
 
-void Diloco::outer_step(View1<float> params) {
+void Diloco::send(int p, View1<float> params) {
+  const ExecSpace ex;
+  const auto [lo, hi] = sched_.range(p, outer_.extent(0));
+  kernels::pseudo_gradient<float>(ex, sub(outer_, lo, hi), View1<float>(params.data() + begin_ + lo, hi - lo),
+                                  sub(delta_, lo, hi));
+  ex.fence();
+  xsum_->start(delta_.data() + lo, hi - lo, sub(residual_, lo, hi), overlap_);
+  pending_summed_ = false;
+  if (!overlap_) {  // blocking: the sum is ready now (held until the merge when delay > 0)
+    xsum_->finish(delta_.data() + lo);
+    pending_summed_ = true;
+  }
+}
+
+void Diloco::settle() {
+  if (pending_frag_ < 0 || pending_summed_) return;
+  const auto lo = sched_.range(pending_frag_, outer_.extent(0)).first;
+  xsum_->finish(delta_.data() + lo);
+  pending_summed_ = true;
+}
+
+void Diloco::restore_pending(int step) {
+  pending_frag_ = step >= 1 ? sched_.sent_after(step) : -1;
+  pending_sent_ = step;
+  pending_summed_ = pending_frag_ >= 0;
+  require(step < 1 || pending_frag_ >= 0, "DiLoCo: no fragment of this schedule is sent after step " + std::to_string(step));
+}
+
+void Diloco::merge(int p, View1<float> params) {
+  require(p == pending_frag_, "DiLoCo: fragment " + std::to_string(p) + " is merged but " +
+                                  std::to_string(pending_frag_) + " is in flight");
+  settle();
   const ExecSpace ex;
   const std::size_t part = outer_.extent(0);
-  View1<float> local(params.data() + begin_, part);
-  kernels::pseudo_gradient<float>(ex, outer_, local, delta_);
-  ex.fence();
-  xsum_->sum(delta_.data(), part);  // summed over sites (same value on every rank)
+  const auto [lo, hi] = sched_.range(p, part);
+  const std::size_t len = hi - lo;
   kernels::OuterStep s;
   s.lr = cfg_.outer_lr, s.momentum = cfg_.outer_momentum, s.nesterov = cfg_.outer_nesterov;
   s.delta_scale = 1.0 / topo_.num_sites();
-  kernels::outer_sgd_update<float>(ex, outer_, momentum_, delta_, s);
-  Kokkos::deep_copy(ex, local, outer_);
+  kernels::outer_sgd_update<float>(ex, sub(outer_, lo, hi), sub(momentum_, lo, hi), sub(delta_, lo, hi), s);
+  View1<float> local(params.data() + begin_ + lo, len);
+  if (sched_.delay == 0) Kokkos::deep_copy(ex, local, sub(outer_, lo, hi));
+  else kernels::outer_merge<float>(ex, local, sub(outer_, lo, hi), cfg_.outer_mix);
   ex.fence();
-  if (site_->size() > 1) site_->all_gather_inplace(params.data(), part);
+  pending_frag_ = -1, pending_sent_ = -1, pending_summed_ = false;
+  const std::size_t k = std::size_t(site_->size());
+  if (k == 1) return;
+  if (len == part) {  // the whole slice: gathered in place
+    site_->all_gather_inplace(params.data(), part);
+    return;
+  }
+  // Fragment p of every rank's slice: packed side by side, gathered, put back.
+  const std::size_t me = std::size_t(site_->rank());
+  Kokkos::deep_copy(ex, View1<float>(gather_.data() + me * len, len), local);
+  ex.fence();
+  site_->all_gather_inplace(gather_.data(), len);
+  for (std::size_t j = 0; j < k; ++j)
+    if (j != me) Kokkos::deep_copy(ex, View1<float>(params.data() + j * part + lo, len), View1<float>(gather_.data() + j * len, len));
+  ex.fence();
+}
+
+double Diloco::after_step(int step, View1<float> params) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int m = sched_.merged_after(step), p = sched_.sent_after(step);
+  if (sched_.delay == 0) {
+    if (p >= 0) {
+      send(p, params);
+      pending_frag_ = p, pending_sent_ = step;
+      merge(p, params);
+    }
+  } else {
+    if (m >= 0 && m == pending_frag_) merge(m, params);  // else: sent before this run (resumed without DiLoCo state)
+    if (p >= 0) {
+      send(p, params);
+      pending_frag_ = p, pending_sent_ = step;
+    }
+  }
+  return seconds_since(t0);
 }
 
 std::string Diloco::describe() const {
-  const char* c[] = {"none", "bf16", "int8"};
-  return "DiLoCo: outer step every " + std::to_string(cfg_.outer_steps) + " steps, outer lr " +
-         detail::fmt("%g", cfg_.outer_lr) + ", momentum " + detail::fmt("%g", cfg_.outer_momentum) +
-         (cfg_.outer_nesterov ? " (Nesterov)" : "") + ", cross-site compression " + c[int(xsum_->compression())] +
-         "; " + topo_.describe();
+  std::string s = "DiLoCo: outer step every " + std::to_string(cfg_.outer_steps) + " steps, outer lr " +
+                  detail::fmt("%g", cfg_.outer_lr) + ", momentum " + detail::fmt("%g", cfg_.outer_momentum) +
+                  (cfg_.outer_nesterov ? " (Nesterov)" : "") + ", cross-site compression " +
+                  kernels::compression_name(xsum_->compression());
+  if (sched_.fragments > 1 || sched_.delay > 0) {
+    s += "; streaming: " + std::to_string(sched_.fragments) + " fragment(s) every " +
+         std::to_string(cfg_.outer_steps / sched_.fragments) + " step(s)";
+    if (sched_.delay > 0)
+      s += ", merged " + std::to_string(sched_.delay) + " step(s) after sending (mix " + detail::fmt("%g", cfg_.outer_mix) +
+           (overlap_ ? ", exchange on a background thread)" : ", exchange blocking at send)");
+  }
+  return s + "; " + topo_.describe();
 }
 
 }  // namespace tapestry::train

@@ -226,6 +226,21 @@ void resume_from(Run& r, const std::string& path) {
     io::read_runs(path, io::kOuterMomentum, tensors, mom.data(), mine);
     Kokkos::deep_copy(r.diloco->outer(), outer);
     Kokkos::deep_copy(r.diloco->momentum(), mom);
+    auto load = [&](const std::string& prefix, View1<float> dst) {
+      auto h = Kokkos::create_mirror_view(dst);
+      io::read_runs(path, prefix, tensors, h.data(), mine);
+      Kokkos::deep_copy(dst, h);
+    };
+    if (st.outer_residual && r.cfg.parallel.compress != "none") load(io::diloco_residual_prefix(s), r.diloco->residual());
+    if (st.outer_pending_step >= 0) {
+      const auto& pc = r.cfg.parallel;
+      require(st.outer_fragments == pc.outer_fragments && st.outer_delay == pc.outer_delay,
+              "checkpoint '" + path + "' was saved with a fragment in flight under --outer-fragments " +
+                  std::to_string(st.outer_fragments) + " --outer-delay " + std::to_string(st.outer_delay) +
+                  "; resume it with the same two");
+      load(io::kOuterPending, r.diloco->pending());
+      r.diloco->restore_pending(int(st.outer_pending_step));
+    }
   } else if (r.diloco) {
     r.diloco->reset(r.gpt->params());
   }
@@ -477,6 +492,15 @@ std::unique_ptr<SaveJob> snapshot(Run& r, const parallel::ProcessGrid& grid, int
     }
     section(io::kOuterParams, r.diloco->outer(), r.diloco->begin(), main);
     section(io::kOuterMomentum, r.diloco->momentum(), r.diloco->begin(), main);
+    r.diloco->settle();  // a fragment in flight: its sum is saved, the resumed run merges it on time
+    st.outer_pending_step = r.diloco->pending_step();
+    if (st.outer_pending_step >= 0) section(io::kOuterPending, r.diloco->pending(), r.diloco->begin(), main);
+    st.outer_residual = cfg.parallel.compress != "none";
+    for (int s = 0; st.outer_residual && s < (r.federated ? 1 : S); ++s)
+      section(io::diloco_residual_prefix(s), r.diloco->residual(), r.diloco->begin(),
+              r.federated || r.site == s ? range : none);
+    st.outer_fragments = cfg.parallel.outer_fragments, st.outer_delay = cfg.parallel.outer_delay;
+    st.outer_mix = cfg.parallel.outer_mix;
     st.diloco_sites = S;
     st.diloco_sites_in_file = r.federated ? 1 : S;
     st.outer_steps = cfg.parallel.outer_steps;
@@ -720,6 +744,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
                                               r.sites->site_ranks().rank() == 0 && grid.tp().rank() == 0 &&
                                                   grid.pp().rank() == 0);
   std::vector<int> in, tg;
+  double xsite_wait_s = 0, wall_s = 0;  // this rank's cross-site waits and step times, for the summary
   View1<float> params = gpt.params(), grads = gpt.grads();
   const std::size_t n = gpt.padded_size();
   for (int step = r.start_step; step <= cfg.steps; ++step) {
@@ -764,8 +789,12 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     const parallel::Comm& red = *r.sum_comm;
     const int nred = red.size();
     double sumsq = 0;
+    const double xsite_before = r.reducer->cross_site_seconds();
     if (zero) r.reducer->reduce_scatter_sum(grads.data(), r.grad_shard.data(), n);
     else r.reducer->all_reduce_sum(grads.data(), n);
+    if (r.sites && !r.diloco)  // the flat ring spans sites: all of it waits on the WAN
+      rec.xsite_wait_ms = 1e3 * (cfg.parallel.grad_reduce == "hierarchical" ? r.reducer->cross_site_seconds() - xsite_before
+                                                                            : since(tc));
     const View1<float> mine = zero ? r.grad_shard : grads;
     if (tp == 1 && !r.pipe) {
       sumsq = kernels::sum_squares<float>(ex, mine);
@@ -794,19 +823,24 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       ex.fence();
       watchdog->state_is(step + 1, r.train_loader->position());
     }
-    if (r.diloco && r.diloco->due(step + 1)) {
-      const auto to = Clock::now();
-      r.diloco->outer_step(params);
-      rec.comm_ms += 1e3 * since(to);
+    if (r.diloco && r.diloco->acts_after(step + 1)) {
+      const double wait = r.diloco->after_step(step + 1, params);
+      rec.comm_ms += 1e3 * wait;
+      rec.xsite_wait_ms = 1e3 * wait;
     }
     ex.fence();
-    if (r.sites && (!r.diloco || r.diloco->due(step + 1))) {  // bytes that crossed sites, all ranks together
+    if (r.sites && (!r.diloco || r.diloco->acts_after(step + 1))) {  // bytes that crossed sites, all ranks together
       const std::uint64_t now = r.cross_site_bytes();
       const double sent = double(now - r.xsite_seen);
       r.xsite_seen = now;
-      rec.cross_site_mb = all_sum(sent, dpc) / 1e6;
+      // DiLoCo: summed inside the site only (no cross-site round trip outside an exchange); every
+      // site sends the same bytes (same shapes, same encoding).
+      rec.cross_site_mb = r.diloco ? all_sum(sent, r.sites->site_ranks()) * r.sites->num_sites() / 1e6
+                                   : all_sum(sent, dpc) / 1e6;
     }
     const double dt = since(t0);
+    rec.utilization = (dt - rec.xsite_wait_ms / 1e3) / dt;
+    xsite_wait_s += rec.xsite_wait_ms / 1e3, wall_s += dt;
     if (r.pipe) {
       rec.pp_idle.resize(std::size_t(grid.pp().size()));
       const double mine_idle = r.pipe->idle_seconds() / dt;
@@ -823,7 +857,9 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
           << fmt("%.1f", rec.ms) << " ms | " << fmt("%.0f", rec.tokens_per_s) << " tok/s | MFU "
           << fmt("%.1f", 100 * rec.mfu) << "%";
       if (dp > 1) out << " | comm " << fmt("%.1f", rec.comm_ms) << " ms";
-      if (r.sites) out << " | xsite " << fmt("%.2f", rec.cross_site_mb) << " MB";
+      if (r.sites)
+        out << " | xsite " << fmt("%.2f", rec.cross_site_mb) << " MB, wait " << fmt("%.1f", rec.xsite_wait_ms)
+            << " ms, util " << fmt("%.1f", 100 * rec.utilization) << "%";
       if (r.pipe) {
         out << " | idle";
         for (double f : rec.pp_idle) out << " " << fmt("%.0f", 100 * f) << "%";
@@ -835,6 +871,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       metrics << "{\"step\":" << rec.step << ",\"loss\":" << rec.loss << ",\"lr\":" << rec.lr
               << ",\"grad_norm\":" << rec.grad_norm << ",\"ms\":" << rec.ms << ",\"comm_ms\":" << rec.comm_ms
               << ",\"cross_site_mb\":" << rec.cross_site_mb << ",\"data_ms\":" << rec.data_ms;
+      if (r.sites) metrics << ",\"xsite_wait_ms\":" << rec.xsite_wait_ms << ",\"utilization\":" << rec.utilization;
       if (r.pipe) {
         metrics << ",\"pp_idle\":[";
         for (std::size_t i = 0; i < rec.pp_idle.size(); ++i) metrics << (i ? "," : "") << rec.pp_idle[i];
@@ -890,6 +927,18 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       result.stopped = true;
       break;
     }
+  }
+  if (r.sites && wall_s > 0) {  // utilization per site: the mean over its ranks of (wall - cross-site wait) / wall
+    const int S = r.sites->num_sites();
+    std::vector<double> mine(std::size_t(2 * S), 0.0), all(mine.size());
+    mine[std::size_t(2 * r.site)] = (wall_s - xsite_wait_s) / wall_s, mine[std::size_t(2 * r.site + 1)] = 1;
+    MPI_Allreduce(mine.data(), all.data(), 2 * S, MPI_DOUBLE, MPI_SUM, dpc.get());
+    out << "cross-site: utilization (wall - waits on cross-site traffic) / wall by site:";
+    for (int s = 0; s < S; ++s) {
+      result.site_utilization.push_back(all[std::size_t(2 * s)] / all[std::size_t(2 * s + 1)]);
+      out << " " << s << ": " << fmt("%.1f", 100 * result.site_utilization.back()) << "%";
+    }
+    out << "\n";
   }
   if (saver.busy()) {  // not reached today (the last save is synchronous); kept so no save is left behind
     saver.wait();

@@ -52,6 +52,10 @@ struct CheckpointState {
   int outer_steps = 0;           ///< H: inner steps per outer step
   double outer_lr = 0, outer_momentum = 0;
   bool outer_nesterov = true;
+  int outer_fragments = 1, outer_delay = 0;  ///< Streaming DiLoCo's schedule (1 and 0 in older files)
+  double outer_mix = 0.5;
+  std::int64_t outer_pending_step = -1;  ///< the step after which the fragment in flight was sent; -1: none
+  bool outer_residual = false;           ///< error-feedback residuals saved (site_SS/outer_residual)
 };
 
 /// Path prefixes of the DiLoCo state: site s's inner parameters and moments (site 0's are the
@@ -59,6 +63,11 @@ struct CheckpointState {
 std::string diloco_site_prefix(int site, const char* what);  ///< what: model, adam_m, adam_v
 constexpr const char* kOuterParams = "/diloco/outer/model";
 constexpr const char* kOuterMomentum = "/diloco/outer/momentum";
+/// The summed pseudo-gradient of the fragment in flight (Streaming DiLoCo; only that fragment's
+/// elements are used).
+constexpr const char* kOuterPending = "/diloco/outer/pending";
+/// Site s's error-feedback residual of the cross-site encoding (site s of the file: 0 in a federated site's own).
+std::string diloco_residual_prefix(int site);
 
 /// \brief One flat buffer of this rank written under `prefix` (/model, /optimizer/adam_m, a
 /// DiLoCo site's state, ...): the whole-model elements `runs` name, taken from data[run.local].

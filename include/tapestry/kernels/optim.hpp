@@ -44,6 +44,11 @@ struct OuterStep {
 template <class T>
 void outer_sgd_update(const ExecSpace& exec, View1<T> outer, View1<T> momentum, In1<T> delta, const OuterStep& s);
 
+/// Streaming DiLoCo's merge of a fragment whose exchange overlapped inner steps: local (n) =
+/// mix * local + (1 - mix) * outer.
+template <class T>
+void outer_merge(const ExecSpace& exec, View1<T> local, In1<T> outer, double mix);
+
 /// Clip factor for a global norm: min(1, max_norm / norm); 1 when max_norm <= 0.
 double clip_factor(double norm, double max_norm);
 

@@ -26,6 +26,9 @@ class GradReducer {
   virtual void all_gather(float* params, std::size_t n) = 0;
   /// Bytes this rank has sent to other sites so far (0 where the strategy does not track sites).
   virtual std::uint64_t cross_site_bytes() const { return 0; }
+  /// Seconds the calling thread spent in cross-site exchanges so far (hierarchical; 0 where the
+  /// cross-site part is not separate).
+  virtual double cross_site_seconds() const { return 0; }
 };
 
 /// \brief All-reduce in buckets of `bucket_bytes` (the last one shorter), one collective each.

@@ -3,8 +3,11 @@
 /// \brief Sites and the hierarchical gradient reducer for DP groups that span sites joined by slow
 /// wide-area links.
 
+#include <exception>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "tapestry/core/views.hpp"
 #include "tapestry/kernels/compress.hpp"
@@ -39,21 +42,49 @@ class SiteTopology {
 };
 
 /// \brief Sums a buffer over a cross-site communicator (one rank per site), as is or compressed
-/// (bf16, or int8 with a scale per 256 values) with error feedback: each rank encodes its buffer
-/// plus the error left from its previous call, the encodings are all-gathered, and every rank
-/// decodes and sums them in site order (the same sum everywhere). Counts the bytes this rank sends.
+/// (kernels::Compression) with error feedback: each rank encodes its buffer plus the error left from
+/// its previous call, the encodings are all-gathered, and every rank decodes and sums them in site
+/// order (the same sum everywhere). Counts the bytes this rank sends.
+///
+/// An exchange can also run in the background (Streaming DiLoCo): start() encodes on the calling
+/// thread, then a thread of this object moves the bytes with MPI on its own duplicate of the
+/// communicator (host memory; no Kokkos call off the main thread); finish() waits and decodes.
 class CrossSiteSum {
  public:
-  CrossSiteSum(Collectives& cross, kernels::Compression compression);
-  void sum(float* buf, std::size_t n);
+  /// `cross` runs on `cross_comm`, which is duplicated here (collective over it).
+  CrossSiteSum(Collectives& cross, const Comm& cross_comm, kernels::Compression compression);
+  ~CrossSiteSum();
+  CrossSiteSum(const CrossSiteSum&) = delete;
+  CrossSiteSum& operator=(const CrossSiteSum&) = delete;
+
+  /// buf (n) = its sum over sites, in place. `residual` (n): the error fed back from call to call;
+  /// empty: this object's own (reset when n changes).
+  void sum(float* buf, std::size_t n, View1<float> residual = {});
+  /// Starts the sum over sites of buf (n): encodes it now (error feedback through `residual`, n),
+  /// then exchanges it on a thread (`background`, needs MPI_THREAD_MULTIPLE) or at once through
+  /// `cross`. One exchange at a time; finish() ends it.
+  void start(const float* buf, std::size_t n, View1<float> residual, bool background);
+  /// Waits for the exchange started last and writes the sum over sites into out (n). Raises the
+  /// background thread's error, if any.
+  void finish(float* out);
+  bool in_flight() const { return n_ > 0; }
   std::uint64_t bytes_sent() const { return bytes_; }
+  /// Seconds the calling thread spent in start() and finish() so far (encoding, exchanging, waiting).
+  double seconds() const { return seconds_; }
   kernels::Compression compression() const { return compression_; }
 
  private:
   Collectives& cross_;
+  Comm thread_comm_;  ///< duplicate of the cross-site communicator, used only by the thread
   kernels::Compression compression_;
   View1<float> residual_, payload_;
+  std::vector<float> host_;  ///< the thread's bytes when payload_ is not in host memory
+  std::thread worker_;
+  std::exception_ptr error_;
+  std::size_t n_ = 0, words_ = 0;  ///< the exchange in flight: values, and 4-byte words per site
+  bool background_ = false;
   std::uint64_t bytes_ = 0;
+  double seconds_ = 0;
 };
 
 /// \brief Reduce-scatter inside the node, reduce-scatter across the site's nodes, all-reduce of
@@ -65,6 +96,7 @@ class HierarchicalReducer final : public GradReducer {
   HierarchicalReducer(const SiteTopology& topo, Backend backend, Collectives& dp_flat,
                       kernels::Compression compression = kernels::Compression::none);
   std::uint64_t cross_site_bytes() const override { return xsum_.bytes_sent(); }
+  double cross_site_seconds() const override { return xsum_.seconds(); }
   std::string describe() const override;
   void all_reduce_sum(float* grads, std::size_t n) override;
   /// ZeRO-1 shards the state over the ranks of a site (every site holds a full copy, so no

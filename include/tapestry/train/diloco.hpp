@@ -4,6 +4,11 @@
 /// Language Models", 2023): every site trains with its own inner AdamW, reducing gradients only
 /// inside the site; every H steps the sites average their parameter change (the pseudo-gradient)
 /// and apply it with an outer Nesterov-momentum SGD step.
+///
+/// Streaming DiLoCo (Douillard et al., "Streaming DiLoCo with overlapping communication", 2025):
+/// the parameters are split into P fragments, fragment p is synchronised every H steps at offset
+/// p * H / P, and its exchange may overlap tau inner steps before it is merged into the local
+/// parameters as mix * local + (1 - mix) * outer.
 
 #include <cstdint>
 #include <memory>
@@ -13,40 +18,65 @@
 #include "tapestry/core/views.hpp"
 #include "tapestry/parallel/collectives.hpp"
 #include "tapestry/parallel/hierarchical.hpp"
+#include "tapestry/train/outer_schedule.hpp"
 
 namespace tapestry::train {
 
 /// \brief The outer parameters and momentum, sharded over the ranks of a site: rank j of a site
 /// owns slice j of the flat buffer and exchanges only that slice with its peers at the other sites
 /// (so each site sends over all its ranks' links at once), then the site all-gathers the slices.
+/// Fragments are contiguous parts of every rank's slice.
 class Diloco {
  public:
   /// `params` (n, divisible by the ranks per site): the starting point of the outer parameters.
+  /// Collective over the DP group.
   Diloco(const parallel::SiteTopology& topo, parallel::Backend backend, const ParallelConfig& cfg,
          View1<float> params);
 
-  /// True when inner step `step` (1-based) ends a round of H steps.
-  bool due(int step) const { return step % cfg_.outer_steps == 0; }
-  /// The outer step; afterwards `params` holds the new outer parameters on every rank. Collective
-  /// over the DP group.
-  void outer_step(View1<float> params);
-  /// Restarts the outer loop from `params` (zero momentum): a run that resumes a non-DiLoCo checkpoint.
+  const OuterSchedule& schedule() const { return sched_; }
+  /// True when something crosses sites after inner step `step`.
+  bool acts_after(int step) const { return sched_.sent_after(step) >= 0 || sched_.merged_after(step) >= 0; }
+  /// After inner step `step`: merges the fragment whose exchange is due (waiting for it), then
+  /// sends the fragment due. With delay 0 the exchange is blocking and the new outer parameters
+  /// replace the fragment. Returns the seconds spent waiting for cross-site traffic (encoding,
+  /// blocking exchange, waiting for a background one). Collective over the DP group.
+  double after_step(int step, View1<float> params);
+  /// Restarts the outer loop from `params` (zero momentum and residual, nothing in flight): a run
+  /// that resumes a non-DiLoCo checkpoint.
   void reset(View1<float> params);
 
   std::size_t begin() const { return begin_; }  ///< this rank's slice of the flat buffer
   std::size_t end() const { return begin_ + outer_.extent(0); }
   View1<float> outer() const { return outer_; }
   View1<float> momentum() const { return momentum_; }
+  /// This rank's error-feedback residual (its site's own; zero without compression).
+  View1<float> residual() const { return residual_; }
+  /// The summed pseudo-gradient of the fragment in flight, over this rank's slice (meaningful in
+  /// that fragment's range); valid after settle().
+  View1<float> pending() const { return delta_; }
+  /// The step after which the fragment in flight was sent, or -1 when none is.
+  int pending_step() const { return pending_frag_ >= 0 ? pending_sent_ : -1; }
+  /// Waits for the exchange in flight (if any) and keeps its sum in pending(): before a checkpoint.
+  void settle();
+  /// After a resume has loaded pending(): the fragment sent after `step` is summed already (-1: none).
+  void restore_pending(int step);
   std::uint64_t cross_site_bytes() const { return xsum_->bytes_sent(); }
   std::string describe() const;
 
  private:
   const parallel::SiteTopology& topo_;
   ParallelConfig cfg_;
+  OuterSchedule sched_;
+  bool overlap_ = false;  // exchanges on a thread
   std::unique_ptr<parallel::Collectives> site_, cross_;
   std::unique_ptr<parallel::CrossSiteSum> xsum_;
   std::size_t begin_ = 0;
-  View1<float> outer_, momentum_, delta_;
+  View1<float> outer_, momentum_, delta_, residual_, gather_;
+  int pending_frag_ = -1, pending_sent_ = -1;
+  bool pending_summed_ = false;
+
+  void send(int p, View1<float> params);
+  void merge(int p, View1<float> params);
 };
 
 }  // namespace tapestry::train

@@ -16,6 +16,10 @@ struct StepRecord {
   int step = 0;
   double loss = 0, lr = 0, grad_norm = 0, ms = 0, comm_ms = 0, tokens_per_s = 0, mfu = 0;
   double cross_site_mb = 0;  ///< bytes sent between sites this step (all ranks), MB
+  /// Time this rank waited on cross-site traffic this step: DiLoCo's encoding and waiting for
+  /// exchanges, the hierarchical reducer's cross-site part, or a flat reduction that spans sites.
+  double xsite_wait_ms = 0;
+  double utilization = 1;  ///< with sites: (step time - cross-site wait) / step time, on this rank
   double data_ms = 0;        ///< this rank's time reading its batches (the data loader)
   std::vector<double> pp_idle;  ///< with pipeline stages: each stage's share of the step spent waiting
 };
@@ -33,6 +37,7 @@ struct TrainResult {
   std::size_t param_bytes = 0;      ///< this rank's parameters (its tensor-parallel part)
   std::size_t optimizer_bytes = 0;  ///< this rank's AdamW moments
   bool stopped = false;       ///< ended early on a stop signal, after saving
+  std::vector<double> site_utilization;  ///< with sites: per site, mean over its ranks of (wall - cross-site waits) / wall
   double save_stall_s = 0;    ///< time the training loop spent on checkpoint saves (snapshots, waits, synchronous saves)
 };
 
