@@ -201,6 +201,51 @@ TEST_CASE("a site count that does not divide the DP ranks is an error", "[case_c
   REQUIRE(SiteTopology::site_of(5, 6, 3) == 2);
 }
 
+TEST_CASE("weighted cross-site sums: sum of w_s x_s / sum of w_s, headers returned in site order", "[case_coll_weighted][skip_np1][mpi][collectives][sites]") {
+  const auto world = Comm::view(MPI_COMM_WORLD);
+  auto flat_coll = make_collectives(Backend::mpi, world);
+  const int P = flat_coll->size(), r = flat_coll->rank();
+  if (P == 1) return test::skip_case("one rank is one site: nothing crosses");
+  const std::size_t n = 700;
+  auto value = [](std::size_t i, int s) { return float(std::cos(0.11 * double(i) + s) * (1 + s)); };
+  std::vector<float> x(n);
+  for (std::size_t i = 0; i < n; ++i) x[i] = value(i, r);
+  double wsum = 0, amax = 0;
+  for (int s = 0; s < P; ++s) wsum += s + 1, amax = std::max(amax, 1.0 + s);
+  bool ok = true;
+  for (auto c : {kernels::Compression::none, kernels::Compression::int8}) {
+    for (const bool background : {false, true}) {
+      CrossSiteSum xs(*flat_coll, world, c);
+      auto v = device(x);
+      View1<float> residual("res", n);
+      CrossSiteSum::Header h;
+      h.weight = float(r + 1), h.value = 10.0f * float(r), h.total = 100.0f + float(r);
+      xs.start(v.data(), n, residual, background, &h);
+      std::vector<CrossSiteSum::Header> got;
+      xs.finish(v.data(), &got);
+      const auto y = host(v);
+      ok = ok && got.size() == std::size_t(P);
+      for (int s = 0; ok && s < P; ++s)
+        ok = got[std::size_t(s)].weight == float(s + 1) && got[std::size_t(s)].value == 10.0f * float(s) &&
+             got[std::size_t(s)].total == 100.0f + float(s);
+      double worst = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        double want = 0;
+        for (int s = 0; s < P; ++s) want += (s + 1) * double(value(i, s)) / wsum;
+        const double err = std::fabs(y[i] - want);
+        worst = std::max(worst, std::isfinite(err) ? err : 1e30);
+      }
+      // none: fp32 rounding; int8: half a step of each site's largest value, weighted
+      const double bound = c == kernels::Compression::none ? 1e-5 : amax / 254.0 * 1.0001 + 1e-6;
+      CAPTURE(int(c), background, worst);
+      ok = ok && worst <= bound;
+      // bytes: every rank's encoding plus a 12-byte header to the P - 1 other sites
+      ok = ok && xs.bytes_sent() == std::uint64_t(P - 1) * (kernels::compressed_bytes(c, n) + 12);
+    }
+  }
+  REQUIRE(all_ranks(ok));
+}
+
 TEST_CASE("cross-site compression stays within its error bound and error feedback cancels it", "[case_coll_compress][skip_np1][mpi][collectives][sites]") {
   const auto world = Comm::view(MPI_COMM_WORLD);
   auto flat_coll = make_collectives(Backend::mpi, world);

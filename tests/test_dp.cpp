@@ -269,6 +269,84 @@ TEST_CASE("Streaming DiLoCo: fragments sent and merged on schedule, outer SGD an
   }
 }
 
+TEST_CASE("Stragglers (--outer-quota): the pace rule and the weighted outer step, with given step times, against a reference", "[case_dp_quota_unit][skip_np1][mpi][dp][diloco]") {
+  const int P = world_size(), r = world_rank();
+  if (P % 2 != 0) return skip_case("two sites need an even rank count");
+  const auto world = parallel::Comm::view(MPI_COMM_WORLD);
+  const int S = 2, site = r / (P / S), k = P / S;
+  parallel::SiteTopology topo(world, site, S);
+  const std::size_t n = std::size_t(k) * 29;
+  auto g = [](int s, int t, std::size_t i) { return 0.01 * std::cos(0.9 * double(i) + 0.7 * t + s); };
+  ParallelConfig pc;
+  pc.sites = S, pc.outer_steps = 8, pc.outer_quota = true, pc.outer_lr = 0.7, pc.outer_momentum = 0.9;
+  std::vector<float> init(n);
+  for (std::size_t i = 0; i < n; ++i) init[i] = float(0.05 * std::sin(0.2 * double(i)));
+  View1<float> params("p", n);
+  Kokkos::deep_copy(params, Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(init.data(), n));
+  train::Diloco d(topo, parallel::Backend::mpi, pc, params);
+  // Site 0 takes 1 s a step, site 1 3 s. The first window runs in lockstep; after it site 1
+  // computes window steps 4 (3 <= 0.9 * 4) and 7 (6 <= 0.9 * 7) only, not 8 (9 > 0.9 * 8).
+  auto expected = [](int s, int t) { return s == 0 || t <= 8 || (t - 1) % 8 + 1 == 4 || (t - 1) % 8 + 1 == 7; };
+  std::vector<std::vector<double>> L(S, std::vector<double>(init.begin(), init.end()));
+  std::vector<double> O(init.begin(), init.end()), M(n, 0.0);
+  std::vector<int> since(S, 0);
+  bool pattern = true;
+  double worst = 0;
+  for (int t = 1; t <= 24; ++t) {
+    const bool go = d.compute_next();
+    pattern = pattern && go == expected(site, t);
+    if (go) {
+      auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), params);
+      for (std::size_t i = 0; i < n; ++i) h(i) += float(g(site, t, i));
+      Kokkos::deep_copy(params, h);
+    }
+    for (int s = 0; s < S; ++s)
+      if (expected(s, t)) {
+        ++since[std::size_t(s)];
+        for (std::size_t i = 0; i < n; ++i) L[std::size_t(s)][i] = double(float(L[std::size_t(s)][i] + g(s, t, i)));
+      }
+    d.step_done(go, go ? (site == 0 ? 1.0 : 3.0) : 0.0);
+    if (t % 8 == 0) {  // send and merge: weights = steps computed since the last send
+      const double w0 = since[0], w1 = since[1];
+      for (std::size_t i = 0; i < n; ++i) {
+        const double delta = (w0 * (O[i] - L[0][i]) + w1 * (O[i] - L[1][i])) / (w0 + w1);
+        M[i] = 0.9 * M[i] + delta;
+        O[i] -= 0.7 * (delta + 0.9 * M[i]);
+        L[0][i] = L[1][i] = O[i];
+      }
+      since.assign(S, 0);
+      d.after_step(t, params);
+      const auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), params);
+      for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, std::fabs(double(h(i)) - O[i]) / (std::fabs(O[i]) + 1e-2));
+    }
+  }
+  CAPTURE(worst);
+  REQUIRE(all_ranks(pattern));
+  REQUIRE(all_ranks(d.site_steps() == std::vector<std::int64_t>{24, 12}));  // site 1: 8 + 2 + 2
+  REQUIRE(all_ranks(d.steps_computed() == (site == 0 ? 24 : 12)));
+  REQUIRE(all_ranks(worst < 1e-5));
+}
+
+TEST_CASE("Stragglers (--outer-quota) in training: a site 5x slower computes fewer steps; weighted merges keep the sites equal", "[case_dp_quota][skip_np1][mpi][dp][diloco]") {
+  const int P = world_size();
+  if (P % 2 != 0) return skip_case("two sites need an even rank count");
+  auto c = run_config(2 * P);
+  c.batch_size = 2, c.val_every = 0, c.val_data.clear();
+  c.steps = 40, c.parallel.sites = 2, c.parallel.outer_steps = 8;  // the run ends on a merge
+  c.parallel.outer_quota = true, c.parallel.emulate_slow_site = 1, c.parallel.emulate_slow_factor = 5;
+  const auto d = data_parallel(c);
+  const auto& k = d.site_steps_computed;
+  CAPTURE(k.size(), k.empty() ? 0 : k[0], k.size() < 2 ? 0 : k[1], d.steps_computed);
+  // The decisions depend on measured times (the exact pattern is tested with given times above);
+  // site 1, 5x slower, computes fewer steps than site 0, and the first window's 8 at least.
+  REQUIRE(all_ranks(k.size() == 2 && k[1] < k[0] && k[1] >= 8 && k[0] <= 40));
+  REQUIRE(all_ranks(d.steps_computed == k[std::size_t(world_rank() / (P / 2))]));
+  REQUIRE(same_params_everywhere(d));  // the weighted outer step is the same on every site
+  bool finite = true;
+  for (const auto& s : d.steps) finite = finite && std::isfinite(s.loss);
+  REQUIRE(all_ranks(finite));
+}
+
 TEST_CASE("curve_diff treats a NaN or inf loss as an infinite difference", "[case_dp_nan_helper][helpers]") {
   train::TrainResult a, b;
   for (int s = 1; s <= 3; ++s) {

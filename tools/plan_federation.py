@@ -15,7 +15,8 @@ The model (per site, one link of RATE each way, one-way delay L, S sites, N para
   with tau steps of compute; a step waits only for what is left of it. If the link cannot carry
   the fragments as fast as they are made, the backlog is waited for too.
 - Lockstep: every site runs at the slowest site's step time (Tapestry's sites meet at every
-  exchange), so a slower site is charged to all.
+  exchange), so a slower site is charged to all; with --outer-quota (`quota`), every site keeps
+  the fastest site's pace and a slower one computes only t_fast / t_site of its steps.
 - Each exchange also costs `overhead_s` on the step's critical path: encoding, decoding, copies
   and the local part of the transfer. `validate` takes it from the same run without a WAN.
 Bytes per value: fp32 4, bf16 2, int8 1 + 4/256, int4 0.5 + 4/64, topk 3 * 8/256.
@@ -43,10 +44,13 @@ def exchange_seconds(n_values, codec, sites, rate_bytes, one_way_s):
 
 
 def predict(method, params, step_s, sites, rate_bytes, one_way_s, H=1, P=1, tau=0, codec="none", overhead_s=0.0,
-            tokens_per_step=1.0):
+            tokens_per_step=1.0, quota=False):
     """dict: utilization (compute / wall), wall per step, bytes per site per step, tokens/s.
-    step_s: compute seconds per step (a list: per site; the slowest sets the pace)."""
-    t = max(step_s) if isinstance(step_s, (list, tuple)) else step_s
+    step_s: compute seconds per step (a list: per site; the slowest sets the pace, or with quota
+    the fastest, the others computing only the steps they have time for)."""
+    times = list(step_s) if isinstance(step_s, (list, tuple)) else [step_s] * sites
+    t = min(times) if quota else max(times)
+    computed = sum(min(1.0, t / x) for x in times) / len(times)  # share of the steps computed
     if method in ("flat", "hier"):  # every step, blocking
         x, sent = exchange_seconds(params, codec, sites, rate_bytes, one_way_s)
         waits, per_step = x + overhead_s, sent
@@ -67,7 +71,7 @@ def predict(method, params, step_s, sites, rate_bytes, one_way_s, H=1, P=1, tau=
         "utilization": t / wall if wall > 0 else 1.0,
         "wall_s": wall,
         "bytes_per_site_per_step": per_step,
-        "tokens_per_s": tokens_per_step * sites / wall,
+        "tokens_per_s": tokens_per_step * sites * computed / wall,
     }
 
 
@@ -147,6 +151,7 @@ def main():
     p.add_argument("--P", type=int, default=4)
     p.add_argument("--tau", type=int, default=5)
     p.add_argument("--overhead-s", type=float, default=0.0, help="seconds per exchange beyond the network")
+    p.add_argument("--quota", action="store_true", help="--outer-quota: sites keep the fastest site's pace")
     v = sub.add_parser("validate", help="predicted against emulated runs")
     v.add_argument("folder")
     v.add_argument("--max-error", type=float, default=None, help="exit 1 when a utilization is off by more (points)")
@@ -154,13 +159,15 @@ def main():
     a = ap.parse_args()
     if a.cmd == "predict":
         rate = a.gbit * 1e9 / 8
-        print("| method | codec | utilization | wall s/step | cross-site MB per site per step |")
-        print("|---|---|---|---|---|")
+        print("| method | codec | utilization | wall s/step | cross-site MB per site per step | tokens/s (1 per site step) |")
+        print("|---|---|---|---|---|---|")
         for m, codec in (("flat", "none"), ("hier", "int8"), ("diloco", "none"), ("diloco", "int4"),
                          ("streaming", "int4"), ("streaming", "topk")):
-            pr = predict(m, a.params, a.step_s, a.sites, rate, a.ms / 1e3, a.H, a.P, a.tau, codec, a.overhead_s)
-            print(f"| {m} | {codec} | {100 * pr['utilization']:.1f}% | {pr['wall_s']:.3f} |"
-                  f" {pr['bytes_per_site_per_step'] / 1e6:.3f} |")
+            quota = a.quota and m in ("diloco", "streaming")
+            pr = predict(m, a.params, a.step_s, a.sites, rate, a.ms / 1e3, a.H, a.P, a.tau, codec, a.overhead_s,
+                         quota=quota)
+            print(f"| {m}{' (quota)' if quota else ''} | {codec} | {100 * pr['utilization']:.1f}% | {pr['wall_s']:.3f} |"
+                  f" {pr['bytes_per_site_per_step'] / 1e6:.3f} | {pr['tokens_per_s']:.2f} |")
     elif a.cmd == "validate":
         worst = validate(a.folder)
         if a.max_error is not None and not (worst <= a.max_error):

@@ -133,6 +133,15 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--outer-overlap", p.outer_overlap,
                 "With --outer-delay: exchange on a background thread (false: at send time, result held)")
       ->capture_default_str()->group("Cross-site (DiLoCo)");
+  t->add_option("--outer-quota", p.outer_quota,
+                "Stragglers: a site slower than the fastest skips the inner steps it has no time for, and the "
+                "outer step weights each site by the steps it computed")
+      ->capture_default_str()->group("Cross-site (DiLoCo)");
+  t->add_option("--emulate-slow-site", p.emulate_slow_site,
+                "Benchmarks: make this site's ranks --emulate-slow-factor times slower (they sleep after each step)")
+      ->capture_default_str()->group("Cross-site (DiLoCo)");
+  t->add_option("--emulate-slow-factor", p.emulate_slow_factor, "See --emulate-slow-site")
+      ->capture_default_str()->group("Cross-site (DiLoCo)");
   t->add_option("--federation", p.federation,
                 "Join the federated run NAME: this job is one site (mpirun --ompi-server file:URI of the run's ompi-server)")
       ->group("Cross-site (federation)");

@@ -149,6 +149,10 @@ void validate(const ParallelConfig& p) {
                 "): one fragment's exchange at a time");
     require(p.outer_mix >= 0 && p.outer_mix < 1, "outer-mix must be in [0, 1) (got " + num(p.outer_mix) + ")");
   }
+  require(!p.outer_quota || p.outer_steps > 0, "--outer-quota needs --outer-steps (it paces DiLoCo's inner steps)");
+  require(p.emulate_slow_site >= -1 && p.emulate_slow_site < std::max(1, p.sites) && p.emulate_slow_factor >= 1,
+          "--emulate-slow-site must be a site in [0, sites) and --emulate-slow-factor >= 1 (got " +
+              num(p.emulate_slow_site) + ", " + num(p.emulate_slow_factor) + ")");
 }
 
 Precision parse_precision(const std::string& name) {
@@ -169,7 +173,7 @@ std::string federation_fingerprint(const TrainConfig& c) {
          " grad_reduce=" + p.grad_reduce + " compress=" + p.compress + " sites=" + num(p.sites) +
          " outer_steps=" + num(p.outer_steps) + " outer_lr=" + num(p.outer_lr) + " outer_momentum=" +
          num(p.outer_momentum) + " outer_fragments=" + num(p.outer_fragments) + " outer_delay=" + num(p.outer_delay) +
-         " outer_mix=" + num(p.outer_mix);
+         " outer_mix=" + num(p.outer_mix) + " outer_quota=" + num(int(p.outer_quota));
 }
 
 std::vector<int> stage_layers(int n_layer, int pp, const std::string& split) {

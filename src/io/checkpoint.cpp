@@ -432,11 +432,13 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
     attr(g, "outer_mix", st.outer_mix);
     attr(g, "outer_pending_step", st.outer_pending_step);
     attr(g, "outer_residual", std::int64_t(st.outer_residual ? 1 : 0));
+    if (!st.outer_site_steps.empty()) attr(g, "outer_site_steps", st.outer_site_steps);
     attr(g, "note", "site 0's inner state (or, with sites_in_file = 1, this federated site's own) is /model and "
                     "/optimizer; site s > 0's is under site_SS; outer/model and outer/momentum: the outer SGD's "
                     "parameters and momentum; outer/pending (outer_pending_step >= 0): the summed pseudo-gradient "
                     "of the fragment in flight; site_SS/outer_residual (outer_residual = 1): each site's "
-                    "error-feedback residual");
+                    "error-feedback residual; outer_site_steps (--outer-quota): the inner steps each site "
+                    "computed, as of the last merge");
   }
   {
     H5 g = group(file, "/data");
@@ -558,6 +560,7 @@ CheckpointState read_checkpoint_state(const std::string& path) {
       st.outer_pending_step = r.i64(dl, "outer_pending_step");
       st.outer_residual = r.i64(dl, "outer_residual") != 0;
     }
+    if (r.has(dl, "outer_site_steps")) st.outer_site_steps = r.str(dl, "outer_site_steps");
   }
   return st;
 }

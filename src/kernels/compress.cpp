@@ -142,18 +142,19 @@ void compress_with_feedback(const ExecSpace& exec, Compression c, In1<float> v, 
   }
 }
 
-void decompress_add(const ExecSpace& exec, Compression c, const std::uint8_t* in, View1<float> acc) {
+void decompress_add(const ExecSpace& exec, Compression c, const std::uint8_t* in, View1<float> acc, float scale) {
   const std::size_t n = acc.extent(0);
+  const bool scaled = scale != 1.0f;
   if (c == Compression::none) {
     const float* p = reinterpret_cast<const float*>(in);
     Kokkos::parallel_for(
         "tapestry::decompress_none", Kokkos::RangePolicy<ExecSpace>(exec, 0, n),
-        KOKKOS_LAMBDA(std::size_t i) { acc(i) += p[i]; });
+        KOKKOS_LAMBDA(std::size_t i) { acc(i) += scaled ? scale * p[i] : p[i]; });
   } else if (c == Compression::bf16) {
     const std::uint16_t* p = reinterpret_cast<const std::uint16_t*>(in);
     Kokkos::parallel_for(
         "tapestry::decompress_bf16", Kokkos::RangePolicy<ExecSpace>(exec, 0, n),
-        KOKKOS_LAMBDA(std::size_t i) { acc(i) += from_bf16(p[i]); });
+        KOKKOS_LAMBDA(std::size_t i) { acc(i) += scaled ? scale * from_bf16(p[i]) : from_bf16(p[i]); });
   } else if (c == Compression::int4) {
     const std::size_t blocks = blocks_of(n, kInt4Block);
     const float* scales = reinterpret_cast<const float*>(in);
@@ -161,7 +162,8 @@ void decompress_add(const ExecSpace& exec, Compression c, const std::uint8_t* in
     Kokkos::parallel_for(
         "tapestry::decompress_int4", Kokkos::RangePolicy<ExecSpace>(exec, 0, n), KOKKOS_LAMBDA(std::size_t i) {
           const int k = int((q[i / 2] >> (4 * (i % 2))) & 0xF) - 8;
-          acc(i) += float(k) * scales[i / kInt4Block];
+          const float x = float(k) * scales[i / kInt4Block];
+          acc(i) += scaled ? scale * x : x;
         });
   } else if (c == Compression::topk) {
     const std::size_t blocks = blocks_of(n, kTopkBlock);
@@ -169,7 +171,10 @@ void decompress_add(const ExecSpace& exec, Compression c, const std::uint8_t* in
     const std::uint8_t* idx = in + 2 * std::size_t(kTopkKeep) * blocks;
     Kokkos::parallel_for(
         "tapestry::decompress_topk", Kokkos::RangePolicy<ExecSpace>(exec, 0, blocks), KOKKOS_LAMBDA(std::size_t b) {
-          for (std::size_t s = b * kTopkKeep; s < (b + 1) * kTopkKeep; ++s) acc(b * kTopkBlock + idx[s]) += from_bf16(vals[s]);
+          for (std::size_t s = b * kTopkKeep; s < (b + 1) * kTopkKeep; ++s) {
+            const float x = from_bf16(vals[s]);
+            acc(b * kTopkBlock + idx[s]) += scaled ? scale * x : x;
+          }
         });
   } else {
     const std::size_t blocks = blocks_of(n, kInt8Block);
@@ -177,7 +182,10 @@ void decompress_add(const ExecSpace& exec, Compression c, const std::uint8_t* in
     const std::int8_t* q = reinterpret_cast<const std::int8_t*>(in + 4 * blocks);
     Kokkos::parallel_for(
         "tapestry::decompress_int8", Kokkos::RangePolicy<ExecSpace>(exec, 0, n),
-        KOKKOS_LAMBDA(std::size_t i) { acc(i) += float(q[i]) * scales[i / kInt8Block]; });
+        KOKKOS_LAMBDA(std::size_t i) {
+          const float x = float(q[i]) * scales[i / kInt8Block];
+          acc(i) += scaled ? scale * x : x;
+        });
   }
 }
 

@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "team.hpp"
+
 namespace tapestry::kernels {
 
 namespace {
@@ -18,9 +20,13 @@ void matmul_forward(const Blas& blas, View2<T> out, In2<T> inp, In2<T> weight, I
   check_extent(bias.extent(0) == 0 || int(bias.extent(0)) == OC, "bias is not (OC)");
   T beta = 0;
   if (bias.extent(0) > 0) {
+    // One team per row, the columns contiguous (no index division per element).
     Kokkos::parallel_for(
-        "tapestry::matmul_forward_bias", Kokkos::RangePolicy<ExecSpace>(blas.exec(), 0, std::size_t(N) * OC),
-        KOKKOS_LAMBDA(std::size_t i) { out.data()[i] = bias(int(i % std::size_t(OC))); });
+        "tapestry::matmul_forward_bias", detail::team_per_row(blas.exec(), N), KOKKOS_LAMBDA(const detail::Member& m) {
+          T* o = &out(m.league_rank(), 0);
+          const T* b = bias.data();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(m, OC), [&](int j) { o[j] = b[j]; });
+        });
     beta = 1;
   }
   // out (N,OC) = inp (N,C) @ weight^T (C,OC)

@@ -95,23 +95,29 @@ void CrossSiteSum::sum(float* buf, std::size_t n, View1<float> residual) {
   finish(buf);
 }
 
-void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual, bool background) {
+void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual, bool background, const Header* header) {
   require(n_ == 0, "CrossSiteSum: an exchange is already in flight");
   const Timed timed{seconds_, MPI_Wtime()};  // every return below counts its time
   const std::size_t S = std::size_t(cross_.size()), me = std::size_t(cross_.rank());
-  const bool plain = compression_ == kernels::Compression::none;
+  weighted_ = header != nullptr;
+  const bool plain = compression_ == kernels::Compression::none && !weighted_;  // all-reduced in place
+  const std::size_t head = weighted_ ? 3 : 0;  // words of the header
   const std::size_t bytes = plain ? n * sizeof(float) : kernels::compressed_bytes(compression_, n);
-  const std::size_t words = (bytes + 3) / 4, blocks = plain ? 1 : S;  // plain: all-reduced in place
+  const std::size_t words = head + (bytes + 3) / 4, blocks = plain ? 1 : S;
   if (payload_.extent(0) < blocks * words) payload_ = View1<float>("tapestry::xsite_payload", blocks * words);
   const ExecSpace ex;
   float* mine = payload_.data() + (plain ? 0 : me * words);
   if (plain) Kokkos::deep_copy(ex, View1<float>(mine, n), View1<float>(const_cast<float*>(buf), n));
   else
     kernels::compress_with_feedback(ex, compression_, View1<float>(const_cast<float*>(buf), n), residual,
-                                    reinterpret_cast<std::uint8_t*>(mine));
+                                    reinterpret_cast<std::uint8_t*>(mine + head));
+  if (weighted_) {
+    float h[3] = {header->weight, header->value, header->total};
+    Kokkos::deep_copy(ex, View1<float>(mine, 3), Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(h, 3));
+  }
   ex.fence();
   n_ = n, words_ = words, background_ = background && S > 1;
-  bytes_ += plain ? 2 * (S - 1) * n * sizeof(float) / S : (S - 1) * bytes;
+  bytes_ += plain ? 2 * (S - 1) * n * sizeof(float) / S : (S - 1) * (bytes + head * sizeof(float));
   if (S == 1) return;
   if (!background_) {
     if (plain) cross_.all_reduce_sum(mine, n);
@@ -137,11 +143,11 @@ void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual,
   });
 }
 
-void CrossSiteSum::finish(float* out) {
+void CrossSiteSum::finish(float* out, std::vector<Header>* headers) {
   require(n_ > 0, "CrossSiteSum: no exchange in flight");
   const Timed timed{seconds_, MPI_Wtime()};
   const std::size_t n = n_, words = words_, S = std::size_t(cross_.size());
-  const bool plain = compression_ == kernels::Compression::none;
+  const bool plain = compression_ == kernels::Compression::none && !weighted_;
   n_ = 0;
   if (background_) {
     worker_.join();
@@ -155,11 +161,28 @@ void CrossSiteSum::finish(float* out) {
   View1<float> acc(out, n);
   if (plain) {
     Kokkos::deep_copy(ex, acc, View1<float>(payload_.data(), n));
-  } else {
-    Kokkos::deep_copy(ex, acc, 0.0f);
-    for (std::size_t s = 0; s < S; ++s)  // site order: the same sum on every rank
-      kernels::decompress_add(ex, compression_, reinterpret_cast<const std::uint8_t*>(payload_.data() + s * words), acc);
+    ex.fence();
+    return;
   }
+  const std::size_t head = weighted_ ? 3 : 0;
+  std::vector<float> scale(S, 1.0f);
+  if (weighted_) {  // every site's header; the weights normalised
+    std::vector<Header> h(S);
+    double total = 0;
+    for (std::size_t s = 0; s < S; ++s) {
+      float got[3];
+      Kokkos::deep_copy(Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(got, 3),
+                        View1<float>(payload_.data() + s * words, 3));
+      h[s] = {got[0], got[1], got[2]};
+      total += double(got[0]);
+    }
+    for (std::size_t s = 0; s < S; ++s) scale[s] = total > 0 ? float(double(h[s].weight) / total) : 1.0f / float(S);
+    if (headers) *headers = h;
+  }
+  Kokkos::deep_copy(ex, acc, 0.0f);
+  for (std::size_t s = 0; s < S; ++s)  // site order: the same sum on every rank
+    kernels::decompress_add(ex, compression_, reinterpret_cast<const std::uint8_t*>(payload_.data() + s * words + head),
+                            acc, scale[s]);
   ex.fence();
 }
 

@@ -1,5 +1,6 @@
 #include "tapestry/train/diloco.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 #include "tapestry/core/error.hpp"
@@ -25,6 +26,8 @@ Diloco::Diloco(const parallel::SiteTopology& topo, parallel::Backend backend, co
   int level = MPI_THREAD_SINGLE;
   MPI_Query_thread(&level);
   overlap_ = cfg.outer_delay > 0 && cfg.outer_overlap && level == MPI_THREAD_MULTIPLE;
+  quota_ = cfg.outer_quota;
+  since_send_.assign(std::size_t(sched_.fragments), 0);
   xsum_ = std::make_unique<parallel::CrossSiteSum>(*cross_, topo.cross_site(), kernels::parse_compression(cfg.compress));
   const std::size_t n = params.extent(0), k = std::size_t(site_->size());
   require(n % k == 0, "DiLoCo: the parameter buffer does not divide over the ranks of a site");
@@ -52,18 +55,47 @@ void Diloco::send(int p, View1<float> params) {
   kernels::pseudo_gradient<float>(ex, sub(outer_, lo, hi), View1<float>(params.data() + begin_ + lo, hi - lo),
                                   sub(delta_, lo, hi));
   ex.fence();
-  xsum_->start(delta_.data() + lo, hi - lo, sub(residual_, lo, hi), overlap_);
+  parallel::CrossSiteSum::Header h;
+  h.weight = float(since_send_[std::size_t(p)]), h.value = float(t_self_), h.total = float(computed_);
+  since_send_[std::size_t(p)] = 0;
+  xsum_->start(delta_.data() + lo, hi - lo, sub(residual_, lo, hi), overlap_, quota_ ? &h : nullptr);
   pending_summed_ = false;
   if (!overlap_) {  // blocking: the sum is ready now (held until the merge when delay > 0)
-    xsum_->finish(delta_.data() + lo);
+    finish_exchange(delta_.data() + lo);
     pending_summed_ = true;
   }
+}
+
+void Diloco::finish_exchange(float* out) {
+  xsum_->finish(out, quota_ ? &headers_ : nullptr);
+}
+
+bool Diloco::compute_next() {
+  if (!quota_) return true;
+  int go = 1;
+  // Not the fastest site, and slower than it by more than 10%: compute a step only if this
+  // window's compute time, with it, stays within 90% of the fastest site's time for the window's
+  // steps so far (10% left for noise). A site whose one step takes longer than that for the whole
+  // window computes nothing in it.
+  if (site_->rank() == 0 && t_min_ > 0 && fastest_site_ != topo_.site() && t_self_ > 1.1 * t_min_)
+    go = pace_seconds_ + t_self_ <= 0.9 * double(pace_steps_ + 1) * t_min_ ? 1 : 0;
+  MPI_Bcast(&go, 1, MPI_INT, 0, topo_.site_ranks().get());
+  return go != 0;
+}
+
+void Diloco::step_done(bool computed, double seconds) {
+  if (!quota_) return;
+  pace_seconds_ += seconds, ++pace_steps_;
+  if (!computed) return;
+  ++computed_;
+  for (auto& c : since_send_) ++c;
+  t_self_ = t_self_ > 0 ? 0.8 * t_self_ + 0.2 * seconds : seconds;
 }
 
 void Diloco::settle() {
   if (pending_frag_ < 0 || pending_summed_) return;
   const auto lo = sched_.range(pending_frag_, outer_.extent(0)).first;
-  xsum_->finish(delta_.data() + lo);
+  finish_exchange(delta_.data() + lo);
   pending_summed_ = true;
 }
 
@@ -84,8 +116,24 @@ void Diloco::merge(int p, View1<float> params) {
   const std::size_t len = hi - lo;
   kernels::OuterStep s;
   s.lr = cfg_.outer_lr, s.momentum = cfg_.outer_momentum, s.nesterov = cfg_.outer_nesterov;
-  s.delta_scale = 1.0 / topo_.num_sites();
+  s.delta_scale = quota_ ? 1.0 : 1.0 / topo_.num_sites();  // weighted: the exchange formed the mean
   kernels::outer_sgd_update<float>(ex, sub(outer_, lo, hi), sub(momentum_, lo, hi), sub(delta_, lo, hi), s);
+  report_.clear();
+  if (quota_ && !headers_.empty()) {  // the decisions, for the log and the checkpoint
+    double fastest = 0;
+    site_steps_.clear();
+    report_ = "outer merge of fragment " + std::to_string(p) + " (sent after step " + std::to_string(pending_sent_) +
+              "): per site weight (steps computed since its last send), ms per step, steps computed:";
+    for (std::size_t i = 0; i < headers_.size(); ++i) {
+      const auto& h = headers_[i];
+      if (h.value > 0 && (fastest == 0 || h.value < fastest)) fastest = h.value, fastest_site_ = int(i);
+      site_steps_.push_back(std::int64_t(h.total));
+      report_ += " site " + std::to_string(i) + ": " + std::to_string(int(h.weight)) + ", " +
+                 detail::fmt("%.1f", 1e3 * h.value) + ", " + std::to_string(std::int64_t(h.total)) + ";";
+    }
+    t_min_ = fastest;
+    pace_seconds_ = 0, pace_steps_ = 0;  // a new window
+  }
   View1<float> local(params.data() + begin_ + lo, len);
   if (sched_.delay == 0) Kokkos::deep_copy(ex, local, sub(outer_, lo, hi));
   else kernels::outer_merge<float>(ex, local, sub(outer_, lo, hi), cfg_.outer_mix);
@@ -109,6 +157,7 @@ void Diloco::merge(int p, View1<float> params) {
 
 double Diloco::after_step(int step, View1<float> params) {
   const auto t0 = std::chrono::steady_clock::now();
+  report_.clear();
   const int m = sched_.merged_after(step), p = sched_.sent_after(step);
   if (sched_.delay == 0) {
     if (p >= 0) {
@@ -138,6 +187,7 @@ std::string Diloco::describe() const {
       s += ", merged " + std::to_string(sched_.delay) + " step(s) after sending (mix " + detail::fmt("%g", cfg_.outer_mix) +
            (overlap_ ? ", exchange on a background thread)" : ", exchange blocking at send)");
   }
+  if (quota_) s += "; stragglers keep the fastest site's pace (--outer-quota), merges weighted by steps computed";
   return s + "; " + topo_.describe();
 }
 

@@ -501,6 +501,8 @@ std::unique_ptr<SaveJob> snapshot(Run& r, const parallel::ProcessGrid& grid, int
               r.federated || r.site == s ? range : none);
     st.outer_fragments = cfg.parallel.outer_fragments, st.outer_delay = cfg.parallel.outer_delay;
     st.outer_mix = cfg.parallel.outer_mix;
+    for (const auto k : r.diloco->site_steps())
+      st.outer_site_steps += (st.outer_site_steps.empty() ? "" : ",") + std::to_string(k);
     st.diloco_sites = S;
     st.diloco_sites_in_file = r.federated ? 1 : S;
     st.outer_steps = cfg.parallel.outer_steps;
@@ -745,6 +747,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
                                                   grid.pp().rank() == 0);
   std::vector<int> in, tg;
   double xsite_wait_s = 0, wall_s = 0;  // this rank's cross-site waits and step times, for the summary
+  double last_loss = 0;                 // shown for a step a straggling site skips
   View1<float> params = gpt.params(), grads = gpt.grads();
   const std::size_t n = gpt.padded_size();
   for (int step = r.start_step; step <= cfg.steps; ++step) {
@@ -764,65 +767,79 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     StepRecord rec;
     const auto t0 = Clock::now();
     const double read_before = r.train_loader->read_seconds();
-    gpt.zero_grad();
-    double loss = 0;
-    if (r.pipe) {  // 1F1B over the stages
-      std::vector<std::vector<int>> ins(std::size_t(cfg.grad_accum)), tgs(ins.size());
-      for (std::size_t m = 0; m < ins.size(); ++m) r.train_loader->next_batch(ins[m], tgs[m]);
-      loss = r.pipe->train_step(blas, ins, tgs);
-      if (const auto* wte = gpt.tied_embedding()) {  // the tied embedding: sum the two stages' gradients
-        ex.fence();
-        r.embed_coll->all_reduce_sum(grads.data() + wte->offset, wte->size);
-      }
+    double loss = last_loss;
+    // --outer-quota: a straggling site skips the steps it has no time for (their batches are
+    // consumed, so every site stays at the same data position).
+    const bool computed = !r.diloco || r.diloco->compute_next();
+    if (!computed) {
+      for (int micro = 0; micro < cfg.grad_accum; ++micro) r.train_loader->next_batch(in, tg);
+      rec.lr = optim::lr_at(cfg.optim, step, cfg.steps);
     } else {
-      for (int micro = 0; micro < cfg.grad_accum; ++micro) {
-        r.train_loader->next_batch(in, tg);
-        loss += gpt.forward(blas, in, tg) / cfg.grad_accum;
-        gpt.backward(blas, 1.0 / cfg.grad_accum);
+      gpt.zero_grad();
+      loss = 0;
+      if (r.pipe) {  // 1F1B over the stages
+        std::vector<std::vector<int>> ins(std::size_t(cfg.grad_accum)), tgs(ins.size());
+        for (std::size_t m = 0; m < ins.size(); ++m) r.train_loader->next_batch(ins[m], tgs[m]);
+        loss = r.pipe->train_step(blas, ins, tgs);
+        if (const auto* wte = gpt.tied_embedding()) {  // the tied embedding: sum the two stages' gradients
+          ex.fence();
+          r.embed_coll->all_reduce_sum(grads.data() + wte->offset, wte->size);
+        }
+      } else {
+        for (int micro = 0; micro < cfg.grad_accum; ++micro) {
+          r.train_loader->next_batch(in, tg);
+          loss += gpt.forward(blas, in, tg) / cfg.grad_accum;
+          gpt.backward(blas, 1.0 / cfg.grad_accum);
+        }
       }
+      ex.fence();
+      if (r.site == cfg.parallel.emulate_slow_site)  // benchmarks: a slower machine
+        std::this_thread::sleep_for(std::chrono::duration<double>((cfg.parallel.emulate_slow_factor - 1) * since(t0)));
+      rec.data_ms = 1e3 * (r.train_loader->read_seconds() - read_before);
+      const auto tc = Clock::now();
+      // Gradients are summed over the reducing group (DP, or the site with DiLoCo); dividing by its
+      // size is folded into the norm and AdamW's scale.
+      const parallel::Comm& red = *r.sum_comm;
+      const int nred = red.size();
+      double sumsq = 0;
+      const double xsite_before = r.reducer->cross_site_seconds();
+      if (zero) r.reducer->reduce_scatter_sum(grads.data(), r.grad_shard.data(), n);
+      else r.reducer->all_reduce_sum(grads.data(), n);
+      if (r.sites && !r.diloco)  // the flat ring spans sites: all of it waits on the WAN
+        rec.xsite_wait_ms = 1e3 * (cfg.parallel.grad_reduce == "hierarchical" ? r.reducer->cross_site_seconds() - xsite_before
+                                                                              : since(tc));
+      const View1<float> mine = zero ? r.grad_shard : grads;
+      if (tp == 1 && !r.pipe) {
+        sumsq = kernels::sum_squares<float>(ex, mine);
+      } else {  // split tensors: summed over the TP group; replicated ones: counted once; then over stages
+        // duplicates (a tied embedding's copy on the last stage, replicated kv heads): counted once
+        const auto parts = split_sumsq(ex, mine, zero ? r.adamw->begin() : 0, gpt.tensors(), gpt.duplicate_ranges());
+        sumsq = all_sum(parts[0], grid.tp()) + parts[1];
+        sumsq = all_sum(sumsq, grid.pp());
+      }
+      if (zero) sumsq = all_sum(sumsq, *r.shard_comm);
+      rec.comm_ms = 1e3 * since(tc);
+      // The mean over the reducing group: every DP rank, or with DiLoCo this site's ranks (sites do
+      // not talk between outer steps; the log shows site 0's loss).
+      loss = all_sum(loss, red) / nred;
+      rec.grad_norm = std::sqrt(sumsq) / nred;
+      rec.lr = optim::lr_at(cfg.optim, step, cfg.steps);
+      const double scale = kernels::clip_factor(rec.grad_norm, cfg.optim.grad_clip) / nred;
+      if (watchdog) watchdog->updating();
+      r.adamw->step(ex, params, zero ? r.grad_shard : grads, rec.lr, scale);
+      if (zero) {
+        const auto tg0 = Clock::now();
+        r.reducer->all_gather(params.data(), n);
+        rec.comm_ms += 1e3 * since(tg0);
+      }
+      last_loss = loss;
     }
-    ex.fence();
-    rec.data_ms = 1e3 * (r.train_loader->read_seconds() - read_before);
-    const auto tc = Clock::now();
-    // Gradients are summed over the reducing group (DP, or the site with DiLoCo); dividing by its
-    // size is folded into the norm and AdamW's scale.
-    const parallel::Comm& red = *r.sum_comm;
-    const int nred = red.size();
-    double sumsq = 0;
-    const double xsite_before = r.reducer->cross_site_seconds();
-    if (zero) r.reducer->reduce_scatter_sum(grads.data(), r.grad_shard.data(), n);
-    else r.reducer->all_reduce_sum(grads.data(), n);
-    if (r.sites && !r.diloco)  // the flat ring spans sites: all of it waits on the WAN
-      rec.xsite_wait_ms = 1e3 * (cfg.parallel.grad_reduce == "hierarchical" ? r.reducer->cross_site_seconds() - xsite_before
-                                                                            : since(tc));
-    const View1<float> mine = zero ? r.grad_shard : grads;
-    if (tp == 1 && !r.pipe) {
-      sumsq = kernels::sum_squares<float>(ex, mine);
-    } else {  // split tensors: summed over the TP group; replicated ones: counted once; then over stages
-      // duplicates (a tied embedding's copy on the last stage, replicated kv heads): counted once
-      const auto parts = split_sumsq(ex, mine, zero ? r.adamw->begin() : 0, gpt.tensors(), gpt.duplicate_ranges());
-      sumsq = all_sum(parts[0], grid.tp()) + parts[1];
-      sumsq = all_sum(sumsq, grid.pp());
-    }
-    if (zero) sumsq = all_sum(sumsq, *r.shard_comm);
-    rec.comm_ms = 1e3 * since(tc);
-    // The mean over the reducing group: every DP rank, or with DiLoCo this site's ranks (sites do
-    // not talk between outer steps; the log shows site 0's loss).
-    loss = all_sum(loss, red) / nred;
-    rec.grad_norm = std::sqrt(sumsq) / nred;
-    rec.lr = optim::lr_at(cfg.optim, step, cfg.steps);
-    const double scale = kernels::clip_factor(rec.grad_norm, cfg.optim.grad_clip) / nred;
-    if (watchdog) watchdog->updating();
-    r.adamw->step(ex, params, zero ? r.grad_shard : grads, rec.lr, scale);
-    if (zero) {
-      const auto tg0 = Clock::now();
-      r.reducer->all_gather(params.data(), n);
-      rec.comm_ms += 1e3 * since(tg0);
-    }
+    rec.computed = computed;
     if (watchdog) {  // an outer step that never completes leaves the inner state of this step
       ex.fence();
       watchdog->state_is(step + 1, r.train_loader->position());
     }
+    if (r.diloco) r.diloco->step_done(computed, since(t0));
     if (r.diloco && r.diloco->acts_after(step + 1)) {
       const double wait = r.diloco->after_step(step + 1, params);
       rec.comm_ms += 1e3 * wait;
@@ -840,6 +857,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     }
     const double dt = since(t0);
     rec.utilization = (dt - rec.xsite_wait_ms / 1e3) / dt;
+    if (r.diloco && r.diloco->acts_after(step + 1) && !r.diloco->merge_report().empty())
+      out << r.diloco->merge_report() << "\n";  // --outer-quota's decisions (rank 0 prints)
     xsite_wait_s += rec.xsite_wait_ms / 1e3, wall_s += dt;
     if (r.pipe) {
       rec.pp_idle.resize(std::size_t(grid.pp().size()));
@@ -857,6 +876,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
           << fmt("%.1f", rec.ms) << " ms | " << fmt("%.0f", rec.tokens_per_s) << " tok/s | MFU "
           << fmt("%.1f", 100 * rec.mfu) << "%";
       if (dp > 1) out << " | comm " << fmt("%.1f", rec.comm_ms) << " ms";
+      if (!rec.computed) out << " | skipped (pace)";
       if (r.sites)
         out << " | xsite " << fmt("%.2f", rec.cross_site_mb) << " MB, wait " << fmt("%.1f", rec.xsite_wait_ms)
             << " ms, util " << fmt("%.1f", 100 * rec.utilization) << "%";
@@ -872,6 +892,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
               << ",\"grad_norm\":" << rec.grad_norm << ",\"ms\":" << rec.ms << ",\"comm_ms\":" << rec.comm_ms
               << ",\"cross_site_mb\":" << rec.cross_site_mb << ",\"data_ms\":" << rec.data_ms;
       if (r.sites) metrics << ",\"xsite_wait_ms\":" << rec.xsite_wait_ms << ",\"utilization\":" << rec.utilization;
+      if (!rec.computed) metrics << ",\"computed\":0";
       if (r.pipe) {
         metrics << ",\"pp_idle\":[";
         for (std::size_t i = 0; i < rec.pp_idle.size(); ++i) metrics << (i ? "," : "") << rec.pp_idle[i];
@@ -939,6 +960,13 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       out << " " << s << ": " << fmt("%.1f", 100 * result.site_utilization.back()) << "%";
     }
     out << "\n";
+  }
+  for (const auto& rec : result.steps) result.steps_computed += rec.computed ? 1 : 0;
+  if (r.diloco && cfg.parallel.outer_quota) {
+    result.site_steps_computed = r.diloco->site_steps();
+    out << "cross-site: steps computed by site (--outer-quota, as of the last merge):";
+    for (std::size_t s = 0; s < result.site_steps_computed.size(); ++s) out << " " << s << ": " << result.site_steps_computed[s];
+    out << " of " << cfg.steps - r.start_step << "\n";
   }
   if (saver.busy()) {  // not reached today (the last save is synchronous); kept so no save is left behind
     saver.wait();

@@ -128,6 +128,11 @@ struct ParallelConfig {
   int outer_delay = 0;            ///< tau: steps between sending a fragment and merging it; 0: blocking
   double outer_mix = 0.5;         ///< alpha (tau > 0): merged = alpha * local + (1 - alpha) * outer
   bool outer_overlap = true;      ///< tau > 0: exchange on a thread (false: at send time, then held)
+  /// Stragglers: a site slower than the fastest computes only the inner steps that keep its pace
+  /// (skipping the others), and merges weight each site by the steps it computed.
+  bool outer_quota = false;
+  int emulate_slow_site = -1;      ///< benchmarks: this site's ranks sleep after each computed step...
+  double emulate_slow_factor = 1;  ///< ...so that it takes this many times its compute time
   // Federation: this job is one site of a run made of `sites` separately launched jobs.
   std::string federation;         ///< the run's name at the rendezvous; "": not federated
   int site_id = 0;                ///< this job's site (0 hosts the rendezvous)

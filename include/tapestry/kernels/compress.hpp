@@ -30,7 +30,7 @@ std::size_t compressed_bytes(Compression c, std::size_t n);
 void compress_with_feedback(const ExecSpace& exec, Compression c, In1<float> v, View1<float> residual,
                             std::uint8_t* out);
 
-/// acc (n) += decode(in).
-void decompress_add(const ExecSpace& exec, Compression c, const std::uint8_t* in, View1<float> acc);
+/// acc (n) += decode(in), times `scale` unless it is 1 (then exactly decode(in)).
+void decompress_add(const ExecSpace& exec, Compression c, const std::uint8_t* in, View1<float> acc, float scale = 1);
 
 }  // namespace tapestry::kernels

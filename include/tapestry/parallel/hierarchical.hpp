@@ -63,10 +63,16 @@ class CrossSiteSum {
   /// Starts the sum over sites of buf (n): encodes it now (error feedback through `residual`, n),
   /// then exchanges it on a thread (`background`, needs MPI_THREAD_MULTIPLE) or at once through
   /// `cross`. One exchange at a time; finish() ends it.
-  void start(const float* buf, std::size_t n, View1<float> residual, bool background);
-  /// Waits for the exchange started last and writes the sum over sites into out (n). Raises the
-  /// background thread's error, if any.
-  void finish(float* out);
+  /// With `header` (a weighted exchange): every site's encoding travels with {weight, value, total}, and
+  /// finish() forms sum_s weight_s / (sum of weights) * x_s instead of the plain sum (an all-gather
+  /// also without compression).
+  struct Header {
+    float weight = 1, value = 0, total = 0;
+  };
+  void start(const float* buf, std::size_t n, View1<float> residual, bool background, const Header* header = nullptr);
+  /// Waits for the exchange started last and writes the sum over sites into out (n); a weighted
+  /// one also returns every site's header, in site order. Raises the background thread's error.
+  void finish(float* out, std::vector<Header>* headers = nullptr);
   bool in_flight() const { return n_ > 0; }
   std::uint64_t bytes_sent() const { return bytes_; }
   /// Seconds the calling thread spent in start() and finish() so far (encoding, exchanging, waiting).
@@ -82,7 +88,7 @@ class CrossSiteSum {
   std::thread worker_;
   std::exception_ptr error_;
   std::size_t n_ = 0, words_ = 0;  ///< the exchange in flight: values, and 4-byte words per site
-  bool background_ = false;
+  bool background_ = false, weighted_ = false;
   std::uint64_t bytes_ = 0;
   double seconds_ = 0;
 };

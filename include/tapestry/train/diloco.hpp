@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "tapestry/core/config.hpp"
 #include "tapestry/core/views.hpp"
@@ -63,6 +64,23 @@ class Diloco {
   std::uint64_t cross_site_bytes() const { return xsum_->bytes_sent(); }
   std::string describe() const;
 
+  // Stragglers (--outer-quota): a site slower than the fastest by more than 10% (the fastest as of
+  // the last merge never skips) computes a step
+  // only while its compute time since the last merge stays within the fastest site's time for
+  // those steps; every exchange carries the steps each site computed since that fragment was last
+  // sent (the merge's weights), its step time, and its steps computed in all.
+  /// Whether this site computes the next step (the same answer on all its ranks; collective over
+  /// the site). Always true without --outer-quota.
+  bool compute_next();
+  /// After a step's compute, before after_step(): whether it was computed, and its seconds.
+  void step_done(bool computed, double seconds);
+  /// After a merge with --outer-quota: one line with every site's weight, step time and steps
+  /// computed (else "").
+  const std::string& merge_report() const { return report_; }
+  /// Steps each site computed, as of the last merge (with --outer-quota; else empty).
+  const std::vector<std::int64_t>& site_steps() const { return site_steps_; }
+  std::int64_t steps_computed() const { return computed_; }
+
  private:
   const parallel::SiteTopology& topo_;
   ParallelConfig cfg_;
@@ -74,6 +92,17 @@ class Diloco {
   View1<float> outer_, momentum_, delta_, residual_, gather_;
   int pending_frag_ = -1, pending_sent_ = -1;
   bool pending_summed_ = false;
+  // --outer-quota
+  bool quota_ = false;
+  std::vector<int> since_send_;  // per fragment: steps computed since it was last sent
+  double t_self_ = 0, t_min_ = 0;  // this site's and the fastest site's seconds per computed step (0: unknown)
+  int fastest_site_ = -1;          // which site that is (it never skips)
+  double pace_seconds_ = 0;
+  std::int64_t pace_steps_ = 0, computed_ = 0;  // pace_*: since the last merge
+  std::vector<parallel::CrossSiteSum::Header> headers_;  // of the last exchange
+  std::vector<std::int64_t> site_steps_;
+  std::string report_;
+  void finish_exchange(float* out);
 
   void send(int p, View1<float> params);
   void merge(int p, View1<float> params);

@@ -20,6 +20,7 @@ struct StepRecord {
   /// exchanges, the hierarchical reducer's cross-site part, or a flat reduction that spans sites.
   double xsite_wait_ms = 0;
   double utilization = 1;  ///< with sites: (step time - cross-site wait) / step time, on this rank
+  bool computed = true;    ///< false: skipped by a straggling site (--outer-quota); loss repeats the last
   double data_ms = 0;        ///< this rank's time reading its batches (the data loader)
   std::vector<double> pp_idle;  ///< with pipeline stages: each stage's share of the step spent waiting
 };
@@ -37,6 +38,8 @@ struct TrainResult {
   std::size_t param_bytes = 0;      ///< this rank's parameters (its tensor-parallel part)
   std::size_t optimizer_bytes = 0;  ///< this rank's AdamW moments
   bool stopped = false;       ///< ended early on a stop signal, after saving
+  std::vector<std::int64_t> site_steps_computed;  ///< --outer-quota: per site, as of the last merge
+  std::int64_t steps_computed = 0;               ///< steps this rank computed (skipped ones not counted)
   std::vector<double> site_utilization;  ///< with sites: per site, mean over its ranks of (wall - cross-site waits) / wall
   double save_stall_s = 0;    ///< time the training loop spent on checkpoint saves (snapshots, waits, synchronous saves)
 };
