@@ -150,8 +150,9 @@ void validate(const ParallelConfig& p) {
     require(p.outer_mix >= 0 && p.outer_mix < 1, "outer-mix must be in [0, 1) (got " + num(p.outer_mix) + ")");
   }
   require(!p.outer_quota || p.outer_steps > 0, "--outer-quota needs --outer-steps (it paces DiLoCo's inner steps)");
-  require(p.emulate_slow_site >= -1 && p.emulate_slow_site < std::max(1, p.sites) && p.emulate_slow_factor >= 1,
-          "--emulate-slow-site must be a site in [0, sites) and --emulate-slow-factor >= 1 (got " +
+  require(p.emulate_slow_site >= -1 && p.emulate_slow_site < std::max(1, p.sites) && p.emulate_slow_factor >= 1 &&
+              p.emulate_slow_factor <= 100,
+          "--emulate-slow-site must be a site in [0, sites) and --emulate-slow-factor in [1, 100] (got " +
               num(p.emulate_slow_site) + ", " + num(p.emulate_slow_factor) + ")");
 }
 

@@ -24,6 +24,24 @@ const char* compression_name(Compression c) {
 
 namespace {
 std::size_t blocks_of(std::size_t n, std::size_t block) { return (n + block - 1) / block; }
+
+/// max |v + residual| over [lo, hi).
+KOKKOS_INLINE_FUNCTION float block_amax(const In1<float>& v, const View1<float>& residual, std::size_t lo, std::size_t hi) {
+  float amax = 0;
+  for (std::size_t i = lo; i < hi; ++i) {
+    const float x = v(i) + residual(i);
+    amax = x < 0 ? (-x > amax ? -x : amax) : (x > amax ? x : amax);
+  }
+  return amax;
+}
+
+/// x * inv rounded half away from zero, clamped to [-levels, levels].
+KOKKOS_INLINE_FUNCTION int quantize(float x, float inv, int levels) {
+  float r = x * inv;
+  r = r < 0 ? r - 0.5f : r + 0.5f;
+  const int k = int(r);
+  return k > levels ? levels : (k < -levels ? -levels : k);
+}
 }  // namespace
 
 std::size_t compressed_bytes(Compression c, std::size_t n) {
@@ -62,20 +80,14 @@ void compress_with_feedback(const ExecSpace& exec, Compression c, In1<float> v, 
     Kokkos::parallel_for(
         "tapestry::compress_int4", Kokkos::RangePolicy<ExecSpace>(exec, 0, blocks), KOKKOS_LAMBDA(std::size_t b) {
           const std::size_t lo = b * kInt4Block, hi = lo + kInt4Block < n ? lo + kInt4Block : n;
-          float amax = 0;
-          for (std::size_t i = lo; i < hi; ++i) {
-            const float x = v(i) + residual(i);
-            amax = x < 0 ? (-x > amax ? -x : amax) : (x > amax ? x : amax);
-          }
+          const float amax = block_amax(v, residual, lo, hi);
           const float scale = amax / 7.0f, inv = amax > 0 ? 7.0f / amax : 0.0f;
           scales[b] = scale;
           for (std::size_t i = lo; i < hi; i += 2) {
             std::uint8_t byte = 0;
             for (std::size_t j = i; j < i + 2 && j < hi; ++j) {
               const float x = v(j) + residual(j);
-              float r = x * inv;
-              r = r < 0 ? r - 0.5f : r + 0.5f;  // round half away from zero
-              const int k = int(r) > 7 ? 7 : (int(r) < -7 ? -7 : int(r));
+              const int k = quantize(x, inv, 7);
               byte = std::uint8_t(byte | (std::uint8_t(k + 8) << (4 * (j - i))));
               residual(j) = x - float(k) * scale;
             }
@@ -123,18 +135,12 @@ void compress_with_feedback(const ExecSpace& exec, Compression c, In1<float> v, 
     Kokkos::parallel_for(
         "tapestry::compress_int8", Kokkos::RangePolicy<ExecSpace>(exec, 0, blocks), KOKKOS_LAMBDA(std::size_t b) {
           const std::size_t lo = b * kInt8Block, hi = lo + kInt8Block < n ? lo + kInt8Block : n;
-          float amax = 0;
-          for (std::size_t i = lo; i < hi; ++i) {
-            const float x = v(i) + residual(i);
-            amax = x < 0 ? (-x > amax ? -x : amax) : (x > amax ? x : amax);
-          }
+          const float amax = block_amax(v, residual, lo, hi);
           const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
           scales[b] = scale;
           for (std::size_t i = lo; i < hi; ++i) {
             const float x = v(i) + residual(i);
-            float r = x * inv;
-            r = r < 0 ? r - 0.5f : r + 0.5f;  // round half away from zero
-            const int k = int(r) > 127 ? 127 : (int(r) < -127 ? -127 : int(r));
+            const int k = quantize(x, inv, 127);
             q[i] = std::int8_t(k);
             residual(i) = x - float(k) * scale;
           }
