@@ -9,7 +9,8 @@ cross-site method, from the model size, each site's step time, the link and the 
 The model (per site, one link of RATE each way, one-way delay L, S sites, N parameters):
 - flat / hierarchical all-reduce every step: a ring over the sites sends 2(S-1)/S of the fp32
   gradient (all-gather of an encoding: (S-1) encodings) and pays 2(S-1) (all-gather: S-1)
-  one-way delays; the step waits for it.
+  one-way delays; the step waits for it. The bytes go as one TCP stream that starts in slow start
+  (the link was idle): the window doubles every round trip from 10 segments.
 - DiLoCo, every H steps: the same exchange of the pseudo-gradient, blocking.
 - Streaming DiLoCo, P fragments, delay tau: every H/P steps one fragment's exchange, overlapped
   with tau steps of compute; a step waits only for what is left of it. If the link cannot carry
@@ -30,6 +31,23 @@ import sys
 BYTES_PER_VALUE = {"none": 4.0, "bf16": 2.0, "int8": 1 + 4 / 256, "int4": 0.5 + 4 / 64, "topk": 3 * 8 / 256}
 
 
+MSS = 8948          # bytes per TCP segment at the emulator's 9000-byte MTU
+INITIAL_WINDOW = 10  # segments (Linux's initial congestion window)
+
+
+def transfer_seconds(nbytes, rate_bytes, one_way_s):
+    """TCP after an idle link (Linux restarts slow start after an idle period longer than the
+    retransmission timeout): the window starts at 10 segments and doubles every round trip until
+    it covers the bandwidth-delay product, then the link runs at its rate."""
+    rtt = 2 * one_way_s
+    window, sent, t = INITIAL_WINDOW * MSS, 0.0, 0.0
+    while rtt > 0 and sent + window < nbytes and window < rate_bytes * rtt:
+        sent += window
+        t += rtt
+        window *= 2
+    return t + (nbytes - sent) / rate_bytes
+
+
 def exchange_seconds(n_values, codec, sites, rate_bytes, one_way_s):
     """Seconds and bytes sent per site for one cross-site sum of n_values."""
     if sites <= 1:
@@ -40,12 +58,12 @@ def exchange_seconds(n_values, codec, sites, rate_bytes, one_way_s):
     else:  # all-gather of every site's encoding
         sent = (sites - 1) * BYTES_PER_VALUE[codec] * n_values
         hops = sites - 1
-    return hops * one_way_s + sent / rate_bytes, sent
+    return hops * one_way_s + transfer_seconds(sent, rate_bytes, one_way_s), sent
 
 
 def predict(method, params, step_s, sites, rate_bytes, one_way_s, H=1, P=1, tau=0, codec="none", overhead_s=0.0,
             tokens_per_step=1.0, quota=False):
-    """dict: utilization (compute / wall), wall per step, bytes per site per step, tokens/s.
+    """dict: utilization (the fastest site's compute / wall), wall per step, bytes per site per step, tokens/s.
     step_s: compute seconds per step (a list: per site; the slowest sets the pace, or with quota
     the fastest, the others computing only the steps they have time for)."""
     times = list(step_s) if isinstance(step_s, (list, tuple)) else [step_s] * sites
@@ -62,13 +80,13 @@ def predict(method, params, step_s, sites, rate_bytes, one_way_s, H=1, P=1, tau=
         gap = H / P
         wait = max(0.0, x - tau * t) + overhead_s
         # the link's backlog when a fragment takes longer to send than the steps between two sends
-        backlog = max(0.0, sent / rate_bytes - gap * t) if tau > 0 else 0.0
+        backlog = max(0.0, transfer_seconds(sent, rate_bytes, one_way_s) - gap * t) if tau > 0 else 0.0
         waits, per_step = (wait + backlog) / gap, sent / gap
     else:
         raise ValueError(method)
     wall = t + waits
     return {
-        "utilization": t / wall if wall > 0 else 1.0,
+        "utilization": min(times) / wall if wall > 0 else 1.0,  # the fastest site's compute / wall
         "wall_s": wall,
         "bytes_per_site_per_step": per_step,
         "tokens_per_s": tokens_per_step * sites * computed / wall,
@@ -96,8 +114,13 @@ def validate(folder):
     worst = 0.0
     for r in runs:
         method, H, P, tau, codec = parse_method(r["flags"])
-        pr = predict(method, r["params"], r["step_s"], r["sites"], r["rate_mbit"] * 1e6 / 8, r["one_way_ms"] / 1e3,
-                     H, P, tau, codec, r["overhead_s"])
+        # --emulate-slow-site S --emulate-slow-factor F: site S's step takes F times site 0's
+        slow = re.search(r"--emulate-slow-factor\s+(\S+)", r["flags"])
+        times = [r["step_s"]] * r["sites"]
+        if slow:
+            times[int(re.search(r"--emulate-slow-site\s+(\d+)", r["flags"]).group(1))] *= float(slow.group(1))
+        pr = predict(method, r["params"], times, r["sites"], r["rate_mbit"] * 1e6 / 8, r["one_way_ms"] / 1e3,
+                     H, P, tau, codec, r["overhead_s"], quota="--outer-quota true" in r["flags"])
         # Tapestry counts all ranks' bytes; the prediction is per site: times the sites
         pred_mb = pr["bytes_per_site_per_step"] * r["sites"] / 1e6
         err = 100 * (pr["utilization"] - r["utilization"])

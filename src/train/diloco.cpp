@@ -122,6 +122,7 @@ void Diloco::merge(int p, View1<float> params) {
   if (quota_ && !headers_.empty()) {  // the decisions, for the log and the checkpoint
     double fastest = 0;
     site_steps_.clear();
+    site_steps_at_ = pending_sent_;
     report_ = "outer merge of fragment " + std::to_string(p) + " (sent after step " + std::to_string(pending_sent_) +
               "): per site weight (steps computed since its last send), ms per step, steps computed:";
     for (std::size_t i = 0; i < headers_.size(); ++i) {

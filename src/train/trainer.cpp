@@ -855,6 +855,13 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       rec.cross_site_mb = r.diloco ? all_sum(sent, r.sites->site_ranks()) * r.sites->num_sites() / 1e6
                                    : all_sum(sent, dpc) / 1e6;
     }
+    // Stop and failure flags, agreed over the job (with DiLoCo lagged by one step). It spans the
+    // sites, so a site that runs ahead waits here for a slower one: counted as a cross-site wait.
+    const std::string& data_error = r.train_loader->error();
+    const auto tv = Clock::now();
+    const auto [stop, failed] =
+        vote.vote(stop_requested(), !data_error.empty() ? 2 : std::isfinite(loss) ? 0 : 1, step + 1 == cfg.steps);
+    if (r.sites) rec.xsite_wait_ms += 1e3 * since(tv);
     const double dt = since(t0);
     rec.utilization = (dt - rec.xsite_wait_ms / 1e3) / dt;
     if (r.diloco && r.diloco->acts_after(step + 1) && !r.diloco->merge_report().empty())
@@ -904,9 +911,6 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     }
     result.steps.push_back(rec);
     // Save on schedule, at the end, or when any rank got a stop signal (then exit cleanly).
-    const std::string& data_error = r.train_loader->error();
-    const auto [stop, failed] =
-        vote.vote(stop_requested(), !data_error.empty() ? 2 : std::isfinite(loss) ? 0 : 1, rec.step == cfg.steps);
     if (failed) {
       if (!data_error.empty()) throw Error(data_error);  // the ranks that read it name it
       if (failed == 2 || !root) throw parallel::PeerError();
@@ -964,9 +968,10 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   for (const auto& rec : result.steps) result.steps_computed += rec.computed ? 1 : 0;
   if (r.diloco && cfg.parallel.outer_quota) {
     result.site_steps_computed = r.diloco->site_steps();
-    out << "cross-site: steps computed by site (--outer-quota, as of the last merge):";
+    out << "cross-site: steps computed by site (--outer-quota) of the " << r.diloco->site_steps_at() - r.start_step
+        << " up to step " << r.diloco->site_steps_at() << ":";
     for (std::size_t s = 0; s < result.site_steps_computed.size(); ++s) out << " " << s << ": " << result.site_steps_computed[s];
-    out << " of " << cfg.steps - r.start_step << "\n";
+    out << "\n";
   }
   if (saver.busy()) {  // not reached today (the last save is synchronous); kept so no save is left behind
     saver.wait();

@@ -44,9 +44,22 @@ for f in sorted(os.listdir(out)):
         "step_s": statistics.median((s["ms"] - s["xsite_wait_ms"]) / 1e3 for s in body),
         "utilization": (wall - wait) / wall,
         "xsite_mb_per_step": sum(s["cross_site_mb"] for s in wan) / len(wan),
+        "xsite_mb_peak_step": max(s["cross_site_mb"] for s in wan),  # the largest burst: one step's bytes
         "overhead_s": sum(s["xsite_wait_ms"] for s in nowan if s["step"] > 3) / 1e3 / max(1, len(sends)),
         "ms_per_step": wall / len(body),
         "nowan_ms_per_step": statistics.mean(s["ms"] for s in nowan if s["step"] > 3),
     })
 json.dump(runs, open(os.path.join(out, "runs.json"), "w"), indent=1)
 print(f"{len(runs)} runs summarised in {out}/runs.json")
+
+# The table for docs/wan.md: per run over the WAN; bytes against the flat run of the same model
+# and sites.
+print("\n| run | sites | ms/step | utilization (site 0) | cross-site MB/step (all ranks) | fewer bytes than flat |"
+      " largest step's MB |")
+print("|---|---|---|---|---|---|---|")
+for r in runs:
+    model = r["name"].split("-")[0]
+    flat = next((f for f in runs if f["name"] == model + "-flat" and f["sites"] == r["sites"]), None)
+    fewer = f"{flat['xsite_mb_per_step'] / r['xsite_mb_per_step']:.0f}x" if flat and r["xsite_mb_per_step"] > 0 else "-"
+    print(f"| {r['name']} | {r['sites']} | {r['ms_per_step']:.1f} | {100 * r['utilization']:.1f}% |"
+          f" {r['xsite_mb_per_step']:.4f} | {fewer} | {r['xsite_mb_peak_step']:.3f} |")

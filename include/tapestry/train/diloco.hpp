@@ -79,6 +79,7 @@ class Diloco {
   const std::string& merge_report() const { return report_; }
   /// Steps each site computed, as of the last merge (with --outer-quota; else empty).
   const std::vector<std::int64_t>& site_steps() const { return site_steps_; }
+  int site_steps_at() const { return site_steps_at_; }  ///< the step those counts were sent after
   std::int64_t steps_computed() const { return computed_; }
 
  private:
@@ -101,6 +102,7 @@ class Diloco {
   std::int64_t pace_steps_ = 0, computed_ = 0;  // pace_*: since the last merge
   std::vector<parallel::CrossSiteSum::Header> headers_;  // of the last exchange
   std::vector<std::int64_t> site_steps_;
+  int site_steps_at_ = 0;
   std::string report_;
   void finish_exchange(float* out);
 
