@@ -73,39 +73,51 @@ double evaluate(model::GPT& gpt, detail::Pipeline* pipe, const kernels::Blas& bl
   return all_sum(sum / calls, dp) / dp.size();
 }
 
-/// \brief Stop and failure flags agreed over the job. Blocking by default; with `lagged`, the vote
-/// started after step s is read after step s + 1, so sites that only talk every H steps (DiLoCo)
-/// do not pay a cross-site round trip per step.
+/// \brief Stop and failure flags agreed over the job. Blocking by default; with a lag L > 0, the
+/// vote started after step s is read after step s + L (the same step on every rank), so sites that
+/// only talk at outer steps (DiLoCo) do not wait on a cross-site round trip every step: L steps
+/// give the all-reduce L steps' time to cross the WAN.
 class StepVote {
  public:
-  StepVote(MPI_Comm comm, bool lagged) : comm_(comm), lagged_(lagged) {}
+  StepVote(MPI_Comm comm, int lag)
+      : comm_(comm), lag_(lag), req_(std::size_t(std::max(lag, 1)), MPI_REQUEST_NULL), send_(req_.size()),
+        recv_(req_.size()) {}
   ~StepVote() {
-    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+    for (auto& r : req_)
+      if (r != MPI_REQUEST_NULL) MPI_Wait(&r, MPI_STATUS_IGNORE);
   }
   StepVote(const StepVote&) = delete;
   StepVote& operator=(const StepVote&) = delete;
-  /// {stop, failed} as the maximum over ranks (failed: 0 fine, 1 loss not finite, 2 a data error);
-  /// `last`: also settle this step's vote now.
+  /// {stop, failed} as the maximum over ranks (failed: 0 fine, 1 loss not finite, 2 a data error)
+  /// of the vote started L steps ago; `last`: also settle every vote in flight and this one now.
   std::array<int, 2> vote(bool stop, int failed, bool last) {
     std::array<int, 2> got{0, 0};
-    if (req_ != MPI_REQUEST_NULL) {
-      MPI_Wait(&req_, MPI_STATUS_IGNORE);
-      got = recv_;
-    }
-    send_ = {stop ? 1 : 0, failed};
-    if (lagged_ && !last) {
-      MPI_Iallreduce(send_.data(), recv_.data(), 2, MPI_INT, MPI_MAX, comm_, &req_);
+    auto settle = [&](std::size_t i) {
+      if (req_[i] == MPI_REQUEST_NULL) return;
+      MPI_Wait(&req_[i], MPI_STATUS_IGNORE);
+      got = {std::max(got[0], recv_[i][0]), std::max(got[1], recv_[i][1])};
+    };
+    const std::size_t slot = std::size_t(count_ % std::uint64_t(req_.size()));  // its vote started L steps ago
+    settle(slot);
+    const std::array<int, 2> mine{stop ? 1 : 0, failed};
+    if (lag_ > 0 && !last) {
+      send_[slot] = mine;
+      MPI_Iallreduce(send_[slot].data(), recv_[slot].data(), 2, MPI_INT, MPI_MAX, comm_, &req_[slot]);
+      ++count_;
       return got;
     }
-    MPI_Allreduce(send_.data(), recv_.data(), 2, MPI_INT, MPI_MAX, comm_);
-    return {std::max(got[0], recv_[0]), std::max(got[1], recv_[1])};
+    for (std::size_t i = 0; i < req_.size(); ++i) settle(i);
+    std::array<int, 2> now{};
+    MPI_Allreduce(mine.data(), now.data(), 2, MPI_INT, MPI_MAX, comm_);
+    return {std::max(got[0], now[0]), std::max(got[1], now[1])};
   }
 
  private:
   MPI_Comm comm_;
-  bool lagged_;
-  MPI_Request req_ = MPI_REQUEST_NULL;
-  std::array<int, 2> send_{}, recv_{};
+  int lag_;
+  std::vector<MPI_Request> req_;
+  std::vector<std::array<int, 2>> send_, recv_;
+  std::uint64_t count_ = 0;
 };
 
 /// Squared L2 norms of the gradients g (element 0 is flat index `begin`): {tensors split over
@@ -722,7 +734,9 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   }
 
   TrainResult result;
-  StepVote vote(grid.world().get(), r.diloco != nullptr);
+  // DiLoCo: read each vote min(8, H / P) steps later (at least 1).
+  const int vote_lag = r.diloco ? std::max(1, std::min(8, cfg.parallel.outer_steps / cfg.parallel.outer_fragments)) : 0;
+  StepVote vote(grid.world().get(), vote_lag);
   int thread_level = MPI_THREAD_SINGLE;
   MPI_Query_thread(&thread_level);
   const bool async = cfg.async_save && thread_level == MPI_THREAD_MULTIPLE;
@@ -855,8 +869,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       rec.cross_site_mb = r.diloco ? all_sum(sent, r.sites->site_ranks()) * r.sites->num_sites() / 1e6
                                    : all_sum(sent, dpc) / 1e6;
     }
-    // Stop and failure flags, agreed over the job (with DiLoCo lagged by one step). It spans the
-    // sites, so a site that runs ahead waits here for a slower one: counted as a cross-site wait.
+    // Stop and failure flags, agreed over the job (with DiLoCo read vote_lag steps later). It spans
+    // the sites, so a site that runs ahead waits here for a slower one: a cross-site wait.
     const std::string& data_error = r.train_loader->error();
     const auto tv = Clock::now();
     const auto [stop, failed] =
