@@ -11,6 +11,7 @@
 
 #include <sstream>
 
+#include "tapestry/core/error.hpp"
 #include "tapestry/io/data_prepare.hpp"
 #include "tapestry/parallel/comm.hpp"
 #include "tapestry/train/trainer.hpp"
@@ -85,6 +86,20 @@ inline train::TrainResult train_on(const TrainConfig& c, MPI_Comm comm, int tp =
   parallel::ProcessGrid grid(comm, parallel::Layout::make(n, tp, pp));
   std::ostringstream log;
   return train::run_training(c, grid, log);
+}
+
+/// True on every rank when training `c` over all ranks is refused as it should be: world rank 0
+/// throws tapestry::Error naming `what`, the others learn that a peer failed.
+inline bool refused_with(const TrainConfig& c, const std::string& what) {
+  bool right = false;
+  try {
+    train_on(c, MPI_COMM_WORLD);
+  } catch (const Error& e) {
+    right = world_rank() == 0 && std::string(e.what()).find(what) != std::string::npos;
+  } catch (const parallel::PeerError&) {
+    right = world_rank() != 0;
+  }
+  return right;
 }
 
 /// Largest relative difference between `run` and steps from+1 ... of `ref` (a run resumed at step

@@ -77,15 +77,7 @@ TEST_CASE("resume of a shuffled mixture is bit-exact: the loader's position is i
   auto seq = r;
   seq.train_data = corpus().train_path;
   seq.shuffle = false;
-  bool refused = false;
-  try {
-    train_on(seq, MPI_COMM_WORLD);
-  } catch (const Error& e) {  // rank 0 names the problem; the others learn that a peer failed
-    refused = world_rank() == 0 && std::string(e.what()).find("mixture or shuffled run") != std::string::npos;
-  } catch (const parallel::PeerError&) {
-    refused = world_rank() != 0;
-  }
-  REQUIRE(all_ranks(refused));
+  REQUIRE(all_ranks(refused_with(seq, "mixture or shuffled run")));
 }
 
 TEST_CASE("Streaming DiLoCo: a save with a fragment in flight and int4 residuals resumes bit-exact", "[case_ckpt_streaming][skip_np1][mpi][checkpoint][diloco]") {
@@ -115,15 +107,7 @@ TEST_CASE("Streaming DiLoCo: a save with a fragment in flight and int4 residuals
   // The fragment in flight belongs to the schedule it was sent under.
   auto w = r;
   w.parallel.outer_fragments = 1;
-  bool right = false;
-  try {
-    train_on(w, MPI_COMM_WORLD);
-  } catch (const Error& e) {
-    right = std::string(e.what()).find("resume it with the same two") != std::string::npos;
-  } catch (const parallel::PeerError&) {
-    right = world_rank() != 0;
-  }
-  REQUIRE(all_ranks(right));
+  REQUIRE(all_ranks(refused_with(w, "resume it with the same two")));
 }
 
 TEST_CASE("DiLoCo: resume mid-round is bit-exact; every site's state is in the file", "[mpi][checkpoint][diloco]") {
@@ -154,15 +138,7 @@ TEST_CASE("DiLoCo: resume mid-round is bit-exact; every site's state is in the f
     if (sites == 2) {
       auto w = r;
       w.parallel.sites = 1;
-      bool right = false;
-      try {
-        train_on(w, MPI_COMM_WORLD);
-      } catch (const Error& e) {
-        right = std::string(e.what()).find("DiLoCo state of 2 sites but this run has 1") != std::string::npos;
-      } catch (const parallel::PeerError&) {
-        right = world_rank() != 0;
-      }
-      REQUIRE(all_ranks(right));
+      REQUIRE(all_ranks(refused_with(w, "DiLoCo state of 2 sites but this run has 1")));
     }
   }
 }

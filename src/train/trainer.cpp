@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <array>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -606,6 +607,9 @@ class SiteWatchdog {
  public:
   SiteWatchdog(Run& r, const parallel::ProcessGrid& grid, BackgroundSave& saver, double timeout_s, bool print)
       : r_(r), grid_(grid), saver_(saver), timeout_(timeout_s), print_(print) {
+    // A write to the socket of a site that died must fail (and the step stall, which this
+    // watchdog reports) rather than kill this site with SIGPIPE and no word.
+    std::signal(SIGPIPE, SIG_IGN);
     safe_pos_ = r.train_loader->position();
     safe_step_ = r.start_step;
     last_ = Clock::now();
