@@ -4,10 +4,11 @@
 # value is valid), still running after 3 seconds (valid and long, e.g. --steps 2147483647;
 # stopped here), or exactly one line `tapestry: error: ...` on stderr with an exit status of 1-100.
 # A crash (signal, abort), a multi-line error or an internal error fails the test.
+# Runs go 4 at a time, each in its own folder: a run mostly waits on MPI's start-up, not the CPU.
 #   tests/fuzz_flags.sh TAPESTRY DATA_DIR WORK_DIR
 set -uo pipefail
 exe=$(realpath "$1")
-data=$2
+data=$(realpath "$2")
 work=$3
 src=$(cd "$(dirname "$0")/.." && pwd)
 rm -rf "$work" && mkdir -p "$work" && cd "$work"
@@ -17,8 +18,24 @@ base_plan=(plan --model tiny-llama)
 base_prepare=(data prepare "$src/inputs/corpus/licenses.txt" -o out)
 base_step=(bench step --n-layer 1 --n-head 2 --d-model 16 --vocab-size 64 --max-seq-len 16 -b 1 -t 8 --warmup 0 --iters 1)
 base_gemm=(bench gemm --size 8 --iters 1)
-failures=0 runs=0
 flags_of() { "$exe" "$@" --help | grep -oE -- '--[a-z0-9-]+ (INT|UINT|FLOAT)' | sort -u; }
+# one run: the file holding its command line (shell-quoted); it runs in a folder of that name
+# minus ".cmd" and prints a FAIL block or nothing
+one_run() {
+  local dir=${1%.cmd} rc lines
+  eval "set -- $(cat "$1")"
+  mkdir -p "$dir" && cd "$dir" || { echo "FAIL: cannot make $dir"; return; }
+  timeout -s KILL 3 "$exe" "$@" > out.log 2> err.log
+  rc=$?
+  lines=$(grep -c . err.log)
+  if [ $rc -eq 0 ] || [ $rc -eq 137 ]; then return; fi
+  if [ $rc -le 100 ] && [ "$lines" -eq 1 ] && grep -q "^tapestry: error: " err.log; then return; fi
+  echo "FAIL: tapestry $*: exit $rc, stderr:"
+  head -5 err.log | sed 's/^/    /'
+}
+export -f one_run
+export exe
+runs=0
 for cmd in train plan prepare step gemm; do
   case $cmd in
     train) base=("${base_train[@]}") ; help=(train) ;;
@@ -31,16 +48,13 @@ for cmd in train plan prepare step gemm; do
     [ "$type" = FLOAT ] && huge=1e300 || huge=2147483647
     for v in 0 -1 "$huge"; do
       runs=$((runs + 1))
-      timeout -s KILL 3 "$exe" "${base[@]}" "$flag" "$v" > out.log 2> err.log
-      rc=$?
-      lines=$(grep -c . err.log)
-      if [ $rc -eq 0 ] || [ $rc -eq 137 ]; then continue; fi
-      if [ $rc -le 100 ] && [ "$lines" -eq 1 ] && grep -q "^tapestry: error: " err.log; then continue; fi
-      failures=$((failures + 1))
-      echo "FAIL: tapestry ${help[*]} $flag $v: exit $rc, stderr:"
-      head -5 err.log | sed 's/^/    /'
+      printf '%q ' "${base[@]}" "$flag" "$v" > "run$runs.cmd"
     done
   done < <(flags_of "${help[@]}")
 done
+[ $runs -gt 0 ] || { echo "fuzz_flags: no numeric flag found in --help"; exit 1; }
+ls run*.cmd | xargs -P 4 -n 1 bash -c 'one_run "$PWD/$0"' > failures.log
+cat failures.log
+failures=$(grep -c '^FAIL:' failures.log)
 echo "fuzz_flags: $runs runs, $failures failures"
-[ $failures -eq 0 ]
+[ "$failures" -eq 0 ]

@@ -37,8 +37,9 @@ grep -q "Kokkos_DIR:PATH=$prefix" build-openmp/CMakeCache.txt || {
 cmake --build build-openmp -j "$(nproc)"
 cd build-openmp
 ./src/tapestry bench gemm --size 64 --iters 1 | head -1   # the backend line: Kokkos 4.6.1, OpenMP, threads
-# Tests labelled `once` do not depend on the Kokkos backend and are long: test_large_count (MPI
-# transfers above 2^31 elements, 13 GB, 3 minutes), fuzz_numeric_flags (the command line, 3
-# minutes) and slurm_pbs_jobs (the job scripts under a real Slurm, 1 minute). They run once, in
-# the Debian build's suite.
+# Tests labelled `once` do not depend on the Kokkos backend, or get one thread per rank anyway, and
+# are long: test_large_count (MPI transfers above 2^31 elements, 13 GB, 3 minutes),
+# fuzz_numeric_flags (the command line), slurm_pbs_jobs (the job scripts under a real Slurm),
+# the tokenizer and Megatron-format checks against their reference tools, and test_llama at 8
+# ranks. They run once, in the Debian build's suite.
 ctest --output-on-failure --timeout 600 -LE once
