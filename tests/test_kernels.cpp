@@ -1,5 +1,6 @@
 // Every kernel: forward against a naive reference, backward against central finite differences,
 // both in double precision, on odd sizes; and float against double.
+#include <cstdlib>
 #include <limits>
 #include <stdexcept>
 #include <tuple>
@@ -110,6 +111,97 @@ TEST_CASE("bf16 gemm: bf16-rounded inputs, fp32 accumulation; fp32 gemm is not r
   bf16.gemm<double>(false, false, M, N, K, 1.0, da.data(), K, db.data(), N, 0.0, dc.data(), N);
   const V exact = ref_gemm(A, B, false, false, M, N, K, 0, 0, 1, false);
   REQUIRE(max_rel_err(to_vec(dc), V(exact.begin(), exact.begin() + M * N)) < 1e-5);  // ref rounds inputs to float
+}
+
+namespace {
+/// The largest |x - y| over two vectors of one size (NaN counts as infinitely far).
+double max_abs_diff(const V& x, const V& y) {
+  REQUIRE(x.size() == y.size());
+  double m = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double d = std::abs(x[i] - y[i]);
+    m = std::isfinite(d) ? std::max(m, d) : std::numeric_limits<double>::infinity();
+  }
+  return m;
+}
+}  // namespace
+
+TEST_CASE("bf16 gemm: alpha and beta, and declared weights rounded once", "[kernels][bf16]") {
+  const int M = 17, N = 29, K = 200;
+  const V A = randn(std::size_t(3) * M * K, 93), B = randn(std::size_t(K) * N, 94), C0 = randn(std::size_t(M) * N, 95);
+  View1<float> a("a", A.size()), b("b", B.size()), c("c", C0.size());
+  from_vec(a, A), from_vec(b, B);
+  Blas blas(ExecSpace(), Precision::bf16);
+  std::printf("bf16 products here: %s\n", blas.bf16_engine().c_str());
+  // C = 0.5 op(A) op(B) + 1.0 C, with the middle of A's three matrices as A
+  const long off = long(M) * K;
+  const V mid(A.begin() + off, A.begin() + 2 * off);
+  auto product = [&](float alpha, float beta, const V& Am) {
+    from_vec(c, C0);
+    blas.gemm<float>(false, false, M, N, K, alpha, a.data() + off, K, b.data(), N, beta, c.data(), N);
+    const V got = to_vec(c), p = ref_gemm(Am, B, false, false, M, N, K, 0, 0, 1, true);
+    V want(p.size());
+    for (std::size_t i = 0; i < p.size(); ++i) want[i] = alpha * p[i] + beta * C0[i];
+    return max_abs_diff(got, want);
+  };
+  REQUIRE(product(0.5f, 1.0f, mid) < 1e-3);
+  REQUIRE(product(-2.0f, 0.25f, mid) < 2e-3);
+  REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
+  // Declared weights: rounded at the first product after the declaration, then read from that copy
+  // until the next one, so a change in between is not seen (which shows the copy is used).
+  blas.weights(a.data(), A.size());
+  REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
+  V doubled = A;
+  for (auto& x : doubled) x *= 2;
+  from_vec(a, doubled);
+  const V mid2(doubled.begin() + off, doubled.begin() + 2 * off);
+  REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);   // the copy made before the change
+  REQUIRE(product(1.0f, 0.0f, mid2) > 1.0);
+  blas.weights(a.data(), A.size());  // declared again: the new values
+  REQUIRE(product(1.0f, 0.0f, mid2) < 2e-3);
+  blas.weights(nullptr, 0);  // forgotten: every call rounds its own operands
+  from_vec(a, A);
+  REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
+}
+
+// Hidden from the default run: ctest's kernels_bf16_engines runs it alone and reads exit 77 as
+// "skipped" where oneDNN is not built or the CPU has no bf16 instructions.
+TEST_CASE("bf16 gemm: oneDNN's bf16 kernel and the rounded-fp32 sgemm agree", "[.bf16_engines]") {
+  const int M = 64, N = 96, K = 768, count = 2;
+  const long sa = long(M) * K, sb = long(K) * N;
+  const V A = randn(std::size_t(sa) * count, 96), B = randn(std::size_t(sb) * count, 97);
+  View1<float> a("a", A.size()), b("b", B.size()), c("c", std::size_t(count) * M * N);
+  from_vec(a, A), from_vec(b, B);
+  std::string native;
+  {
+    Blas probe(ExecSpace(), Precision::bf16);
+    native = probe.bf16_engine();
+  }
+  if (native.rfind("oneDNN", 0) != 0) {
+    std::printf("bf16_engines: SKIPPED: no native oneDNN bf16 kernel in this build or on this CPU (%s)\n",
+                native.c_str());
+    std::exit(77);
+  }
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      CAPTURE(ta, tb);
+      auto run = [&](const char* engine) {
+        setenv("TAPESTRY_BF16_GEMM", engine, 1);
+        Blas blas(ExecSpace(), Precision::bf16);
+        unsetenv("TAPESTRY_BF16_GEMM");
+        REQUIRE((blas.bf16_engine().rfind("oneDNN", 0) == 0) == (std::string(engine) == "auto"));
+        blas.gemm_strided_batched<float>(ta, tb, M, N, K, 1.0f, a.data(), ta ? M : K, sa, b.data(), tb ? K : N, sb,
+                                         0.0f, c.data(), N, long(M) * N, count);
+        return to_vec(c);
+      };
+      const V dnnl = run("auto"), sgemm = run("sgemm");
+      const V rounded = ref_gemm(A, B, ta, tb, M, N, K, sa, sb, count, true);
+      // Both: exact products of bf16 values, fp32 sums in different orders: ~sqrt(K) * 2^-24 * |sum|.
+      REQUIRE(max_abs_diff(dnnl, rounded) < 1e-3);
+      REQUIRE(max_abs_diff(sgemm, rounded) < 1e-3);
+      REQUIRE(max_abs_diff(dnnl, sgemm) < 1e-3);
+    }
+  std::printf("bf16_engines: %s agrees with the rounded-fp32 sgemm on 4 transpose cases\n", native.c_str());
 }
 
 #ifdef TAPESTRY_HAVE_CUBLAS

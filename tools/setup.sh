@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
           libtrilinos-kokkos-dev libcli11-dev nlohmann-json3-dev catch2 libopenblas-dev python3-h5py python3-numpy python3-matplotlib
-          libpcre2-dev libsentencepiece-dev sentencepiece)
+          libpcre2-dev libsentencepiece-dev sentencepiece libdnnl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -81,7 +81,7 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--val-every", c.val_every, "Evaluate the validation loss every N steps; 0: never")->capture_default_str()->group("Training");
   t->add_option("--val-batches", c.val_batches, "Batches per validation")->capture_default_str()->group("Training");
   t->add_option("--log-every", c.log_every, "Print a progress line every N steps")->capture_default_str()->group("Training");
-  t->add_option("--peak-flops", c.peak_flops, "Peak FLOP/s of this rank's devices, for MFU")->capture_default_str()->group("Training");
+  t->add_option("--peak-flops", c.peak_flops, "Peak FLOP/s for MFU: of one GPU per rank, or of a node's CPU cores (shared by its ranks)")->capture_default_str()->group("Training");
   t->add_option("--attention", c.attention,
                 "matrix (T x T probabilities in memory, BLAS), tiled (no T x T matrix; FlashAttention-2 style), "
                 "or auto (matrix; tiled is for sequences whose T x T matrices do not fit)")
@@ -283,7 +283,7 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   step->add_option("--seq-len,-t", bs.seq_len, "T")->capture_default_str();
   step->add_option("--warmup", bs.warmup, "Untimed steps first")->capture_default_str();
   step->add_option("--iters", bs.iters, "Timed steps")->capture_default_str();
-  step->add_option("--peak-flops", bs.peak_flops, "Peak FLOP/s for MFU")->capture_default_str();
+  step->add_option("--peak-flops", bs.peak_flops, "Peak FLOP/s for MFU: of one GPU per rank, or of a node's CPU cores (shared by its ranks)")->capture_default_str();
   step->add_option("--json", bs.json, "Also write the result as JSON here");
   step->add_option("--tp", bs.tp, "Tensor-parallel ranks (the rest of the job is data parallel)")->capture_default_str();
   step->add_flag("--sequence-parallel", bs.sequence_parallel, "With --tp: sequence parallelism");

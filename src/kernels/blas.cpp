@@ -1,6 +1,8 @@
 #include "tapestry/kernels/blas.hpp"
 
 #include <chrono>
+#include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "tapestry/core/error.hpp"
@@ -10,56 +12,108 @@
 #include "tapestry/kernels/cublas.hpp"
 #else
 #include <cblas.h>
+#ifdef TAPESTRY_HAVE_ONEDNN
+#include "tapestry/kernels/onednn.hpp"
+// OpenBLAS's thread controls, where the BLAS is OpenBLAS (weak: other BLAS lack them).
+extern "C" int openblas_get_parallel(void) __attribute__((weak));
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+#endif
 #endif
 
 namespace tapestry::kernels {
 
 namespace {
-#ifdef KOKKOS_ENABLE_CUDA
-using Bf16Word = std::uint16_t;  // what cuBLAS reads as CUDA_R_16BF
-#else
-using Bf16Word = float;  // the bf16 value held in an fp32, for the host sgemm
-#endif
-
 /// Elements spanned by `count` row-major (rows, cols) matrices with leading dimension ld, `stride` apart.
 std::size_t span(int rows, int cols, int ld, long stride, int count) {
   return std::size_t(count - 1) * std::size_t(stride) + std::size_t(rows - 1) * std::size_t(ld) + std::size_t(cols);
 }
-#ifdef KOKKOS_ENABLE_CUDA
+/// A bf16 value stored as its 16 bits (cuBLAS, oneDNN) or held in an fp32 (a host sgemm).
 KOKKOS_INLINE_FUNCTION void store_bf16(std::uint16_t& d, float x) { d = to_bf16(x); }
-#else
 KOKKOS_INLINE_FUNCTION void store_bf16(float& d, float x) { d = round_bf16(x); }
-#endif
 
 /// n floats at src rounded to bf16 into `buf` (grown to at least n); returns its data. (A free
 /// function: CUDA forbids device lambdas in members of Blas's private Impl.)
-const Bf16Word* round_into(const ExecSpace& exec, View1<Bf16Word>& buf, const float* src, std::size_t n) {
-  if (buf.extent(0) < n) buf = View1<Bf16Word>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::blas_bf16"), n);
-  Bf16Word* dst = buf.data();
+template <class W>
+const W* round_into(const ExecSpace& exec, View1<W>& buf, const float* src, std::size_t n) {
+  if (buf.extent(0) < n) buf = View1<W>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::blas_bf16"), n);
+  W* dst = buf.data();
   Kokkos::parallel_for(
       "tapestry::round_to_bf16", Kokkos::RangePolicy<ExecSpace>(exec, 0, n), KOKKOS_LAMBDA(std::size_t i) {
         store_bf16(dst[i], src[i]);
       });
   return dst;
 }
+
+/// bf16 copies of GEMM operands: A and B of one call, and the declared weights (Blas::weights).
+template <class W> struct Bf16Scratch {
+  View1<W> a, b, w;
+};
 }  // namespace
 
 struct Blas::Impl {
   // Cached vectors of ones (for column sums through gemv).
   mutable View1<float> ones_f;
   mutable View1<double> ones_d;
-  // bf16 copies of the A and B operands (grown on demand).
-  mutable View1<Bf16Word> bf16_a, bf16_b;
+  // bf16 operands as 16-bit words (cuBLAS, oneDNN) or as fp32 values (a host sgemm).
+  mutable Bf16Scratch<std::uint16_t> words;
+  mutable Bf16Scratch<float> floats;
+  // The weights declared by Blas::weights(); `fresh`: their bf16 copy is up to date.
+  const float* w_base = nullptr;
+  std::size_t w_n = 0;
+  mutable bool w_fresh = false;
 #ifdef KOKKOS_ENABLE_CUDA
   std::unique_ptr<cublas::Handle> handle;
 #endif
+#ifdef TAPESTRY_HAVE_ONEDNN
+  std::unique_ptr<onednn::Gemm> dnnl;  // bf16 products on the CPU's bf16 instructions, where it has them
+#endif
+
+  /// The bf16 copy of X (spanning n floats): inside the declared weights, their copy (rounded on
+  /// first use after each Blas::weights call); otherwise rounded now into `mine`.
+  template <class W>
+  const W* operand(const ExecSpace& exec, Bf16Scratch<W>& s, View1<W>& mine, const float* X, std::size_t n) const {
+    const auto x = reinterpret_cast<std::uintptr_t>(X), lo = reinterpret_cast<std::uintptr_t>(w_base);
+    if (w_base != nullptr && x >= lo && x + n * sizeof(float) <= lo + w_n * sizeof(float)) {
+      if (!w_fresh) round_into(exec, s.w, w_base, w_n), w_fresh = true;
+      return s.w.data() + (X - w_base);
+    }
+    return round_into(exec, mine, X, n);
+  }
 };
 
 Blas::Blas(const ExecSpace& exec, Precision precision)
     : exec_(exec), precision_(precision), impl_(std::make_unique<Impl>()) {
 #ifdef KOKKOS_ENABLE_CUDA
   impl_->handle = std::make_unique<cublas::Handle>(exec_.cuda_stream());
+  bf16_engine_ = "cuBLAS, bf16 x bf16 -> fp32";
+#else
+  bf16_engine_ = "the fp32 BLAS on bf16-rounded inputs (exact products, fp32 accumulation)";
+#ifdef TAPESTRY_HAVE_ONEDNN
+  const char* choice = std::getenv("TAPESTRY_BF16_GEMM");  // "sgemm": the rounded-fp32 path (tests)
+  if (precision_ == Precision::bf16 && !(choice != nullptr && std::string(choice) == "sgemm")) {
+    auto g = std::make_unique<onednn::Gemm>();
+    if (g->native()) {
+      bf16_engine_ = "oneDNN " + g->isa() + ", bf16 x bf16 -> fp32";
+      impl_->dnnl = std::move(g);
+      // OpenBLAS's own pthreads would spin against oneDNN's OpenMP threads on the same cores (a
+      // 256x768 gemv took 1.5 ms instead of 0.02): the BLAS keeps the small fp32 products (attention,
+      // bias gradients) on one thread. An OpenMP OpenBLAS shares oneDNN's pool and is left alone.
+      if (openblas_get_parallel != nullptr && openblas_set_num_threads != nullptr && openblas_get_parallel() == 1) {
+        openblas_set_num_threads(1);
+        bf16_engine_ += "; OpenBLAS (pthreads) set to 1 thread";
+      }
+    } else {
+      bf16_engine_ += "; oneDNN has no native bf16 kernel here (" + g->isa() + ")";
+    }
+  }
 #endif
+#endif
+}
+
+void Blas::weights(const float* base, std::size_t n) const {
+  impl_->w_base = n > 0 ? base : nullptr;
+  impl_->w_n = n;
+  impl_->w_fresh = false;
 }
 
 Blas::~Blas() = default;
@@ -106,13 +160,31 @@ void Blas::run_gemm(bool round_bf16, bool ta, bool tb, int M, int N, int K, T al
   timed(std::is_same_v<T, double> ? "gemm fp64" : bf16 ? "gemm bf16" : "gemm fp32", ta, tb, M, N, K, count, [&] {
     const void* a = A;
     const void* b = B;
+    // op(A) is (M,K): A is stored (K,M) when transposed; likewise B.
+    const std::size_t na = span(ta ? K : M, ta ? M : K, lda, sa, count), nb = span(tb ? N : K, tb ? K : N, ldb, sb, count);
     if constexpr (std::is_same_v<T, float>) {
+#ifdef KOKKOS_ENABLE_CUDA
       if (bf16) {
-        // op(A) is (M,K): A is stored (K,M) when transposed; likewise B.
-        a = round_into(exec_, impl_->bf16_a, A, span(ta ? K : M, ta ? M : K, lda, sa, count));
-        b = round_into(exec_, impl_->bf16_b, B, span(tb ? N : K, tb ? K : N, ldb, sb, count));
+        a = impl_->operand(exec_, impl_->words, impl_->words.a, A, na);
+        b = impl_->operand(exec_, impl_->words, impl_->words.b, B, nb);
       }
+#else
+#ifdef TAPESTRY_HAVE_ONEDNN
+      if (bf16 && impl_->dnnl) {
+        const auto* a16 = impl_->operand(exec_, impl_->words, impl_->words.a, A, na);
+        const auto* b16 = impl_->operand(exec_, impl_->words, impl_->words.b, B, nb);
+        exec_.fence();
+        impl_->dnnl->run(ta, tb, M, N, K, alpha, a16, lda, sa, b16, ldb, sb, beta, C, ldc, sc, count);
+        return;
+      }
+#endif
+      if (bf16) {
+        a = impl_->operand(exec_, impl_->floats, impl_->floats.a, A, na);
+        b = impl_->operand(exec_, impl_->floats, impl_->floats.b, B, nb);
+      }
+#endif
     }
+    (void)na, (void)nb;
 #ifdef KOKKOS_ENABLE_CUDA
     const auto in = std::is_same_v<T, double> ? cublas::Inputs::f64 : bf16 ? cublas::Inputs::bf16 : cublas::Inputs::f32;
     cublas::gemm(*impl_->handle, in, ta, tb, M, N, K, alpha, a, lda, sa, b, ldb, sb, beta, C, ldc, sc, count);

@@ -9,6 +9,10 @@
 #include <thread>
 #include <vector>
 
+#ifdef TAPESTRY_HAVE_ONEDNN
+#include "tapestry/kernels/onednn.hpp"
+#endif
+
 #ifdef KOKKOS_ENABLE_CUDA
 #include <cuda_runtime.h>
 #endif
@@ -147,6 +151,14 @@ Runtime::Runtime(int& argc, char**& argv) {
   }
 #endif
   (void)device_given;
+  // The node's cores and this rank's share of them (threads per rank, by default).
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
+  int local = 1;
+  MPI_Comm_size(node, &local);
+  MPI_Comm_free(&node);
+  const int cores = std::max(1, int(std::thread::hardware_concurrency()));
+  (void)local, (void)cores;
 #ifdef KOKKOS_ENABLE_OPENMP
   // Tapestry's defaults for an OpenMP host backend, chosen here so that Kokkos has nothing to warn
   // about: threads = the node's cores / its ranks (unless OMP_NUM_THREADS or --kokkos-num-threads
@@ -158,12 +170,6 @@ Runtime::Runtime(int& argc, char**& argv) {
   for (std::size_t i = 1; i < kargs.size(); ++i)
     threads_given = threads_given || std::string(kargs[i]).rfind("--kokkos-num-threads", 0) == 0 ||
                     std::string(kargs[i]).rfind("--kokkos-threads", 0) == 0;
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
-  int local = 1;
-  MPI_Comm_size(node, &local);
-  MPI_Comm_free(&node);
-  const int cores = std::max(1, int(std::thread::hardware_concurrency()));
   if (!threads_given) {
     threads_arg = "--kokkos-num-threads=" + std::to_string(std::max(1, cores / local));
     kargs.push_back(threads_arg.data());
@@ -186,6 +192,15 @@ Runtime::Runtime(int& argc, char**& argv) {
               "), OMP_PROC_BIND=" + std::getenv("OMP_PROC_BIND") + (bind_set ? "" : " (Tapestry's default; unset)");
 #else
   backend_ += std::string(", host: ") + Kokkos::DefaultHostExecutionSpace::name() + " (one thread per rank)";
+#endif
+#ifdef TAPESTRY_HAVE_ONEDNN
+  // oneDNN's bf16 products run on OpenMP threads: the Kokkos pool's count in an OpenMP build (the
+  // same libgomp pool), else the node's cores / its ranks, unless OMP_NUM_THREADS says otherwise.
+#ifdef KOKKOS_ENABLE_OPENMP
+  kernels::onednn::set_threads(Kokkos::DefaultHostExecutionSpace().concurrency());
+#else
+  if (std::getenv("OMP_NUM_THREADS") == nullptr) kernels::onednn::set_threads(std::max(1, cores / local));
+#endif
 #endif
 }
 

@@ -24,6 +24,7 @@
 #include <filesystem>
 #include "text.hpp"
 #include "tp_group.hpp"
+#include "mfu.hpp"
 #include "tapestry/parallel/comm.hpp"
 
 namespace tapestry::train {
@@ -116,6 +117,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   });
   const parallel::ProcessGrid& grid = *grid_owner;
   const int dp = grid.layout().dp(), tp = cfg.tp;
+  const double peak = detail::run_peak_flops(world, cfg.peak_flops);
   kernels::Blas blas(ExecSpace(), parse_precision(cfg.precision));
   detail::CollectivesTp tpg(parallel::make_collectives(parallel::parse_backend("auto"), grid.tp()), grid.tp(),
                            parallel::parse_backend("auto"));
@@ -143,6 +145,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
     world.barrier();
     auto t0 = Clock::now();
     gpt.zero_grad();
+    blas.weights(gpt.params().data(), gpt.padded_size());
     gpt.forward(blas, in, tg);
     ex.fence();
     const double f = since(t0);
@@ -171,20 +174,20 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   const double tokens = double(B) * T * dp;
   r.tokens_per_s = tokens / (r.ms_per_step / 1e3);
   r.gflops = cfg.model.flops_per_token(T) * tokens / (r.ms_per_step / 1e3) / 1e9;
-  r.mfu = r.gflops * 1e9 / (cfg.peak_flops * P);
+  r.mfu = r.gflops * 1e9 / peak;
   r.peak_rss_mib = peak_rss_mib();
   r.model_state_mib = double(gpt.param_bytes() + adamw.state_bytes()) / (1 << 20);
   r.activation_mib = double(gpt.activation_bytes()) / (1 << 20);
 
   out << "# bench step: " << spec_string(cfg.model) << " B=" << B << " T=" << T << " params=" << cfg.model.num_parameters()
       << " ranks=" << P << " (tp=" << tp << (cfg.sequence_parallel && tp > 1 ? " with sequence parallelism" : "")
-      << ", dp=" << dp << "; " << cfg.precision << "; " << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
+      << ", dp=" << dp << "; " << cfg.precision << (cfg.precision == "bf16" ? " products on " + blas.bf16_engine() : std::string()) << "; " << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
       << "  ms/step " << fmt("%.1f", r.ms_per_step) << "  (forward " << fmt("%.1f", r.forward_ms)
       << ", backward " << fmt("%.1f", r.backward_ms) << ", all-reduce " << fmt("%.1f", r.comm_ms)
       << ", grad-norm+AdamW " << fmt("%.1f", r.update_ms)
       << "; BLAS " << fmt("%.1f", r.gemm_ms) << " = " << fmt("%.0f", 100 * r.gemm_ms / r.ms_per_step) << "%)\n"
       << "  tokens/s " << fmt("%.0f", r.tokens_per_s) << "  GFLOP/s " << fmt("%.1f", r.gflops) << "  MFU "
-      << fmt("%.1f", 100 * r.mfu) << "% of " << fmt("%.1f", cfg.peak_flops / 1e9) << " GFLOP/s\n"
+      << fmt("%.1f", 100 * r.mfu) << "% of " << fmt("%.1f", peak / 1e9) << " GFLOP/s (the run's peak)\n"
       << "  memory: peak RSS " << fmt("%.0f", r.peak_rss_mib) << " MiB; params+grads+AdamW "
       << fmt("%.0f", r.model_state_mib) << " MiB + activations " << fmt("%.0f", r.activation_mib) << " MiB = "
       << fmt("%.0f", r.model_state_mib + r.activation_mib) << " MiB\n";

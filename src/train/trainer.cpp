@@ -37,6 +37,7 @@
 #include "text.hpp"
 #include "tp_group.hpp"
 #include "pipeline.hpp"
+#include "mfu.hpp"
 #include "tapestry/parallel/pipeline_schedule.hpp"
 
 namespace tapestry::train {
@@ -59,6 +60,7 @@ double all_sum(double v, const parallel::Comm& comm) {
 double evaluate(model::GPT& gpt, detail::Pipeline* pipe, const kernels::Blas& blas, io::DataLoader& loader,
                 int global_batches, int grad_accum, const parallel::Comm& dp) {
   loader.reset();
+  blas.weights(gpt.params().data(), gpt.padded_size());  // bf16: the weights rounded once for all batches
   std::vector<int> in, tg;
   double sum = 0;
   const int calls = global_batches * grad_accum;
@@ -701,11 +703,11 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
 
   const double tokens_per_step = double(cfg.global_batch) * T;
   const double flops_per_step = cfg.model.flops_per_token(T) * tokens_per_step;
-  const double peak = cfg.peak_flops * grid.world().size();
+  const double peak = detail::run_peak_flops(grid.world(), cfg.peak_flops);
   out << "tapestry train: " << cfg.model.num_parameters() << " parameters (" << spec_string(cfg.model)
       << "), " << grid.layout().describe() << ", global batch " << cfg.global_batch << " x T=" << T
       << " (B=" << B << " per rank, grad_accum=" << cfg.grad_accum << ")" << (zero ? ", ZeRO-1" : "")
-      << (blas.precision() == Precision::bf16 ? ", bf16 matmuls (fp32 accumulation, weights and optimizer)" : "")
+      << (blas.precision() == Precision::bf16 ? ", bf16 matmuls (fp32 accumulation, weights and optimizer; " + blas.bf16_engine() + ")" : "")
       << ", " << r.train_loader->num_tokens() << " training tokens, " << cfg.steps << " steps\n";
   out << "data: " << r.train_loader->describe() << "\n";
   if (cfg.model.doc_mask || cfg.model.eod_mask_loss)
@@ -794,6 +796,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       rec.lr = optim::lr_at(cfg.optim, step, cfg.steps);
     } else {
       gpt.zero_grad();
+      blas.weights(params.data(), n);  // bf16: the step's weights rounded once, at their first product
       loss = 0;
       if (r.pipe) {  // 1F1B over the stages
         std::vector<std::vector<int>> ins(std::size_t(cfg.grad_accum)), tgs(ins.size());

@@ -173,7 +173,7 @@ struct TrainConfig {
   /// into host buffers (needs MPI_THREAD_MULTIPLE; otherwise saves are synchronous)
   bool async_save = true;
   std::string resume;        ///< "", "auto" (ckpt_dir/latest if any) or a checkpoint path
-  double peak_flops = 437e9;  ///< for MFU: FP32 FMA peak of the devices this rank uses
+  double peak_flops = 437e9;  ///< for MFU: FP32 FMA peak of one GPU per rank, or of a node's CPU cores (shared by its ranks)
   std::string attention = "auto";  ///< matrix (T x T in memory, BLAS), tiled, or auto (= matrix)
   /// fp32, or bf16: matrix multiplies take bf16 inputs and accumulate in fp32; master weights,
   /// gradients, AdamW state, reductions and the other kernels stay fp32.

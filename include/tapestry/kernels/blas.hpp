@@ -15,9 +15,12 @@ namespace tapestry::kernels {
 /// Matrices are row-major (LayoutRight) and live in ExecSpace's memory.
 ///
 /// With Precision::bf16 every fp32 gemm rounds its inputs to bf16 first (into scratch that
-/// the object keeps): cuBLAS then multiplies bf16 x bf16 into fp32 on the tensor cores; a host
-/// BLAS multiplies the rounded values in fp32, which gives the same products (a product of two
-/// bf16 values is exact in fp32) with fp32 accumulation. gemv (bias gradients) stays fp32.
+/// the object keeps): cuBLAS then multiplies bf16 x bf16 into fp32 on the tensor cores; on a host
+/// CPU with bf16 instructions (AVX512-BF16, AMX) oneDNN does the same where the build found it;
+/// otherwise the host BLAS multiplies the rounded values in fp32, which gives the same products (a
+/// product of two bf16 values is exact in fp32) with fp32 accumulation. gemv (bias gradients)
+/// stays fp32. Operands inside the weights declared with `weights()` are rounded once per
+/// declaration, not in every call.
 class Blas {
  public:
   explicit Blas(const ExecSpace& exec = ExecSpace(), Precision precision = Precision::fp32);
@@ -27,6 +30,14 @@ class Blas {
 
   const ExecSpace& exec() const { return exec_; }
   Precision precision() const { return precision_; }
+  /// What multiplies bf16 operands here, for the log (e.g. "oneDNN brg:avx512_core_bf16, ...").
+  const std::string& bf16_engine() const { return bf16_engine_; }
+
+  /// Declares the n floats at `base` (a model's parameters) unchanged until the next call: under
+  /// Precision::bf16 a gemm operand inside them reads one bf16 copy of all of them, made at the
+  /// first such gemm after this call. Call it once per optimizer step (and before an evaluation);
+  /// weights(nullptr, 0) forgets them. Whoever changes the floats must call it again.
+  void weights(const float* base, std::size_t n) const;
 
   /// C(M,N) = alpha * op(A) * op(B) + beta * C, row-major; op(A) is (M,K), op(B) is (K,N).
   template <class T>
@@ -77,6 +88,7 @@ class Blas {
 
   ExecSpace exec_;
   Precision precision_;
+  std::string bf16_engine_;
   std::unique_ptr<Impl> impl_;
   bool timing_ = false;
   mutable double seconds_ = 0;
