@@ -29,7 +29,9 @@ std::size_t span(int rows, int cols, int ld, long stride, int count) {
 }
 /// A bf16 value stored as its 16 bits (cuBLAS, oneDNN) or held in an fp32 (a host sgemm).
 KOKKOS_INLINE_FUNCTION void store_bf16(std::uint16_t& d, float x) { d = to_bf16(x); }
+#ifndef KOKKOS_ENABLE_CUDA
 KOKKOS_INLINE_FUNCTION void store_bf16(float& d, float x) { d = round_bf16(x); }
+#endif
 
 /// n floats at src rounded to bf16 into `buf` (grown to at least n); returns its data. (A free
 /// function: CUDA forbids device lambdas in members of Blas's private Impl.)
@@ -56,7 +58,9 @@ struct Blas::Impl {
   mutable View1<double> ones_d;
   // bf16 operands as 16-bit words (cuBLAS, oneDNN) or as fp32 values (a host sgemm).
   mutable Bf16Scratch<std::uint16_t> words;
+#ifndef KOKKOS_ENABLE_CUDA
   mutable Bf16Scratch<float> floats;
+#endif
   // The weights declared by Blas::weights(); `fresh`: their bf16 copy is up to date.
   const float* w_base = nullptr;
   std::size_t w_n = 0;

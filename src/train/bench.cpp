@@ -301,7 +301,7 @@ double bench_gemm(const BenchGemmConfig& cfg, std::ostream& out) {
   blas.exec().fence();
   const double dt = since(t0) / cfg.iters;
   const double gflops = 2.0 * n * double(n) * n / dt / 1e9;
-  out << "# bench gemm: " << (precision == Precision::bf16 ? "bf16 x bf16 -> fp32 (inputs rounded per call)" : "sgemm")
+  out << "# bench gemm: " << (precision == Precision::bf16 ? "bf16 (inputs rounded per call) on " + blas.bf16_engine() : std::string("sgemm"))
       << " M=N=K=" << n << "  " << fmt("%.2f", dt * 1e3) << " ms  " << fmt("%.1f", gflops)
       << " GFLOP/s\n";
   return gflops;
