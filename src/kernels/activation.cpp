@@ -11,7 +11,7 @@ namespace tapestry::kernels {
 namespace {
 /// 1 / (1 + e^-x), branch-free: e^-x overflows to inf for very negative x and the quotient is then
 /// exactly 0, as the limit (IEEE arithmetic, no trap).
-template <class T> KOKKOS_INLINE_FUNCTION T sigmoid(T x) { return T(1) / (T(1) + math::exp(-x)); }
+template <class T> KOKKOS_INLINE_FUNCTION T sigmoid(T x) { return T(1) / (T(1) + math::vexp(-x)); }
 
 /// log(1 + e^x) = max(x, 0) + log1p(e^-|x|), without overflow.
 template <class T> KOKKOS_INLINE_FUNCTION T softplus(T x) {

@@ -13,13 +13,11 @@ void softmax_xent_forward(const ExecSpace& exec, View2<T> probs, View1<T> losses
       "tapestry::softmax_xent_forward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
         const int n = m.league_rank();
         const T maxv = detail::team_max<T>(m, V, T(-1e30), [&](int v) { return logits(n, v); });
-        const T sum = detail::team_sum<T>(m, V, [&](int v) {
-          const T e = math::exp(logits(n, v) - maxv);
-          probs(n, v) = e;
-          return e;
-        });
+        // the exponentials first (a loop that vectorizes), then their sum
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, V), [&](int v) { probs(n, v) = math::vexp(logits(n, v) - maxv); });
+        m.team_barrier();
+        const T sum = detail::team_sum<T>(m, V, [&](int v) { return probs(n, v); });
         const T inv = T(1) / sum;
-        m.team_barrier();  // the exponentials are in probs
         Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vp), [&](int v) { probs(n, v) = v < V ? probs(n, v) * inv : T(0); });
         m.team_barrier();
         Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = targets(n) < 0 ? T(0) : -math::log(probs(n, targets(n))); });
@@ -33,11 +31,14 @@ void softmax_xent_backward(const ExecSpace& exec, View2<T> dlogits, In2<T> probs
   const T d = T(dloss);
   const int Vr = V - vocab_begin;  // this shard's real columns: [0, Vr)
   Kokkos::parallel_for(
-      "tapestry::softmax_xent_backward", Kokkos::RangePolicy<ExecSpace>(exec, 0, std::size_t(N) * Vp),
-      KOKKOS_LAMBDA(std::size_t i) {  // flat: consecutive threads, consecutive columns
-        const int n = int(i / std::size_t(Vp)), v = int(i % std::size_t(Vp));
-        const T p = v < Vr && targets(n) >= 0 ? probs(n, v) : T(0);  // an ignored row: no gradient
-        dlogits(n, v) = d * (p - (v + vocab_begin == targets(n) ? T(1) : T(0)));
+      "tapestry::softmax_xent_backward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
+        const int n = m.league_rank();  // a team per row: consecutive threads, consecutive columns
+        const int t = targets(n) - vocab_begin;  // this shard's column of the target (may be outside it)
+        const bool keep = targets(n) >= 0;  // an ignored row: no gradient
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vp), [&](int v) {
+          const T p = keep && v < Vr ? probs(n, v) : T(0);
+          dlogits(n, v) = d * (p - (v == t ? T(1) : T(0)));
+        });
       });
 }
 
@@ -50,7 +51,7 @@ void xent_shard_stats(const ExecSpace& exec, View2<T> stats, In2<T> logits, In1<
       "tapestry::xent_shard_stats", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
         const int n = m.league_rank();
         const T maxv = detail::team_max<T>(m, Vr, T(-1e30), [&](int v) { return logits(n, v); });
-        const T sum = detail::team_sum<T>(m, Vr, [&](int v) { return math::exp(logits(n, v) - maxv); });
+        const T sum = detail::team_sum<T>(m, Vr, [&](int v) { return math::vexp(logits(n, v) - maxv); });
         Kokkos::single(Kokkos::PerTeam(m), [&] {
           const int t = targets(n) - vocab_begin;
           stats(n, 0) = maxv;
@@ -72,12 +73,12 @@ void xent_shard_finish(const ExecSpace& exec, View2<T> probs, View1<T> losses, I
         for (int r = 0; r < R; ++r) M = all_stats(r, n, 0) > M ? all_stats(r, n, 0) : M;
         T S = 0;
         for (int r = 0; r < R; ++r) {
-          S += all_stats(r, n, 1) * math::exp(all_stats(r, n, 0) - M);
+          S += all_stats(r, n, 1) * math::vexp(all_stats(r, n, 0) - M);
           target += all_stats(r, n, 2);
         }
         const T lse = M + math::log(S);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vl),
-                             [&](int v) { probs(n, v) = v < Vr ? math::exp(logits(n, v) - lse) : T(0); });
+                             [&](int v) { probs(n, v) = v < Vr ? math::vexp(logits(n, v) - lse) : T(0); });
         Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = targets(n) < 0 ? T(0) : lse - target; });
       });
 }

@@ -9,7 +9,7 @@ constexpr double kGeluScale = 0.7978845608028654;  // sqrt(2 / pi)
 
 /// tanh through one exp: several times faster than libm's tanhf on hosts; exact limits at +-inf.
 template <class T> KOKKOS_INLINE_FUNCTION T fast_tanh(T u) {
-  return T(1) - T(2) / (math::exp(T(2) * u) + T(1));
+  return T(1) - T(2) / (math::vexp(T(2) * u) + T(1));
 }
 }  // namespace
 
