@@ -337,6 +337,8 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   pl->add_option("--seq-len,-t", pc.seq_len, "Tokens per sequence")->capture_default_str()->group("Layout");
   pl->add_option("--micro-batches", pc.micro_batches, "Micro-batches per optimizer step")->capture_default_str()->group("Layout");
   pl->add_option("--gpus-per-node", pc.gpus_per_node, "Ranks per node, for the per-node line")->capture_default_str()->group("Layout");
+  pl->add_option("--precision", pc.precision, "fp32, or bf16 (adds the bf16 copy of the weights, 2 bytes each)")
+      ->capture_default_str()->group("Layout");
   pl->add_option("--json", pc.json, "Also write the plan as JSON here");
 
   auto* ckpt = app.add_subcommand("ckpt", "Inspect, verify and convert HDF5 checkpoints");

@@ -60,6 +60,7 @@ std::vector<StagePlan> plan_memory(const ModelConfig& m, const PlanLayout& p) {
     sp.param_bytes = 4 * padded;
     sp.grad_bytes = 4 * padded + (p.zero ? 4 * shard : 0);
     sp.optimizer_bytes = 8 * (p.zero ? shard : padded);
+    sp.bf16_weight_bytes = p.bf16 ? 2 * padded : 0;
     sp.activation_bytes = std::int64_t(activation_bytes(m, p.batch_size, p.seq_len, p.tp, p.sequence_parallel, st,
                                                         p.tiled_attention));
     const std::int64_t chunk = std::int64_t(p.batch_size) * p.seq_len / (p.sequence_parallel ? p.tp : 1) * m.d_model;

@@ -318,6 +318,7 @@ void plan(const PlanConfig& cfg, std::ostream& out) {
                                                     ") is above the model's max_seq_len (" +
                                                     std::to_string(cfg.model.max_seq_len) + ")");
   require(cfg.gpus_per_node >= 1, "gpus-per-node must be >= 1");
+  p.bf16 = parse_precision(cfg.precision) == Precision::bf16;
   const auto stages = model::plan_memory(cfg.model, p);
   const double G = 1e9;
   auto gb = [&](std::int64_t b) { return fmt("%.2f", double(b) / G); };
@@ -327,8 +328,9 @@ void plan(const PlanConfig& cfg, std::ostream& out) {
       << (cfg.zero ? ", ZeRO-1" : "") << (cfg.sequence_parallel && cfg.tp > 1 ? ", sequence parallel" : "")
       << "; micro-batch " << cfg.batch_size << " x " << cfg.seq_len << ", " << cfg.micro_batches
       << " micro-batches per step; attention " << (p.tiled_attention ? "tiled" : "matrix (T x T in memory)") << "\n"
-      << "# fp32 parameters, gradients and AdamW; fp32 activations of one micro-batch (recomputed per\n"
-      << "# micro-batch, as the trainer does); bf16 GEMM scratch, BLAS/NCCL/MPI buffers and the runtime not counted.\n"
+      << "# fp32 parameters, gradients and AdamW" << (p.bf16 ? " (bf16: plus a bf16 copy of the weights, in 'params')" : "")
+      << "; fp32 activations of one micro-batch (recomputed per\n"
+      << "# micro-batch, as the trainer does); bf16 scratch of activations, BLAS/NCCL/MPI buffers and the runtime not counted.\n"
       << "# GB = 1e9 bytes, per rank (one GPU)\n";
   out << "stage  layers   params/rank   params   grads   AdamW   activations   pipeline    total\n";
   std::int64_t worst = 0;
@@ -337,7 +339,7 @@ void plan(const PlanConfig& cfg, std::ostream& out) {
     const auto& st = stages[s];
     char line[256];
     std::snprintf(line, sizeof(line), "%5zu  %6d  %12lld  %7s  %6s  %6s  %12s  %8s  %7s\n", s, st.layers,
-                  static_cast<long long>(st.params), gb(st.param_bytes).c_str(), gb(st.grad_bytes).c_str(),
+                  static_cast<long long>(st.params), gb(st.param_bytes + st.bf16_weight_bytes).c_str(), gb(st.grad_bytes).c_str(),
                   gb(st.optimizer_bytes).c_str(), gb(st.activation_bytes).c_str(), gb(st.pipeline_bytes).c_str(),
                   gb(st.total()).c_str());
     out << line;
@@ -359,7 +361,8 @@ void plan(const PlanConfig& cfg, std::ostream& out) {
       j << (s ? "," : "") << "{\"layers\":" << st.layers << ",\"params\":" << st.params
         << ",\"param_bytes\":" << st.param_bytes << ",\"grad_bytes\":" << st.grad_bytes
         << ",\"optimizer_bytes\":" << st.optimizer_bytes << ",\"activation_bytes\":" << st.activation_bytes
-        << ",\"pipeline_bytes\":" << st.pipeline_bytes << ",\"total_bytes\":" << st.total() << "}";
+        << ",\"pipeline_bytes\":" << st.pipeline_bytes << ",\"bf16_weight_bytes\":" << st.bf16_weight_bytes
+        << ",\"total_bytes\":" << st.total() << "}";
     }
     j << "]}\n";
   }

@@ -264,6 +264,7 @@ struct PlanConfig {
   int seq_len = 4096;
   int micro_batches = 1;    ///< per optimizer step
   int gpus_per_node = 4;    ///< for the per-node line
+  std::string precision = "fp32";  ///< as TrainConfig::precision (bf16: a bf16 copy of the weights)
   std::string json;         ///< optional JSON result file
 };
 

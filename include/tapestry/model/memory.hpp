@@ -21,6 +21,7 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
 struct PlanLayout {
   int tp = 1, pp = 1, dp = 1, zero = 0;
   bool sequence_parallel = false, tiled_attention = false;
+  bool bf16 = false;      ///< --precision bf16: a bf16 copy of the weights for the matrix products
   int batch_size = 1;     ///< sequences per micro-batch per rank
   int seq_len = 2048;
   int micro_batches = 1;  ///< per optimizer step (the pipeline's M)
@@ -36,8 +37,9 @@ struct StagePlan {
   std::int64_t optimizer_bytes = 0; ///< AdamW m and v, fp32 (1/dp of them with ZeRO-1)
   std::int64_t activation_bytes = 0;  ///< one micro-batch (activations are recomputed per micro-batch)
   std::int64_t pipeline_bytes = 0;  ///< the 1F1B executor's message buffers for M micro-batches
+  std::int64_t bf16_weight_bytes = 0;  ///< bf16: the weights rounded once per step (2 bytes each)
   std::int64_t total() const {
-    return param_bytes + grad_bytes + optimizer_bytes + activation_bytes + pipeline_bytes;
+    return param_bytes + grad_bytes + optimizer_bytes + activation_bytes + pipeline_bytes + bf16_weight_bytes;
   }
 };
 
