@@ -83,37 +83,58 @@ V ref_gemm(const V& A, const V& B, bool ta, bool tb, int M, int N, int K, long s
       }
   return C;
 }
+/// The largest |x - y| over two vectors of one size (NaN counts as infinitely far).
+double max_abs_diff(const V& x, const V& y) {
+  REQUIRE(x.size() == y.size());
+  double m = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double d = std::abs(x[i] - y[i]);
+    m = std::isfinite(d) ? std::max(m, d) : std::numeric_limits<double>::infinity();
+  }
+  return m;
+}
+
+/// Random operands of `count` products op(A) (M,K) x op(B) (K,N): on the host (A, B) and in views
+/// (a, b), with room for C in c.
+struct GemmCase {
+  int M, N, K, count;
+  long sa, sb;
+  V A, B;
+  View1<float> a, b, c;
+  GemmCase(int M_, int N_, int K_, int count_, std::uint64_t seed)
+      : M(M_), N(N_), K(K_), count(count_), sa(long(M_) * K_), sb(long(K_) * N_),
+        A(randn(std::size_t(sa) * count_, seed)), B(randn(std::size_t(sb) * count_, seed + 1)),
+        a("a", A.size()), b("b", B.size()), c("c", std::size_t(count_) * M_ * N_) {
+    from_vec(a, A), from_vec(b, B);
+  }
+  /// C of all `count` products through `blas`, alpha 1, beta 0.
+  V run(const Blas& blas, bool ta, bool tb) {
+    blas.gemm_strided_batched<float>(ta, tb, M, N, K, 1.0f, a.data(), ta ? M : K, sa, b.data(), tb ? K : N, sb, 0.0f,
+                                     c.data(), N, long(M) * N, count);
+    return to_vec(c);
+  }
+};
 }  // namespace
 
 TEST_CASE("bf16 gemm: bf16-rounded inputs, fp32 accumulation; fp32 gemm is not rounded", "[kernels][bf16]") {
-  const int M = 19, N = 23, K = 301, count = 3;
-  const long sa = long(M) * K, sb = long(K) * N;
-  const V A = randn(std::size_t(sa) * count, 91), B = randn(std::size_t(sb) * count, 92);
-  View1<float> a("a", A.size()), b("b", B.size()), c("c", std::size_t(count) * M * N);
-  from_vec(a, A), from_vec(b, B);
+  GemmCase g(19, 23, 301, 3, 91);
+  const int M = g.M, N = g.N, K = g.K, count = g.count;
+  const long sa = g.sa, sb = g.sb;
+  const V &A = g.A, &B = g.B;
+  View1<float> &a = g.a, &b = g.b, &c = g.c;
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {
       CAPTURE(ta, tb);
       const V exact = ref_gemm(A, B, ta, tb, M, N, K, sa, sb, count, false);
       const V rounded = ref_gemm(A, B, ta, tb, M, N, K, sa, sb, count, true);
-      auto run = [&](Precision p) {
-        Blas blas(ExecSpace(), p);
-        blas.gemm_strided_batched<float>(ta, tb, M, N, K, 1.0f, a.data(), ta ? M : K, sa, b.data(), tb ? K : N, sb,
-                                         0.0f, c.data(), N, long(M) * N, count);
-        return to_vec(c);
-      };
+      auto run = [&](Precision p) { return g.run(Blas(ExecSpace(), p), ta, tb); };
       // fp32 accumulation of K products of size ~1: error ~ sqrt(K) * 2^-24 * sqrt(K); bf16 input
       // rounding moves each product by ~2^-8 relative: ~ sqrt(K) * 2^-8 in total.
-      auto max_abs = [](const V& x, const V& y) {
-        double m = 0;
-        for (std::size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
-        return m;
-      };
       const V f32 = run(Precision::fp32), bf = run(Precision::bf16);
-      REQUIRE(max_abs(f32, exact) < 1e-3);
-      REQUIRE(max_abs(bf, rounded) < 1e-3);  // what the bf16 path computes
-      REQUIRE(max_abs(bf, exact) > 1e-2);    // and it is not the fp32 product
-      REQUIRE(max_abs(bf, exact) < 1.0);
+      REQUIRE(max_abs_diff(f32, exact) < 1e-3);
+      REQUIRE(max_abs_diff(bf, rounded) < 1e-3);  // what the bf16 path computes
+      REQUIRE(max_abs_diff(bf, exact) > 1e-2);    // and it is not the fp32 product
+      REQUIRE(max_abs_diff(bf, exact) < 1.0);
     }
   // The attention's activation x activation products are not rounded to bf16: fp32 on hosts, TF32
   // (10-bit mantissa, about 8x finer than bf16) on CUDA.
@@ -138,19 +159,6 @@ TEST_CASE("bf16 gemm: bf16-rounded inputs, fp32 accumulation; fp32 gemm is not r
   const V exact = ref_gemm(A, B, false, false, M, N, K, 0, 0, 1, false);
   REQUIRE(max_rel_err(to_vec(dc), V(exact.begin(), exact.begin() + M * N)) < 1e-5);  // ref rounds inputs to float
 }
-
-namespace {
-/// The largest |x - y| over two vectors of one size (NaN counts as infinitely far).
-double max_abs_diff(const V& x, const V& y) {
-  REQUIRE(x.size() == y.size());
-  double m = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const double d = std::abs(x[i] - y[i]);
-    m = std::isfinite(d) ? std::max(m, d) : std::numeric_limits<double>::infinity();
-  }
-  return m;
-}
-}  // namespace
 
 TEST_CASE("bf16 gemm: alpha and beta, and declared weights rounded once", "[kernels][bf16]") {
   const int M = 17, N = 29, K = 200;
@@ -193,11 +201,7 @@ TEST_CASE("bf16 gemm: alpha and beta, and declared weights rounded once", "[kern
 // Hidden from the default run: ctest's kernels_bf16_engines runs it alone and reads exit 77 as
 // "skipped" where oneDNN is not built or the CPU has no bf16 instructions.
 TEST_CASE("bf16 gemm: oneDNN's bf16 kernel and the rounded-fp32 sgemm agree", "[.bf16_engines]") {
-  const int M = 64, N = 96, K = 768, count = 2;
-  const long sa = long(M) * K, sb = long(K) * N;
-  const V A = randn(std::size_t(sa) * count, 96), B = randn(std::size_t(sb) * count, 97);
-  View1<float> a("a", A.size()), b("b", B.size()), c("c", std::size_t(count) * M * N);
-  from_vec(a, A), from_vec(b, B);
+  GemmCase g(64, 96, 768, 2, 96);
   std::string native;
   {
     Blas probe(ExecSpace(), Precision::bf16);
@@ -216,12 +220,10 @@ TEST_CASE("bf16 gemm: oneDNN's bf16 kernel and the rounded-fp32 sgemm agree", "[
         Blas blas(ExecSpace(), Precision::bf16);
         unsetenv("TAPESTRY_BF16_GEMM");
         REQUIRE((blas.bf16_engine().rfind("oneDNN", 0) == 0) == (std::string(engine) == "auto"));
-        blas.gemm_strided_batched<float>(ta, tb, M, N, K, 1.0f, a.data(), ta ? M : K, sa, b.data(), tb ? K : N, sb,
-                                         0.0f, c.data(), N, long(M) * N, count);
-        return to_vec(c);
+        return g.run(blas, ta, tb);
       };
       const V dnnl = run("auto"), sgemm = run("sgemm");
-      const V rounded = ref_gemm(A, B, ta, tb, M, N, K, sa, sb, count, true);
+      const V rounded = ref_gemm(g.A, g.B, ta, tb, g.M, g.N, g.K, g.sa, g.sb, g.count, true);
       // Both: exact products of bf16 values, fp32 sums in different orders: ~sqrt(K) * 2^-24 * |sum|.
       REQUIRE(max_abs_diff(dnnl, rounded) < 1e-3);
       REQUIRE(max_abs_diff(sgemm, rounded) < 1e-3);
