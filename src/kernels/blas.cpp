@@ -164,9 +164,9 @@ void Blas::run_gemm(bool round_bf16, bool ta, bool tb, int M, int N, int K, T al
   timed(std::is_same_v<T, double> ? "gemm fp64" : bf16 ? "gemm bf16" : "gemm fp32", ta, tb, M, N, K, count, [&] {
     const void* a = A;
     const void* b = B;
-    // op(A) is (M,K): A is stored (K,M) when transposed; likewise B.
-    const std::size_t na = span(ta ? K : M, ta ? M : K, lda, sa, count), nb = span(tb ? N : K, tb ? K : N, ldb, sb, count);
     if constexpr (std::is_same_v<T, float>) {
+      // op(A) is (M,K): A is stored (K,M) when transposed; likewise B.
+      const std::size_t na = span(ta ? K : M, ta ? M : K, lda, sa, count), nb = span(tb ? N : K, tb ? K : N, ldb, sb, count);
 #ifdef KOKKOS_ENABLE_CUDA
       if (bf16) {
         a = impl_->operand(exec_, impl_->words, impl_->words.a, A, na);
@@ -188,7 +188,6 @@ void Blas::run_gemm(bool round_bf16, bool ta, bool tb, int M, int N, int K, T al
       }
 #endif
     }
-    (void)na, (void)nb;
 #ifdef KOKKOS_ENABLE_CUDA
     const auto in = std::is_same_v<T, double> ? cublas::Inputs::f64 : bf16 ? cublas::Inputs::bf16 : cublas::Inputs::f32;
     cublas::gemm(*impl_->handle, in, ta, tb, M, N, K, alpha, a, lda, sa, b, ldb, sb, beta, C, ldc, sc, count);

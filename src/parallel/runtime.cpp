@@ -151,14 +151,15 @@ Runtime::Runtime(int& argc, char**& argv) {
   }
 #endif
   (void)device_given;
-  // The node's cores and this rank's share of them (threads per rank, by default).
+#if defined(KOKKOS_ENABLE_OPENMP) || defined(TAPESTRY_HAVE_ONEDNN)
+  // The node's cores and this rank's share of them: the default threads per rank of a host pool.
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
   int local = 1;
   MPI_Comm_size(node, &local);
   MPI_Comm_free(&node);
   const int cores = std::max(1, int(std::thread::hardware_concurrency()));
-  (void)local, (void)cores;
+#endif
 #ifdef KOKKOS_ENABLE_OPENMP
   // Tapestry's defaults for an OpenMP host backend, chosen here so that Kokkos has nothing to warn
   // about: threads = the node's cores / its ranks (unless OMP_NUM_THREADS or --kokkos-num-threads
