@@ -32,14 +32,14 @@ name = f"step_{k:08d}.h5"
 before = [ms[s] for s in range(2, k + 1)]
 if mode == "true":
     stall = float(re.search(name + r" in the background \(training stalled ([0-9.]+) s\)", log).group(1))
-    took = float(re.search(name + r" \(([0-9.]+) s in the background\)", log).group(1))
+    took = float(re.search(name + r" \(([0-9.]+) s in the background", log).group(1))
     # the steps that ran while the background write did
     lines = log.splitlines()
     a = next(i for i, l in enumerate(lines) if name + " in the background" in l)
     b = next(i for i, l in enumerate(lines) if name + " (" in l and "saved" in l)
     during = [ms[int(m.group(1))] for l in lines[a:b] for m in [re.match(r"step +(\d+)/", l)] if m]
 else:
-    stall = took = float(re.search("saved checkpoint .*" + name + r" \(([0-9.]+) s\)", log).group(1))
+    stall = took = float(re.search("saved checkpoint .*" + name + r" \(([0-9.]+) s:", log).group(1))
     during = []
 mean = lambda x: sum(x) / len(x) if x else float("nan")
 extra = sum(d - mean(before) for d in during) / 1e3
@@ -47,6 +47,7 @@ print(f"async-save {mode:5s}: stall {stall:6.2f} s, save {took:6.2f} s ({3*4*124
       f"step {mean(before):.0f} ms before, {mean(during):.0f} ms during the background write "
       f"({len(during)} steps, +{extra:.2f} s in all); peak RSS {int(open(rss).read().split()[-1])/2**20:.2f} GiB, "
       f"model state {state:.2f} GiB")
+print("  " + re.search("saved checkpoint .*" + name + r" \((.*)\)", log).group(1))
 PY
 done
 ck="$dir/step_$(printf %08d "$save_at").h5"

@@ -220,10 +220,6 @@ std::vector<FlatRun> by_whole(std::vector<FlatRun> runs) {
   return runs;
 }
 
-std::size_t block_size(const Block& k, std::size_t rank) {
-  return std::size_t(k.count[0]) * (rank == 2 ? std::size_t(k.count[1]) : 1);
-}
-
 std::vector<hsize_t> dims(const std::vector<std::int64_t>& shape) {
   return std::vector<hsize_t>(shape.begin(), shape.end());
 }
@@ -259,22 +255,29 @@ ChunkGrid chunk_grid(const std::vector<std::int64_t>& shape, const std::vector<h
 /// dataset. A chunk's checksum is the sum over its elements of (float32 bits as uint32) x (1 +
 /// the element's index inside the chunk), mod 2^64: additive over the ranks that write parts of a
 /// chunk, and it changes with any flipped bit or swapped pair of values.
-/// sums[i] is chunk chunk0 + i's.
-void add_chunk_sums(const ChunkGrid& g, const Block& k, std::size_t rank, const float* data, std::uint64_t* sums,
-                    std::size_t chunk0 = 0) {
+/// sums[i] is chunk chunk0 + i's. Returns the block's plain checksum (the sum of the bits).
+std::uint64_t add_chunk_sums(const ChunkGrid& g, const Block& k, std::size_t rank, const float* data,
+                             std::uint64_t* sums, std::size_t chunk0 = 0) {
   const std::size_t r0 = std::size_t(k.start[0]), nr = std::size_t(k.count[0]);
   const std::size_t c0 = rank == 2 ? std::size_t(k.start[1]) : 0, nc = rank == 2 ? std::size_t(k.count[1]) : 1;
+  require(nc <= 0xffffffffu, "checkpoint: a row of more than 2^32 elements");
+  std::uint64_t plain = 0;
   for (std::size_t r = 0; r < nr; ++r) {
     const std::size_t row = r0 + r, chunk = row / g.chunk_rows;
     const std::uint64_t base = std::uint64_t(row - chunk * g.chunk_rows) * g.cols + c0 + 1;
-    std::uint64_t s = 0;
-    for (std::size_t c = 0; c < nc; ++c) {
+    // sum of u_c (base + c) = base * sum(u_c) + sum(u_c c): 32 x 32-bit products, which vectorize
+    std::uint64_t su = 0, sc = 0;
+    const float* x = data + r * nc;
+    for (std::uint32_t c = 0; c < std::uint32_t(nc); ++c) {
       std::uint32_t u;
-      std::memcpy(&u, data + r * nc + c, 4);
-      s += std::uint64_t(u) * (base + c);
+      std::memcpy(&u, x + c, 4);
+      su += u;
+      sc += std::uint64_t(u) * c;
     }
-    sums[chunk - chunk0] += s;
+    sums[chunk - chunk0] += base * su + sc;
+    plain += su;
   }
+  return plain;
 }
 
 H5 open_file(const std::string& path) {
@@ -344,6 +347,9 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
       // Chunked, unfiltered: HDF5 1.10's collective path for filtered (Fletcher32) chunks writes
       // at a tenth of the unfiltered rate (docs/performance.md); the chunk checksums take its place.
       H5Pset_chunk(dcpl, int(c.size()), c.data());
+      // No fill values: parallel HDF5 allocates every chunk at creation and would first write the
+      // whole dataset as zeros (half of the bytes written); every element is written below.
+      H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
       H5Pset_attr_phase_change(dcpl, 0, 0);  // dense attribute storage: chunk_checksums may pass 64 KiB
       const std::string name = sec.prefix + "/" + t.path;
       H5 ds(H5Dcreate2(file, name.c_str(), H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT), H5Dclose);
@@ -358,8 +364,7 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
         if (mine) {
           H5Sselect_hyperslab(fs, H5S_SELECT_SET, blocks[i][k].start, nullptr, blocks[i][k].count, nullptr);
           p = sec.data + blocks[i][k].buffer_offset;
-          sums[i] += checksum(p, block_size(blocks[i][k], std::size_t(rank)));
-          add_chunk_sums(grid, blocks[i][k], std::size_t(rank), p, sums.data() + first_chunk[i]);
+          sums[i] += add_chunk_sums(grid, blocks[i][k], std::size_t(rank), p, sums.data() + first_chunk[i]);
         } else {
           H5Sselect_none(fs);
           H5Sselect_none(mem);
@@ -592,7 +597,7 @@ void for_each_block(hid_t file, const std::string& path, const std::string& pref
   }
 }
 
-/// Reads one block of a dataset into dst (block_size elements).
+/// Reads one block of a dataset into dst (its rows times its columns elements).
 void read_block(hid_t ds, const std::string& path, const std::string& name, const FlatTensor& t, const Block& k,
                 float* dst) {
   H5 space(H5Dget_space(ds), H5Sclose);

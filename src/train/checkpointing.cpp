@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <csignal>
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <iomanip>
 #include <regex>
+#include <utility>
 
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/llmc_checkpoint.hpp"
@@ -92,8 +94,20 @@ std::string checkpoint_name(std::int64_t step) {
   return name;
 }
 
+std::string SaveTimes::str() const {
+  char b[96];
+  std::snprintf(b, sizeof(b), "write %.2f s, verify %.2f s, publish %.2f s", write, verify, publish);
+  return b;
+}
+
 std::string CheckpointManager::save(const io::CheckpointState& state, const std::vector<io::FlatTensor>& tensors,
-                                    const std::vector<io::FlatSection>& sections) {
+                                    const std::vector<io::FlatSection>& sections, SaveTimes* times) {
+  SaveTimes t;
+  auto t0 = std::chrono::steady_clock::now();
+  const auto lap = [&t0] {
+    const auto now = std::chrono::steady_clock::now();
+    return std::chrono::duration<double>(now - std::exchange(t0, now)).count();
+  };
   const auto comm = parallel::Comm::view(comm_);
   const std::string name = checkpoint_name(state.step);
   const fs::path final_path = fs::path(dir_) / name, tmp = fs::path(dir_) / (std::string(name) + ".tmp");
@@ -113,6 +127,7 @@ std::string CheckpointManager::save(const io::CheckpointState& state, const std:
   });
   io::write_checkpoint(tmp.string(), comm_, state, tensors, sections);
   MPI_Barrier(comm_);  // every rank's data has reached the file
+  t.write = lap();
   // Verify, distributed: every rank reads back what it wrote; rank 0 checks the attributes.
   parallel::agree(comm, [&] {
     std::string failure = io::verify_sections(tmp.string(), tensors, sections);
@@ -125,6 +140,7 @@ std::string CheckpointManager::save(const io::CheckpointState& state, const std:
     }
     require(failure.empty(), failure + (comm.size() > 1 ? " (verified on rank " + std::to_string(comm.rank()) + ")" : ""));
   });
+  t.verify = lap();
   // Publish on rank 0: durable before it is published - the file's bytes, then its name, then
   // `latest` (each fsync'ed; write_file_atomic flushes `latest` and the directory).
   parallel::agree(comm, [&] {
@@ -147,6 +163,8 @@ std::string CheckpointManager::save(const io::CheckpointState& state, const std:
       throw Error(std::string("publishing checkpoint '") + final_path.string() + "' failed: " + e.what());
     }
   });
+  t.publish = lap();
+  if (times != nullptr) *times = t;
   return final_path.string();
 }
 

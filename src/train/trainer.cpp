@@ -434,8 +434,9 @@ struct SaveJob {
   parallel::Comm comm;  ///< the writers: a duplicate of their communicator, owned by this job
   std::string dir;
   int keep = 0;
+  SaveTimes times;  ///< where the write's time went, once written
   std::string path() const { return (std::filesystem::path(dir) / checkpoint_name(st.step)).string(); }
-  std::string write() { return CheckpointManager(dir, keep, comm.get()).save(st, *tensors, sections); }
+  std::string write() { return CheckpointManager(dir, keep, comm.get()).save(st, *tensors, sections, &times); }
 };
 
 /// Snapshots the run's state at `step`: each rank copies only the range of its part that it writes
@@ -569,12 +570,15 @@ class BackgroundSave {
         error_ = std::current_exception();
       }
       seconds_ = since(t0);
+      times_ = job_->times;
       done_ = true;
     });
   }
   bool busy() const { return job_ != nullptr; }
   /// How long the last save took to write, verify and publish (valid once finished()).
   double seconds() const { return seconds_; }
+  /// Where that time went (valid once finished()).
+  const SaveTimes& times() const { return times_; }
   /// True once the save in flight has finished (a local look: no communication).
   bool finished() const { return job_ && done_; }
   /// Waits for the save in flight; rethrows its error. Returns its host buffers, for the next save.
@@ -598,6 +602,7 @@ class BackgroundSave {
   std::atomic<bool> done_{false};
   std::exception_ptr error_;
   double seconds_ = 0;
+  SaveTimes times_;
 };
 
 /// \brief A federated run's guard against a site that dies: the cross-site calls of a step would
@@ -938,8 +943,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       throw Error("loss is not finite by step " + std::to_string(rec.step) + " (lower --lr or enable --grad-clip)");
     }
     auto report_saved = [&] {
-      site_out << "saved checkpoint " << saver_path << " (" << fmt("%.2f", saver.seconds()) << " s in the background)"
-               << std::endl;
+      site_out << "saved checkpoint " << saver_path << " (" << fmt("%.2f", saver.seconds()) << " s in the background: "
+               << saver.times().str() << ")" << std::endl;
       saver_path.clear();
     };
     if (!saver_path.empty() && saver.finished()) report_saved();  // its errors wait for the next agreed point
@@ -952,7 +957,9 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       if (saver.busy()) r.save_buffers = saver.wait();
       if (!saver_path.empty()) report_saved();
       const bool background = async && !stop && rec.step != cfg.steps;
+      const auto tsnap = Clock::now();
       auto job = snapshot(r, grid, rec.step, r.wall_before + since(run_start));
+      const double snap_s = since(tsnap);
       const std::string path = job->path();
       if (background) {
         saver.start(std::move(job));
@@ -965,7 +972,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
         job->write();
         r.save_buffers = std::move(job->buffers);
         result.save_stall_s += since(ts);
-        site_out << "saved checkpoint " << path << " (" << fmt("%.2f", since(ts)) << " s)" << std::endl;
+        site_out << "saved checkpoint " << path << " (" << fmt("%.2f", since(ts)) << " s: snapshot " << fmt("%.2f", snap_s) << " s, "
+                 << job->times.str() << ")" << std::endl;
       }
     }
     if (stop) {
