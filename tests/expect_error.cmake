@@ -2,7 +2,13 @@
 # and no sign of a crash. Arguments: -DCMD=<args separated by |> -DREGEX=<regex> [-DWORKDIR=<dir>]
 # With -DMPI=1 (the command is mpirun ...) mpirun's own lines are allowed, but exactly one line
 # may come from tapestry ("tapestry: error: ..."), whichever rank printed it.
+# After the run: -DCHECK_FILE=<path> -DCHECK_REGEX=<regex> (the file must exist and match) and
+# -DCHECK_ABSENT=<path> (must not exist), e.g. a `latest` that still names the last good checkpoint.
+# -DCLEAN_DIR=<dir> is removed before the run.
 string(REPLACE "|" ";" cmd "${CMD}")
+if(CLEAN_DIR)
+  file(REMOVE_RECURSE "${CLEAN_DIR}")
+endif()
 if(NOT WORKDIR)
   set(WORKDIR ".")
 endif()
@@ -27,5 +33,17 @@ elseif(NOT n_newlines EQUAL 0 OR err_stripped STREQUAL "")
 endif()
 if(NOT err_stripped MATCHES "${REGEX}")
   message(FATAL_ERROR "stderr does not match '${REGEX}':\n${err}")
+endif()
+if(CHECK_FILE)
+  if(NOT EXISTS "${CHECK_FILE}")
+    message(FATAL_ERROR "${CHECK_FILE} does not exist after the run")
+  endif()
+  file(READ "${CHECK_FILE}" content)
+  if(NOT content MATCHES "${CHECK_REGEX}")
+    message(FATAL_ERROR "${CHECK_FILE} does not match '${CHECK_REGEX}': ${content}")
+  endif()
+endif()
+if(CHECK_ABSENT AND EXISTS "${CHECK_ABSENT}")
+  message(FATAL_ERROR "${CHECK_ABSENT} exists after the run")
 endif()
 message(STATUS "exit ${rc}: ${err_stripped}")

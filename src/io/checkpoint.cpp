@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <fstream>
@@ -44,7 +45,14 @@ void check(herr_t r, const std::string& what) {
 /// An HDF5 write that failed: a library error (the other ranks writing the same file may be inside
 /// a collective call), which stops the whole job.
 void check_write(herr_t r, const std::string& what) {
-  if (r < 0) throw LibraryError("HDF5: " + what);
+  if (r >= 0) return;
+  // The innermost entry of HDF5's error stack says what failed below (MPI-IO, the file system).
+  std::string cause;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, [](unsigned n, const H5E_error2_t* e, void* out) -> herr_t {
+    if (n == 0 && e->desc != nullptr) *static_cast<std::string*>(out) = e->desc;
+    return 0;
+  }, &cause);
+  throw LibraryError("HDF5: " + what + (cause.empty() ? "" : ": " + cause));
 }
 
 /// HDF5 prints its own error stack by default; Tapestry reports one line instead.
@@ -304,17 +312,10 @@ std::uint64_t checksum(const float* x, std::size_t n) {
   return s;
 }
 
-void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointState& st,
-                      const std::vector<FlatTensor>& tensors, const std::vector<FlatSection>& sections) {
-  quiet_hdf5();
-  H5 fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-  H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
-  H5 file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), H5Fclose);
-  // Every rank learns whether every rank could open it (one rank's full or read-only disk must not
-  // leave the others waiting in the collective calls that follow).
-  int opened = file.ok() ? 1 : 0;
-  MPI_Allreduce(MPI_IN_PLACE, &opened, 1, MPI_INT, MPI_MIN, comm);
-  require(opened == 1, "cannot create checkpoint file '" + path + "'" + (file.ok() ? " on another rank" : ""));
+namespace {
+/// Everything write_checkpoint() puts into the open file: collective over `comm`.
+void write_contents(hid_t file, const std::string& path, MPI_Comm comm, const CheckpointState& st,
+                    const std::vector<FlatTensor>& tensors, const std::vector<FlatSection>& sections) {
   H5 dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
   H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
   H5 lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
@@ -479,6 +480,38 @@ void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointSt
   attr(root, "created_utc", created);
   attr(root, "complete", std::int64_t(1));  // last: a file without it was cut short
   check_write(H5Fflush(file, H5F_SCOPE_GLOBAL), "flushing '" + path + "' failed (disk full?)");
+}
+
+/// A write failed on this rank in the middle of collective HDF5 calls. The other ranks wait (or
+/// will) in the next collective call, and closing the file is collective too, so unwinding would
+/// hang the job: one line naming the rank and the failure, and the job stops here. The file is a
+/// temporary that was never published; the previous checkpoint stays as it was.
+[[noreturn]] void abort_write(MPI_Comm comm, const std::string& what) {
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+  std::fprintf(stderr, "tapestry: error: rank %d of the checkpoint writers: %s\n", rank, what.c_str());
+  std::fflush(stderr);
+  MPI_Abort(comm, 2);
+  std::abort();  // not reached
+}
+}  // namespace
+
+void write_checkpoint(const std::string& path, MPI_Comm comm, const CheckpointState& st,
+                      const std::vector<FlatTensor>& tensors, const std::vector<FlatSection>& sections) {
+  quiet_hdf5();
+  H5 fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+  H5 file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), H5Fclose);
+  // Every rank learns whether every rank could open it (one rank's full or read-only disk must not
+  // leave the others waiting in the collective calls that follow).
+  int opened = file.ok() ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &opened, 1, MPI_INT, MPI_MIN, comm);
+  require(opened == 1, "cannot create checkpoint file '" + path + "'" + (file.ok() ? " on another rank" : ""));
+  try {
+    write_contents(file, path, comm, st, tensors, sections);
+  } catch (const LibraryError& e) {
+    abort_write(comm, e.what());
+  }
 }
 
 CheckpointState read_checkpoint_state(const std::string& path) {
