@@ -30,6 +30,28 @@ TrainConfig config(int global) {
   return c;
 }
 
+/// Resumes run `c` (which saved into `dir`) from `ckpt`, saving into dir/again, and requires the
+/// loss curve from step `from` on and the final parameters to equal the full run's bit for bit.
+/// Returns the resumed run's config, for refusal checks that start from it.
+TrainConfig resume_bit_exact(const TrainConfig& c, const train::TrainResult& full, const fs::path& dir, const std::string& ckpt,
+                             int from) {
+  auto r = c;
+  r.ckpt_dir = (dir / "again").string();
+  r.resume = ckpt;
+  const auto resumed = train_on(r, MPI_COMM_WORLD);
+  REQUIRE(all_ranks(curve_diff(full, resumed, from) == 0.0));  // bitwise
+  REQUIRE(all_ranks(resumed.param_checksum == full.param_checksum));
+  return r;
+}
+
+/// Requires every tensor of checkpoint `ckpt` to pass its checksums and their count to be
+/// `groups` times the model's tensors (model, moments, outer state, ... each one group).
+void require_tensor_groups(const std::string& ckpt, const ModelConfig& m, std::size_t groups) {
+  std::size_t n_reports = 0;
+  bool all_ok = true;
+  for (const auto& rep : io::inspect_checkpoint(ckpt, train::checkpoint_tensors(m))) ++n_reports, all_ok = all_ok && rep.ok;
+  REQUIRE(all_ranks(all_ok && n_reports == train::checkpoint_tensors(m).size() * groups));
+}
 
 }  // namespace
 
@@ -46,12 +68,7 @@ TEST_CASE("resume on the same layout is bit-exact", "[mpi][checkpoint]") {
     c.ckpt_dir = dir.string();
     const auto full = train_on(c, MPI_COMM_WORLD);
     REQUIRE(all_ranks(fs::exists(dir / "step_00000005.h5") && fs::exists(dir / "step_00000010.h5")));
-    auto r = c;
-    r.ckpt_dir = (dir / "again").string();
-    r.resume = (dir / "step_00000005.h5").string();
-    const auto resumed = train_on(r, MPI_COMM_WORLD);
-    REQUIRE(all_ranks(curve_diff(full, resumed, 5) == 0.0));  // bitwise
-    REQUIRE(all_ranks(resumed.param_checksum == full.param_checksum));
+    resume_bit_exact(c, full, dir, (dir / "step_00000005.h5").string(), 5);
   }
 }
 
@@ -67,12 +84,7 @@ TEST_CASE("resume of a shuffled mixture is bit-exact: the loader's position is i
   c.keep = 0;
   c.ckpt_dir = dir.string();
   const auto full = train_on(c, MPI_COMM_WORLD);
-  auto r = c;
-  r.ckpt_dir = (dir / "again").string();
-  r.resume = (dir / "step_00000004.h5").string();
-  const auto resumed = train_on(r, MPI_COMM_WORLD);
-  REQUIRE(all_ranks(curve_diff(full, resumed, 4) == 0.0));  // bitwise
-  REQUIRE(all_ranks(resumed.param_checksum == full.param_checksum));
+  const auto r = resume_bit_exact(c, full, dir, (dir / "step_00000004.h5").string(), 4);
   // The position belongs to this order: the same checkpoint read in order is refused.
   auto seq = r;
   seq.train_data = corpus().train_path;
@@ -92,18 +104,8 @@ TEST_CASE("Streaming DiLoCo: a save with a fragment in flight and int4 residuals
   const std::string ck = (dir / "step_00000006.h5").string();
   const auto st = io::read_checkpoint_state(ck);
   REQUIRE(all_ranks(st.outer_pending_step == 6 && st.outer_residual && st.outer_fragments == 2 && st.outer_delay == 1));
-  std::size_t n_reports = 0;
-  bool all_ok = true;
-  for (const auto& rep : io::inspect_checkpoint(ck, train::checkpoint_tensors(c.model))) ++n_reports, all_ok = all_ok && rep.ok;
-  const std::size_t per = train::checkpoint_tensors(c.model).size();
-  // model + moments of 2 sites, outer model + momentum, pending, 2 residuals
-  REQUIRE(all_ranks(all_ok && n_reports == per * (3 + 3 + 2 + 1 + 2)));
-  auto r = c;
-  r.ckpt_dir = (dir / "again").string();
-  r.resume = ck;
-  const auto resumed = train_on(r, MPI_COMM_WORLD);
-  REQUIRE(all_ranks(curve_diff(full, resumed, 6) == 0.0));  // bitwise
-  REQUIRE(all_ranks(resumed.param_checksum == full.param_checksum));
+  require_tensor_groups(ck, c.model, 3 + 3 + 2 + 1 + 2);  // model + moments of 2 sites, outer model + momentum, pending, 2 residuals
+  const auto r = resume_bit_exact(c, full, dir, ck, 6);
   // The fragment in flight belongs to the schedule it was sent under.
   auto w = r;
   w.parallel.outer_fragments = 1;
@@ -123,17 +125,8 @@ TEST_CASE("DiLoCo: resume mid-round is bit-exact; every site's state is in the f
     const std::string ck = (dir / "step_00000005.h5").string();
     const auto st = io::read_checkpoint_state(ck);
     REQUIRE(all_ranks(st.diloco_sites == sites && st.outer_steps == 3));
-    std::size_t n_reports = 0;
-    bool all_ok = true;
-    for (const auto& rep : io::inspect_checkpoint(ck, train::checkpoint_tensors(c.model))) ++n_reports, all_ok = all_ok && rep.ok;
-    const std::size_t per = train::checkpoint_tensors(c.model).size();
-    REQUIRE(all_ranks(all_ok && n_reports == per * (3 + 3 * std::size_t(sites - 1) + 2)));
-    auto r = c;
-    r.ckpt_dir = (dir / "again").string();
-    r.resume = ck;
-    const auto resumed = train_on(r, MPI_COMM_WORLD);
-    REQUIRE(all_ranks(curve_diff(full, resumed, 5) == 0.0));  // bitwise
-    REQUIRE(all_ranks(resumed.param_checksum == full.param_checksum));
+    require_tensor_groups(ck, c.model, 3 + 3 * std::size_t(sites - 1) + 2);
+    const auto r = resume_bit_exact(c, full, dir, ck, 5);
     // A DiLoCo checkpoint needs the same number of sites.
     if (sites == 2) {
       auto w = r;
