@@ -4,7 +4,7 @@
 # may come from tapestry ("tapestry: error: ..."), whichever rank printed it.
 # After the run: -DCHECK_FILE=<path> -DCHECK_REGEX=<regex> (the file must exist and match) and
 # -DCHECK_ABSENT=<path> (must not exist), e.g. a `latest` that still names the last good checkpoint.
-# -DCLEAN_DIR=<dir> is removed before the run.
+# -DCLEAN_DIR=<path> (a folder or a file) is removed before the run.
 string(REPLACE "|" ";" cmd "${CMD}")
 if(CLEAN_DIR)
   file(REMOVE_RECURSE "${CLEAN_DIR}")

@@ -111,19 +111,30 @@ void write_llmc_checkpoint(const std::string& path, MPI_Comm comm, const ModelCo
   require(rc == MPI_SUCCESS, "cannot write '" + tmp + "'");
   auto write_at = [&](std::size_t offset, const void* p, std::size_t bytes) {
     constexpr std::size_t kMax = std::size_t(1) << 30;  // MPI counts are int
-    for (std::size_t done = 0; done < bytes && rc == MPI_SUCCESS; done += kMax)
-      rc = MPI_File_write_at(f, MPI_Offset(offset + done), static_cast<const char*>(p) + done,
-                             int(std::min(kMax, bytes - done)), MPI_BYTE, MPI_STATUS_IGNORE);
+    for (std::size_t done = 0; done < bytes && rc == MPI_SUCCESS; done += kMax) {
+      const int n = int(std::min(kMax, bytes - done));
+      MPI_Status status;
+      rc = MPI_File_write_at(f, MPI_Offset(offset + done), static_cast<const char*>(p) + done, n, MPI_BYTE, &status);
+      // Open MPI 4.1's OMPIO returns MPI_SUCCESS when the file system refuses the write (ENOSPC):
+      // only the count written tells.
+      int written = 0;
+      if (rc == MPI_SUCCESS && (MPI_Get_count(&status, MPI_BYTE, &written) != MPI_SUCCESS || written != n)) rc = MPI_ERR_IO;
+    }
   };
   // Exactly the file's size, whatever an earlier `.tmp` left there.
   rc = MPI_File_set_size(f, MPI_Offset(kHeaderBytes + std::size_t(m.num_parameters()) * sizeof(float)));
   if (rank == 0) write_at(0, h.data(), kHeaderBytes);
   for (const auto& r : runs) write_at(kHeaderBytes + r.whole * sizeof(float), data + r.local, r.n * sizeof(float));
-  if (rc == MPI_SUCCESS) rc = MPI_File_sync(f);
+  const int synced = MPI_File_sync(f);  // collective: every rank calls it, whatever failed before
+  if (rc == MPI_SUCCESS) rc = synced;
   MPI_File_close(&f);
-  int ok = rc == MPI_SUCCESS ? 1 : 0;
-  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, comm);
-  require(ok == 1, "writing '" + tmp + "' failed (disk full?)");
+  int size = 1, first_failed = rc == MPI_SUCCESS ? 0 : rank + 1;  // 0: none
+  MPI_Comm_size(comm, &size);
+  if (first_failed == 0) first_failed = size + 1;
+  MPI_Allreduce(MPI_IN_PLACE, &first_failed, 1, MPI_INT, MPI_MIN, comm);
+  const bool ok = first_failed > size;
+  if (!ok && rank == 0) std::remove(tmp.c_str());  // nothing half-written is left behind
+  require(ok, "writing '" + tmp + "' failed on rank " + std::to_string(first_failed - 1) + " (disk full?)");
   if (rank == 0) {
     require(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '" + tmp + "' to '" + path + "'");
     sync_parent_dir(path);
