@@ -58,8 +58,7 @@ int open(const char* path, int flags, ...) {
   const mode_t mode = mode_arg(flags, ap);
   va_end(ap);
   if (blocked(path)) return errno = EACCES, -1;
-  using Fn = int (*)(const char*, int, ...);
-  return track(reinterpret_cast<Fn>(dlsym(RTLD_NEXT, "open"))(path, flags, mode), path);
+  return track(next<int (*)(const char*, int, ...)>("open")(path, flags, mode), path);
 }
 int open64(const char* path, int flags, ...) {
   va_list ap;
@@ -67,8 +66,7 @@ int open64(const char* path, int flags, ...) {
   const mode_t mode = mode_arg(flags, ap);
   va_end(ap);
   if (blocked(path)) return errno = EACCES, -1;
-  using Fn = int (*)(const char*, int, ...);
-  return track(reinterpret_cast<Fn>(dlsym(RTLD_NEXT, "open64"))(path, flags, mode), path);
+  return track(next<int (*)(const char*, int, ...)>("open64")(path, flags, mode), path);
 }
 int openat(int dir, const char* path, int flags, ...) {
   va_list ap;
@@ -76,8 +74,7 @@ int openat(int dir, const char* path, int flags, ...) {
   const mode_t mode = mode_arg(flags, ap);
   va_end(ap);
   if (blocked(path)) return errno = EACCES, -1;
-  using Fn = int (*)(int, const char*, int, ...);
-  return track(reinterpret_cast<Fn>(dlsym(RTLD_NEXT, "openat"))(dir, path, flags, mode), path);
+  return track(next<int (*)(int, const char*, int, ...)>("openat")(dir, path, flags, mode), path);
 }
 int close(int fd) {
   if (fd >= 0 && fd < kMaxFd) g_tracked[fd] = false;

@@ -128,13 +128,13 @@ void write_llmc_checkpoint(const std::string& path, MPI_Comm comm, const ModelCo
   const int synced = MPI_File_sync(f);  // collective: every rank calls it, whatever failed before
   if (rc == MPI_SUCCESS) rc = synced;
   MPI_File_close(&f);
-  int size = 1, first_failed = rc == MPI_SUCCESS ? 0 : rank + 1;  // 0: none
+  int size = 1;
   MPI_Comm_size(comm, &size);
-  if (first_failed == 0) first_failed = size + 1;
+  int first_failed = rc == MPI_SUCCESS ? size : rank;  // size: none failed
   MPI_Allreduce(MPI_IN_PLACE, &first_failed, 1, MPI_INT, MPI_MIN, comm);
-  const bool ok = first_failed > size;
+  const bool ok = first_failed == size;
   if (!ok && rank == 0) std::remove(tmp.c_str());  // nothing half-written is left behind
-  require(ok, "writing '" + tmp + "' failed on rank " + std::to_string(first_failed - 1) + " (disk full?)");
+  require(ok, "writing '" + tmp + "' failed on rank " + std::to_string(first_failed) + " (disk full?)");
   if (rank == 0) {
     require(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '" + tmp + "' to '" + path + "'");
     sync_parent_dir(path);

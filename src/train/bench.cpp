@@ -288,15 +288,15 @@ void bench_ckpt(const BenchCkptConfig& cfg, const parallel::Comm& world, std::os
   world.barrier();
   const std::string path = (std::filesystem::path(cfg.dir) / "bench.h5").string();
   const double bytes = 3.0 * double(gpt.num_params()) * 4.0;
-  double wsum = 0, rsum = 0, h5sum = 0;
+  double wsum = 0, rsum = 0, h5sum = 0, raw_sum = 0;
   std::vector<float> back(n), mb(part), vb(part);
-  double raw_sum = 0;
   const std::string raw_path = (std::filesystem::path(cfg.dir) / "bench.raw").string();
+  const auto raw = [&] { raw_sum += raw_write(raw_path, world, {params.data() + b, m.data(), v.data()}, part); };
   for (int it = 0; it < cfg.iters; ++it) {
     // The raw write goes first in odd iterations, after the HDF5 write in even ones: a file
     // written just after another was deleted can reuse its pages (faster on some VMs).
     const bool raw_first = it % 2 == 0;
-    if (raw_first) raw_sum += raw_write(raw_path, world, {params.data() + b, m.data(), v.data()}, part);
+    if (raw_first) raw();
     world.barrier();
     auto t0 = Clock::now();
     io::write_checkpoint(path, world.get(), st, tensors,
@@ -309,7 +309,7 @@ void bench_ckpt(const BenchCkptConfig& cfg, const parallel::Comm& world, std::os
     world.barrier();
     double w = since(t0);
     h5sum += h5;
-    if (!raw_first) raw_sum += raw_write(raw_path, world, {params.data() + b, m.data(), v.data()}, part);
+    if (!raw_first) raw();
     t0 = Clock::now();
     io::read_checkpoint_tensors(path, tensors, back.data(), n, mb.data(), vb.data(), b, b + part);
     double rd = since(t0);
@@ -318,15 +318,15 @@ void bench_ckpt(const BenchCkptConfig& cfg, const parallel::Comm& world, std::os
   }
   require(std::equal(back.begin(), back.begin() + std::ptrdiff_t(gpt.num_params()), params.data()) && mb == m && vb == v,
           "bench ckpt: read back differs from what was written");
-  const double w = wsum / cfg.iters, rd = rsum / cfg.iters, h5 = h5sum / cfg.iters, raw = raw_sum / cfg.iters;
+  const double w = wsum / cfg.iters, rd = rsum / cfg.iters, h5 = h5sum / cfg.iters, raw_s = raw_sum / cfg.iters;
   out << "# bench ckpt: " << gpt.num_params() << " parameters + AdamW m, v = " << fmt("%.1f", bytes / 1e6)
       << " MB of tensors, " << P << " ranks, " << cfg.iters << " iterations, file " << path << "\n"
       << "  write " << fmt("%.2f", w) << " s  " << fmt("%.2f", bytes / w / 1e9) << " GB/s   (each rank writes 1/"
       << P << ", collective MPI-IO, chunked, with chunk checksums, then fsync; HDF5 " << fmt("%.2f", h5)
       << " s, fsync " << fmt("%.2f", w - h5) << " s)\n"
-      << "  raw   " << fmt("%.2f", raw) << " s  " << fmt("%.2f", bytes / raw / 1e9)
+      << "  raw   " << fmt("%.2f", raw_s) << " s  " << fmt("%.2f", bytes / raw_s / 1e9)
       << " GB/s   (the same bytes by pwrite + fsync, no HDF5, before and after the HDF5 writes in turn; HDF5 write at "
-      << fmt("%.0f", 100.0 * raw / w) << "% of it)\n"
+      << fmt("%.0f", 100.0 * raw_s / w) << "% of it)\n"
       << "  read  " << fmt("%.2f", rd) << " s  " << fmt("%.2f", bytes / rd / 1e9)
       << " GB/s of file data  (every rank reads all parameters and 1/" << P << " of m and v; slowest rank)\n";
   if (r == 0) std::filesystem::remove(path);
