@@ -13,6 +13,13 @@
 #              non-zero within the federation timeout
 #   timeout    no rendezvous (mpirun without --ompi-server): each job ends with one error line
 #              after --federation-timeout, non-zero, no hang
+#   elastic_match   elastic federation (--federation-peers: the sites' first ranks over TCP, no
+#              ompi-server), 2 jobs x 2 ranks, DiLoCo H=5 int4: the training losses of one 4-rank
+#              job with --sites 2, step for step (relative 1e-6)
+#   elastic_rejoin  elastic federation, 2 jobs x 2 ranks: site 1's job is SIGKILLed mid-run; site 0
+#              drops it and loses no step; site 1 restarted with --resume auto rejoins at an outer
+#              boundary with site 0's state; both finish, with bitwise equal parameters and outer
+#              state after the last outer step; the checkpoint names the sites of each exchange
 set -eu
 mode=$1 exe=$2 mpirun=$3 data=$4 work=$5
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,11 +48,16 @@ fed() {
     > "$name.site1.log" 2>&1 || rc1=$?
   rc0=0; wait $p0 || rc0=$?
 }
-# same_losses A.jsonl B.jsonl: every step's training loss (and every validation loss) within 1e-6.
+# free_port: a TCP port nobody listens on now.
+free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# same_losses A.jsonl B.jsonl [train]: every step's training loss (and every validation loss, unless
+# "train") within 1e-6.
 same_losses() {
-  /usr/bin/python3 - "$1" "$2" <<'PY' || fail "losses differ: $1 vs $2"
+  /usr/bin/python3 - "$1" "$2" "${3:-all}" <<'PY' || fail "losses differ: $1 vs $2"
 import json, sys
 a, b = ([json.loads(l) for l in open(f)] for f in sys.argv[1:3])
+if sys.argv[3] == "train":
+    a, b = ([r for r in x if "loss" in r] for x in (a, b))
 assert len(a) == len(b) and len(a) > 0, (len(a), len(b))
 worst = 0.0
 for x, y in zip(a, b):
@@ -164,6 +176,65 @@ died)
   "$exe" ckpt verify "$ck" > /dev/null || fail "site 0's last checkpoint $ck does not verify"
   [ "ckpt/site_00/$(cat ckpt/site_00/latest)" = "$ck" ] || fail "latest does not point at $ck"
   echo "died: site 0 stopped ${took} s after site 1 was killed, with one line; its state $ck verifies"
+  ;;
+elastic_match)
+  peers=127.0.0.1:$(free_port),127.0.0.1:$(free_port)
+  extra=(--outer-steps 5 --compress int4)
+  $mpirun -np 4 "$exe" "${train[@]}" "${extra[@]}" --metrics-file one_job.jsonl > one.log 2>&1 || fail "single job failed"
+  SITE0_ARGS="--metrics-file federated.jsonl" fed elastic 2 2 "${extra[@]}" --federation-peers "$peers"
+  [ "$rc0" = 0 ] && [ "$rc1" = 0 ] || fail "elastic jobs exited $rc0 / $rc1"
+  for s in 0 1; do
+    grep -q "federation 'elastic': site $s of 2, elastic (this job's 2 rank(s)" elastic.site$s.log || fail "site $s: no elastic line"
+    grep -q "site $s of 2 (elastic federation: the others over TCP) x 1 node(s) x 2 rank(s) per node" elastic.site$s.log \
+      || fail "site $s: topology not printed"
+  done
+  grep -q "outer step of fragment 0 (sent after step 5) sums sites 0,1" elastic.site0.log || fail "contributors not logged"
+  # Validation differs by design: each elastic site evaluates its own model; the single job averages both.
+  echo -n "elastic: "; same_losses one_job.jsonl federated.jsonl train
+  ;;
+elastic_rejoin)
+  peers=127.0.0.1:$(free_port),127.0.0.1:$(free_port)
+  args=(--steps 240 --val-every 0 --outer-steps 5 --compress int4 --ckpt-dir ckpt --save-every 10 --keep 0
+        --federation elastic --federation-peers "$peers" --federation-timeout 30)
+  $mpirun -np 2 "$exe" "${train[@]}" "${args[@]}" --site-id 0 --metrics-file site0.jsonl > site0.log 2>&1 &
+  p0=$!
+  setsid $mpirun -np 2 "$exe" "${train[@]}" "${args[@]}" --site-id 1 > site1.log 2>&1 &
+  p1=$!
+  for _ in $(seq 600); do grep -q "step    22/" site1.log && break; sleep 0.05; done
+  grep -q "step    22/" site1.log || fail "site 1 did not reach step 22"
+  kill -9 -- "-$(ps -o pgid= "$p1" | tr -d ' ')" 2>/dev/null || kill -9 "$p1"
+  wait "$p1" 2>/dev/null || true
+  rc1=0; $mpirun -np 2 "$exe" "${train[@]}" "${args[@]}" --site-id 1 --resume auto > site1b.log 2>&1 || rc1=$?
+  rc0=0; wait $p0 || rc0=$?
+  [ "$rc0" = 0 ] && [ "$rc1" = 0 ] || fail "site 0 exited $rc0, restarted site 1 exited $rc1"
+  for log in site0.log site1b.log; do
+    ! grep -q "tapestry: error" $log || fail "$log: $(grep "tapestry: error" $log)"
+  done
+  grep -Eq "federation 'elastic' \(site 0\): site 1 dropped \((connection (closed|lost: )|its job restarted)" site0.log || fail "site 0 did not drop site 1"
+  joined=$(sed -n "s/.*federation 'elastic' (site 0): site 1 admitted at step \([0-9]*\) (it takes the state of site 0).*/\1/p" site0.log)
+  [ -n "$joined" ] || fail "site 0 did not admit site 1"
+  grep -q "federation 'elastic' (site 1): rejoined at step $joined with the state of site 0 (2 site(s) now)" site1b.log \
+    || fail "site 1 did not report rejoining at step $joined"
+  grep -q "resumed from ckpt/site_01/step_000000[12]0.h5 at step [12]0, then rejoined the federation at step $joined" site1b.log \
+    || fail "site 1 did not resume from its checkpoint: $(grep resumed site1b.log)"
+  grep -q "(sent after step $((joined + 5))) sums sites 0,1" site0.log || fail "site 1 did not contribute after rejoining"
+  /usr/bin/python3 - "$joined" <<'PY' || fail "after the rejoin"
+import json, sys
+import h5py, numpy as np
+joined = int(sys.argv[1])
+steps = [r["step"] for r in map(json.loads, open("site0.jsonl")) if "loss" in r]
+assert steps == list(range(1, 241)), "site 0 lost steps"
+a, b = (h5py.File(f"ckpt/site_0{s}/step_00000240.h5", "r") for s in (0, 1))
+names = []
+a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and (n.startswith("model/") or "diloco/outer/" in n) else None)
+assert len(names) > 10 and any("outer" in n for n in names), names
+worst = max(float(np.max(np.abs(a[n][()] - b[n][()]))) for n in names)
+assert worst == 0.0, f"sites differ by {worst}"
+log = a["diloco"].attrs["outer_contributors"].decode()
+assert ":0;" in log and log.endswith(f"{joined + 5}:0,1"), log
+print(f"elastic_rejoin: site 0 computed steps 1-240; site 1 rejoined at step {joined}; {len(names)} parameter and "
+      f"outer tensors bitwise equal at step 240; contributors {log}")
+PY
   ;;
 *) fail "unknown mode $mode" ;;
 esac

@@ -147,8 +147,15 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
       ->group("Cross-site (federation)");
   t->add_option("--site-id", p.site_id, "This job's site in the federation (0 hosts the rendezvous); --sites: the number of jobs")
       ->capture_default_str()->group("Cross-site (federation)");
-  t->add_option("--federation-timeout", p.federation_timeout, "Seconds for every site to join; then one error and exit 1")
+  t->add_option("--federation-timeout", p.federation_timeout,
+                "Seconds for every site to join; then one error and exit 1 (elastic: also how long a site may "
+                "take to answer before it is dropped)")
       ->capture_default_str()->group("Cross-site (federation)");
+  t->add_option("--federation-peers", p.federation_peers,
+                "Elastic federation: host:port of every site's first rank, in site order (no ompi-server). A site "
+                "whose job dies is dropped and the others go on; restarted with --resume auto it rejoins at the next "
+                "outer boundary with a peer's state. Needs --outer-steps")
+      ->group("Cross-site (federation)");
   t->add_option("--global-batch", c.global_batch,
                 "Sequences per optimizer step over all ranks; sets grad-accum = global / (batch-size * dp)")
       ->capture_default_str()->group("Training");

@@ -439,12 +439,14 @@ void write_contents(hid_t file, const std::string& path, MPI_Comm comm, const Ch
     attr(g, "outer_pending_step", st.outer_pending_step);
     attr(g, "outer_residual", std::int64_t(st.outer_residual ? 1 : 0));
     if (!st.outer_site_steps.empty()) attr(g, "outer_site_steps", st.outer_site_steps);
+    if (!st.outer_contributors.empty()) attr(g, "outer_contributors", st.outer_contributors);
     attr(g, "note", "site 0's inner state (or, with sites_in_file = 1, this federated site's own) is /model and "
                     "/optimizer; site s > 0's is under site_SS; outer/model and outer/momentum: the outer SGD's "
                     "parameters and momentum; outer/pending (outer_pending_step >= 0): the summed pseudo-gradient "
                     "of the fragment in flight; site_SS/outer_residual (outer_residual = 1): each site's "
                     "error-feedback residual; outer_site_steps (--outer-quota): the inner steps each site "
-                    "computed, as of the last merge");
+                    "computed, as of the last merge; outer_contributors (elastic federation): the sites each "
+                    "outer exchange summed, as changes 'sent-after-step:site,site;...'");
   }
   {
     H5 g = group(file, "/data");
@@ -599,6 +601,7 @@ CheckpointState read_checkpoint_state(const std::string& path) {
       st.outer_residual = r.i64(dl, "outer_residual") != 0;
     }
     if (r.has(dl, "outer_site_steps")) st.outer_site_steps = r.str(dl, "outer_site_steps");
+    if (r.has(dl, "outer_contributors")) st.outer_contributors = r.str(dl, "outer_contributors");
   }
   return st;
 }

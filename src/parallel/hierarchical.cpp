@@ -35,7 +35,21 @@ SiteTopology::SiteTopology(const Comm& dp, int site, int num_sites) : site_(site
               ", ranks per node " + std::to_string(lo[1]) + ".." + std::to_string(hi[1]) + ")");
 }
 
+SiteTopology SiteTopology::alone(const Comm& dp, int site, int num_sites) {
+  SiteTopology t;
+  t.site_ = site, t.num_sites_ = num_sites, t.elastic_ = true;
+  t.site_comm_ = dp.split(0, dp.rank());
+  t.node_ = t.site_comm_.split_shared();
+  t.site_nodes_ = t.site_comm_.split(t.node_.rank(), t.site_comm_.rank());
+  t.cross_ = dp.split(dp.rank(), 0);
+  return t;
+}
+
 std::string SiteTopology::describe() const {
+  if (elastic_)
+    return "site " + std::to_string(site_) + " of " + std::to_string(num_sites_) +
+           " (elastic federation: the others over TCP) x " + std::to_string(site_nodes_.size()) + " node(s) x " +
+           std::to_string(node_.size()) + " rank(s) per node";
   return std::to_string(num_sites_) + " site(s) x " + std::to_string(site_nodes_.size()) + " node(s) x " +
          std::to_string(node_.size()) + " rank(s) per node";
 }
@@ -75,6 +89,65 @@ constexpr bool kHostPayload = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemS
 CrossSiteSum::CrossSiteSum(Collectives& cross, const Comm& cross_comm, kernels::Compression compression)
     : cross_(cross), thread_comm_(duplicate(cross_comm)), compression_(compression) {}
 
+void CrossSiteSum::set_elastic(const Comm& site, SiteMesh* mesh, int site_id, int sites) {
+  thread_comm_ = duplicate(site);
+  mesh_ = mesh, elastic_ = true, site_id_ = site_id, sites_ = sites;
+}
+
+void CrossSiteSum::exchange_elastic(float* wire, std::size_t words, MPI_Comm site) {
+  int k = 1, r = 0;
+  MPI_Comm_size(site, &k);
+  MPI_Comm_rank(site, &r);
+  const std::size_t me = std::size_t(site_id_), K = std::size_t(k);
+  float* own = wire + me * words;
+  constexpr int kTag = 77;
+  // 1) This site's blocks, rank order, on its first rank.
+  std::vector<char> mine;
+  if (contribute_) {
+    if (r == 0) {
+      mine.resize(K * words * sizeof(float));
+      auto* m = reinterpret_cast<float*>(mine.data());
+      std::copy(own, own + words, m);
+      for (int q = 1; q < k; ++q) parallel::recv(m + std::size_t(q) * words, words, MPI_FLOAT, sizeof(float), q, kTag, site);
+    } else {
+      parallel::send(own, words, MPI_FLOAT, sizeof(float), 0, kTag, site);
+    }
+  }
+  // 2) The first ranks exchange them; 3) which sites count, to every rank.
+  std::vector<std::vector<char>> got;
+  std::vector<int> contrib;
+  if (r == 0) {
+    const std::uint64_t before = mesh_->bytes_sent();
+    got = mesh_->all_gather(mine);
+    thread_bytes_ = mesh_->bytes_sent() - before;
+    for (std::size_t s = 0; s < got.size(); ++s)
+      if (!got[s].empty()) {
+        require(got[s].size() == K * words * sizeof(float), "elastic federation: site " + std::to_string(s) +
+                                                                 " sent " + std::to_string(got[s].size()) +
+                                                                 " bytes for a payload of " +
+                                                                 std::to_string(K * words * sizeof(float)));
+        contrib.push_back(int(s));
+      }
+  }
+  int c = int(contrib.size());
+  MPI_Bcast(&c, 1, MPI_INT, 0, site);
+  contrib.resize(std::size_t(c));
+  MPI_Bcast(contrib.data(), c, MPI_INT, 0, site);
+  // 4) Every rank its part of each other site's block.
+  for (int s : contrib) {
+    if (std::size_t(s) == me) continue;  // its own part is in place
+    float* dst = wire + std::size_t(s) * words;
+    if (r == 0) {
+      const auto* b = reinterpret_cast<const float*>(got[std::size_t(s)].data());
+      std::copy(b, b + words, dst);
+      for (int q = 1; q < k; ++q) parallel::send(b + std::size_t(q) * words, words, MPI_FLOAT, sizeof(float), q, kTag, site);
+    } else {
+      parallel::recv(dst, words, MPI_FLOAT, sizeof(float), 0, kTag, site);
+    }
+  }
+  contrib_ = std::move(contrib);
+}
+
 CrossSiteSum::~CrossSiteSum() {
   if (worker_.joinable()) worker_.join();
 }
@@ -95,19 +168,24 @@ void CrossSiteSum::sum(float* buf, std::size_t n, View1<float> residual) {
   finish(buf);
 }
 
-void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual, bool background, const Header* header) {
+void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual, bool background, const Header* header,
+                         bool contribute) {
   require(n_ == 0, "CrossSiteSum: an exchange is already in flight");
   const Timed timed{seconds_, MPI_Wtime()};  // every return below counts its time
-  const std::size_t S = std::size_t(cross_.size()), me = std::size_t(cross_.rank());
+  const std::size_t S = std::size_t(elastic_ ? sites_ : cross_.size()), me = std::size_t(elastic_ ? site_id_ : cross_.rank());
   weighted_ = header != nullptr;
-  const bool plain = compression_ == kernels::Compression::none && !weighted_;  // all-reduced in place
+  contribute_ = contribute || !elastic_;
+  // all-reduced in place (elastic: always gathered, the sum is over the sites that got through)
+  const bool plain = compression_ == kernels::Compression::none && !weighted_ && !elastic_;
   const std::size_t head = weighted_ ? 3 : 0;  // words of the header
   const std::size_t bytes = plain ? n * sizeof(float) : kernels::compressed_bytes(compression_, n);
   const std::size_t words = head + (bytes + 3) / 4, blocks = plain ? 1 : S;
   if (payload_.extent(0) < blocks * words) payload_ = View1<float>("tapestry::xsite_payload", blocks * words);
   const ExecSpace ex;
   float* mine = payload_.data() + (plain ? 0 : me * words);
-  if (plain) Kokkos::deep_copy(ex, View1<float>(mine, n), View1<float>(const_cast<float*>(buf), n));
+  if (!contribute_) {
+    // nothing of this site's to encode
+  } else if (plain) Kokkos::deep_copy(ex, View1<float>(mine, n), View1<float>(const_cast<float*>(buf), n));
   else
     kernels::compress_with_feedback(ex, compression_, View1<float>(const_cast<float*>(buf), n), residual,
                                     reinterpret_cast<std::uint8_t*>(mine + head));
@@ -116,9 +194,29 @@ void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual,
     Kokkos::deep_copy(ex, View1<float>(mine, 3), Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(h, 3));
   }
   ex.fence();
-  n_ = n, words_ = words, background_ = background && S > 1;
-  bytes_ += plain ? 2 * (S - 1) * n * sizeof(float) / S : (S - 1) * (bytes + head * sizeof(float));
-  if (S == 1) return;
+  n_ = n, words_ = words, background_ = background && (S > 1 || elastic_);
+  if (!elastic_) {
+    contrib_.resize(S);
+    for (std::size_t s = 0; s < S; ++s) contrib_[s] = int(s);
+    bytes_ += plain ? 2 * (S - 1) * n * sizeof(float) / S : (S - 1) * (bytes + head * sizeof(float));
+  }
+  if (S == 1 && !elastic_) return;
+  if (!background_ && elastic_) {  // host bytes (a device payload goes through host_)
+    float* wire = payload_.data();
+    if (!kHostPayload) {
+      host_.resize(blocks * words);
+      Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host_.data() + me * words, words);
+      Kokkos::deep_copy(h, View1<float>(mine, words));
+      wire = host_.data();
+    }
+    exchange_elastic(wire, words, thread_comm_.get());
+    bytes_ += std::exchange(thread_bytes_, 0);
+    if (!kHostPayload) {
+      Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host_.data(), host_.size());
+      Kokkos::deep_copy(View1<float>(payload_.data(), host_.size()), h);
+    }
+    return;
+  }
   if (!background_) {
     if (plain) cross_.all_reduce_sum(mine, n);
     else cross_.all_gather_inplace(payload_.data(), words);
@@ -135,7 +233,8 @@ void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual,
   const MPI_Comm comm = thread_comm_.get();
   worker_ = std::thread([this, wire, words, plain, comm] {
     try {
-      if (plain) parallel::all_reduce_sum(wire, words, MPI_FLOAT, sizeof(float), comm);
+      if (elastic_) exchange_elastic(wire, words, comm);
+      else if (plain) parallel::all_reduce_sum(wire, words, MPI_FLOAT, sizeof(float), comm);
       else parallel::all_gather_inplace(wire, words, MPI_FLOAT, sizeof(float), comm);
     } catch (...) {
       error_ = std::current_exception();
@@ -146,12 +245,13 @@ void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual,
 void CrossSiteSum::finish(float* out, std::vector<Header>* headers) {
   require(n_ > 0, "CrossSiteSum: no exchange in flight");
   const Timed timed{seconds_, MPI_Wtime()};
-  const std::size_t n = n_, words = words_, S = std::size_t(cross_.size());
+  const std::size_t n = n_, words = words_, S = std::size_t(elastic_ ? sites_ : cross_.size());
   const bool plain = compression_ == kernels::Compression::none && !weighted_;
   n_ = 0;
   if (background_) {
     worker_.join();
     if (error_) std::rethrow_exception(error_);
+    bytes_ += std::exchange(thread_bytes_, 0);
     if (!kHostPayload) {
       Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host_.data(), host_.size());
       Kokkos::deep_copy(View1<float>(payload_.data(), host_.size()), h);
@@ -180,9 +280,11 @@ void CrossSiteSum::finish(float* out, std::vector<Header>* headers) {
     if (headers) *headers = h;
   }
   Kokkos::deep_copy(ex, acc, 0.0f);
-  for (std::size_t s = 0; s < S; ++s)  // site order: the same sum on every rank
+  for (const int c : contrib_) {  // site order: the same sum on every rank
+    const std::size_t s = std::size_t(c);
     kernels::decompress_add(ex, compression_, reinterpret_cast<const std::uint8_t*>(payload_.data() + s * words + head),
                             acc, scale[s]);
+  }
   ex.fence();
 }
 

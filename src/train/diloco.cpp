@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 
 #include "tapestry/core/error.hpp"
 #include "tapestry/kernels/optim.hpp"
@@ -17,7 +18,7 @@ View1<float> sub(View1<float> v, std::size_t lo, std::size_t hi) { return View1<
 }  // namespace
 
 Diloco::Diloco(const parallel::SiteTopology& topo, parallel::Backend backend, const ParallelConfig& cfg,
-               View1<float> params)
+               View1<float> params, parallel::SiteMesh* mesh)
     : topo_(topo),
       cfg_(cfg),
       site_(parallel::make_collectives(backend, topo.site_ranks())),
@@ -29,6 +30,8 @@ Diloco::Diloco(const parallel::SiteTopology& topo, parallel::Backend backend, co
   quota_ = cfg.outer_quota;
   since_send_.assign(std::size_t(sched_.fragments), 0);
   xsum_ = std::make_unique<parallel::CrossSiteSum>(*cross_, topo.cross_site(), kernels::parse_compression(cfg.compress));
+  mesh_ = mesh;
+  if (topo.elastic()) xsum_->set_elastic(topo.site_ranks(), mesh, topo.site(), topo.num_sites());
   const std::size_t n = params.extent(0), k = std::size_t(site_->size());
   require(n % k == 0, "DiLoCo: the parameter buffer does not divide over the ranks of a site");
   const std::size_t part = n / k;
@@ -49,7 +52,7 @@ void Diloco::reset(View1<float> params) {
   pending_frag_ = -1, pending_sent_ = -1, pending_summed_ = false;
 }
 
-void Diloco::send(int p, View1<float> params) {
+void Diloco::send(int p, int step, View1<float> params) {
   const ExecSpace ex;
   const auto [lo, hi] = sched_.range(p, outer_.extent(0));
   kernels::pseudo_gradient<float>(ex, sub(outer_, lo, hi), View1<float>(params.data() + begin_ + lo, hi - lo),
@@ -58,7 +61,9 @@ void Diloco::send(int p, View1<float> params) {
   parallel::CrossSiteSum::Header h;
   h.weight = float(since_send_[std::size_t(p)]), h.value = float(t_self_), h.total = float(computed_);
   since_send_[std::size_t(p)] = 0;
-  xsum_->start(delta_.data() + lo, hi - lo, sub(residual_, lo, hi), overlap_, quota_ ? &h : nullptr);
+  // Just rejoined: nothing to contribute in this round.
+  const bool contribute = joined_at_ < 0 || step >= joined_at_ + sched_.H;
+  xsum_->start(delta_.data() + lo, hi - lo, sub(residual_, lo, hi), overlap_, quota_ ? &h : nullptr, contribute);
   pending_summed_ = false;
   if (!overlap_) {  // blocking: the sum is ready now (held until the merge when delay > 0)
     finish_exchange(delta_.data() + lo);
@@ -110,13 +115,27 @@ void Diloco::merge(int p, View1<float> params) {
   require(p == pending_frag_, "DiLoCo: fragment " + std::to_string(p) + " is merged but " +
                                   std::to_string(pending_frag_) + " is in flight");
   settle();
+  collect_events();  // what the exchange found (a site dropped) before what the merge makes of it
   const ExecSpace ex;
   const std::size_t part = outer_.extent(0);
   const auto [lo, hi] = sched_.range(p, part);
   const std::size_t len = hi - lo;
   kernels::OuterStep s;
   s.lr = cfg_.outer_lr, s.momentum = cfg_.outer_momentum, s.nesterov = cfg_.outer_nesterov;
-  s.delta_scale = quota_ ? 1.0 : 1.0 / topo_.num_sites();  // weighted: the exchange formed the mean
+  // weighted: the exchange formed the mean; elastic: the mean over the sites that contributed
+  const auto& contrib = xsum_->contributors();
+  s.delta_scale = quota_ ? 1.0 : 1.0 / (topo_.elastic() ? std::max<std::size_t>(1, contrib.size()) : topo_.num_sites());
+  if (topo_.elastic()) {  // the contributors, when they change: logged and kept for the checkpoint
+    std::string who;
+    for (int c : contrib) who += (who.empty() ? "" : ",") + std::to_string(c);
+    if (who != last_contrib_) {
+      contrib_log_ += (contrib_log_.empty() ? "" : ";") + std::to_string(pending_sent_) + ":" + who;
+      if (site_->rank() == 0)
+        events_ += "outer step of fragment " + std::to_string(p) + " (sent after step " + std::to_string(pending_sent_) +
+                   ") sums sites " + (who.empty() ? "none" : who) + "\n";
+      last_contrib_ = who;
+    }
+  }
   kernels::outer_sgd_update<float>(ex, sub(outer_, lo, hi), sub(momentum_, lo, hi), sub(delta_, lo, hi), s);
   report_.clear();
   if (quota_ && !headers_.empty()) {  // the decisions, for the log and the checkpoint
@@ -160,20 +179,81 @@ double Diloco::after_step(int step, View1<float> params) {
   const auto t0 = std::chrono::steady_clock::now();
   report_.clear();
   const int m = sched_.merged_after(step), p = sched_.sent_after(step);
+  const bool at_boundary = topo_.elastic() && step > 0 && step % sched_.H == 0 && step != boundary_done_;
   if (sched_.delay == 0) {
     if (p >= 0) {
-      send(p, params);
+      if (at_boundary) boundary(step);
+      send(p, step, params);
       pending_frag_ = p, pending_sent_ = step;
       merge(p, params);
     }
   } else {
     if (m >= 0 && m == pending_frag_) merge(m, params);  // else: sent before this run (resumed without DiLoCo state)
+    if (at_boundary) boundary(step);
+    collect_events();  // before the next exchange starts (its thread uses the mesh)
     if (p >= 0) {
-      send(p, params);
+      send(p, step, params);
       pending_frag_ = p, pending_sent_ = step;
     }
   }
+  if (!xsum_->in_flight()) collect_events();
   return seconds_since(t0);
+}
+
+void Diloco::collect_events() {
+  if (mesh_ == nullptr) return;
+  for (const auto& e : mesh_->take_events()) events_ += e + "\n";
+}
+
+void Diloco::boundary(int step) {
+  require(pending_frag_ < 0 || pending_summed_, "DiLoCo: an exchange is in flight at the outer boundary after step " +
+                                                    std::to_string(step));
+  int info[2] = {0, 0};  // sites admitted; whether this site sends them the state
+  if (mesh_ != nullptr) {
+    info[0] = int(mesh_->admit(step).size());
+    info[1] = mesh_->welcomes() ? 1 : 0;
+  }
+  MPI_Bcast(info, 2, MPI_INT, 0, topo_.site_ranks().get());
+  if (info[0] == 0 || info[1] == 0) return;
+  // The outer parameters and momentum, whole, on the first rank: [n][outer (n)][momentum (n)].
+  const std::size_t part = outer_.extent(0), k = std::size_t(site_->size()), n = part * k;
+  View1<float> full("tapestry::welcome_state", 2 * n);
+  const ExecSpace ex;
+  for (int which = 0; which < 2; ++which) {
+    View1<float> dst(full.data() + std::size_t(which) * n, n);
+    Kokkos::deep_copy(ex, View1<float>(dst.data() + begin_, part), which == 0 ? outer_ : momentum_);
+    ex.fence();
+    site_->all_gather_inplace(dst.data(), part);
+  }
+  if (mesh_ == nullptr) return;
+  std::vector<char> state(sizeof(std::uint64_t) + 2 * n * sizeof(float));
+  const std::uint64_t n64 = n;
+  std::memcpy(state.data(), &n64, sizeof(n64));
+  Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(
+      reinterpret_cast<float*>(state.data() + sizeof(n64)), 2 * n);
+  Kokkos::deep_copy(h, full);
+  mesh_->welcome(step, state);
+}
+
+void Diloco::rejoin(int step, const std::vector<char>& state, View1<float> params) {
+  const std::size_t part = outer_.extent(0), n = params.extent(0);
+  std::uint64_t n64 = 0;
+  if (state.size() >= sizeof(n64)) std::memcpy(&n64, state.data(), sizeof(n64));
+  require(n64 == n && state.size() == sizeof(n64) + 2 * n * sizeof(float),
+          "elastic federation: the state sent for rejoining holds " + std::to_string(n64) + " parameters, this run " +
+              std::to_string(n));
+  if (xsum_->in_flight()) xsum_->finish(delta_.data());
+  Kokkos::View<const float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(
+      reinterpret_cast<const float*>(state.data() + sizeof(n64)), 2 * n);
+  const ExecSpace ex;
+  Kokkos::deep_copy(ex, params, Kokkos::subview(h, std::make_pair(std::size_t(0), n)));
+  Kokkos::deep_copy(ex, outer_, Kokkos::subview(h, std::make_pair(begin_, begin_ + part)));
+  Kokkos::deep_copy(ex, momentum_, Kokkos::subview(h, std::make_pair(n + begin_, n + begin_ + part)));
+  Kokkos::deep_copy(ex, residual_, 0.0f);
+  ex.fence();
+  pending_frag_ = -1, pending_sent_ = -1, pending_summed_ = false;
+  joined_at_ = step, boundary_done_ = step;
+  collect_events();
 }
 
 std::string Diloco::describe() const {

@@ -12,17 +12,20 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <memory>
+#include <sstream>
 #include <thread>
 #include <utility>
 
 #include "tapestry/core/error.hpp"
 #include "tapestry/io/data_loader.hpp"
 #include "tapestry/parallel/large_count.hpp"
+#include "tapestry/parallel/site_mesh.hpp"
 #include "tapestry/io/llmc_checkpoint.hpp"
 #include "tapestry/kernels/blas.hpp"
 #include "tapestry/kernels/optim.hpp"
@@ -174,6 +177,9 @@ struct Run {
   std::unique_ptr<parallel::Collectives> inner_coll;
   std::unique_ptr<parallel::SiteTopology> inner_topo;  // the site alone, for a hierarchical inner reducer
   std::unique_ptr<Diloco> diloco;
+  std::unique_ptr<parallel::SiteMesh> mesh;  // elastic federation, on the site's first rank
+  bool elastic = false;   // elastic federation: this job is one site; sites meet over TCP
+  bool rejoined = false;  // this site rejoined a running elastic federation (at start_step)
   std::unique_ptr<parallel::GradReducer> reducer;
   std::uint64_t xsite_seen = 0;  // cross-site bytes counted so far
   int site = 0;
@@ -201,6 +207,7 @@ struct Run {
   View1<float> grad_shard;  // ZeRO-1: this rank's summed gradients
   std::vector<io::FlatTensor> tensors;  // the checkpoint's view of the flat buffer
   int start_step = 0;
+  int resumed_step = 0;  // the checkpoint's step (start_step, unless this site rejoined a federation later)
   double wall_before = 0;  // training seconds before this job (resumed runs)
   std::string resumed_from;
 };
@@ -247,6 +254,7 @@ void resume_from(Run& r, const std::string& path) {
       Kokkos::deep_copy(dst, h);
     };
     if (st.outer_residual && r.cfg.parallel.compress != "none") load(io::diloco_residual_prefix(s), r.diloco->residual());
+    r.diloco->set_contributors_log(st.outer_contributors);
     if (st.outer_pending_step >= 0) {
       const auto& pc = r.cfg.parallel;
       require(st.outer_fragments == pc.outer_fragments && st.outer_delay == pc.outer_delay,
@@ -261,7 +269,7 @@ void resume_from(Run& r, const std::string& path) {
   }
   r.adamw->set_steps_taken(st.adam_t);
   r.train_loader->set_position({st.loader_file, st.loader_offset, st.loader_epoch});
-  r.start_step = int(st.step);
+  r.start_step = r.resumed_step = int(st.step);
   r.wall_before = st.wall_time_s;
   r.resumed_from = path;
 }
@@ -295,26 +303,63 @@ void setup_local(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid&
     cfg.model = m;
   }
   const int dp = layout.dp(), drank = grid.dp().rank();
-  resolve_batch(cfg, dp);
+  const bool elastic = !cfg.parallel.federation.empty() && !cfg.parallel.federation_peers.empty();
+  resolve_batch(cfg, elastic ? dp * cfg.parallel.sites : dp);  // elastic: the global batch spans the sites' jobs
   validate(cfg);
   const int B = cfg.batch_size, T = cfg.seq_len;
   io::DataLoader::Options lopt;
   lopt.batch_size = B, lopt.seq_len = T, lopt.vocab_size = std::uint64_t(cfg.model.vocab_size);
   lopt.shard = drank, lopt.num_shards = dp, lopt.micro_batches = cfg.grad_accum;
+  if (elastic)  // this job is one site of the DP ranks
+    lopt.shard = cfg.parallel.site_id * dp + drank, lopt.num_shards = cfg.parallel.sites * dp;
   lopt.shuffle = cfg.shuffle, lopt.seed = cfg.seed;
   r.train_loader = std::make_unique<io::DataLoader>(io::parse_data_spec(cfg.train_data), lopt);
   if (cfg.val_every > 0) {
     lopt.shuffle = false;  // validation: the same rows every time
+    lopt.shard = drank, lopt.num_shards = dp;  // elastic: every site evaluates the same rows
     r.val_loader = std::make_unique<io::DataLoader>(io::parse_data_spec(cfg.val_data), lopt);
   }
   parallel::parse_backend(cfg.parallel.collectives);
   if (layout.tp() > 1) model::validate_tp(cfg.model, layout.tp());
   if (layout.pp() > 1) stage_layers(cfg.model.n_layer, layout.pp(), cfg.parallel.pp_split);
-  r.site = parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
   r.federated = !cfg.parallel.federation.empty();
+  r.elastic = r.federated && !cfg.parallel.federation_peers.empty();
+  r.site = r.elastic ? cfg.parallel.site_id : parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
   if (hf) r.hf_reader = std::make_unique<HfReader>(cfg.init_from, cfg.model);  // files there, fitting the spec
   r.resume_path = resolve_resume(cfg.resume, r.ckpt_dir());
   if (!r.resume_path.empty()) r.resume_state = io::read_checkpoint_state(r.resume_path);
+}
+
+/// Runs `f` on the first rank of `comm` only. Its error (tapestry::Error) is rethrown there; the
+/// other ranks get false (and return, so that every rank meets in the enclosing agree()).
+/// Collective over `comm`.
+bool on_first_rank(const parallel::Comm& comm, const std::function<void()>& f) {
+  std::string error;
+  if (comm.rank() == 0) try {
+      f();
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  int bad = error.empty() ? 0 : 1;
+  MPI_Bcast(&bad, 1, MPI_INT, 0, comm.get());
+  if (bad && comm.rank() == 0) throw Error(error);
+  return bad == 0;
+}
+
+/// Elastic federation: the site's first rank connects to the other sites. Either every site starts
+/// now, or this site rejoins a running federation: then it takes the state a member sent (the outer
+/// parameters become its parameters) and continues from that member's step. Collective over the job.
+void join_sites(Run& r, const parallel::ProcessGrid& grid) {
+  parallel::SiteMesh::Start st;
+  if (!on_first_rank(grid.world(), [&] { st = r.mesh->start(r.start_step); })) return;
+  std::int64_t head[3] = {st.rejoined ? 1 : 0, st.step, std::int64_t(st.state.size())};
+  MPI_Bcast(head, 3, MPI_INT64_T, 0, grid.world().get());
+  if (head[0] == 0) return;
+  st.state.resize(std::size_t(head[2]));
+  parallel::broadcast(st.state.data(), st.state.size(), MPI_BYTE, 1, 0, grid.world().get());
+  r.diloco->rejoin(int(head[1]), st.state, r.gpt->params());
+  r.start_step = int(head[1]);
+  r.rejoined = true;
 }
 
 /// Setup, phase 2: the communicators, the model, the optimizer and the resumed state. Every rank
@@ -376,8 +421,18 @@ void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& o
   const std::size_t n = r.gpt->padded_size();
   r.coll = parallel::make_collectives(backend, grid.dp());
   const auto& pc = cfg.parallel;
-  if (pc.sites > 1 || pc.grad_reduce == "hierarchical" || pc.outer_steps > 0)
+  if (r.elastic)
+    r.sites = std::make_unique<parallel::SiteTopology>(parallel::SiteTopology::alone(grid.dp(), r.site, pc.sites));
+  else if (pc.sites > 1 || pc.grad_reduce == "hierarchical" || pc.outer_steps > 0)
     r.sites = std::make_unique<parallel::SiteTopology>(grid.dp(), r.site, pc.sites);
+  if (r.elastic && !on_first_rank(grid.world(), [&] {  // listening from now on
+        parallel::SiteMesh::Spec ms;
+        ms.name = pc.federation, ms.site = r.site, ms.sites = pc.sites, ms.timeout_s = pc.federation_timeout;
+        ms.peers = parallel::parse_site_peers(pc.federation_peers, pc.sites);
+        ms.fingerprint = federation_fingerprint(cfg) + " ranks_per_site=" + std::to_string(grid.world().size());
+        r.mesh = std::make_unique<parallel::SiteMesh>(ms);
+      }))
+    return;
   if (r.federated) r.site_world = grid.world().split(r.site, grid.world().rank());
   r.sum_comm = r.shard_comm = &grid.dp();
   if (pc.outer_steps > 0) {
@@ -389,7 +444,7 @@ void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& o
     } else {
       r.reducer = std::make_unique<parallel::FlatReducer>(*r.inner_coll, std::size_t(pc.bucket_mb * (1 << 20)));
     }
-    r.diloco = std::make_unique<Diloco>(*r.sites, backend, pc, r.gpt->params());
+    r.diloco = std::make_unique<Diloco>(*r.sites, backend, pc, r.gpt->params(), r.mesh.get());
   } else if (pc.grad_reduce == "hierarchical") {
     r.shard_comm = &r.sites->site_ranks();
     r.reducer = std::make_unique<parallel::HierarchicalReducer>(*r.sites, backend, *r.coll,
@@ -422,6 +477,7 @@ void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& o
   const auto [lo, hi] = min_max(r.start_step, grid.world());
   require(lo == hi, "ranks would resume from different steps (" + std::to_string(lo) + " and " + std::to_string(hi) +
                         "): every site's --ckpt-dir must hold a checkpoint of the same step");
+  if (r.elastic) join_sites(r, grid);
 }
 
 /// \brief One step's checkpoint, snapshotted: the values this rank writes, copied into host
@@ -517,6 +573,7 @@ std::unique_ptr<SaveJob> snapshot(Run& r, const parallel::ProcessGrid& grid, int
               r.federated || r.site == s ? range : none);
     st.outer_fragments = cfg.parallel.outer_fragments, st.outer_delay = cfg.parallel.outer_delay;
     st.outer_mix = cfg.parallel.outer_mix;
+    st.outer_contributors = r.diloco->contributors_log();
     for (const auto k : r.diloco->site_steps())
       st.outer_site_steps += (st.outer_site_steps.empty() ? "" : ",") + std::to_string(k);
     st.diloco_sites = S;
@@ -706,7 +763,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   kernels::Blas blas(ExecSpace(), parse_precision(cfg.precision));
   const auto& ex = blas.exec();
 
-  const double tokens_per_step = double(cfg.global_batch) * T;
+  // Elastic federation: this job is one site, which processes its share of the global batch.
+  const double tokens_per_step = double(cfg.global_batch) * T / (r.elastic ? cfg.parallel.sites : 1);
   const double flops_per_step = cfg.model.flops_per_token(T) * tokens_per_step;
   const double peak = detail::run_peak_flops(grid.world(), cfg.peak_flops);
   out << "tapestry train: " << cfg.model.num_parameters() << " parameters (" << spec_string(cfg.model)
@@ -734,7 +792,9 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   // Saving, resuming and stopping also show in every federated site's own job log (its scripts act on them).
   const bool site_first = r.federated && r.sites->site_ranks().rank() == 0;
   std::ostream& site_out = root || site_first ? out_root : null_sink;
-  if (!r.resumed_from.empty()) site_out << "resumed from " << r.resumed_from << " at step " << r.start_step << "\n";
+  if (!r.resumed_from.empty())
+    site_out << "resumed from " << r.resumed_from << " at step " << r.resumed_step
+             << (r.rejoined ? ", then rejoined the federation at step " + std::to_string(r.start_step) : std::string()) << "\n";
   install_stop_signals();
   const auto run_start = Clock::now();
 
@@ -766,7 +826,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
              << " GiB of host buffers on this rank (allocated in " << fmt("%.2f", since(t0)) << " s)" << std::endl;
   }
   std::unique_ptr<SiteWatchdog> watchdog;  // federated: a site that dies must not leave this one waiting
-  if (r.federated)
+  if (r.federated && !r.elastic)
     watchdog = std::make_unique<SiteWatchdog>(r, grid, saver, cfg.parallel.federation_timeout,
                                               r.sites->site_ranks().rank() == 0 && grid.tp().rank() == 0 &&
                                                   grid.pp().rank() == 0);
@@ -775,6 +835,17 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   double last_loss = 0;                 // shown for a step a straggling site skips
   View1<float> params = gpt.params(), grads = gpt.grads();
   const std::size_t n = gpt.padded_size();
+  // Elastic federation: the decisions (drops, admissions, contributors), in this site's log.
+  auto report_events = [&] {
+    if (!r.diloco) return;
+    std::istringstream lines(r.diloco->take_events());
+    for (std::string line; std::getline(lines, line);)
+      site_out << "federation '" << cfg.parallel.federation << "' (site " << r.site << "): " << line << std::endl;
+  };
+  if (r.rejoined) {  // the rest of the boundary the members are at: this site's (empty) part of its exchange
+    if (r.diloco->acts_after(r.start_step)) r.diloco->after_step(r.start_step, params);
+    report_events();
+  }
   for (int step = r.start_step; step <= cfg.steps; ++step) {
     if (r.val_loader && (step % cfg.val_every == 0 || step == cfg.steps)) {
       const ValRecord v{step, evaluate(gpt, r.pipe.get(), blas, *r.val_loader, cfg.val_batches, cfg.grad_accum, dpc)};
@@ -870,6 +941,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       const double wait = r.diloco->after_step(step + 1, params);
       rec.comm_ms += 1e3 * wait;
       rec.xsite_wait_ms = 1e3 * wait;
+      report_events();
     }
     ex.fence();
     if (r.sites && (!r.diloco || r.diloco->acts_after(step + 1))) {  // bytes that crossed sites, all ranks together
@@ -878,7 +950,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       r.xsite_seen = now;
       // DiLoCo: summed inside the site only (no cross-site round trip outside an exchange); every
       // site sends the same bytes (same shapes, same encoding).
-      rec.cross_site_mb = r.diloco ? all_sum(sent, r.sites->site_ranks()) * r.sites->num_sites() / 1e6
+      // Elastic federation: what this site sent, measured (sites may come and go).
+      rec.cross_site_mb = r.diloco ? all_sum(sent, r.sites->site_ranks()) * (r.elastic ? 1 : r.sites->num_sites()) / 1e6
                                    : all_sum(sent, dpc) / 1e6;
     }
     // Stop and failure flags, agreed over the job (with DiLoCo read vote_lag steps later). It spans
@@ -989,6 +1062,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     MPI_Allreduce(mine.data(), all.data(), 2 * S, MPI_DOUBLE, MPI_SUM, dpc.get());
     out << "cross-site: utilization (wall - waits on cross-site traffic) / wall by site:";
     for (int s = 0; s < S; ++s) {
+      if (all[std::size_t(2 * s + 1)] == 0) continue;  // elastic federation: the other sites are other jobs
       result.site_utilization.push_back(all[std::size_t(2 * s)] / all[std::size_t(2 * s + 1)]);
       out << " " << s << ": " << fmt("%.1f", 100 * result.site_utilization.back()) << "%";
     }

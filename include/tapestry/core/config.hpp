@@ -136,7 +136,11 @@ struct ParallelConfig {
   // Federation: this job is one site of a run made of `sites` separately launched jobs.
   std::string federation;         ///< the run's name at the rendezvous; "": not federated
   int site_id = 0;                ///< this job's site (0 hosts the rendezvous)
-  double federation_timeout = 120;  ///< seconds for all sites to join
+  double federation_timeout = 120;  ///< seconds for all sites to join (elastic: also for a peer to answer)
+  /// Elastic federation: "host:port,..." of every site's first rank, in site order. The sites talk
+  /// over TCP (no MPI between jobs, no rendezvous server): a site whose job dies is dropped and
+  /// the others go on; restarted, it rejoins at the next outer boundary. "": MPI federation.
+  std::string federation_peers;
 };
 
 /// Arithmetic of the fp32 matrix multiplies: fp32 throughout, or bf16 inputs (rounded to nearest

@@ -57,6 +57,8 @@ struct CheckpointState {
   std::int64_t outer_pending_step = -1;  ///< the step after which the fragment in flight was sent; -1: none
   bool outer_residual = false;           ///< error-feedback residuals saved (site_SS/outer_residual)
   std::string outer_site_steps;          ///< --outer-quota: steps each site computed, "s0,s1,..." ("" without)
+  /// Elastic federation: the sites each outer exchange summed, as changes "step:s,s;step:s" ("" without)
+  std::string outer_contributors;
 };
 
 /// Path prefixes of the DiLoCo state: site s's inner parameters and moments (site 0's are the

@@ -12,6 +12,7 @@
 #include "tapestry/core/views.hpp"
 #include "tapestry/kernels/compress.hpp"
 #include "tapestry/parallel/grad_reducer.hpp"
+#include "tapestry/parallel/site_mesh.hpp"
 
 namespace tapestry::parallel {
 
@@ -20,6 +21,10 @@ namespace tapestry::parallel {
 /// nodes) and cross-site (same position inside their sites).
 class SiteTopology {
  public:
+  /// Elastic federation (site_mesh.hpp): this job is site `site` of `num_sites`, and its DP group
+  /// holds only this site's ranks; nothing crosses sites over MPI (cross_site() is this rank alone).
+  static SiteTopology alone(const Comm& dp, int site, int num_sites);
+
   /// `site` is this rank's site id (0 <= site < num_sites); ranks of one site need not be
   /// contiguous. Collective over `dp`. Throws tapestry::Error when sites differ in size or shape.
   SiteTopology(const Comm& dp, int site, int num_sites);
@@ -35,9 +40,12 @@ class SiteTopology {
   const Comm& site_nodes() const { return site_nodes_; }
   const Comm& cross_site() const { return cross_; }
   std::string describe() const;
+  bool elastic() const { return elastic_; }
 
  private:
-  int site_, num_sites_;
+  SiteTopology() = default;
+  int site_ = 0, num_sites_ = 1;
+  bool elastic_ = false;
   Comm site_comm_, node_, site_nodes_, cross_;
 };
 
@@ -69,7 +77,19 @@ class CrossSiteSum {
   struct Header {
     float weight = 1, value = 0, total = 0;
   };
-  void start(const float* buf, std::size_t n, View1<float> residual, bool background, const Header* header = nullptr);
+  /// `contribute` false: this site sends nothing this time (elastic: just rejoined) but still
+  /// receives the others' sum.
+  void start(const float* buf, std::size_t n, View1<float> residual, bool background, const Header* header = nullptr,
+             bool contribute = true);
+  /// Elastic federation: exchanges go through `mesh` (held by the site's first rank; null on the
+  /// others) instead of the cross-site communicator. The site's encodings are gathered on its first
+  /// rank over `site` (duplicated here; collective over it), sent to the other sites' first ranks,
+  /// and every rank gets its part of each contributing site's block back. `site_id` is this site,
+  /// `sites` the run's.
+  void set_elastic(const Comm& site, SiteMesh* mesh, int site_id, int sites);
+  /// The sites the last finished exchange summed: every site, or (elastic) those that contributed
+  /// and every surviving site got.
+  const std::vector<int>& contributors() const { return contrib_; }
   /// Waits for the exchange started last and writes the sum over sites into out (n); a weighted
   /// one also returns every site's header, in site order. Raises the background thread's error.
   void finish(float* out, std::vector<Header>* headers = nullptr);
@@ -89,8 +109,15 @@ class CrossSiteSum {
   std::exception_ptr error_;
   std::size_t n_ = 0, words_ = 0;  ///< the exchange in flight: values, and 4-byte words per site
   bool background_ = false, weighted_ = false;
-  std::uint64_t bytes_ = 0;
+  std::uint64_t bytes_ = 0, thread_bytes_ = 0;
   double seconds_ = 0;
+  // Elastic federation
+  SiteMesh* mesh_ = nullptr;
+  bool elastic_ = false, contribute_ = true;
+  int site_id_ = 0, sites_ = 1;
+  std::vector<int> contrib_;
+  /// The elastic exchange of the payload blocks (this site's at site_id_): on the calling thread.
+  void exchange_elastic(float* wire, std::size_t words, MPI_Comm site);
 };
 
 /// \brief Reduce-scatter inside the node, reduce-scatter across the site's nodes, all-reduce of

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tapestry/core/config.hpp"
@@ -31,8 +32,10 @@ class Diloco {
  public:
   /// `params` (n, divisible by the ranks per site): the starting point of the outer parameters.
   /// Collective over the DP group.
+  /// Elastic federation (topo.elastic()): `mesh` is this site's connections to the others, held
+  /// by the site's first rank (null on its other ranks).
   Diloco(const parallel::SiteTopology& topo, parallel::Backend backend, const ParallelConfig& cfg,
-         View1<float> params);
+         View1<float> params, parallel::SiteMesh* mesh = nullptr);
 
   const OuterSchedule& schedule() const { return sched_; }
   /// True when something crosses sites after inner step `step`.
@@ -82,6 +85,21 @@ class Diloco {
   int site_steps_at() const { return site_steps_at_; }  ///< the step those counts were sent after
   std::int64_t steps_computed() const { return computed_; }
 
+  // Elastic federation: at every outer boundary (step % H == 0, nothing in flight) the members
+  // admit sites that (re)start, and the lowest member sends them the outer parameters and
+  // momentum. A site that rejoined sends nothing for one round (its pseudo-gradient would be zero)
+  // but merges the others' sums, so its outer state stays the same as theirs.
+  /// This site rejoins at `step` with a member's state (welcome_state()'s bytes): the outer
+  /// parameters become its parameters. Collective over the site; then after_step(step) follows.
+  void rejoin(int step, const std::vector<char>& state, View1<float> params);
+  /// Decisions of the elastic federation since the last call (drops, admissions, contributors),
+  /// one line each (on the site's first rank; empty elsewhere).
+  std::string take_events() { return std::exchange(events_, {}); }
+  /// Which sites each exchange summed, from the first exchange on, as changes:
+  /// "sent-after-step:site,site;..." (elastic federation; else "").
+  const std::string& contributors_log() const { return contrib_log_; }
+  void set_contributors_log(const std::string& log) { contrib_log_ = log; }
+
  private:
   const parallel::SiteTopology& topo_;
   ParallelConfig cfg_;
@@ -105,8 +123,14 @@ class Diloco {
   int site_steps_at_ = 0;
   std::string report_;
   void finish_exchange(float* out);
+  // Elastic federation
+  parallel::SiteMesh* mesh_ = nullptr;
+  int joined_at_ = -1, boundary_done_ = -1;
+  std::string events_, contrib_log_, last_contrib_;
+  void boundary(int step);
+  void collect_events();
 
-  void send(int p, View1<float> params);
+  void send(int p, int step, View1<float> params);
   void merge(int p, View1<float> params);
 };
 
