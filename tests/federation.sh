@@ -178,19 +178,33 @@ died)
   echo "died: site 0 stopped ${took} s after site 1 was killed, with one line; its state $ck verifies"
   ;;
 elastic_match)
-  peers=127.0.0.1:$(free_port),127.0.0.1:$(free_port)
-  extra=(--outer-steps 5 --compress int4)
-  $mpirun -np 4 "$exe" "${train[@]}" "${extra[@]}" --metrics-file one_job.jsonl > one.log 2>&1 || fail "single job failed"
-  SITE0_ARGS="--metrics-file federated.jsonl" fed elastic 2 2 "${extra[@]}" --federation-peers "$peers"
-  [ "$rc0" = 0 ] && [ "$rc1" = 0 ] || fail "elastic jobs exited $rc0 / $rc1"
-  for s in 0 1; do
-    grep -q "federation 'elastic': site $s of 2, elastic (this job's 2 rank(s)" elastic.site$s.log || fail "site $s: no elastic line"
-    grep -q "site $s of 2 (elastic federation: the others over TCP) x 1 node(s) x 2 rank(s) per node" elastic.site$s.log \
-      || fail "site $s: topology not printed"
+  for variant in "diloco|--outer-steps 5 --compress int4" \
+                 "stream|--outer-steps 6 --outer-fragments 3 --outer-delay 2 --compress int4"; do
+    name=${variant%%|*}; read -r -a extra <<< "${variant#*|}"
+    peers=127.0.0.1:$(free_port),127.0.0.1:$(free_port)
+    $mpirun -np 4 "$exe" "${train[@]}" "${extra[@]}" --metrics-file "one_$name.jsonl" > "$name.one.log" 2>&1 \
+      || fail "$name: single job failed"
+    SITE0_ARGS="--metrics-file elastic_$name.jsonl" fed "$name" 2 2 "${extra[@]}" --federation-peers "$peers"
+    [ "$rc0" = 0 ] && [ "$rc1" = 0 ] || fail "$name: elastic jobs exited $rc0 / $rc1"
+    for s in 0 1; do
+      grep -q "federation '$name': site $s of 2, elastic (this job's 2 rank(s)" "$name.site$s.log" || fail "site $s: no elastic line"
+      grep -q "site $s of 2 (elastic federation: the others over TCP) x 1 node(s) x 2 rank(s) per node" "$name.site$s.log" \
+        || fail "$name: site $s: topology not printed"
+    done
+    grep -q "outer step of fragment [0-9] (sent after step [0-9]*) sums sites 0,1" "$name.site0.log" || fail "$name: contributors not logged"
+    # Validation differs by design: each elastic site evaluates its own model; the single job both.
+    echo -n "elastic $name: "; same_losses "one_$name.jsonl" "elastic_$name.jsonl" train
   done
-  grep -q "outer step of fragment 0 (sent after step 5) sums sites 0,1" elastic.site0.log || fail "contributors not logged"
-  # Validation differs by design: each elastic site evaluates its own model; the single job averages both.
-  echo -n "elastic: "; same_losses one_job.jsonl federated.jsonl train
+  # Stragglers: site 1 three times slower under --outer-quota skips steps; both finish.
+  peers=127.0.0.1:$(free_port),127.0.0.1:$(free_port)
+  fed quota 1 1 --outer-steps 5 --compress int4 --outer-quota true --emulate-slow-site 1 --emulate-slow-factor 3 \
+    --federation-peers "$peers"
+  [ "$rc0" = 0 ] && [ "$rc1" = 0 ] || fail "quota: elastic jobs exited $rc0 / $rc1"
+  grep -q "skipped (pace)" quota.site1.log || fail "quota: the slow site skipped no step"
+  ! grep -q "skipped (pace)" quota.site0.log || fail "quota: the fast site skipped a step"
+  grep -q "outer merge of fragment 0 (sent after step 10): per site weight .* site 1: " quota.site0.log \
+    || fail "quota: merges not weighted by site"
+  echo "elastic quota: site 1 skipped $(grep -c "skipped (pace)" quota.site1.log) of 12 steps"
   ;;
 elastic_rejoin)
   peers=127.0.0.1:$(free_port),127.0.0.1:$(free_port)

@@ -136,9 +136,9 @@ void validate(const ParallelConfig& p) {
               num(p.sites) + ", site-id " + num(p.site_id) + ")");
   require(p.federation_timeout > 0, "federation-timeout must be > 0");
   require(p.federation_peers.empty() ||
-              (!p.federation.empty() && p.outer_steps > 0 && !p.outer_quota && p.tp == 1 && p.pp == 1),
-          "--federation-peers (elastic federation) needs --federation NAME and --outer-steps (DiLoCo), with --tp 1, "
-          "--pp 1 and no --outer-quota");
+              (!p.federation.empty() && p.outer_steps > 0 && p.tp == 1 && p.pp == 1),
+          "--federation-peers (elastic federation) needs --federation NAME and --outer-steps (DiLoCo), with --tp 1 "
+          "and --pp 1");
   require(p.outer_steps >= 0, "outer-steps must be >= 0 (got " + num(p.outer_steps) + ")");
   require(p.outer_lr > 0, "outer-lr must be > 0 (got " + num(p.outer_lr) + ")");
   require(p.outer_momentum >= 0 && p.outer_momentum < 1,

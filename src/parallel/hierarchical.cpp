@@ -266,17 +266,19 @@ void CrossSiteSum::finish(float* out, std::vector<Header>* headers) {
   }
   const std::size_t head = weighted_ ? 3 : 0;
   std::vector<float> scale(S, 1.0f);
-  if (weighted_) {  // every site's header; the weights normalised
-    std::vector<Header> h(S);
+  if (weighted_) {  // every contributing site's header (zeros for the others); the weights normalised
+    std::vector<Header> h(S, Header{0, 0, 0});
     double total = 0;
-    for (std::size_t s = 0; s < S; ++s) {
+    for (const int c : contrib_) {
+      const std::size_t s = std::size_t(c);
       float got[3];
       Kokkos::deep_copy(Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(got, 3),
                         View1<float>(payload_.data() + s * words, 3));
       h[s] = {got[0], got[1], got[2]};
       total += double(got[0]);
     }
-    for (std::size_t s = 0; s < S; ++s) scale[s] = total > 0 ? float(double(h[s].weight) / total) : 1.0f / float(S);
+    for (const int c : contrib_)
+      scale[std::size_t(c)] = total > 0 ? float(double(h[std::size_t(c)].weight) / total) : 1.0f / float(contrib_.size());
     if (headers) *headers = h;
   }
   Kokkos::deep_copy(ex, acc, 0.0f);
