@@ -14,8 +14,9 @@
 #   timeout    no rendezvous (mpirun without --ompi-server): each job ends with one error line
 #              after --federation-timeout, non-zero, no hang
 #   elastic_match   elastic federation (--federation-peers: the sites' first ranks over TCP, no
-#              ompi-server), 2 jobs x 2 ranks, DiLoCo H=5 int4: the training losses of one 4-rank
-#              job with --sites 2, step for step (relative 1e-6)
+#              ompi-server), 2 jobs x 2 ranks, DiLoCo H=5 int4 and fp32, Streaming DiLoCo on its
+#              thread: the training losses of one 4-rank job with --sites 2, step for step
+#              (relative 1e-6); a 3x slower site under --outer-quota skips steps
 #   elastic_rejoin  elastic federation, 2 jobs x 2 ranks: site 1's job is SIGKILLed mid-run; site 0
 #              drops it and loses no step; site 1 restarted with --resume auto rejoins at an outer
 #              boundary with site 0's state; both finish, with bitwise equal parameters and outer
@@ -178,7 +179,7 @@ died)
   echo "died: site 0 stopped ${took} s after site 1 was killed, with one line; its state $ck verifies"
   ;;
 elastic_match)
-  for variant in "diloco|--outer-steps 5 --compress int4" \
+  for variant in "diloco|--outer-steps 5 --compress int4" "fp32|--outer-steps 5" \
                  "stream|--outer-steps 6 --outer-fragments 3 --outer-delay 2 --compress int4"; do
     name=${variant%%|*}; read -r -a extra <<< "${variant#*|}"
     peers=127.0.0.1:$(free_port),127.0.0.1:$(free_port)

@@ -176,7 +176,7 @@ void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual,
   weighted_ = header != nullptr;
   contribute_ = contribute || !elastic_;
   // all-reduced in place (elastic: always gathered, the sum is over the sites that got through)
-  const bool plain = compression_ == kernels::Compression::none && !weighted_ && !elastic_;
+  const bool plain = plain_ = compression_ == kernels::Compression::none && !weighted_ && !elastic_;
   const std::size_t head = weighted_ ? 3 : 0;  // words of the header
   const std::size_t bytes = plain ? n * sizeof(float) : kernels::compressed_bytes(compression_, n);
   const std::size_t words = head + (bytes + 3) / 4, blocks = plain ? 1 : S;
@@ -201,33 +201,23 @@ void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual,
     bytes_ += plain ? 2 * (S - 1) * n * sizeof(float) / S : (S - 1) * (bytes + head * sizeof(float));
   }
   if (S == 1 && !elastic_) return;
-  if (!background_ && elastic_) {  // host bytes (a device payload goes through host_)
-    float* wire = payload_.data();
-    if (!kHostPayload) {
-      host_.resize(blocks * words);
-      Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host_.data() + me * words, words);
-      Kokkos::deep_copy(h, View1<float>(mine, words));
-      wire = host_.data();
-    }
-    exchange_elastic(wire, words, thread_comm_.get());
-    bytes_ += std::exchange(thread_bytes_, 0);
-    if (!kHostPayload) {
-      Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host_.data(), host_.size());
-      Kokkos::deep_copy(View1<float>(payload_.data(), host_.size()), h);
-    }
-    return;
-  }
-  if (!background_) {
+  if (!background_ && !elastic_) {
     if (plain) cross_.all_reduce_sum(mine, n);
     else cross_.all_gather_inplace(payload_.data(), words);
     return;
   }
+  // A thread or a socket moves host bytes: a device payload is staged in host_ (back in finish()).
   float* wire = payload_.data();
-  if (!kHostPayload) {  // the thread moves host bytes
+  staged_ = !kHostPayload;
+  if (staged_) {
     host_.resize(blocks * words);
     Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host_.data() + (plain ? 0 : me * words), words);
     Kokkos::deep_copy(h, View1<float>(mine, words));
     wire = host_.data();
+  }
+  if (!background_) {  // elastic, blocking
+    exchange_elastic(wire, words, thread_comm_.get());
+    return;
   }
   error_ = nullptr;
   const MPI_Comm comm = thread_comm_.get();
@@ -246,16 +236,16 @@ void CrossSiteSum::finish(float* out, std::vector<Header>* headers) {
   require(n_ > 0, "CrossSiteSum: no exchange in flight");
   const Timed timed{seconds_, MPI_Wtime()};
   const std::size_t n = n_, words = words_, S = std::size_t(elastic_ ? sites_ : cross_.size());
-  const bool plain = compression_ == kernels::Compression::none && !weighted_;
+  const bool plain = plain_;
   n_ = 0;
   if (background_) {
     worker_.join();
     if (error_) std::rethrow_exception(error_);
-    bytes_ += std::exchange(thread_bytes_, 0);
-    if (!kHostPayload) {
-      Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host_.data(), host_.size());
-      Kokkos::deep_copy(View1<float>(payload_.data(), host_.size()), h);
-    }
+  }
+  bytes_ += std::exchange(thread_bytes_, 0);
+  if (std::exchange(staged_, false)) {
+    Kokkos::View<float*, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> h(host_.data(), host_.size());
+    Kokkos::deep_copy(View1<float>(payload_.data(), host_.size()), h);
   }
   const ExecSpace ex;
   View1<float> acc(out, n);

@@ -108,7 +108,8 @@ class CrossSiteSum {
   std::thread worker_;
   std::exception_ptr error_;
   std::size_t n_ = 0, words_ = 0;  ///< the exchange in flight: values, and 4-byte words per site
-  bool background_ = false, weighted_ = false;
+  bool background_ = false, weighted_ = false, staged_ = false;  // staged_: the payload went through host_
+  bool plain_ = false;  // the exchange in flight is an in-place all-reduce (no compression, no headers)
   std::uint64_t bytes_ = 0, thread_bytes_ = 0;
   double seconds_ = 0;
   // Elastic federation
