@@ -138,6 +138,48 @@ TEST_CASE("site mesh: drop a dead site, agree, admit it again", "[site_mesh]") {
   CHECK(m[0]->bytes_sent() > 0);
 }
 
+TEST_CASE("site mesh: the lowest site dies and rejoins (the others connect to it)", "[site_mesh]") {
+  std::vector<SitePeer> peers;
+  for (int i = 0; i < 3; ++i) peers.push_back({"127.0.0.1", free_port()});
+  std::vector<std::unique_ptr<SiteMesh>> m(3);
+  for (int s = 0; s < 3; ++s) m[std::size_t(s)] = std::make_unique<SiteMesh>(spec(s, peers));
+  on_threads({0, 1, 2}, [&](int s) { m[std::size_t(s)]->start(); });
+  m[0].reset();  // site 0 dies
+  std::vector<std::vector<std::vector<char>>> got(3);
+  on_threads({1, 2}, [&](int s) { got[std::size_t(s)] = m[std::size_t(s)]->all_gather(bytes("x" + std::to_string(s))); });
+  CHECK(m[1]->members() == std::vector<int>{1, 2});
+  CHECK(m[2]->members() == std::vector<int>{1, 2});
+  CHECK(text(got[1][2]) == "x2");
+  // Site 0 restarts and waits; sites 1 and 2 connect to it at their boundary; site 1 welcomes it.
+  m[0] = std::make_unique<SiteMesh>(spec(0, peers));
+  SiteMesh::Start st0;
+  std::vector<std::vector<int>> admitted(3);
+  on_threads({0, 1, 2}, [&](int s) {
+    if (s == 0) {
+      st0 = m[0]->start();
+      got[0] = m[0]->all_gather({});
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    admitted[std::size_t(s)] = m[std::size_t(s)]->admit(20);
+    CHECK(m[std::size_t(s)]->welcomes() == (s == 1));
+    m[std::size_t(s)]->welcome(20, bytes("from the lowest member"));
+    got[std::size_t(s)] = m[std::size_t(s)]->all_gather(bytes("y" + std::to_string(s)));
+  });
+  CHECK(admitted[1] == std::vector<int>{0});
+  CHECK(admitted[2] == std::vector<int>{0});
+  CHECK(st0.rejoined);
+  CHECK(st0.step == 20);
+  CHECK(st0.from == 1);
+  CHECK(text(st0.state) == "from the lowest member");
+  for (int s = 0; s < 3; ++s) {
+    CHECK(m[std::size_t(s)]->members() == std::vector<int>{0, 1, 2});
+    CHECK(got[std::size_t(s)][0].empty());
+    CHECK(text(got[std::size_t(s)][1]) == "y1");
+    CHECK(text(got[std::size_t(s)][2]) == "y2");
+  }
+}
+
 TEST_CASE("site mesh: a boundary with nobody joining admits nobody", "[site_mesh]") {
   std::vector<SitePeer> peers{{"127.0.0.1", free_port()}, {"127.0.0.1", free_port()}};
   SiteMesh a(spec(0, peers)), b(spec(1, peers));

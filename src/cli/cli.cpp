@@ -90,6 +90,10 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
                 "fp32, or bf16: matmuls take bf16 inputs and accumulate in fp32 (tensor cores); weights, "
                 "gradients, AdamW state and reductions stay fp32")
       ->capture_default_str()->group("Training");
+  t->add_option("--activations", c.activations,
+                "fp32, or bf16: the activations kept for backward are stored in bf16 (about half the memory of "
+                "the layers' activations); the kernels still compute in fp32")
+      ->capture_default_str()->group("Training");
 
   auto& p = c.parallel;
   t->add_option("--tp", p.tp, "Tensor-parallel ranks")->capture_default_str()->group("Parallelism");
@@ -296,6 +300,8 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   step->add_flag("--sequence-parallel", bs.sequence_parallel, "With --tp: sequence parallelism");
   step->add_option("--attention", bs.attention, "matrix, tiled or auto (matrix)")->capture_default_str();
   step->add_option("--precision", bs.precision, "fp32, or bf16 matmul inputs with fp32 accumulation")->capture_default_str();
+  step->add_option("--activations", bs.activations, "fp32, or bf16 storage of the activations kept for backward")
+      ->capture_default_str();
   step->add_flag("--kernel-times", bs.kernel_times, "List the time of every Kokkos kernel (each fenced: slows the step)");
   auto* gemm = bench->add_subcommand("gemm", "Measure the BLAS sgemm rate (M = N = K = size)");
   gemm->add_option("--size", inv.bench_gemm.size, "Matrix size")->capture_default_str();
@@ -339,6 +345,8 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   pl->add_option("--zero", pc.zero, "1: AdamW state sharded over dp (ZeRO-1)")->capture_default_str()->group("Layout");
   pl->add_flag("--sequence-parallel", pc.sequence_parallel, "With --tp: sequence parallelism")->group("Layout");
   pl->add_option("--attention", pc.attention, "matrix (T x T in memory), tiled, or auto (matrix)")
+      ->capture_default_str()->group("Layout");
+  pl->add_option("--activations", pc.activations, "fp32, or bf16 storage of the activations kept for backward")
       ->capture_default_str()->group("Layout");
   pl->add_option("--batch-size,-b", pc.batch_size, "Sequences per micro-batch per rank")->capture_default_str()->group("Layout");
   pl->add_option("--seq-len,-t", pc.seq_len, "Tokens per sequence")->capture_default_str()->group("Layout");

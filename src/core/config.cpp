@@ -265,6 +265,8 @@ void validate(const TrainConfig& c) {
   require(c.attention == "auto" || c.attention == "matrix" || c.attention == "tiled",
           "attention must be auto, matrix or tiled (got '" + c.attention + "')");
   parse_precision(c.precision);
+  require(c.activations == "fp32" || c.activations == "bf16",
+          "activations must be fp32 or bf16 (got '" + c.activations + "')");
 }
 
 }  // namespace tapestry
@@ -282,6 +284,8 @@ void validate(const BenchStepConfig& c) {
   require(c.attention == "auto" || c.attention == "matrix" || c.attention == "tiled",
           "attention must be auto, matrix or tiled (got '" + c.attention + "')");
   parse_precision(c.precision);
+  require(c.activations == "fp32" || c.activations == "bf16",
+          "activations must be fp32 or bf16 (got '" + c.activations + "')");
 }
 
 void validate(const BenchAllreduceConfig& c) {

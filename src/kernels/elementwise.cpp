@@ -1,5 +1,8 @@
 #include "tapestry/kernels/elementwise.hpp"
 
+#include <stdexcept>
+
+#include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/math.hpp"
 
 namespace tapestry::kernels {
@@ -52,6 +55,20 @@ void residual_backward(const ExecSpace& exec, View1<T> da, View1<T> db, In1<T> d
         da(i) += dout(i);
         db(i) += dout(i);
       });
+}
+
+void store_bf16(const ExecSpace& exec, Kokkos::View<std::uint16_t*, Layout, MemSpace> out, In1<float> x) {
+  if (out.extent(0) != x.extent(0)) throw std::invalid_argument("tapestry::store_bf16: extents differ");
+  Kokkos::parallel_for(
+      "tapestry::store_bf16", Kokkos::RangePolicy<ExecSpace>(exec, 0, x.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) { out(i) = to_bf16(x(i)); });
+}
+
+void load_bf16(const ExecSpace& exec, View1<float> out, Kokkos::View<const std::uint16_t*, Layout, MemSpace> in) {
+  if (out.extent(0) != in.extent(0)) throw std::invalid_argument("tapestry::load_bf16: extents differ");
+  Kokkos::parallel_for(
+      "tapestry::load_bf16", Kokkos::RangePolicy<ExecSpace>(exec, 0, in.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) { out(i) = from_bf16(in(i)); });
 }
 
 #define TAPESTRY_INSTANTIATE(T)                                                          \

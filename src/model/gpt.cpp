@@ -292,7 +292,7 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   // With sequence parallelism a layer keeps only its norm outputs' token chunks; the full inputs
   // of the split layers are all-gathered into one shared buffer, again in backward.
   if (sp_) ln_full_ = View2<float>("tapestry::ln_full", N, C);
-  for (auto& a : layers_) {
+  auto make_layer = [&](LayerActs& a) {
     a.ln1 = sp_ ? ln_full_ : View2<float>("tapestry::ln1", N, C);
     a.ln1c = chunk_of(a.ln1, "tapestry::ln1_chunk");
     a.qkv = View2<float>("tapestry::qkv", N, W);
@@ -314,6 +314,39 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
     }
     if (tiled_) a.lse = View3<float>("tapestry::attention_lse", B, NHl, T);
     else a.att = View4<float>("tapestry::att", B, NHl, T, T);
+  };
+  stash_ = options.bf16_activations && !layers_.empty();
+  if (!stash_) {
+    for (auto& a : layers_) make_layer(a);
+  } else {
+    // One fp32 working set; every layer has its own residuals and statistics (fp32) and bf16
+    // copies of the working set's saved tensors.
+    LayerActs work;
+    make_layer(work);
+    auto flat = [](float* p, std::size_t n) { return View1<float>(p, n); };
+    for (const auto& [p, n] : std::vector<std::pair<float*, std::size_t>>{
+             {work.ln1c.data(), work.ln1c.span()}, {work.qkv_raw.data(), work.qkv_raw.span()},
+             {work.qkv.data(), work.qkv.span()}, {work.atty.data(), work.atty.span()},
+             {work.ln2c.data(), work.ln2c.span()}, {work.fch.data(), work.fch.span()},
+             {work.fch_act.data(), work.fch_act.span()}, {work.att.data(), work.att.span()}})
+      if (n > 0 && std::none_of(stash_views_.begin(), stash_views_.end(), [p = p](const View1<float>& v) { return v.data() == p; }))
+        stash_views_.push_back(flat(p, n));
+    for (auto& a : layers_) {
+      a = work;
+      a.res2 = View2<float>("tapestry::res2", Nc, C);
+      a.res3 = View2<float>("tapestry::res3", Nc, C);
+      if (layernorm) a.ln1_mean = View1<float>("tapestry::ln1_mean", Nc);
+      a.ln1_rstd = View1<float>("tapestry::ln1_rstd", Nc);
+      if (layernorm) a.ln2_mean = View1<float>("tapestry::ln2_mean", Nc);
+      a.ln2_rstd = View1<float>("tapestry::ln2_rstd", Nc);
+      if (cfg_.qk_norm) {
+        a.q_rstd = View2<float>("tapestry::q_rstd", N, NHl);
+        a.k_rstd = View2<float>("tapestry::k_rstd", N, nkv_);
+      }
+      if (tiled_) a.lse = View3<float>("tapestry::attention_lse", B, NHl, T);
+      auto& copies = copies_.emplace_back();
+      for (const auto& v : stash_views_) copies.emplace_back("tapestry::activations_bf16", v.extent(0));
+    }
   }
   proj_ = View2<float>("tapestry::proj", N, C);
   projc_ = chunk_of(proj_, "tapestry::proj_chunk");
@@ -436,6 +469,14 @@ void GPT::zero_grad() { Kokkos::deep_copy(grads_, 0.0f); }
 
 std::size_t GPT::param_bytes() const { return 2 * params_.span() * sizeof(float); }
 
+void GPT::stash_layer(int l, bool store) {
+  const ExecSpace ex;
+  const auto& copies = copies_[std::size_t(l)];
+  for (std::size_t i = 0; i < stash_views_.size(); ++i)
+    if (store) kernels::store_bf16(ex, copies[i], stash_views_[i]);
+    else kernels::load_bf16(ex, stash_views_[i], copies[i]);
+}
+
 std::size_t GPT::activation_bytes() const {
   std::size_t n = emb_full_.span() + lnf_.span() + logits_.span() + lnf_mean_.span() + lnf_rstd_.span() +
                   losses_.span() + proj_.span() + dres_.span() + dtmp_.span() + dbig_.span() +
@@ -443,15 +484,24 @@ std::size_t GPT::activation_bytes() const {
                   xent_stats_.span() + partial_saved_.span();
   if (sp_ || !stage_.embed) n += encoded_.span();
   if (sp_) n += lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span() + ln_full_.span();
-  for (const auto& a : layers_) {
+  std::size_t half = 0;  // bf16 copies of the saved tensors
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    const auto& a = layers_[l];
+    n += a.res2.span() + a.res3.span() + a.ln1_mean.span() + a.ln1_rstd.span() + a.ln2_mean.span() + a.ln2_rstd.span() +
+         a.q_rstd.span() + a.k_rstd.span() + a.lse.span();
+    if (stash_) {  // the working set once, and each layer's copies
+      if (l == 0)
+        for (const auto& v : stash_views_) n += v.span();
+      for (const auto& c : copies_[l]) half += c.span();
+      continue;
+    }
     if (!sp_) n += a.ln1.span() + a.ln2.span();
-    n += a.qkv.span() + (a.qkv_raw.data() != a.qkv.data() ? a.qkv_raw.span() : 0) + a.atty.span() +
-         a.res2.span() + a.fch.span() + a.fch_act.span() + a.res3.span() + a.ln1_mean.span() + a.ln1_rstd.span() +
-         a.ln2_mean.span() + a.ln2_rstd.span() + a.q_rstd.span() + a.k_rstd.span() + a.att.span() + a.lse.span();
+    n += a.qkv.span() + (a.qkv_raw.data() != a.qkv.data() ? a.qkv_raw.span() : 0) + a.atty.span() + a.fch.span() +
+         a.fch_act.span() + a.att.span();
     if (sp_) n += a.ln1c.span() + a.ln2c.span();
   }
-  return n * sizeof(float) + (tokens_.span() + targets_.span() + pos_.span() + doc_pos_.span()) * sizeof(int) +
-         inv_freq_.span() * sizeof(double);
+  return n * sizeof(float) + half * sizeof(std::uint16_t) +
+         (tokens_.span() + targets_.span() + pos_.span() + doc_pos_.span()) * sizeof(int) + inv_freq_.span() * sizeof(double);
 }
 
 void GPT::norm_forward(const ExecSpace& ex, View2<float> out, View1<float> mean, View1<float> rstd,
@@ -571,6 +621,7 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
     into_chunk(proj_, projc_);
     residual_forward(ex, as1(a.res3), as1(a.res2), as1(projc_));
     x = a.res3;
+    if (stash_) stash_layer(l, true);
   }
   if (!stage_.head) return 0.0;
   norm_forward(ex, lnfc_, lnf_mean_, lnf_rstd_, x, S.lnfw, S.lnfb, 0);
@@ -641,6 +692,7 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   }  // else dres_ holds d(stage output), from the next stage
   for (int l = stage_.num_layers - 1; l >= 0; --l) {
     auto& a = layers_[std::size_t(l)];
+    if (stash_) stash_layer(l, false);
     const View2<float> x = l == 0 ? encoded_ : layers_[std::size_t(l - 1)].res3;
     // dres holds d(res3): through the MLP.
     output_grad(dres_, dresf_);

@@ -7,7 +7,7 @@
 namespace tapestry::model {
 
 std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool sequence_parallel, const Stage& stage,
-                             bool tiled) {
+                             bool tiled, bool bf16_activations) {
   // Mirrors GPT::GPT's allocations (test_train checks the two agree).
   const std::size_t k = std::size_t(tp), N = std::size_t(B) * std::size_t(T), C = std::size_t(m.d_model);
   const bool sp = sequence_parallel && tp > 1, ln = m.norm == "layernorm", rope = m.positions == "rope";
@@ -21,9 +21,14 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
   else f += Nc * C;
   if (stage.head) f += N * C + (sp ? Nc * C : 0) + N * Vl + (ln ? Nc : 0) + Nc + N + (k > 1 ? k * N * 3 : 0);
   if (sp) f += N * C;  // the shared all-gathered norm output
-  const std::size_t per_layer = (sp ? 2 * Nc * C : 2 * N * C) + N * W * (m.qk_norm ? 2 : 1) + N * Cl + 2 * Nc * C +
-                                N * up + N * F + (ln ? 2 * Nc : 0) + 2 * Nc + (m.qk_norm ? N * (NHl + nkv) : 0) + att;
-  f += L * per_layer;
+  // Per layer: the tensors kept for backward (bf16_activations: one fp32 working set plus bf16
+  // copies per layer), and the residuals and statistics (fp32 per layer).
+  const std::size_t saved = (sp ? 2 * Nc * C : 2 * N * C) + N * W * (m.qk_norm ? 2 : 1) + N * Cl + N * up + N * F +
+                            (tiled ? 0 : att);
+  const std::size_t own = 2 * Nc * C + (ln ? 2 * Nc : 0) + 2 * Nc + (m.qk_norm ? N * (NHl + nkv) : 0) + (tiled ? att : 0);
+  const bool stash = bf16_activations && L > 0;
+  f += L * own + (stash ? saved : L * saved);
+  const std::size_t halves = stash ? L * saved : 0;  // bf16 copies
   f += N * C + (sp ? Nc * C : 0);                 // proj (+ chunk)
   f += Nc * C + (sp ? N * C : 0);                 // dres (+ full)
   f += N * C + (sp ? Nc * C : 0);                 // dtmp (+ chunk)
@@ -34,7 +39,7 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
       if (t.size > 0 && (t.tp_partial || (sp && t.token_partial))) f += t.size;
   if (m.kv_heads() % tp != 0)  // a replicated kv head's k and v rows (and biases)
     f += L * 2 * hd * (C + (m.bias ? 1 : 0));
-  std::size_t bytes = f * sizeof(float) + 2 * N * sizeof(int);  // + tokens and targets
+  std::size_t bytes = f * sizeof(float) + halves * 2 + 2 * N * sizeof(int);  // + tokens and targets
   if (rope) bytes += N * sizeof(int) + hd / 2 * sizeof(double);
   return bytes;
 }
@@ -62,7 +67,7 @@ std::vector<StagePlan> plan_memory(const ModelConfig& m, const PlanLayout& p) {
     sp.optimizer_bytes = 8 * (p.zero ? shard : padded);
     sp.bf16_weight_bytes = p.bf16 ? 2 * padded : 0;
     sp.activation_bytes = std::int64_t(activation_bytes(m, p.batch_size, p.seq_len, p.tp, p.sequence_parallel, st,
-                                                        p.tiled_attention));
+                                                        p.tiled_attention, p.bf16_activations));
     const std::int64_t chunk = std::int64_t(p.batch_size) * p.seq_len / (p.sequence_parallel ? p.tp : 1) * m.d_model;
     if (p.pp > 1) {
       const std::int64_t msgs = (s > 0 ? 2 : 0) * p.micro_batches + (s < p.pp - 1 ? p.micro_batches + 1 : 0);

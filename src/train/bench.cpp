@@ -130,6 +130,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   model::GptOptions opt;
   opt.tp = &tpg, opt.sequence_parallel = cfg.sequence_parallel;
   if (cfg.attention != "auto") opt.tiled_attention = cfg.attention == "tiled";
+  opt.bf16_activations = cfg.activations == "bf16";
   model::GPT gpt(cfg.model, B, T, std::size_t(dp), opt);
   gpt.init_random(cfg.seed);
   OptimConfig oc;
@@ -187,7 +188,8 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
 
   out << "# bench step: " << spec_string(cfg.model) << " B=" << B << " T=" << T << " params=" << cfg.model.num_parameters()
       << " ranks=" << P << " (tp=" << tp << (cfg.sequence_parallel && tp > 1 ? " with sequence parallelism" : "")
-      << ", dp=" << dp << "; " << cfg.precision << (cfg.precision == "bf16" ? " products on " + blas.bf16_engine() : std::string()) << "; " << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
+      << ", dp=" << dp << "; " << cfg.precision << (cfg.precision == "bf16" ? " products on " + blas.bf16_engine() : std::string())
+      << (cfg.activations == "bf16" ? ", activations stored in bf16" : "") << "; " << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
       << "  ms/step " << fmt("%.1f", r.ms_per_step) << "  (forward " << fmt("%.1f", r.forward_ms)
       << ", backward " << fmt("%.1f", r.backward_ms) << ", all-reduce " << fmt("%.1f", r.comm_ms)
       << ", grad-norm+AdamW " << fmt("%.1f", r.update_ms)
@@ -366,6 +368,9 @@ void plan(const PlanConfig& cfg, std::ostream& out) {
   p.tp = cfg.tp, p.pp = cfg.pp, p.dp = cfg.dp, p.zero = cfg.zero, p.sequence_parallel = cfg.sequence_parallel;
   p.tiled_attention = cfg.attention == "tiled", p.batch_size = cfg.batch_size, p.seq_len = cfg.seq_len;
   p.micro_batches = cfg.micro_batches, p.pp_split = cfg.pp_split;
+  require(cfg.activations == "fp32" || cfg.activations == "bf16",
+          "activations must be fp32 or bf16 (got '" + cfg.activations + "')");
+  p.bf16_activations = cfg.activations == "bf16";
   require(cfg.attention == "auto" || cfg.attention == "matrix" || cfg.attention == "tiled",
           "attention must be auto, matrix or tiled (got '" + cfg.attention + "')");
   require(cfg.seq_len <= cfg.model.max_seq_len, "seq_len (" + std::to_string(cfg.seq_len) +
@@ -383,7 +388,8 @@ void plan(const PlanConfig& cfg, std::ostream& out) {
       << "; micro-batch " << cfg.batch_size << " x " << cfg.seq_len << ", " << cfg.micro_batches
       << " micro-batches per step; attention " << (p.tiled_attention ? "tiled" : "matrix (T x T in memory)") << "\n"
       << "# fp32 parameters, gradients and AdamW" << (p.bf16 ? " (bf16: plus a bf16 copy of the weights, in 'params')" : "")
-      << "; fp32 activations of one micro-batch (recomputed per\n"
+      << (p.bf16_activations ? "; activations of one micro-batch, the saved ones in bf16 (recomputed per\n"
+                             : "; fp32 activations of one micro-batch (recomputed per\n")
       << "# micro-batch, as the trainer does); bf16 scratch of activations, BLAS/NCCL/MPI buffers and the runtime not counted.\n"
       << "# GB = 1e9 bytes, per rank (one GPU)\n";
   out << "stage  layers   params/rank   params   grads   AdamW   activations   pipeline    total\n";

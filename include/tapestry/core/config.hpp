@@ -182,6 +182,9 @@ struct TrainConfig {
   /// fp32, or bf16: matrix multiplies take bf16 inputs and accumulate in fp32; master weights,
   /// gradients, AdamW state, reductions and the other kernels stay fp32.
   std::string precision = "fp32";
+  /// fp32, or bf16: the activations kept for backward are stored in bf16 (model::GptOptions::
+  /// bf16_activations); the computation stays fp32.
+  std::string activations = "fp32";
 };
 
 /// \brief Throws tapestry::Error with one line naming the first problem found.
@@ -218,6 +221,7 @@ struct BenchStepConfig {
   bool sequence_parallel = false;
   std::string attention = "auto";  ///< as TrainConfig::attention
   std::string precision = "fp32";  ///< as TrainConfig::precision
+  std::string activations = "fp32";  ///< as TrainConfig::activations
   bool kernel_times = false;       ///< time every Kokkos kernel (fenced) and list them
   int batch_size = 4;
   int seq_len = 64;
@@ -269,6 +273,7 @@ struct PlanConfig {
   int micro_batches = 1;    ///< per optimizer step
   int gpus_per_node = 4;    ///< for the per-node line
   std::string precision = "fp32";  ///< as TrainConfig::precision (bf16: a bf16 copy of the weights)
+  std::string activations = "fp32";  ///< as TrainConfig::activations
   std::string json;         ///< optional JSON result file
 };
 

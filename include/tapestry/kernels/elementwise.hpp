@@ -1,6 +1,9 @@
 #pragma once
 /// \file
-/// \brief Element-wise kernels: GELU (tanh approximation, as GPT-2) and the residual add.
+/// \brief Element-wise kernels: GELU (tanh approximation, as GPT-2), the residual add, and bf16
+/// storage of activations.
+
+#include <cstdint>
 
 #include "tapestry/core/views.hpp"
 
@@ -17,5 +20,10 @@ template <class T> void residual_forward(const ExecSpace& exec, View1<T> out, In
 /// da += dout; db += dout.
 template <class T>
 void residual_backward(const ExecSpace& exec, View1<T> da, View1<T> db, In1<T> dout);
+
+/// bf16 storage of activations: out (n) = x rounded to nearest even, as bf16 bits.
+void store_bf16(const ExecSpace& exec, Kokkos::View<std::uint16_t*, Layout, MemSpace> out, In1<float> x);
+/// out (n) = the fp32 values of the bf16 bits in `in` (exact).
+void load_bf16(const ExecSpace& exec, View1<float> out, Kokkos::View<const std::uint16_t*, Layout, MemSpace> in);
 
 }  // namespace tapestry::kernels

@@ -94,6 +94,12 @@ struct GptOptions {
   /// default: the BLAS-batched kernel is faster on CPUs and, as measured on an H100 (docs/gpu.md),
   /// on GPUs too; the tiled kernel is for sequences whose T x T matrices do not fit.
   bool tiled_attention = false;
+  /// Activations kept for backward stored in bf16 (rounded to nearest even): each layer computes in
+  /// one fp32 working set shared by the layers, then keeps a bf16 copy of its saved tensors (norm
+  /// outputs, q/k/v, attention probabilities and output, MLP pre- and post-activation); backward
+  /// reads them back. The residual stream, norm statistics and the tiled kernel's log-sum-exp stay
+  /// fp32 per layer, as do the output layer's logits and the backward scratch.
+  bool bf16_activations = false;
 };
 
 /// The parameter tensors the spec `m` implies, in flat-buffer order (GPT-2: exactly llm.c's 16
@@ -245,6 +251,13 @@ class GPT {
   View1<float> partial_saved_;  // their gradients of earlier micro-batches
   View1<float> lnf_mean_, lnf_rstd_, losses_;
   std::vector<LayerActs> layers_;
+  // bf16_activations: the layers' saved tensors alias one working set; each layer's bf16 copies
+  bool stash_ = false;
+  std::vector<View1<float>> stash_views_;  // the working set's saved tensors (flat)
+  std::vector<std::vector<Kokkos::View<std::uint16_t*, Layout, MemSpace>>> copies_;  // [layer][tensor]
+  /// Layer l's saved tensors: into its bf16 copies (after its forward) or back into the working
+  /// set (before its backward).
+  void stash_layer(int l, bool store);
   View2<float> proj_, dres_, dtmp_, dbig_, dact_, dqkv_, datty_;  // scratch
   View1<float> ln_zero_bias_, ln_bias_grad_;  // LayerNorm without bias (bias = false)
   Kokkos::View<int*, Layout, MemSpace> pos_;        // (BT): each row's position, for RoPE
