@@ -529,13 +529,17 @@ std::vector<std::vector<char>> SiteMesh::all_gather(const std::vector<char>& min
   }
   for (int s : std::vector<int>(members_))
     if (!(agreed >> s & 1)) drop(s, "not every site got its payload");
+  // What counts is decided by the bitmaps alone. A site that died during round 2, after every
+  // survivor got its payload, still counts, on every survivor alike (some may have its bitmap,
+  // some not; with one failure that bitmap lists every payload anyway).
   std::vector<std::vector<char>> result(S);
-  for (int s : members_) {
-    if (std::size_t(s) == me) {
+  for (std::size_t s = 0; s < S; ++s) {
+    if (!(agreed >> s & 1)) continue;
+    if (s == me) {
       result[me] = mine;
-    } else if (got[std::size_t(s)].body.size() > 1) {
-      auto& b = got[std::size_t(s)].body;
-      result[std::size_t(s)].assign(b.begin() + 1, b.end());
+    } else if (got[s].body.size() > 1) {
+      const auto& b = got[s].body;
+      result[s].assign(b.begin() + 1, b.end());
     }
   }
   return result;
