@@ -292,17 +292,22 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   // With sequence parallelism a layer keeps only its norm outputs' token chunks; the full inputs
   // of the split layers are all-gathered into one shared buffer, again in backward.
   if (sp_) ln_full_ = View2<float>("tapestry::ln_full", N, C);
-  auto make_layer = [&](LayerActs& a) {
+  // A layer's tensors kept for backward (bf16_activations: shared by the layers, with bf16 copies)...
+  auto make_saved = [&](LayerActs& a) {
     a.ln1 = sp_ ? ln_full_ : View2<float>("tapestry::ln1", N, C);
     a.ln1c = chunk_of(a.ln1, "tapestry::ln1_chunk");
     a.qkv = View2<float>("tapestry::qkv", N, W);
     a.qkv_raw = cfg_.qk_norm ? View2<float>("tapestry::qkv_raw", N, W) : a.qkv;
     a.atty = View2<float>("tapestry::atty", N, Cl);
-    a.res2 = View2<float>("tapestry::res2", Nc, C);
     a.ln2 = sp_ ? ln_full_ : View2<float>("tapestry::ln2", N, C);
     a.ln2c = chunk_of(a.ln2, "tapestry::ln2_chunk");
     a.fch = View2<float>("tapestry::fch", N, up);
     a.fch_act = View2<float>("tapestry::fch_act", N, ffn_);
+    if (!tiled_) a.att = View4<float>("tapestry::att", B, NHl, T, T);
+  };
+  // ...and its own in any case: the residual stream, the norms' statistics, the log-sum-exp.
+  auto make_own = [&](LayerActs& a) {
+    a.res2 = View2<float>("tapestry::res2", Nc, C);
     a.res3 = View2<float>("tapestry::res3", Nc, C);
     if (layernorm) a.ln1_mean = View1<float>("tapestry::ln1_mean", Nc);
     a.ln1_rstd = View1<float>("tapestry::ln1_rstd", Nc);
@@ -313,40 +318,30 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
       a.k_rstd = View2<float>("tapestry::k_rstd", N, nkv_);
     }
     if (tiled_) a.lse = View3<float>("tapestry::attention_lse", B, NHl, T);
-    else a.att = View4<float>("tapestry::att", B, NHl, T, T);
   };
   stash_ = options.bf16_activations && !layers_.empty();
-  if (!stash_) {
-    for (auto& a : layers_) make_layer(a);
-  } else {
-    // One fp32 working set; every layer has its own residuals and statistics (fp32) and bf16
-    // copies of the working set's saved tensors.
-    LayerActs work;
-    make_layer(work);
-    auto flat = [](float* p, std::size_t n) { return View1<float>(p, n); };
-    for (const auto& [p, n] : std::vector<std::pair<float*, std::size_t>>{
-             {work.ln1c.data(), work.ln1c.span()}, {work.qkv_raw.data(), work.qkv_raw.span()},
-             {work.qkv.data(), work.qkv.span()}, {work.atty.data(), work.atty.span()},
-             {work.ln2c.data(), work.ln2c.span()}, {work.fch.data(), work.fch.span()},
-             {work.fch_act.data(), work.fch_act.span()}, {work.att.data(), work.att.span()}})
-      if (n > 0 && std::none_of(stash_views_.begin(), stash_views_.end(), [p = p](const View1<float>& v) { return v.data() == p; }))
-        stash_views_.push_back(flat(p, n));
-    for (auto& a : layers_) {
+  LayerActs work;  // bf16_activations: the one fp32 working set
+  if (stash_) {
+    make_saved(work);
+    for (const View1<float>& v : {View1<float>(work.ln1c.data(), work.ln1c.span()),
+                                 View1<float>(work.qkv_raw.data(), work.qkv_raw.span()),
+                                 View1<float>(work.qkv.data(), work.qkv.span()), View1<float>(work.atty.data(), work.atty.span()),
+                                 View1<float>(work.ln2c.data(), work.ln2c.span()), View1<float>(work.fch.data(), work.fch.span()),
+                                 View1<float>(work.fch_act.data(), work.fch_act.span()),
+                                 View1<float>(work.att.data(), work.att.span())})
+      if (v.extent(0) > 0 &&
+          std::none_of(stash_views_.begin(), stash_views_.end(), [&](const View1<float>& u) { return u.data() == v.data(); }))
+        stash_views_.push_back(v);
+  }
+  for (auto& a : layers_) {
+    if (stash_) {
       a = work;
-      a.res2 = View2<float>("tapestry::res2", Nc, C);
-      a.res3 = View2<float>("tapestry::res3", Nc, C);
-      if (layernorm) a.ln1_mean = View1<float>("tapestry::ln1_mean", Nc);
-      a.ln1_rstd = View1<float>("tapestry::ln1_rstd", Nc);
-      if (layernorm) a.ln2_mean = View1<float>("tapestry::ln2_mean", Nc);
-      a.ln2_rstd = View1<float>("tapestry::ln2_rstd", Nc);
-      if (cfg_.qk_norm) {
-        a.q_rstd = View2<float>("tapestry::q_rstd", N, NHl);
-        a.k_rstd = View2<float>("tapestry::k_rstd", N, nkv_);
-      }
-      if (tiled_) a.lse = View3<float>("tapestry::attention_lse", B, NHl, T);
       auto& copies = copies_.emplace_back();
       for (const auto& v : stash_views_) copies.emplace_back("tapestry::activations_bf16", v.extent(0));
+    } else {
+      make_saved(a);
     }
+    make_own(a);
   }
   proj_ = View2<float>("tapestry::proj", N, C);
   projc_ = chunk_of(proj_, "tapestry::proj_chunk");
