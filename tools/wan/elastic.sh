@@ -10,13 +10,15 @@
 # Root only; tears the sites down on exit. About 3 minutes on 2 cores.
 #
 # Env: TAPESTRY (build/src/tapestry), DELAY_MS (100), RATE (100mbit), STEPS (200), KILL_AT (50),
-# FLAGS (the DiLoCo flags, below).
+# FLAGS (the DiLoCo flags, below), MODEL (extra model flags, e.g. the larger model of streaming.sh:
+# "--n-layer 6 --n-head 6 --d-model 384"), OUT (docs/wan/elastic), TIMEOUT (--federation-timeout, 60 s;
+# longer than the wait of a restarted site for the next outer boundary).
 set -uo pipefail
 [ -z "${TAPESTRY:-}" ] || TAPESTRY=$(realpath -- "$TAPESTRY")
 cd "$(dirname "$0")/../.." || exit 1
 export TAPESTRY=${TAPESTRY:-build/src/tapestry} WAN_STATE=${WAN_STATE:-/tmp/tapestry-wan}
 export SITES=2 DELAY_MS=${DELAY_MS:-100} RATE=${RATE:-100mbit} OPENBLAS_NUM_THREADS=1
-OUT=docs/wan/elastic WAN=tools/wan/wan.sh STEPS=${STEPS:-200} KILL_AT=${KILL_AT:-50}
+OUT=${OUT:-docs/wan/elastic} WAN=tools/wan/wan.sh STEPS=${STEPS:-200} KILL_AT=${KILL_AT:-50}
 FLAGS=${FLAGS:---outer-steps 20 --outer-fragments 4 --outer-delay 5 --compress int4}
 DATA=$WAN_STATE/data CK=$WAN_STATE/elastic_ckpt PORT=5600
 die() { echo "elastic.sh: $*" >&2; exit 1; }
@@ -28,19 +30,20 @@ mkdir -p "$OUT" "$DATA"
 "$TAPESTRY" data prepare inputs/corpus/licenses.txt -o "$DATA" >/dev/null || die "data prepare failed"
 "$WAN" up >/dev/null || die "wan.sh up failed"
 "$WAN" check >"$OUT/net.txt" 2>&1
-echo "delay_ms=$DELAY_MS rate=$RATE steps=$STEPS kill_at=$KILL_AT flags=$FLAGS date=$(date -Is)" >>"$OUT/net.txt"
+echo "delay_ms=$DELAY_MS rate=$RATE steps=$STEPS kill_at=$KILL_AT flags=$FLAGS model=${MODEL:-} date=$(date -Is)" >>"$OUT/net.txt"
 read -ra extra <<<"$FLAGS"
+read -ra model <<<"${MODEL:-}"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # site RUN S [args...]: site S's job in its namespace (site 0: siteA at 10.77.1.1, site 1: siteB).
 site() {
   local run=$1 s=$2 ns; shift 2
   ns=site$(printf "\\x$(printf %x $((65 + s)))")
   ip netns exec "$ns" unshare --uts sh -c "hostname $ns; exec \"\$0\" \"\$@\"" \
-    mpirun -np 1 --bind-to none --mca mpi_yield_when_idle 1 "$TAPESTRY" train -c inputs/default.toml \
+    mpirun -np 1 --bind-to none --mca mpi_yield_when_idle 1 "$TAPESTRY" train -c inputs/default.toml "${model[@]}" \
     --train-data "$DATA/corpus_train.bin" --val-data "$DATA/corpus_val.bin" --val-every 0 --global-batch 16 \
     --batch-size 8 --steps "$STEPS" --log-every 10 --save-every 10 --keep 0 --ckpt-dir "$CK/$run" --sites 2 \
     "${extra[@]}" --federation "elastic-$run" --federation-peers "10.77.1.1:$PORT,10.77.2.1:$PORT" \
-    --federation-timeout 60 --site-id "$s" --metrics-file "$OUT/${run}_site$s.jsonl" "$@"
+    --federation-timeout "${TIMEOUT:-60}" --site-id "$s" --metrics-file "$OUT/${run}_site$s.jsonl" "$@"
 }
 for run in base kill; do
   rm -rf "${CK:?}/$run"
