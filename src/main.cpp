@@ -40,21 +40,21 @@ int run(const tapestry::cli::Invocation& inv, const tapestry::parallel::Runtime&
     case Command::train: {
       const auto& p = inv.train.parallel;
       par::Comm federated;  // with --federation: every site's ranks, ordered by site
-      if (!p.federation.empty() && !p.federation_peers.empty()) {  // elastic: sites meet over TCP in training
-        par::agree(world, [&] { tapestry::validate(p); });
+      const bool elastic = tapestry::elastic_federation(p);
+      if (!p.federation.empty()) par::agree(world, [&] { tapestry::validate(p); });
+      if (elastic) {  // the sites meet over TCP in training
         if (world.rank() == 0)
           out << "federation '" << p.federation << "': site " << p.site_id << " of " << p.sites
               << ", elastic (this job's " << world.size() << " rank(s); the sites' first ranks connect over TCP: "
               << p.federation_peers << ")" << std::endl;
       } else if (!p.federation.empty()) {
-        par::agree(world, [&] { tapestry::validate(p); });
         federated = par::federate(world, {p.federation, p.site_id, p.sites, p.federation_timeout},
                                   tapestry::federation_fingerprint(inv.train));
         if (world.rank() == 0)  // in every site's job log
           out << "federation '" << p.federation << "': joined as site " << p.site_id << " of " << p.sites << " ("
               << world.size() << " of " << federated.size() << " ranks)" << std::endl;
       }
-      const par::Comm& all = p.federation.empty() || !p.federation_peers.empty() ? world : federated;
+      const par::Comm& all = p.federation.empty() || elastic ? world : federated;
       std::unique_ptr<par::ProcessGrid> grid;
       par::agree(all, [&] {
         grid = std::make_unique<par::ProcessGrid>(all.get(), par::Layout::make(all.size(), p.tp, p.pp, p.dp));

@@ -160,6 +160,11 @@ void validate(const ParallelConfig& p) {
               num(p.emulate_slow_site) + ", " + num(p.emulate_slow_factor) + ")");
 }
 
+bool parse_bf16_activations(const std::string& name) {
+  require(name == "fp32" || name == "bf16", "activations must be fp32 or bf16 (got '" + name + "')");
+  return name == "bf16";
+}
+
 Precision parse_precision(const std::string& name) {
   if (name == "fp32") return Precision::fp32;
   if (name == "bf16") return Precision::bf16;
@@ -265,8 +270,7 @@ void validate(const TrainConfig& c) {
   require(c.attention == "auto" || c.attention == "matrix" || c.attention == "tiled",
           "attention must be auto, matrix or tiled (got '" + c.attention + "')");
   parse_precision(c.precision);
-  require(c.activations == "fp32" || c.activations == "bf16",
-          "activations must be fp32 or bf16 (got '" + c.activations + "')");
+  parse_bf16_activations(c.activations);
 }
 
 }  // namespace tapestry
@@ -284,8 +288,7 @@ void validate(const BenchStepConfig& c) {
   require(c.attention == "auto" || c.attention == "matrix" || c.attention == "tiled",
           "attention must be auto, matrix or tiled (got '" + c.attention + "')");
   parse_precision(c.precision);
-  require(c.activations == "fp32" || c.activations == "bf16",
-          "activations must be fp32 or bf16 (got '" + c.activations + "')");
+  parse_bf16_activations(c.activations);
 }
 
 void validate(const BenchAllreduceConfig& c) {

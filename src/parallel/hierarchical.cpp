@@ -172,7 +172,7 @@ void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual,
                          bool contribute) {
   require(n_ == 0, "CrossSiteSum: an exchange is already in flight");
   const Timed timed{seconds_, MPI_Wtime()};  // every return below counts its time
-  const std::size_t S = std::size_t(elastic_ ? sites_ : cross_.size()), me = std::size_t(elastic_ ? site_id_ : cross_.rank());
+  const std::size_t S = sites(), me = std::size_t(elastic_ ? site_id_ : cross_.rank());
   weighted_ = header != nullptr;
   contribute_ = contribute || !elastic_;
   // all-reduced in place (elastic: always gathered, the sum is over the sites that got through)
@@ -183,10 +183,8 @@ void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual,
   if (payload_.extent(0) < blocks * words) payload_ = View1<float>("tapestry::xsite_payload", blocks * words);
   const ExecSpace ex;
   float* mine = payload_.data() + (plain ? 0 : me * words);
-  if (!contribute_) {
-    // nothing of this site's to encode
-  } else if (plain) Kokkos::deep_copy(ex, View1<float>(mine, n), View1<float>(const_cast<float*>(buf), n));
-  else
+  if (contribute_ && plain) Kokkos::deep_copy(ex, View1<float>(mine, n), View1<float>(const_cast<float*>(buf), n));
+  else if (contribute_)
     kernels::compress_with_feedback(ex, compression_, View1<float>(const_cast<float*>(buf), n), residual,
                                     reinterpret_cast<std::uint8_t*>(mine + head));
   if (weighted_) {
@@ -235,7 +233,7 @@ void CrossSiteSum::start(const float* buf, std::size_t n, View1<float> residual,
 void CrossSiteSum::finish(float* out, std::vector<Header>* headers) {
   require(n_ > 0, "CrossSiteSum: no exchange in flight");
   const Timed timed{seconds_, MPI_Wtime()};
-  const std::size_t n = n_, words = words_, S = std::size_t(elastic_ ? sites_ : cross_.size());
+  const std::size_t n = n_, words = words_, S = sites();
   const bool plain = plain_;
   n_ = 0;
   if (background_) {

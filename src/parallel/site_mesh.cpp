@@ -183,6 +183,14 @@ struct Hello {
   }
 };
 
+/// A greeting from another site (of `sites`, not `me`) on `fd` within `seconds`; false when none
+/// came or it is not one.
+bool read_hello(int fd, double seconds, int sites, int me, Hello& h) {
+  SiteMesh::Frame f;
+  std::string err;
+  return read_frame(fd, now() + seconds, f, err) && Hello::parse(f, h) && h.site >= 0 && h.site < sites && h.site != me;
+}
+
 }  // namespace
 
 std::vector<SitePeer> parse_site_peers(const std::string& list, int sites) {
@@ -269,12 +277,9 @@ void SiteMesh::drop(int site, const std::string& why) {
 }
 
 int SiteMesh::greet_incoming(int fd, bool running, int step) {
-  Frame f;
-  std::string err;
   Hello h;
   const double deadline = now() + std::min(spec_.timeout_s, 10.0);
-  if (!read_frame(fd, deadline, f, err) || !Hello::parse(f, h) || h.site < 0 || h.site >= spec_.sites ||
-      h.site == spec_.site) {
+  if (!read_hello(fd, deadline - now(), spec_.sites, spec_.site, h)) {
     ::close(fd);
     return -1;
   }
@@ -336,11 +341,8 @@ SiteMesh::Start SiteMesh::start(int step) {
       const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
       if (fd >= 0) {
         set_nonblocking(fd);
-        Frame f;
-        std::string err;
         Hello h;
-        if (read_frame(fd, now() + std::min(spec_.timeout_s, 10.0), f, err) && Hello::parse(f, h) && h.site >= 0 &&
-            h.site < S && h.site != me) {
+        if (read_hello(fd, std::min(spec_.timeout_s, 10.0), S, me, h)) {
           try {
             check(h, h.site);
           } catch (...) {
@@ -366,7 +368,7 @@ SiteMesh::Start SiteMesh::start(int step) {
       if (pending[std::size_t(j)] >= 0) {  // the answer to this site's greeting
         const int fd = std::exchange(pending[std::size_t(j)], -1);
         Hello h;
-        if (read_frame(fd, now() + std::min(spec_.timeout_s, 10.0), f, err) && Hello::parse(f, h) && h.site == j) {
+        if (read_hello(fd, std::min(spec_.timeout_s, 10.0), S, me, h) && h.site == j) {
           try {
             check(h, j);
           } catch (...) {
@@ -565,11 +567,9 @@ std::vector<int> SiteMesh::admit(int step) {
     if (joining_[std::size_t(j)] || std::find(members_.begin(), members_.end(), j) != members_.end()) continue;
     const int fd = connect_to(spec_.peers[std::size_t(j)], std::min(spec_.timeout_s, 1.0));
     if (fd < 0) continue;
-    Frame f;
-    std::string err;
     Hello h;
-    if (write_all(fd, frame(kHello, mine.body()), now() + short_wait) && read_frame(fd, now() + short_wait, f, err) &&
-        Hello::parse(f, h) && h.site == j && h.name == spec_.name && h.fingerprint == spec_.fingerprint && h.running == 0) {
+    if (write_all(fd, frame(kHello, mine.body()), now() + short_wait) && read_hello(fd, short_wait, S, me, h) &&
+        h.site == j && h.name == spec_.name && h.fingerprint == spec_.fingerprint && h.running == 0) {
       fd_[std::size_t(j)] = fd, joining_[std::size_t(j)] = true;
     } else {
       if (h.site == j && h.running == 1)

@@ -130,7 +130,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   model::GptOptions opt;
   opt.tp = &tpg, opt.sequence_parallel = cfg.sequence_parallel;
   if (cfg.attention != "auto") opt.tiled_attention = cfg.attention == "tiled";
-  opt.bf16_activations = cfg.activations == "bf16";
+  opt.bf16_activations = parse_bf16_activations(cfg.activations);
   model::GPT gpt(cfg.model, B, T, std::size_t(dp), opt);
   gpt.init_random(cfg.seed);
   OptimConfig oc;
@@ -189,7 +189,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   out << "# bench step: " << spec_string(cfg.model) << " B=" << B << " T=" << T << " params=" << cfg.model.num_parameters()
       << " ranks=" << P << " (tp=" << tp << (cfg.sequence_parallel && tp > 1 ? " with sequence parallelism" : "")
       << ", dp=" << dp << "; " << cfg.precision << (cfg.precision == "bf16" ? " products on " + blas.bf16_engine() : std::string())
-      << (cfg.activations == "bf16" ? ", activations stored in bf16" : "") << "; " << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
+      << (opt.bf16_activations ? ", activations stored in bf16" : "") << "; " << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
       << "  ms/step " << fmt("%.1f", r.ms_per_step) << "  (forward " << fmt("%.1f", r.forward_ms)
       << ", backward " << fmt("%.1f", r.backward_ms) << ", all-reduce " << fmt("%.1f", r.comm_ms)
       << ", grad-norm+AdamW " << fmt("%.1f", r.update_ms)
@@ -368,9 +368,7 @@ void plan(const PlanConfig& cfg, std::ostream& out) {
   p.tp = cfg.tp, p.pp = cfg.pp, p.dp = cfg.dp, p.zero = cfg.zero, p.sequence_parallel = cfg.sequence_parallel;
   p.tiled_attention = cfg.attention == "tiled", p.batch_size = cfg.batch_size, p.seq_len = cfg.seq_len;
   p.micro_batches = cfg.micro_batches, p.pp_split = cfg.pp_split;
-  require(cfg.activations == "fp32" || cfg.activations == "bf16",
-          "activations must be fp32 or bf16 (got '" + cfg.activations + "')");
-  p.bf16_activations = cfg.activations == "bf16";
+  p.bf16_activations = parse_bf16_activations(cfg.activations);
   require(cfg.attention == "auto" || cfg.attention == "matrix" || cfg.attention == "tiled",
           "attention must be auto, matrix or tiled (got '" + cfg.attention + "')");
   require(cfg.seq_len <= cfg.model.max_seq_len, "seq_len (" + std::to_string(cfg.seq_len) +

@@ -73,6 +73,7 @@ void Diloco::send(int p, int step, View1<float> params) {
 
 void Diloco::finish_exchange(float* out) {
   xsum_->finish(out, quota_ ? &headers_ : nullptr);
+  collect_events();  // what the exchange found (a site dropped), before what the merge makes of it
 }
 
 bool Diloco::compute_next() {
@@ -115,7 +116,6 @@ void Diloco::merge(int p, View1<float> params) {
   require(p == pending_frag_, "DiLoCo: fragment " + std::to_string(p) + " is merged but " +
                                   std::to_string(pending_frag_) + " is in flight");
   settle();
-  collect_events();  // what the exchange found (a site dropped) before what the merge makes of it
   const ExecSpace ex;
   const std::size_t part = outer_.extent(0);
   const auto [lo, hi] = sched_.range(p, part);
@@ -190,16 +190,15 @@ double Diloco::after_step(int step, View1<float> params) {
   } else {
     if (m >= 0 && m == pending_frag_) merge(m, params);  // else: sent before this run (resumed without DiLoCo state)
     if (at_boundary) boundary(step);
-    collect_events();  // before the next exchange starts (its thread uses the mesh)
     if (p >= 0) {
       send(p, step, params);
       pending_frag_ = p, pending_sent_ = step;
     }
   }
-  if (!xsum_->in_flight()) collect_events();
   return seconds_since(t0);
 }
 
+// Only where the mesh is idle: after an exchange has finished, after a boundary, after rejoining.
 void Diloco::collect_events() {
   if (mesh_ == nullptr) return;
   for (const auto& e : mesh_->take_events()) events_ += e + "\n";
@@ -213,6 +212,7 @@ void Diloco::boundary(int step) {
     info[0] = int(mesh_->admit(step).size());
     info[1] = mesh_->welcomes() ? 1 : 0;
   }
+  collect_events();
   MPI_Bcast(info, 2, MPI_INT, 0, topo_.site_ranks().get());
   if (info[0] == 0 || info[1] == 0) return;
   // The outer parameters and momentum, whole, on the first rank: [n][outer (n)][momentum (n)].
@@ -233,6 +233,7 @@ void Diloco::boundary(int step) {
       reinterpret_cast<float*>(state.data() + sizeof(n64)), 2 * n);
   Kokkos::deep_copy(h, full);
   mesh_->welcome(step, state);
+  collect_events();  // a site that could not take the welcome
 }
 
 void Diloco::rejoin(int step, const std::vector<char>& state, View1<float> params) {

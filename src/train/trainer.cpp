@@ -303,14 +303,15 @@ void setup_local(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid&
     cfg.model = m;
   }
   const int dp = layout.dp(), drank = grid.dp().rank();
-  const bool elastic = !cfg.parallel.federation.empty() && !cfg.parallel.federation_peers.empty();
-  resolve_batch(cfg, elastic ? dp * cfg.parallel.sites : dp);  // elastic: the global batch spans the sites' jobs
+  r.federated = !cfg.parallel.federation.empty();
+  r.elastic = elastic_federation(cfg.parallel);
+  resolve_batch(cfg, r.elastic ? dp * cfg.parallel.sites : dp);  // elastic: the global batch spans the sites' jobs
   validate(cfg);
   const int B = cfg.batch_size, T = cfg.seq_len;
   io::DataLoader::Options lopt;
   lopt.batch_size = B, lopt.seq_len = T, lopt.vocab_size = std::uint64_t(cfg.model.vocab_size);
   lopt.shard = drank, lopt.num_shards = dp, lopt.micro_batches = cfg.grad_accum;
-  if (elastic)  // this job is one site of the DP ranks
+  if (r.elastic)  // this job is one site of the DP ranks
     lopt.shard = cfg.parallel.site_id * dp + drank, lopt.num_shards = cfg.parallel.sites * dp;
   lopt.shuffle = cfg.shuffle, lopt.seed = cfg.seed;
   r.train_loader = std::make_unique<io::DataLoader>(io::parse_data_spec(cfg.train_data), lopt);
@@ -322,8 +323,6 @@ void setup_local(Run& r, const TrainConfig& cfg_in, const parallel::ProcessGrid&
   parallel::parse_backend(cfg.parallel.collectives);
   if (layout.tp() > 1) model::validate_tp(cfg.model, layout.tp());
   if (layout.pp() > 1) stage_layers(cfg.model.n_layer, layout.pp(), cfg.parallel.pp_split);
-  r.federated = !cfg.parallel.federation.empty();
-  r.elastic = r.federated && !cfg.parallel.federation_peers.empty();
   r.site = r.elastic ? cfg.parallel.site_id : parallel::SiteTopology::site_of(drank, dp, cfg.parallel.sites);
   if (hf) r.hf_reader = std::make_unique<HfReader>(cfg.init_from, cfg.model);  // files there, fitting the spec
   r.resume_path = resolve_resume(cfg.resume, r.ckpt_dir());
@@ -400,7 +399,7 @@ void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& o
   model::GptOptions opt;
   opt.tp = r.tp.get(), opt.sequence_parallel = cfg.parallel.sequence_parallel, opt.stage = stage;
   if (cfg.attention != "auto") opt.tiled_attention = cfg.attention == "tiled";
-  opt.bf16_activations = cfg.activations == "bf16";
+  opt.bf16_activations = parse_bf16_activations(cfg.activations);
   r.gpt = std::make_unique<model::GPT>(cfg.model, B, T, std::size_t(dp), opt);
   if (pp > 1) {
     r.pipe = std::make_unique<detail::Pipeline>(*r.gpt, grid.pp(), cfg.grad_accum);

@@ -193,6 +193,14 @@ void validate(const OptimConfig& o);
 void validate(const TrainConfig& c);
 void validate(const ParallelConfig& p);
 
+/// --activations: "fp32" -> false, "bf16" -> true (saved activations in bf16); throws
+/// tapestry::Error naming the value otherwise.
+bool parse_bf16_activations(const std::string& name);
+
+/// An elastic federation (--federation with --federation-peers): the sites are separate jobs that
+/// meet over TCP, with no MPI between them.
+inline bool elastic_federation(const ParallelConfig& p) { return !p.federation.empty() && !p.federation_peers.empty(); }
+
 /// What every site of a federated run must agree on (model, batch, schedule, layout, cross-site
 /// algorithm), as one line; file paths are left out (each site has its own file system).
 std::string federation_fingerprint(const TrainConfig& c);

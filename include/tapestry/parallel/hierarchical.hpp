@@ -117,6 +117,8 @@ class CrossSiteSum {
   bool elastic_ = false, contribute_ = true;
   int site_id_ = 0, sites_ = 1;
   std::vector<int> contrib_;
+  /// Blocks of an exchange: the sites of the run (elastic) or of the cross-site communicator.
+  std::size_t sites() const { return std::size_t(elastic_ ? sites_ : cross_.size()); }
   /// The elastic exchange of the payload blocks (this site's at site_id_): on the calling thread.
   void exchange_elastic(float* wire, std::size_t words, MPI_Comm site);
 };
