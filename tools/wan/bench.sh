@@ -38,13 +38,9 @@ DATA=$WAN_STATE/data
 TRAIN_FLAGS=(-c inputs/default.toml --train-data "$DATA/corpus_train.bin" --val-data "$DATA/corpus_val.bin"
   --steps "$STEPS" --val-every 0 --global-batch 16 --log-every 10 --ckpt-dir "$WAN_STATE/ckpt")
 
-die() { echo "bench.sh: $*" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || die "must run as root"
-[ -x "$TAPESTRY" ] || die "no tapestry binary at '$TAPESTRY' (set TAPESTRY=...)"
-trap '"$WAN" down' EXIT
-trap 'exit 130' INT TERM
-mkdir -p "$OUT" "$DATA"
-"$TAPESTRY" data prepare inputs/corpus/licenses.txt -o "$DATA" >/dev/null || die "data prepare failed"
+. tools/wan/prelude.sh
+wan_prelude bench.sh
+trap '"$WAN" down' EXIT  # its output shown
 FAILED=()
 
 # run NAME CMD... : wan.sh run with a time limit; stdout+stderr to $OUT/NAME.log

@@ -21,13 +21,9 @@ export SITES=2 DELAY_MS=${DELAY_MS:-100} RATE=${RATE:-100mbit} OPENBLAS_NUM_THRE
 OUT=${OUT:-docs/wan/elastic} WAN=tools/wan/wan.sh STEPS=${STEPS:-200} KILL_AT=${KILL_AT:-50}
 FLAGS=${FLAGS:---outer-steps 20 --outer-fragments 4 --outer-delay 5 --compress int4}
 DATA=$WAN_STATE/data CK=$WAN_STATE/elastic_ckpt PORT=5600
-die() { echo "elastic.sh: $*" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || die "must run as root"
-[ -x "$TAPESTRY" ] || die "no tapestry binary at '$TAPESTRY' (set TAPESTRY=...)"
-trap '"$WAN" down >/dev/null 2>&1' EXIT
-trap 'exit 130' INT TERM
-mkdir -p "$OUT" "$DATA"
-"$TAPESTRY" data prepare inputs/corpus/licenses.txt -o "$DATA" >/dev/null || die "data prepare failed"
+. tools/wan/prelude.sh
+wan_prelude elastic.sh
+((KILL_AT > 10 && KILL_AT % 10 == 0 && KILL_AT < STEPS)) || die "KILL_AT must be a multiple of 10 (the log interval) above 10 (the first 10 steps are left out of the figures) and below STEPS"
 "$WAN" up >/dev/null || die "wan.sh up failed"
 "$WAN" check >"$OUT/net.txt" 2>&1
 echo "delay_ms=$DELAY_MS rate=$RATE steps=$STEPS kill_at=$KILL_AT flags=$FLAGS model=${MODEL:-} date=$(date -Is)" >>"$OUT/net.txt"

@@ -37,13 +37,8 @@ LARGE=(--n-layer 6 --n-head 6 --d-model 384)   # 10.9M parameters: 43.6 MB of fp
 # =====
 
 DATA=$WAN_STATE/data
-die() { echo "streaming.sh: $*" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || die "must run as root"
-[ -x "$TAPESTRY" ] || die "no tapestry binary at '$TAPESTRY' (set TAPESTRY=...)"
-trap '"$WAN" down >/dev/null 2>&1' EXIT
-trap 'exit 130' INT TERM
-mkdir -p "$OUT" "$DATA"
-"$TAPESTRY" data prepare inputs/corpus/licenses.txt -o "$DATA" >/dev/null || die "data prepare failed"
+. tools/wan/prelude.sh
+wan_prelude streaming.sh
 FAILED=()
 for r in "${RUNS[@]}"; do IFS='|' read -r name steps flags <<<"$r"; echo "$name $flags"; done >"$OUT/flags.txt"
 
