@@ -114,6 +114,11 @@ std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp, const Stage&
   return t;
 }
 
+std::int64_t output_chunk_rows(std::int64_t rows, std::int64_t d_model, std::int64_t vocab) {
+  const std::int64_t r = std::max<std::int64_t>(256, (rows * d_model + vocab - 1) / std::max<std::int64_t>(1, vocab));
+  return std::min(r, rows);
+}
+
 int find_tensor(const std::vector<ParamTensor>& layout, const std::string& name) {
   for (std::size_t i = 0; i < layout.size(); ++i)
     if (layout[i].name == name) return int(i);
@@ -283,7 +288,9 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   if (stage_.head) {
     lnf_ = View2<float>("tapestry::lnf", N, C);
     lnfc_ = chunk_of(lnf_, "tapestry::lnf_chunk");
-    logits_ = View2<float>("tapestry::logits", N, Vl);
+    logit_rows_ = options.bf16_activations ? int(output_chunk_rows(N, C, Vl)) : N;
+    logits_ = View2<float>("tapestry::logits", logit_rows_, Vl);
+    if (logit_rows_ < N) probs_ = Half("tapestry::probs_bf16", std::size_t(N) * std::size_t(Vl));
     if (layernorm) lnf_mean_ = View1<float>("tapestry::lnf_mean", Nc);
     lnf_rstd_ = View1<float>("tapestry::lnf_rstd", Nc);
     losses_ = View1<float>("tapestry::losses", N);
@@ -293,6 +300,7 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   // of the split layers are all-gathered into one shared buffer, again in backward.
   if (sp_) ln_full_ = View2<float>("tapestry::ln_full", N, C);
   // A layer's tensors kept for backward (bf16_activations: shared by the layers, with bf16 copies)...
+  const bool stash = options.bf16_activations && !layers_.empty();
   auto make_saved = [&](LayerActs& a) {
     a.ln1 = sp_ ? ln_full_ : View2<float>("tapestry::ln1", N, C);
     a.ln1c = chunk_of(a.ln1, "tapestry::ln1_chunk");
@@ -303,12 +311,14 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
     a.ln2c = chunk_of(a.ln2, "tapestry::ln2_chunk");
     a.fch = View2<float>("tapestry::fch", N, up);
     a.fch_act = View2<float>("tapestry::fch_act", N, ffn_);
-    if (!tiled_) a.att = View4<float>("tapestry::att", B, NHl, T, T);
+    if (!tiled_) a.att = View4<float>("tapestry::att", stash ? 1 : B, NHl, T, T);  // stash: one sequence
   };
-  // ...and its own in any case: the residual stream, the norms' statistics, the log-sum-exp.
-  auto make_own = [&](LayerActs& a) {
+  auto make_residual = [&](LayerActs& a) {
     a.res2 = View2<float>("tapestry::res2", Nc, C);
     a.res3 = View2<float>("tapestry::res3", Nc, C);
+  };
+  // ...and its own in any case: the norms' statistics, the log-sum-exp.
+  auto make_own = [&](LayerActs& a) {
     if (layernorm) a.ln1_mean = View1<float>("tapestry::ln1_mean", Nc);
     a.ln1_rstd = View1<float>("tapestry::ln1_rstd", Nc);
     if (layernorm) a.ln2_mean = View1<float>("tapestry::ln2_mean", Nc);
@@ -319,27 +329,32 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
     }
     if (tiled_) a.lse = View3<float>("tapestry::attention_lse", B, NHl, T);
   };
-  stash_ = options.bf16_activations && !layers_.empty();
+  stash_ = stash;
   LayerActs work;  // bf16_activations: the one fp32 working set
   if (stash_) {
     make_saved(work);
+    make_residual(work);  // res3 is also the next layer's input, overwritten by its res3
     for (const View1<float>& v : {View1<float>(work.ln1c.data(), work.ln1c.span()),
                                  View1<float>(work.qkv_raw.data(), work.qkv_raw.span()),
                                  View1<float>(work.qkv.data(), work.qkv.span()), View1<float>(work.atty.data(), work.atty.span()),
                                  View1<float>(work.ln2c.data(), work.ln2c.span()), View1<float>(work.fch.data(), work.fch.span()),
-                                 View1<float>(work.fch_act.data(), work.fch_act.span()),
-                                 View1<float>(work.att.data(), work.att.span())})
+                                 View1<float>(work.fch_act.data(), work.fch_act.span())})
       if (v.extent(0) > 0 &&
           std::none_of(stash_views_.begin(), stash_views_.end(), [&](const View1<float>& u) { return u.data() == v.data(); }))
         stash_views_.push_back(v);
   }
-  for (auto& a : layers_) {
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    auto& a = layers_[l];
     if (stash_) {
       a = work;
-      auto& copies = copies_.emplace_back();
-      for (const auto& v : stash_views_) copies.emplace_back("tapestry::activations_bf16", v.extent(0));
+      auto& c = copies_.emplace_back();
+      for (const auto& v : stash_views_) c.saved.emplace_back("tapestry::activations_bf16", v.extent(0));
+      if (!tiled_) c.att = Half("tapestry::att_bf16", std::size_t(B) * std::size_t(NHl) * std::size_t(T) * std::size_t(T));
+      c.res2 = Half("tapestry::res2_bf16", std::size_t(Nc) * std::size_t(C));
+      if (l + 1 < layers_.size()) c.res3 = Half("tapestry::res3_bf16", std::size_t(Nc) * std::size_t(C));
     } else {
       make_saved(a);
+      make_residual(a);
     }
     make_own(a);
   }
@@ -353,8 +368,8 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   dact_ = up == ffn_ ? dbig_ : View2<float>("tapestry::dfch_act", N, ffn_);
   dqkv_ = View2<float>("tapestry::dqkv", N, W);
   datty_ = View2<float>("tapestry::datty", N, Cl);
-  if (!tiled_) datt_ = View4<float>("tapestry::datt", B, NHl, T, T);
-  if (k > 1 && stage_.head) xent_stats_ = View3<float>("tapestry::xent_stats", k, N, 3);
+  if (!tiled_) datt_ = View4<float>("tapestry::datt", stash_ ? 1 : B, NHl, T, T);
+  if (k > 1 && stage_.head) xent_stats_ = View3<float>("tapestry::xent_stats", k, logit_rows_, 3);
   if (cfg_.doc_mask) doc_pos_ = decltype(doc_pos_)("tapestry::document_positions", N);
   if (cfg_.positions == "rope") {
     pos_ = cfg_.doc_mask ? doc_pos_ : decltype(pos_)("tapestry::positions", N);  // restart at each document
@@ -466,10 +481,19 @@ std::size_t GPT::param_bytes() const { return 2 * params_.span() * sizeof(float)
 
 void GPT::stash_layer(int l, bool store) {
   const ExecSpace ex;
-  const auto& copies = copies_[std::size_t(l)];
+  const auto& c = copies_[std::size_t(l)];
+  const auto& a = layers_[std::size_t(l)];
+  const View1<float> res2(a.res2.data(), a.res2.span()), res3(a.res3.data(), a.res3.span());
   for (std::size_t i = 0; i < stash_views_.size(); ++i)
-    if (store) kernels::store_bf16(ex, copies[i], stash_views_[i]);
-    else kernels::load_bf16(ex, stash_views_[i], copies[i]);
+    if (store) kernels::store_bf16(ex, c.saved[i], stash_views_[i]);
+    else kernels::load_bf16(ex, stash_views_[i], c.saved[i]);
+  if (store) {
+    kernels::store_bf16(ex, c.res2, res2);
+    if (c.res3.extent(0) > 0) kernels::store_bf16(ex, c.res3, res3);
+  } else {
+    kernels::load_bf16(ex, res2, c.res2);
+    if (l > 0) kernels::load_bf16(ex, res3, copies_[std::size_t(l - 1)].res3);  // the layer's input
+  }
 }
 
 std::size_t GPT::activation_bytes() const {
@@ -479,17 +503,22 @@ std::size_t GPT::activation_bytes() const {
                   xent_stats_.span() + partial_saved_.span();
   if (sp_ || !stage_.embed) n += encoded_.span();
   if (sp_) n += lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span() + ln_full_.span();
-  std::size_t half = 0;  // bf16 copies of the saved tensors
+  std::size_t half = probs_.span();  // bf16 copies
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const auto& a = layers_[l];
-    n += a.res2.span() + a.res3.span() + a.ln1_mean.span() + a.ln1_rstd.span() + a.ln2_mean.span() + a.ln2_rstd.span() +
-         a.q_rstd.span() + a.k_rstd.span() + a.lse.span();
+    n += a.ln1_mean.span() + a.ln1_rstd.span() + a.ln2_mean.span() + a.ln2_rstd.span() + a.q_rstd.span() +
+         a.k_rstd.span() + a.lse.span();
     if (stash_) {  // the working set once, and each layer's copies
-      if (l == 0)
+      if (l == 0) {
         for (const auto& v : stash_views_) n += v.span();
-      for (const auto& c : copies_[l]) half += c.span();
+        n += a.att.span() + a.res2.span() + a.res3.span();
+      }
+      const auto& c = copies_[l];
+      for (const auto& h : c.saved) half += h.span();
+      half += c.att.span() + c.res2.span() + c.res3.span();
       continue;
     }
+    n += a.res2.span() + a.res3.span();
     if (!sp_) n += a.ln1.span() + a.ln2.span();
     n += a.qkv.span() + (a.qkv_raw.data() != a.qkv.data() ? a.qkv_raw.span() : 0) + a.atty.span() + a.fch.span() +
          a.fch_act.span() + a.att.span();
@@ -599,6 +628,15 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
     if (tiled_)
       attention_tiled_forward<float>(ex, View3<float>(a.atty.data(), B_, T_, Cl), a.lse,
                                      View3<float>(a.qkv.data(), B_, T_, W), NHl, nkv_, doc_pos_);
+    else if (stash_)  // one sequence at a time: its probabilities into their bf16 copy
+      for (int b = 0; b < B_; ++b) {
+        const std::size_t tb = std::size_t(b) * std::size_t(T_);
+        attention_forward(blas, View3<float>(rows_of(a.atty, tb, T_).data(), 1, T_, Cl), a.att,
+                          View3<float>(rows_of(a.qkv, tb, T_).data(), 1, T_, W), NHl, nkv_,
+                          doc_pos_.extent(0) > 0 ? In1<int>(doc_pos_.data() + tb, T_) : In1<int>());
+        store_bf16(ex, half_of(copies_[std::size_t(l)].att, std::size_t(b) * a.att.span(), a.att.span()),
+                   View1<float>(a.att.data(), a.att.span()));
+      }
     else
       attention_forward(blas, View3<float>(a.atty.data(), B_, T_, Cl), a.att, View3<float>(a.qkv.data(), B_, T_, W),
                         NHl, nkv_, doc_pos_);
@@ -621,16 +659,26 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
   if (!stage_.head) return 0.0;
   norm_forward(ex, lnfc_, lnf_mean_, lnf_rstd_, x, S.lnfw, S.lnfb, 0);
   into_full(lnfc_, lnf_);
-  matmul_forward(blas, logits_, lnf_, p2(P, S.output), View1<float>());  // this rank's vocabulary columns
-  if (k == 1) {
-    softmax_xent_forward(ex, logits_, losses_, logits_, targets_, cfg_.vocab_size);
-  } else {  // vocabulary-parallel cross-entropy: 3 numbers per row and rank cross the group
-    Kokkos::deep_copy(ex, xent_stats_, 0.0f);
-    xent_shard_stats<float>(ex, Kokkos::subview(xent_stats_, tp_->rank(), Kokkos::ALL, Kokkos::ALL), logits_,
-                            targets_, cfg_.vocab_size, v0);
-    Kokkos::fence();
-    tp_->all_reduce_sum(xent_stats_.data(), xent_stats_.size());
-    xent_shard_finish<float>(ex, logits_, losses_, logits_, xent_stats_, targets_, cfg_.vocab_size, v0);
+  // The logits of this rank's vocabulary columns, logit_rows_ rows at a time (bf16 activations:
+  // each chunk's probabilities into their bf16 copy), then the cross-entropy.
+  for (int r0 = 0; r0 < N; r0 += logit_rows_) {
+    const int n = std::min(logit_rows_, N - r0);
+    const View2<float> lg = rows_of(logits_, 0, std::size_t(n));
+    const View1<float> ls(losses_.data() + r0, n);
+    const In1<int> tg(targets_.data() + r0, n);
+    matmul_forward(blas, lg, rows_of(lnf_, std::size_t(r0), std::size_t(n)), p2(P, S.output), View1<float>());
+    if (k == 1) {
+      softmax_xent_forward(ex, lg, ls, lg, tg, cfg_.vocab_size);
+    } else {  // vocabulary-parallel cross-entropy: 3 numbers per row and rank cross the group
+      const View3<float> st(xent_stats_.data(), k, n, 3);
+      Kokkos::deep_copy(ex, st, 0.0f);
+      xent_shard_stats<float>(ex, Kokkos::subview(st, tp_->rank(), Kokkos::ALL, Kokkos::ALL), lg, tg, cfg_.vocab_size, v0);
+      Kokkos::fence();
+      tp_->all_reduce_sum(st.data(), st.size());
+      xent_shard_finish<float>(ex, lg, ls, lg, st, tg, cfg_.vocab_size, v0);
+    }
+    if (probs_.extent(0) > 0)
+      store_bf16(ex, half_of(probs_, std::size_t(r0) * lg.extent(1), lg.span()), View1<float>(lg.data(), lg.span()));
   }
   double sum = 0;
   const auto losses = losses_;
@@ -679,8 +727,15 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     if (sp_) gather_from_sequence_region(*tp_, chunk, full);
   };
   if (stage_.head) {
-    softmax_xent_backward(ex, logits_, logits_, targets_, loss_scale / N, cfg_.vocab_size, v0);
-    matmul_backward(blas, dtmp_, p2(G, S.output), View1<float>(), logits_, lnf_, p2(P, S.output));
+    for (int r0 = 0; r0 < N; r0 += logit_rows_) {  // bf16 activations: chunk by chunk from the bf16 probabilities
+      const int n = std::min(logit_rows_, N - r0);
+      const View2<float> lg = rows_of(logits_, 0, std::size_t(n));
+      if (probs_.extent(0) > 0)
+        load_bf16(ex, View1<float>(lg.data(), lg.span()), half_of(probs_, std::size_t(r0) * lg.extent(1), lg.span()));
+      softmax_xent_backward(ex, lg, lg, In1<int>(targets_.data() + r0, n), loss_scale / N, cfg_.vocab_size, v0);
+      matmul_backward(blas, rows_of(dtmp_, std::size_t(r0), std::size_t(n)), p2(G, S.output), View1<float>(), lg,
+                      rows_of(lnf_, std::size_t(r0), std::size_t(n)), p2(P, S.output));
+    }
     input_grad(dtmp_, dtmpc_);
     Kokkos::deep_copy(ex, dres_, 0.0f);
     norm_backward(ex, dres_, dtmpc_, stage_output(), lnf_mean_, lnf_rstd_, S.lnfw, S.lnfb, 0);
@@ -706,6 +761,15 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
       attention_tiled_backward<float>(ex, View3<float>(dqkv_.data(), B_, T_, W),
                                       View3<float>(datty_.data(), B_, T_, Cl), View3<float>(a.qkv.data(), B_, T_, W),
                                       View3<float>(a.atty.data(), B_, T_, Cl), a.lse, NHl, nkv_, doc_pos_);
+    else if (stash_)  // one sequence at a time, its probabilities from their bf16 copy
+      for (int b = 0; b < B_; ++b) {
+        const std::size_t tb = std::size_t(b) * std::size_t(T_);
+        load_bf16(ex, View1<float>(a.att.data(), a.att.span()),
+                  half_of(copies_[std::size_t(l)].att, std::size_t(b) * a.att.span(), a.att.span()));
+        attention_backward(blas, View3<float>(rows_of(dqkv_, tb, T_).data(), 1, T_, W), datt_,
+                           View3<float>(rows_of(datty_, tb, T_).data(), 1, T_, Cl),
+                           View3<float>(rows_of(a.qkv, tb, T_).data(), 1, T_, W), a.att, NHl, nkv_);
+      }
     else
       attention_backward(blas, View3<float>(dqkv_.data(), B_, T_, W), datt_, View3<float>(datty_.data(), B_, T_, Cl),
                          View3<float>(a.qkv.data(), B_, T_, W), a.att, NHl, nkv_);

@@ -19,20 +19,27 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
   std::size_t f = 0;  // floats
   if (stage.embed) f += N * C + (sp ? Nc * C : 0);
   else f += Nc * C;
-  if (stage.head) f += N * C + (sp ? Nc * C : 0) + N * Vl + (ln ? Nc : 0) + Nc + N + (k > 1 ? k * N * 3 : 0);
+  // The output layer: bf16 activations compute the logits R rows at a time and keep bf16 probabilities.
+  const std::size_t R = bf16_activations ? std::size_t(output_chunk_rows(std::int64_t(N), std::int64_t(C), std::int64_t(Vl))) : N;
+  std::size_t halves = 0;  // bf16 copies
+  if (stage.head) {
+    f += N * C + (sp ? Nc * C : 0) + R * Vl + (ln ? Nc : 0) + Nc + N + (k > 1 ? k * R * 3 : 0);
+    if (R < N) halves += N * Vl;
+  }
   if (sp) f += N * C;  // the shared all-gathered norm output
-  // Per layer: the tensors kept for backward (bf16_activations: one fp32 working set plus bf16
-  // copies per layer), and the residuals and statistics (fp32 per layer).
-  const std::size_t saved = (sp ? 2 * Nc * C : 2 * N * C) + N * W * (m.qk_norm ? 2 : 1) + N * Cl + N * up + N * F +
-                            (tiled ? 0 : att);
-  const std::size_t own = 2 * Nc * C + (ln ? 2 * Nc : 0) + 2 * Nc + (m.qk_norm ? N * (NHl + nkv) : 0) + (tiled ? att : 0);
+  // Per layer: the tensors kept for backward and the residuals (bf16_activations: one fp32 working
+  // set, with the matrix attention's probabilities for one sequence, plus bf16 copies per layer,
+  // the last layer's output excepted), and the statistics (fp32 per layer).
+  const std::size_t saved = (sp ? 2 * Nc * C : 2 * N * C) + N * W * (m.qk_norm ? 2 : 1) + N * Cl + N * up + N * F;
+  const std::size_t probs = tiled ? 0 : att, res = 2 * Nc * C;
+  const std::size_t own = (ln ? 2 * Nc : 0) + 2 * Nc + (m.qk_norm ? N * (NHl + nkv) : 0) + (tiled ? att : 0);
   const bool stash = bf16_activations && L > 0;
-  f += L * own + (stash ? saved : L * saved);
-  const std::size_t halves = stash ? L * saved : 0;  // bf16 copies
+  f += L * own + (stash ? saved + probs / std::size_t(B) + res : L * (saved + probs + res));
+  if (stash) halves += L * (saved + probs + res) - Nc * C;
   f += N * C + (sp ? Nc * C : 0);                 // proj (+ chunk)
   f += Nc * C + (sp ? N * C : 0);                 // dres (+ full)
   f += N * C + (sp ? Nc * C : 0);                 // dtmp (+ chunk)
-  f += N * up + (up != F ? N * F : 0) + N * W + N * Cl + (tiled ? 0 : std::size_t(B) * NHl * std::size_t(T) * std::size_t(T));
+  f += N * up + (up != F ? N * F : 0) + N * W + N * Cl + (stash ? probs / std::size_t(B) : probs);
   // gradients summed over the TP group in backward(): their earlier micro-batches' share
   if (k > 1)
     for (const auto& t : param_layout(m, tp, stage))

@@ -96,9 +96,12 @@ struct GptOptions {
   bool tiled_attention = false;
   /// Activations kept for backward stored in bf16 (rounded to nearest even): each layer computes in
   /// one fp32 working set shared by the layers, then keeps a bf16 copy of its saved tensors (norm
-  /// outputs, q/k/v, attention probabilities and output, MLP pre- and post-activation); backward
-  /// reads them back. The residual stream, norm statistics and the tiled kernel's log-sum-exp stay
-  /// fp32 per layer, as do the output layer's logits and the backward scratch.
+  /// outputs, q/k/v, attention probabilities and output, MLP pre- and post-activation, the
+  /// residual stream); backward reads them back. The matrix attention computes one sequence of the
+  /// micro-batch at a time, so its fp32 T x T working set and scratch hold one sequence. The output
+  /// layer computes its logits output_chunk_rows() rows at a time and keeps the probabilities in
+  /// bf16. Norm statistics and the tiled kernel's log-sum-exp stay fp32 per layer, as does the
+  /// backward scratch. The forward computes as in fp32 (the output layer's product in row chunks).
   bool bf16_activations = false;
 };
 
@@ -107,6 +110,12 @@ struct GptOptions {
 /// (shapes divided along the split dimension) for one pipeline stage (its layers only; tensors the
 /// stage does not use have size 0; with tied embeddings the last stage holds a copy of wte).
 std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp = 1, const Stage& stage = {});
+
+/// With bf16 activations, the rows of the output layer's logits computed at once out of `rows`
+/// (B*T) for `d_model` inputs and `vocab` (this rank's vocabulary columns): about as many floats
+/// as the (rows, d_model) hidden states, at least 256 rows (the product stays efficient), and
+/// `rows` (one pass, fp32 logits kept) when that is all of them.
+std::int64_t output_chunk_rows(std::int64_t rows, std::int64_t d_model, std::int64_t vocab);
 
 /// Index of tensor `name` in `layout`, or -1.
 int find_tensor(const std::vector<ParamTensor>& layout, const std::string& name);
@@ -252,12 +261,26 @@ class GPT {
   View1<float> lnf_mean_, lnf_rstd_, losses_;
   std::vector<LayerActs> layers_;
   // bf16_activations: the layers' saved tensors alias one working set; each layer's bf16 copies
+  using Half = Kokkos::View<std::uint16_t*, Layout, MemSpace>;
+  struct LayerCopies {
+    std::vector<Half> saved;  // of stash_views_, in order
+    Half att;                 // (B, NH, T, T) probabilities, one sequence at a time (matrix attention)
+    Half res2, res3;          // the residual stream; res3 of the last layer is not kept (stage output)
+  };
   bool stash_ = false;
   std::vector<View1<float>> stash_views_;  // the working set's saved tensors (flat)
-  std::vector<std::vector<Kokkos::View<std::uint16_t*, Layout, MemSpace>>> copies_;  // [layer][tensor]
-  /// Layer l's saved tensors: into its bf16 copies (after its forward) or back into the working
-  /// set (before its backward).
+  std::vector<LayerCopies> copies_;        // [layer]
+  /// Layer l's saved tensors and residuals: into its bf16 copies (after its forward) or back into
+  /// the working set (before its backward; the layer's input from layer l - 1's copy).
   void stash_layer(int l, bool store);
+  // bf16_activations at the output layer: logits_ holds logit_rows_ rows; probs_ all rows' probabilities
+  int logit_rows_ = 0;
+  Half probs_;
+  /// Rows [r0, r0 + n) of the (B*T, *) tensor v, or one sequence b of a (B, T, *) one.
+  static View2<float> rows_of(const View2<float>& v, std::size_t r0, std::size_t n) {
+    return View2<float>(v.data() + r0 * v.extent(1), n, v.extent(1));
+  }
+  static Half half_of(const Half& h, std::size_t i0, std::size_t n) { return Half(h.data() + i0, n); }
   View2<float> proj_, dres_, dtmp_, dbig_, dact_, dqkv_, datty_;  // scratch
   View1<float> ln_zero_bias_, ln_bias_grad_;  // LayerNorm without bias (bias = false)
   Kokkos::View<int*, Layout, MemSpace> pos_;        // (BT): each row's position, for RoPE
