@@ -11,7 +11,9 @@ namespace tapestry::kernels {
 // value heads. Query head h uses kv head h / g, g = NH / KV (grouped-query attention; g = 1 is
 // multi-head). Per (b, h), Q, K, V are (T, hs) matrices with row stride W, so each product is one
 // gemm over a strided slice. The q heads j, g + j, 2g + j, ... (one per kv head) form one batch:
-// q stride g hs, k/v stride hs, att stride g T^2; g calls cover all heads (one call for MHA).
+// q stride g hs, k/v stride hs, att stride g T^2; g calls cover all heads (one call for MHA),
+// each over all B sequences too (Blas::attention_gemm's outer batch: sequence b is T W further
+// in qkv, NH T^2 in att and T NH hs in out). On the GPU each is one cuBLAS call.
 
 namespace {
 struct Shape {
@@ -32,13 +34,13 @@ void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv,
   const int Tn = s.T, W = s.W, hs = s.hs, g = s.g, C = NH * hs, nkv = s.KV;
   const T scale = T(1) / math::sqrt(T(hs));
   const long TT = long(Tn) * Tn;
-  for (int b = 0; b < s.B; ++b) {
-    const T* q = qkv.data() + long(b) * Tn * W;
-    // att(b, h) (T, T) = scale * Q (T, hs) @ K^T (hs, T)
-    for (int j = 0; j < g; ++j)
-      blas.attention_gemm<T>(false, true, Tn, Tn, hs, scale, q + j * hs, W, long(g) * hs, q + C, W, hs, T(0),
-                             att.data() + (long(b) * NH + j) * TT, Tn, long(g) * TT, nkv);
-  }
+  const int B = s.B;
+  const long seq = long(Tn) * W, seq_att = long(NH) * TT, seq_out = long(Tn) * C;  // one sequence further
+  const T* q = qkv.data();
+  // att(b, h) (T, T) = scale * Q (T, hs) @ K^T (hs, T)
+  for (int j = 0; j < g; ++j)
+    blas.attention_gemm<T>(false, true, Tn, Tn, hs, scale, q + j * hs, W, long(g) * hs, q + C, W, hs, T(0),
+                           att.data() + j * TT, Tn, long(g) * TT, nkv, B, seq, seq, seq_att);
   // Causal (or block-causal) softmax per query row over keys lo..t; every other entry becomes
   // exactly 0.
   if (doc_pos.extent(0) != 0 && doc_pos.extent(0) != std::size_t(s.B) * std::size_t(Tn))
@@ -60,13 +62,11 @@ void attention_forward(const Blas& blas, View3<T> out, View4<T> att, In3<T> qkv,
         Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Tn),
                              [&](int t2) { att(b, h, t, t2) = t2 <= t ? att(b, h, t, t2) * inv : T(0); });
       });
-  for (int b = 0; b < s.B; ++b) {
-    // out(b, :, head h) (T, hs) = att(b, h) (T, T) @ V (T, hs)
-    const T* v = qkv.data() + long(b) * Tn * W + C + long(nkv) * hs;
-    for (int j = 0; j < g; ++j)
-      blas.attention_gemm<T>(false, false, Tn, hs, Tn, T(1), att.data() + (long(b) * NH + j) * TT, Tn, long(g) * TT,
-                             v, W, hs, T(0), out.data() + long(b) * Tn * C + j * hs, C, long(g) * hs, nkv);
-  }
+  // out(b, :, head h) (T, hs) = att(b, h) (T, T) @ V (T, hs)
+  const T* v = qkv.data() + C + long(nkv) * hs;
+  for (int j = 0; j < g; ++j)
+    blas.attention_gemm<T>(false, false, Tn, hs, Tn, T(1), att.data() + j * TT, Tn, long(g) * TT, v, W, hs, T(0),
+                           out.data() + j * hs, C, long(g) * hs, nkv, B, seq_att, seq, seq_out);
 }
 
 template <class T>
@@ -77,19 +77,18 @@ void attention_backward(const Blas& blas, View3<T> dqkv, View4<T> dpre, In3<T> d
   const T scale = T(1) / math::sqrt(T(hs));
   const long TT = long(Tn) * Tn;
   const long koff = C, voff = C + long(nkv) * hs;
-  for (int b = 0; b < s.B; ++b) {
-    const T* v = qkv.data() + long(b) * Tn * W + voff;
-    const T* dy = dout.data() + long(b) * Tn * C;
-    T* dv = dqkv.data() + long(b) * Tn * W + voff;
-    const T* a = att.data() + long(b) * NH * TT;
-    for (int j = 0; j < g; ++j) {
-      // dV (T, hs) = sum over the group's q heads of att^T (T, T) @ dY (T, hs)
-      blas.attention_gemm<T>(true, false, Tn, hs, Tn, T(1), a + j * TT, Tn, long(g) * TT, dy + j * hs, C,
-                             long(g) * hs, j == 0 ? T(0) : T(1), dv, W, hs, nkv);
-      // datt (T, T) = dY (T, hs) @ V^T (hs, T)
-      blas.attention_gemm<T>(false, true, Tn, Tn, hs, T(1), dy + j * hs, C, long(g) * hs, v, W, hs, T(0),
-                             dpre.data() + (long(b) * NH + j) * TT, Tn, long(g) * TT, nkv);
-    }
+  const int B = s.B;
+  const long seq = long(Tn) * W, seq_att = long(NH) * TT, seq_out = long(Tn) * C;  // one sequence further
+  const T* v = qkv.data() + voff;
+  const T* dy = dout.data();
+  T* dv = dqkv.data() + voff;
+  for (int j = 0; j < g; ++j) {
+    // dV (T, hs) = sum over the group's q heads of att^T (T, T) @ dY (T, hs)
+    blas.attention_gemm<T>(true, false, Tn, hs, Tn, T(1), att.data() + j * TT, Tn, long(g) * TT, dy + j * hs, C,
+                           long(g) * hs, j == 0 ? T(0) : T(1), dv, W, hs, nkv, B, seq_att, seq_out, seq);
+    // datt (T, T) = dY (T, hs) @ V^T (hs, T)
+    blas.attention_gemm<T>(false, true, Tn, Tn, hs, T(1), dy + j * hs, C, long(g) * hs, v, W, hs, T(0),
+                           dpre.data() + j * TT, Tn, long(g) * TT, nkv, B, seq_out, seq, seq_att);
   }
   // Softmax backward, in place: dpre = scale * att * (datt - sum_t2 att * datt); 0 above the diagonal.
   Kokkos::parallel_for(
@@ -101,17 +100,15 @@ void attention_backward(const Blas& blas, View3<T> dqkv, View4<T> dpre, In3<T> d
           dpre(b, h, t, t2) = t2 <= t ? scale * att(b, h, t, t2) * (dpre(b, h, t, t2) - dot) : T(0);
         });
       });
-  for (int b = 0; b < s.B; ++b) {
-    const T* q = qkv.data() + long(b) * Tn * W;
-    T* dq = dqkv.data() + long(b) * Tn * W;
-    const T* ds = dpre.data() + long(b) * NH * TT;
-    for (int j = 0; j < g; ++j) {
-      // dQ (T, hs) = dS (T, T) @ K (T, hs);  dK (T, hs) = sum over the group of dS^T (T, T) @ Q (T, hs)
-      blas.attention_gemm<T>(false, false, Tn, hs, Tn, T(1), ds + j * TT, Tn, long(g) * TT, q + koff, W, hs, T(0),
-                             dq + j * hs, W, long(g) * hs, nkv);
-      blas.attention_gemm<T>(true, false, Tn, hs, Tn, T(1), ds + j * TT, Tn, long(g) * TT, q + j * hs, W,
-                             long(g) * hs, j == 0 ? T(0) : T(1), dq + koff, W, hs, nkv);
-    }
+  const T* q = qkv.data();
+  T* dq = dqkv.data();
+  const T* ds = dpre.data();
+  for (int j = 0; j < g; ++j) {
+    // dQ (T, hs) = dS (T, T) @ K (T, hs);  dK (T, hs) = sum over the group of dS^T (T, T) @ Q (T, hs)
+    blas.attention_gemm<T>(false, false, Tn, hs, Tn, T(1), ds + j * TT, Tn, long(g) * TT, q + koff, W, hs, T(0),
+                           dq + j * hs, W, long(g) * hs, nkv, B, seq_att, seq, seq);
+    blas.attention_gemm<T>(true, false, Tn, hs, Tn, T(1), ds + j * TT, Tn, long(g) * TT, q + j * hs, W,
+                           long(g) * hs, j == 0 ? T(0) : T(1), dq + koff, W, hs, nkv, B, seq_att, seq, seq);
   }
 }
 

@@ -67,6 +67,7 @@ struct Blas::Impl {
   mutable bool w_fresh = false;
 #ifdef KOKKOS_ENABLE_CUDA
   std::unique_ptr<cublas::Handle> handle;
+  mutable View1<std::uintptr_t> pointers;  // attention_gemm's batch of pointers: A's, B's, then C's
 #endif
 #ifdef TAPESTRY_HAVE_ONEDNN
   std::unique_ptr<onednn::Gemm> dnnl;  // bf16 products on the CPU's bf16 instructions, where it has them
@@ -207,12 +208,47 @@ void Blas::run_gemm(bool round_bf16, bool ta, bool tb, int M, int N, int K, T al
   });
 }
 
+#ifdef KOKKOS_ENABLE_CUDA
+namespace {
+/// The addresses of `outer` x `count` matrices, (o, i) at base + o*outer_stride + i*stride (bytes
+/// apart: elem bytes per element), into p[0, outer*count). (A free function: CUDA forbids device
+/// lambdas in members of Blas's private Impl.)
+void fill_pointers(const ExecSpace& exec, std::uintptr_t* p, std::uintptr_t base, long stride, long outer_stride,
+                   int count, int outer, std::size_t elem) {
+  Kokkos::parallel_for(
+      "tapestry::gemm_pointers", Kokkos::RangePolicy<ExecSpace>(exec, 0, std::size_t(outer) * std::size_t(count)),
+      KOKKOS_LAMBDA(std::size_t e) {
+        const long o = long(e / std::size_t(count)), i = long(e % std::size_t(count));
+        p[e] = base + std::uintptr_t(o * outer_stride + i * stride) * elem;
+      });
+}
+}  // namespace
+#endif
+
 template <class T>
 void Blas::attention_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, long sa,
-                          const T* B, int ldb, long sb, T beta, T* C, int ldc, long sc, int count) const {
-  if (M == 0 || N == 0 || count == 0) return;
+                          const T* B, int ldb, long sb, T beta, T* C, int ldc, long sc, int count, int outer,
+                          long oa, long ob, long oc) const {
+  if (M == 0 || N == 0 || count == 0 || outer == 0) return;
 #ifdef KOKKOS_ENABLE_CUDA
-  if (std::is_same_v<T, float> && precision_ == Precision::bf16) {
+  const bool tf32 = std::is_same_v<T, float> && precision_ == Precision::bf16;
+  if (outer > 1) {  // one call over all outer x count products, through device arrays of their addresses
+    const auto in = std::is_same_v<T, double> ? cublas::Inputs::f64 : tf32 ? cublas::Inputs::tf32 : cublas::Inputs::f32;
+    timed(tf32 ? "gemm tf32" : std::is_same_v<T, double> ? "gemm fp64" : "gemm fp32", ta, tb, M, N, K, outer * count, [&] {
+      const std::size_t n = std::size_t(outer) * std::size_t(count);
+      auto& ptr = impl_->pointers;
+      if (ptr.extent(0) < 3 * n)
+        ptr = View1<std::uintptr_t>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::gemm_pointers"), 3 * n);
+      fill_pointers(exec_, ptr.data(), reinterpret_cast<std::uintptr_t>(A), sa, oa, count, outer, sizeof(T));
+      fill_pointers(exec_, ptr.data() + n, reinterpret_cast<std::uintptr_t>(B), sb, ob, count, outer, sizeof(T));
+      fill_pointers(exec_, ptr.data() + 2 * n, reinterpret_cast<std::uintptr_t>(C), sc, oc, count, outer, sizeof(T));
+      cublas::gemm_batched(*impl_->handle, in, ta, tb, M, N, K, alpha, reinterpret_cast<const void* const*>(ptr.data()),
+                           lda, reinterpret_cast<const void* const*>(ptr.data() + n), ldb, beta,
+                           reinterpret_cast<void* const*>(ptr.data() + 2 * n), ldc, int(n));
+    });
+    return;
+  }
+  if (tf32) {
     timed("gemm tf32", ta, tb, M, N, K, count, [&] {
       cublas::gemm(*impl_->handle, cublas::Inputs::tf32, ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc,
                    sc, count);
@@ -220,7 +256,8 @@ void Blas::attention_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const 
     return;
   }
 #endif
-  run_gemm<T>(false, ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, count);  // as written
+  for (int o = 0; o < outer; ++o)  // as written
+    run_gemm<T>(false, ta, tb, M, N, K, alpha, A + o * oa, lda, sa, B + o * ob, ldb, sb, beta, C + o * oc, ldc, sc, count);
 }
 
 template <class T>
@@ -259,7 +296,7 @@ template <class T> const T* Blas::ones(int n) const {
   template void Blas::gemm_strided_batched<T>(bool, bool, int, int, int, T, const T*, int, long,  \
                                               const T*, int, long, T, T*, int, long, int) const;  \
   template void Blas::attention_gemm<T>(bool, bool, int, int, int, T, const T*, int, long, const T*, \
-                                        int, long, T, T*, int, long, int) const;                  \
+                                        int, long, T, T*, int, long, int, int, long, long, long) const; \
   template const T* Blas::ones<T>(int) const;
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)

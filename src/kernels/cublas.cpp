@@ -67,6 +67,22 @@ void gemm(const Handle& h, Inputs in, bool ta, bool tb, int M, int N, int K, dou
         "cublasGemmStridedBatchedEx (bf16 x bf16 -> fp32)");
 }
 
+void gemm_batched(const Handle& h, Inputs in, bool ta, bool tb, int M, int N, int K, double alpha,
+                  const void* const* A, int lda, const void* const* B, int ldb, double beta, void* const* C, int ldc,
+                  int count) {
+  // Row-major as in gemm(): the column-major call multiplies op(B)^T op(A)^T.
+  if (in == Inputs::bf16) throw Error("cuBLAS: gemm_batched takes fp32, fp64 or tf32 inputs");
+  const float a = float(alpha), b = float(beta);
+  const bool f64 = in == Inputs::f64;
+  const cudaDataType_t type = f64 ? CUDA_R_64F : CUDA_R_32F;
+  const cublasComputeType_t compute =
+      f64 ? CUBLAS_COMPUTE_64F : in == Inputs::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  check(cublasGemmBatchedEx(handle(h), op(tb), op(ta), N, M, K, f64 ? static_cast<const void*>(&alpha) : &a, B, type,
+                            ldb, A, type, lda, f64 ? static_cast<const void*>(&beta) : &b, C, type, ldc, count,
+                            compute, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmBatchedEx");
+}
+
 void gemv_t(const Handle& h, Inputs in, int M, int N, double alpha, const void* A, int lda, const void* x,
             double beta, void* y) {
   // Row-major A (M,N) is column-major A^T (N,M): y = A^T x is an untransposed column-major gemv.

@@ -51,13 +51,16 @@ class Blas {
                             int ldc, long stride_c, int count) const;
 
   /// The attention's products of two activations (Q K^T, P V and their gradients), batched over
-  /// heads. Under Precision::bf16 they run in TF32 on the GPU's tensor cores (fp32 inputs read as
-  /// TF32, fp32 accumulation) instead of rounding the T x T matrices to bf16 first, a pass over
-  /// memory that cost more than the products (docs/gpu.md); on hosts they stay fp32.
+  /// heads and sequences: `outer` groups of `count` gemms, matrix (o, i) of A at A + o*outer_a +
+  /// i*stride_a (etc.). On the GPU that is one cuBLAS call (a strided batch when outer is 1, else
+  /// a batch of pointers built on the device); on hosts, outer strided batches in order. Under
+  /// Precision::bf16 they run in TF32 on the GPU's tensor cores (fp32 inputs read as TF32, fp32
+  /// accumulation) instead of rounding the T x T matrices to bf16 first, a pass over memory that
+  /// cost more than the products (docs/gpu.md); on hosts they stay fp32.
   template <class T>
   void attention_gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                       long stride_a, const T* B, int ldb, long stride_b, T beta, T* C, int ldc, long stride_c,
-                      int count) const;
+                      int count, int outer = 1, long outer_a = 0, long outer_b = 0, long outer_c = 0) const;
 
   /// y(N) = alpha * A(M,N)^T * x(M) + beta * y, row-major A.
   template <class T>

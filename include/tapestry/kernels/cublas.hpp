@@ -35,6 +35,12 @@ void gemm(const Handle& h, Inputs in, bool ta, bool tb, int M, int N, int K, dou
           int lda, long stride_a, const void* B, int ldb, long stride_b, double beta, void* C, int ldc,
           long stride_c, int count);
 
+/// C_i = alpha op(A_i) op(B_i) + beta C_i for i < count, the matrices' addresses in three device
+/// arrays of `count` pointers each (cublasGemmBatchedEx); fp32, fp64 or tf32 inputs.
+void gemm_batched(const Handle& h, Inputs in, bool ta, bool tb, int M, int N, int K, double alpha,
+                  const void* const* A, int lda, const void* const* B, int ldb, double beta, void* const* C, int ldc,
+                  int count);
+
 /// y(N) = alpha A(M,N)^T x + beta y, row-major A, fp32 or fp64.
 void gemv_t(const Handle& h, Inputs in, int M, int N, double alpha, const void* A, int lda, const void* x,
             double beta, void* y);
