@@ -299,8 +299,8 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   // With sequence parallelism a layer keeps only its norm outputs' token chunks; the full inputs
   // of the split layers are all-gathered into one shared buffer, again in backward.
   if (sp_) ln_full_ = View2<float>("tapestry::ln_full", N, C);
-  // A layer's tensors kept for backward (bf16_activations: shared by the layers, with bf16 copies)...
-  const bool stash = options.bf16_activations && !layers_.empty();
+  // A layer's tensors kept for backward...
+  stash_ = options.bf16_activations && !layers_.empty();
   auto make_saved = [&](LayerActs& a) {
     a.ln1 = sp_ ? ln_full_ : View2<float>("tapestry::ln1", N, C);
     a.ln1c = chunk_of(a.ln1, "tapestry::ln1_chunk");
@@ -311,8 +311,10 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
     a.ln2c = chunk_of(a.ln2, "tapestry::ln2_chunk");
     a.fch = View2<float>("tapestry::fch", N, up);
     a.fch_act = View2<float>("tapestry::fch_act", N, ffn_);
-    if (!tiled_) a.att = View4<float>("tapestry::att", stash ? 1 : B, NHl, T, T);  // stash: one sequence
+    if (!tiled_) a.att = View4<float>("tapestry::att", B, NHl, T, T);
   };
+  // ...the residual stream (bf16_activations: two buffers shared by the layers; res3 is also the
+  // next layer's input, overwritten by its res3)...
   auto make_residual = [&](LayerActs& a) {
     a.res2 = View2<float>("tapestry::res2", Nc, C);
     a.res3 = View2<float>("tapestry::res3", Nc, C);
@@ -329,29 +331,20 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
     }
     if (tiled_) a.lse = View3<float>("tapestry::attention_lse", B, NHl, T);
   };
-  stash_ = stash;
-  LayerActs work;  // bf16_activations: the one fp32 working set
-  if (stash_) {
-    make_saved(work);
-    make_residual(work);  // res3 is also the next layer's input, overwritten by its res3
-    for (const View1<float>& v : {View1<float>(work.ln1c.data(), work.ln1c.span()),
-                                 View1<float>(work.qkv_raw.data(), work.qkv_raw.span()),
-                                 View1<float>(work.qkv.data(), work.qkv.span()), View1<float>(work.atty.data(), work.atty.span()),
-                                 View1<float>(work.ln2c.data(), work.ln2c.span()), View1<float>(work.fch.data(), work.fch.span()),
-                                 View1<float>(work.fch_act.data(), work.fch_act.span())})
-      if (v.extent(0) > 0 &&
-          std::none_of(stash_views_.begin(), stash_views_.end(), [&](const View1<float>& u) { return u.data() == v.data(); }))
-        stash_views_.push_back(v);
-  }
+  LayerActs shared;  // bf16_activations: the residual buffers
+  if (stash_) make_residual(shared);
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     auto& a = layers_[l];
     if (stash_) {
-      a = work;
+      a.res2 = shared.res2, a.res3 = shared.res3;
       auto& c = copies_.emplace_back();
-      for (const auto& v : stash_views_) c.saved.emplace_back("tapestry::activations_bf16", v.extent(0));
-      if (!tiled_) c.att = Half("tapestry::att_bf16", std::size_t(B) * std::size_t(NHl) * std::size_t(T) * std::size_t(T));
-      c.res2 = Half("tapestry::res2_bf16", std::size_t(Nc) * std::size_t(C));
-      if (l + 1 < layers_.size()) c.res3 = Half("tapestry::res3_bf16", std::size_t(Nc) * std::size_t(C));
+      auto half = [](std::size_t rows, std::size_t cols) { return Half("tapestry::activations_bf16", rows * cols); };
+      c.ln1c = half(Nc, C), c.ln2c = half(Nc, C), c.qkv = half(N, W), c.atty = half(N, Cl);
+      if (cfg_.qk_norm) c.qkv_raw = half(N, W);
+      c.fch = half(N, up), c.fch_act = half(N, ffn_);
+      if (!tiled_) c.att = half(std::size_t(B) * std::size_t(NHl) * std::size_t(T), T);
+      c.res2 = half(Nc, C);
+      if (l + 1 < layers_.size()) c.res3 = half(Nc, C);
     } else {
       make_saved(a);
       make_residual(a);
@@ -368,6 +361,25 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   dact_ = up == ffn_ ? dbig_ : View2<float>("tapestry::dfch_act", N, ffn_);
   dqkv_ = View2<float>("tapestry::dqkv", N, W);
   datty_ = View2<float>("tapestry::datty", N, Cl);
+  if (stash_) {
+    // bf16_activations: the layers compute in fp32 in buffers that are free at the time. The
+    // forward (which leaves the backward scratch unused) writes into the backward scratch and one
+    // pool; the backward reads each tensor back into the pool just before it needs it (the
+    // attention output into dtmp, free then: the tiled backward needs it beside q/k/v).
+    pool_ = View1<float>("tapestry::activations_fp32", std::size_t(N) * std::size_t(std::max({up, W, C})));
+    auto pool = [&](int rows, int cols) { return View2<float>(pool_.data(), rows, cols); };
+    fwd_.ln1c = fwd_.ln2c = dtmpc_;
+    fwd_.ln1 = fwd_.ln2 = sp_ ? ln_full_ : dtmp_;
+    fwd_.qkv_raw = dqkv_;
+    fwd_.qkv = cfg_.qk_norm ? pool(N, W) : dqkv_;
+    fwd_.atty = datty_, fwd_.fch = dbig_, fwd_.fch_act = pool(N, ffn_);
+    bwd_.fch_act = pool(N, ffn_), bwd_.fch = pool(N, up);
+    bwd_.ln1c = bwd_.ln2c = pool(Nc, C);
+    bwd_.ln1 = bwd_.ln2 = sp_ ? ln_full_ : bwd_.ln1c;
+    bwd_.atty = View2<float>(dtmp_.data(), N, Cl);
+    bwd_.qkv = bwd_.qkv_raw = pool(N, W);
+    if (!tiled_) fwd_.att = bwd_.att = View4<float>("tapestry::att", 1, NHl, T, T);  // one sequence
+  }
   if (!tiled_) datt_ = View4<float>("tapestry::datt", stash_ ? 1 : B, NHl, T, T);
   if (k > 1 && stage_.head) xent_stats_ = View3<float>("tapestry::xent_stats", k, logit_rows_, 3);
   if (cfg_.doc_mask) doc_pos_ = decltype(doc_pos_)("tapestry::document_positions", N);
@@ -479,23 +491,6 @@ void GPT::zero_grad() { Kokkos::deep_copy(grads_, 0.0f); }
 
 std::size_t GPT::param_bytes() const { return 2 * params_.span() * sizeof(float); }
 
-void GPT::stash_layer(int l, bool store) {
-  const ExecSpace ex;
-  const auto& c = copies_[std::size_t(l)];
-  const auto& a = layers_[std::size_t(l)];
-  const View1<float> res2(a.res2.data(), a.res2.span()), res3(a.res3.data(), a.res3.span());
-  for (std::size_t i = 0; i < stash_views_.size(); ++i)
-    if (store) kernels::store_bf16(ex, c.saved[i], stash_views_[i]);
-    else kernels::load_bf16(ex, stash_views_[i], c.saved[i]);
-  if (store) {
-    kernels::store_bf16(ex, c.res2, res2);
-    if (c.res3.extent(0) > 0) kernels::store_bf16(ex, c.res3, res3);
-  } else {
-    kernels::load_bf16(ex, res2, c.res2);
-    if (l > 0) kernels::load_bf16(ex, res3, copies_[std::size_t(l - 1)].res3);  // the layer's input
-  }
-}
-
 std::size_t GPT::activation_bytes() const {
   std::size_t n = emb_full_.span() + lnf_.span() + logits_.span() + lnf_mean_.span() + lnf_rstd_.span() +
                   losses_.span() + proj_.span() + dres_.span() + dtmp_.span() + dbig_.span() +
@@ -504,18 +499,15 @@ std::size_t GPT::activation_bytes() const {
   if (sp_ || !stage_.embed) n += encoded_.span();
   if (sp_) n += lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span() + ln_full_.span();
   std::size_t half = probs_.span();  // bf16 copies
+  if (stash_) n += pool_.span() + fwd_.att.span() + layers_[0].res2.span() + layers_[0].res3.span();  // shared
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const auto& a = layers_[l];
     n += a.ln1_mean.span() + a.ln1_rstd.span() + a.ln2_mean.span() + a.ln2_rstd.span() + a.q_rstd.span() +
          a.k_rstd.span() + a.lse.span();
-    if (stash_) {  // the working set once, and each layer's copies
-      if (l == 0) {
-        for (const auto& v : stash_views_) n += v.span();
-        n += a.att.span() + a.res2.span() + a.res3.span();
-      }
+    if (stash_) {  // each layer's copies
       const auto& c = copies_[l];
-      for (const auto& h : c.saved) half += h.span();
-      half += c.att.span() + c.res2.span() + c.res3.span();
+      for (const Half* h : {&c.ln1c, &c.qkv_raw, &c.qkv, &c.atty, &c.ln2c, &c.fch, &c.fch_act, &c.att, &c.res2, &c.res3})
+        half += h->span();
       continue;
     }
     n += a.res2.span() + a.res3.span();
@@ -615,46 +607,58 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
   View2<float> x = encoded_;
   for (int l = 0; l < stage_.num_layers; ++l) {
     auto& a = layers_[std::size_t(l)];
-    norm_forward(ex, a.ln1c, a.ln1_mean, a.ln1_rstd, x, S.ln1w, S.ln1b, l);
-    into_full(a.ln1c, a.ln1);
+    const LayerActs& w = stash_ ? fwd_ : a;  // where the layer computes
+    const LayerCopies* c = stash_ ? &copies_[std::size_t(l)] : nullptr;
+    auto keep = [&](Half LayerCopies::*h, const View2<float>& v) {  // bf16_activations: the copy backward reads
+      if (c != nullptr) store_bf16(ex, c->*h, View1<float>(v.data(), v.span()));
+    };
+    norm_forward(ex, w.ln1c, a.ln1_mean, a.ln1_rstd, x, S.ln1w, S.ln1b, l);
+    keep(&LayerCopies::ln1c, w.ln1c);
+    into_full(w.ln1c, w.ln1);
     // Attention: column-parallel QKV (this rank's q and kv heads), row-parallel output projection.
-    matmul_forward(blas, a.qkv_raw, a.ln1, p2(P, S.qkvw, l), p1(P, S.qkvb, l));
+    matmul_forward(blas, w.qkv_raw, w.ln1, p2(P, S.qkvw, l), p1(P, S.qkvb, l));
     if (cfg_.qk_norm) {  // per-head RMSNorm of q and k; v passes through
-      Kokkos::deep_copy(ex, a.qkv, a.qkv_raw);
-      head_rmsnorm_forward(ex, a.qkv, a.q_rstd, a.qkv_raw, p1(P, S.qnorm, l), 0, NHl, cfg_.norm_eps);
-      head_rmsnorm_forward(ex, a.qkv, a.k_rstd, a.qkv_raw, p1(P, S.knorm, l), NHl * hd, nkv_, cfg_.norm_eps);
+      Kokkos::deep_copy(ex, w.qkv, w.qkv_raw);
+      head_rmsnorm_forward(ex, w.qkv, a.q_rstd, w.qkv_raw, p1(P, S.qnorm, l), 0, NHl, cfg_.norm_eps);
+      head_rmsnorm_forward(ex, w.qkv, a.k_rstd, w.qkv_raw, p1(P, S.knorm, l), NHl * hd, nkv_, cfg_.norm_eps);
+      keep(&LayerCopies::qkv_raw, w.qkv_raw);
     }
-    if (pos_.extent(0) > 0) rope_apply(ex, a.qkv, pos_, inv_freq_, 0, NHl + nkv_, hd, false);  // q and k heads
+    if (pos_.extent(0) > 0) rope_apply(ex, w.qkv, pos_, inv_freq_, 0, NHl + nkv_, hd, false);  // q and k heads
+    keep(&LayerCopies::qkv, w.qkv);
     if (tiled_)
-      attention_tiled_forward<float>(ex, View3<float>(a.atty.data(), B_, T_, Cl), a.lse,
-                                     View3<float>(a.qkv.data(), B_, T_, W), NHl, nkv_, doc_pos_);
+      attention_tiled_forward<float>(ex, View3<float>(w.atty.data(), B_, T_, Cl), a.lse,
+                                     View3<float>(w.qkv.data(), B_, T_, W), NHl, nkv_, doc_pos_);
     else if (stash_)  // one sequence at a time: its probabilities into their bf16 copy
       for (int b = 0; b < B_; ++b) {
         const std::size_t tb = std::size_t(b) * std::size_t(T_);
-        attention_forward(blas, View3<float>(rows_of(a.atty, tb, T_).data(), 1, T_, Cl), a.att,
-                          View3<float>(rows_of(a.qkv, tb, T_).data(), 1, T_, W), NHl, nkv_,
+        attention_forward(blas, View3<float>(rows_of(w.atty, tb, T_).data(), 1, T_, Cl), w.att,
+                          View3<float>(rows_of(w.qkv, tb, T_).data(), 1, T_, W), NHl, nkv_,
                           doc_pos_.extent(0) > 0 ? In1<int>(doc_pos_.data() + tb, T_) : In1<int>());
-        store_bf16(ex, half_of(copies_[std::size_t(l)].att, std::size_t(b) * a.att.span(), a.att.span()),
-                   View1<float>(a.att.data(), a.att.span()));
+        store_bf16(ex, half_of(c->att, std::size_t(b) * w.att.span(), w.att.span()), View1<float>(w.att.data(), w.att.span()));
       }
     else
-      attention_forward(blas, View3<float>(a.atty.data(), B_, T_, Cl), a.att, View3<float>(a.qkv.data(), B_, T_, W),
+      attention_forward(blas, View3<float>(w.atty.data(), B_, T_, Cl), w.att, View3<float>(w.qkv.data(), B_, T_, W),
                         NHl, nkv_, doc_pos_);
-    matmul_forward(blas, proj_, a.atty, p2(P, S.attprojw, l), lead ? p1(P, S.attprojb, l) : View1<float>());
+    keep(&LayerCopies::atty, w.atty);
+    matmul_forward(blas, proj_, w.atty, p2(P, S.attprojw, l), lead ? p1(P, S.attprojb, l) : View1<float>());
     into_chunk(proj_, projc_);
     residual_forward(ex, as1(a.res2), as1(x), as1(projc_));
-    norm_forward(ex, a.ln2c, a.ln2_mean, a.ln2_rstd, a.res2, S.ln2w, S.ln2b, l);
-    into_full(a.ln2c, a.ln2);
+    norm_forward(ex, w.ln2c, a.ln2_mean, a.ln2_rstd, a.res2, S.ln2w, S.ln2b, l);
+    keep(&LayerCopies::ln2c, w.ln2c);
+    into_full(w.ln2c, w.ln2);
     // MLP: column-parallel up (and gate) projection, row-parallel down projection.
-    matmul_forward(blas, a.fch, a.ln2, p2(P, S.fcw, l), p1(P, S.fcb, l));
-    if (cfg_.mlp == "swiglu") swiglu_forward(ex, a.fch_act, a.fch);
-    else if (cfg_.mlp == "xielu") xielu_forward(ex, as1(a.fch_act), as1(a.fch), p1(P, S.xielu, l));
-    else gelu_forward(ex, as1(a.fch_act), as1(a.fch));
-    matmul_forward(blas, proj_, a.fch_act, p2(P, S.fcprojw, l), lead ? p1(P, S.fcprojb, l) : View1<float>());
+    matmul_forward(blas, w.fch, w.ln2, p2(P, S.fcw, l), p1(P, S.fcb, l));
+    keep(&LayerCopies::fch, w.fch);
+    if (cfg_.mlp == "swiglu") swiglu_forward(ex, w.fch_act, w.fch);
+    else if (cfg_.mlp == "xielu") xielu_forward(ex, as1(w.fch_act), as1(w.fch), p1(P, S.xielu, l));
+    else gelu_forward(ex, as1(w.fch_act), as1(w.fch));
+    keep(&LayerCopies::fch_act, w.fch_act);
+    matmul_forward(blas, proj_, w.fch_act, p2(P, S.fcprojw, l), lead ? p1(P, S.fcprojb, l) : View1<float>());
     into_chunk(proj_, projc_);
     residual_forward(ex, as1(a.res3), as1(a.res2), as1(projc_));
     x = a.res3;
-    if (stash_) stash_layer(l, true);
+    keep(&LayerCopies::res2, a.res2);
+    if (c != nullptr && c->res3.extent(0) > 0) keep(&LayerCopies::res3, a.res3);
   }
   if (!stage_.head) return 0.0;
   norm_forward(ex, lnfc_, lnf_mean_, lnf_rstd_, x, S.lnfw, S.lnfb, 0);
@@ -742,45 +746,58 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   }  // else dres_ holds d(stage output), from the next stage
   for (int l = stage_.num_layers - 1; l >= 0; --l) {
     auto& a = layers_[std::size_t(l)];
-    if (stash_) stash_layer(l, false);
-    const View2<float> x = l == 0 ? encoded_ : layers_[std::size_t(l - 1)].res3;
+    const LayerActs& w = stash_ ? bwd_ : a;  // where the layer's tensors are read
+    const LayerCopies* c = stash_ ? &copies_[std::size_t(l)] : nullptr;
+    auto fetch = [&](const View2<float>& v, const Half& h) {  // bf16_activations: read back just before use
+      if (c != nullptr) load_bf16(ex, View1<float>(v.data(), v.span()), h);
+    };
     // dres holds d(res3): through the MLP.
     output_grad(dres_, dresf_);
-    matmul_backward(blas, dact_, p2(G, S.fcprojw, l), p1(G, S.fcprojb, l), dresf_, a.fch_act, p2(P, S.fcprojw, l));
-    if (cfg_.mlp == "swiglu") swiglu_backward(ex, dbig_, a.fch, dact_);
-    else if (cfg_.mlp == "xielu") xielu_backward(ex, as1(dbig_), p1(G, S.xielu, l), as1(a.fch), as1(dact_), p1(P, S.xielu, l));
-    else gelu_backward(ex, as1(dbig_), as1(a.fch), as1(dact_));
-    if (sp_) gather_from_sequence_region(*tp_, a.ln2c, a.ln2);  // recomputed, not kept
-    matmul_backward(blas, dtmp_, p2(G, S.fcw, l), p1(G, S.fcb, l), dbig_, a.ln2, p2(P, S.fcw, l));
+    fetch(w.fch_act, c ? c->fch_act : Half());
+    matmul_backward(blas, dact_, p2(G, S.fcprojw, l), p1(G, S.fcprojb, l), dresf_, w.fch_act, p2(P, S.fcprojw, l));
+    fetch(w.fch, c ? c->fch : Half());
+    if (cfg_.mlp == "swiglu") swiglu_backward(ex, dbig_, w.fch, dact_);
+    else if (cfg_.mlp == "xielu") xielu_backward(ex, as1(dbig_), p1(G, S.xielu, l), as1(w.fch), as1(dact_), p1(P, S.xielu, l));
+    else gelu_backward(ex, as1(dbig_), as1(w.fch), as1(dact_));
+    fetch(w.ln2c, c ? c->ln2c : Half());
+    if (sp_) gather_from_sequence_region(*tp_, w.ln2c, w.ln2);  // recomputed, not kept
+    matmul_backward(blas, dtmp_, p2(G, S.fcw, l), p1(G, S.fcb, l), dbig_, w.ln2, p2(P, S.fcw, l));
     input_grad(dtmp_, dtmpc_);
+    fetch(a.res2, c ? c->res2 : Half());
     norm_backward(ex, dres_, dtmpc_, a.res2, a.ln2_mean, a.ln2_rstd, S.ln2w, S.ln2b, l);
     // dres holds d(res2): through attention.
     output_grad(dres_, dresf_);
-    matmul_backward(blas, datty_, p2(G, S.attprojw, l), p1(G, S.attprojb, l), dresf_, a.atty, p2(P, S.attprojw, l));
+    fetch(w.atty, c ? c->atty : Half());
+    matmul_backward(blas, datty_, p2(G, S.attprojw, l), p1(G, S.attprojb, l), dresf_, w.atty, p2(P, S.attprojw, l));
+    fetch(w.qkv, c ? c->qkv : Half());
     if (tiled_)
       attention_tiled_backward<float>(ex, View3<float>(dqkv_.data(), B_, T_, W),
-                                      View3<float>(datty_.data(), B_, T_, Cl), View3<float>(a.qkv.data(), B_, T_, W),
-                                      View3<float>(a.atty.data(), B_, T_, Cl), a.lse, NHl, nkv_, doc_pos_);
+                                      View3<float>(datty_.data(), B_, T_, Cl), View3<float>(w.qkv.data(), B_, T_, W),
+                                      View3<float>(w.atty.data(), B_, T_, Cl), a.lse, NHl, nkv_, doc_pos_);
     else if (stash_)  // one sequence at a time, its probabilities from their bf16 copy
       for (int b = 0; b < B_; ++b) {
         const std::size_t tb = std::size_t(b) * std::size_t(T_);
-        load_bf16(ex, View1<float>(a.att.data(), a.att.span()),
-                  half_of(copies_[std::size_t(l)].att, std::size_t(b) * a.att.span(), a.att.span()));
+        load_bf16(ex, View1<float>(w.att.data(), w.att.span()), half_of(c->att, std::size_t(b) * w.att.span(), w.att.span()));
         attention_backward(blas, View3<float>(rows_of(dqkv_, tb, T_).data(), 1, T_, W), datt_,
                            View3<float>(rows_of(datty_, tb, T_).data(), 1, T_, Cl),
-                           View3<float>(rows_of(a.qkv, tb, T_).data(), 1, T_, W), a.att, NHl, nkv_);
+                           View3<float>(rows_of(w.qkv, tb, T_).data(), 1, T_, W), w.att, NHl, nkv_);
       }
     else
       attention_backward(blas, View3<float>(dqkv_.data(), B_, T_, W), datt_, View3<float>(datty_.data(), B_, T_, Cl),
-                         View3<float>(a.qkv.data(), B_, T_, W), a.att, NHl, nkv_);
+                         View3<float>(w.qkv.data(), B_, T_, W), w.att, NHl, nkv_);
     if (pos_.extent(0) > 0) rope_apply(ex, dqkv_, pos_, inv_freq_, 0, NHl + nkv_, hd, true);  // the transpose
     if (cfg_.qk_norm) {
-      head_rmsnorm_backward(ex, dqkv_, p1(G, S.qnorm, l), dqkv_, a.qkv_raw, p1(P, S.qnorm, l), a.q_rstd, 0, NHl);
-      head_rmsnorm_backward(ex, dqkv_, p1(G, S.knorm, l), dqkv_, a.qkv_raw, p1(P, S.knorm, l), a.k_rstd, NHl * hd, nkv_);
+      fetch(w.qkv_raw, c ? c->qkv_raw : Half());
+      head_rmsnorm_backward(ex, dqkv_, p1(G, S.qnorm, l), dqkv_, w.qkv_raw, p1(P, S.qnorm, l), a.q_rstd, 0, NHl);
+      head_rmsnorm_backward(ex, dqkv_, p1(G, S.knorm, l), dqkv_, w.qkv_raw, p1(P, S.knorm, l), a.k_rstd, NHl * hd, nkv_);
     }
-    if (sp_) gather_from_sequence_region(*tp_, a.ln1c, a.ln1);
-    matmul_backward(blas, dtmp_, p2(G, S.qkvw, l), p1(G, S.qkvb, l), dqkv_, a.ln1, p2(P, S.qkvw, l));
+    fetch(w.ln1c, c ? c->ln1c : Half());
+    if (sp_) gather_from_sequence_region(*tp_, w.ln1c, w.ln1);
+    matmul_backward(blas, dtmp_, p2(G, S.qkvw, l), p1(G, S.qkvb, l), dqkv_, w.ln1, p2(P, S.qkvw, l));
     input_grad(dtmp_, dtmpc_);
+    // the layer's input: the embedding, or layer l - 1's output (bf16_activations: read back)
+    const View2<float> x = l == 0 ? encoded_ : layers_[std::size_t(l - 1)].res3;
+    if (l > 0) fetch(x, c ? copies_[std::size_t(l - 1)].res3 : Half());
     norm_backward(ex, dres_, dtmpc_, x, a.ln1_mean, a.ln1_rstd, S.ln1w, S.ln1b, l);
     // dres holds d(x), the layer input.
   }

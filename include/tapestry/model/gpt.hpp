@@ -260,19 +260,19 @@ class GPT {
   View1<float> partial_saved_;  // their gradients of earlier micro-batches
   View1<float> lnf_mean_, lnf_rstd_, losses_;
   std::vector<LayerActs> layers_;
-  // bf16_activations: the layers' saved tensors alias one working set; each layer's bf16 copies
+  // bf16_activations: each layer's tensors kept for backward as bf16 copies; the layers compute
+  // in fp32 views of buffers free at the time (fwd_, bwd_: forward in the backward scratch and
+  // pool_, backward in pool_ and dtmp_), the residuals in two buffers shared by the layers.
   using Half = Kokkos::View<std::uint16_t*, Layout, MemSpace>;
   struct LayerCopies {
-    std::vector<Half> saved;  // of stash_views_, in order
-    Half att;                 // (B, NH, T, T) probabilities, one sequence at a time (matrix attention)
-    Half res2, res3;          // the residual stream; res3 of the last layer is not kept (stage output)
+    Half ln1c, qkv_raw, qkv, atty, ln2c, fch, fch_act;  // qkv_raw with QK-norm only
+    Half att;         // (B, NH, T, T) probabilities, one sequence at a time (matrix attention)
+    Half res2, res3;  // the residual stream; res3 of the last layer is not kept (stage output)
   };
   bool stash_ = false;
-  std::vector<View1<float>> stash_views_;  // the working set's saved tensors (flat)
-  std::vector<LayerCopies> copies_;        // [layer]
-  /// Layer l's saved tensors and residuals: into its bf16 copies (after its forward) or back into
-  /// the working set (before its backward; the layer's input from layer l - 1's copy).
-  void stash_layer(int l, bool store);
+  std::vector<LayerCopies> copies_;  // [layer]
+  View1<float> pool_;
+  LayerActs fwd_, bwd_;
   // bf16_activations at the output layer: logits_ holds logit_rows_ rows; probs_ all rows' probabilities
   int logit_rows_ = 0;
   Half probs_;
