@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks of a CUDA build on one GPU node, in a few minutes: the kernel and training tests on the
 # GPU, the GPU bad-input errors, cuBLAS fp32/bf16 GEMM rates, GPT-2 124M losses (fp32 and bf16,
-# to compare with a CPU run of the same init) and ms/step, tokens/s and MFU, and NCCL's path.
+# to compare with a CPU run of the same init) and ms/step, tokens/s and MFU (also with bf16
+# activation storage, and for Llama 3.2 1B), and NCCL's path.
 #
 #   tools/gpu_check.sh BUILD_DIR [OUT_DIR]      (BUILD_DIR: a CMake build with Kokkos CUDA)
 #
@@ -84,6 +85,19 @@ check speed_bf16_matrix_2x 180 "$TAP" "${GPT2[@]}" --batch-size $((2 * BATCH)) -
   --steps "$STEPS" --attention matrix --precision bf16
 check speed_bf16_tiled 180 "$TAP" "${GPT2[@]}" --batch-size "$BATCH" --global-batch "$BATCH" --steps 3 \
   --attention tiled --precision bf16
+# bf16 activation storage (issue #18): speed, and memory beside fp32 activations (bench step's allocation).
+check speed_bf16_matrix_bf16act 180 "$TAP" "${GPT2[@]}" --batch-size "$BATCH" --global-batch "$BATCH" --steps "$STEPS" \
+  --attention matrix --precision bf16 --activations bf16
+for a in fp32 bf16; do
+  check "bench_step_act_$a" 180 "$TAP" bench step --n-layer 12 --n-head 12 --d-model 768 --vocab-size 50257 \
+    --max-seq-len 1024 -t 1024 -b "$BATCH" --warmup 2 --iters 5 --precision bf16 --activations $a --peak-flops "$PEAK"
+done
+# The Llama-style preset closest to 1B (Llama 3.2 1B: GQA, SwiGLU, RoPE, 128256 vocabulary), 4 x 2048,
+# bf16 (84 GB planned by `tapestry plan --model llama3.2-1b -b 4 -t 2048 --precision bf16`).
+check speed_llama1b_bf16 240 "$TAP" train --model llama3.2-1b \
+  --train-data "$OUTDIR/data/corpus_train.bin" --val-data "$OUTDIR/data/corpus_val.bin" --val-every 0 --metrics-file "" \
+  --seq-len 2048 --batch-size 4 --global-batch 4 --steps "$STEPS" --lr 3e-4 --warmup-steps 10 --seed 1234 \
+  --peak-flops "$PEAK" --log-every 1 --attention matrix --precision bf16
 
 # Where the time goes: fenced timers around forward, backward, update, every BLAS call and every
 # Kokkos kernel.

@@ -40,8 +40,8 @@ void add_model_options(CLI::App* app, ModelConfig& m) {
   app->add_option("--eod-mask-loss", m.eod_mask_loss,
                   "The token after an end-of-document is not predicted: no loss, no gradient (true/false)")
       ->capture_default_str()->group("Model");
-  app->add_option("--model", "Model preset: a name from inputs/models/ (gpt2-124m, llama3-8b, llama3-70b, apertus-8b, "
-                  "apertus-70b, tiny-llama) or a TOML file of model keys; the command line and -c override it")
+  app->add_option("--model", "Model preset: a name from inputs/models/ (gpt2-124m, llama3.2-1b, llama3-8b, llama3-70b, "
+                  "apertus-8b, apertus-70b, tiny-llama) or a TOML file of model keys; the command line and -c override it")
       ->group("Model");
 }
 
