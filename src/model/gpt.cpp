@@ -313,12 +313,6 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
     a.fch_act = View2<float>("tapestry::fch_act", N, ffn_);
     if (!tiled_) a.att = View4<float>("tapestry::att", B, NHl, T, T);
   };
-  // ...the residual stream (bf16_activations: two buffers shared by the layers; res3 is also the
-  // next layer's input, overwritten by its res3)...
-  auto make_residual = [&](LayerActs& a) {
-    a.res2 = View2<float>("tapestry::res2", Nc, C);
-    a.res3 = View2<float>("tapestry::res3", Nc, C);
-  };
   // ...and its own in any case: the norms' statistics, the log-sum-exp.
   auto make_own = [&](LayerActs& a) {
     if (layernorm) a.ln1_mean = View1<float>("tapestry::ln1_mean", Nc);
@@ -331,12 +325,13 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
     }
     if (tiled_) a.lse = View3<float>("tapestry::attention_lse", B, NHl, T);
   };
-  LayerActs shared;  // bf16_activations: the residual buffers
-  if (stash_) make_residual(shared);
+  // The residual stream: per layer, or (bf16_activations) res3 in one buffer shared by the layers,
+  // also the next layer's input and overwritten by its res3, and res2 in free buffers (below).
+  const View2<float> res3 = stash_ ? View2<float>("tapestry::res3", Nc, C) : View2<float>();
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     auto& a = layers_[l];
     if (stash_) {
-      a.res2 = shared.res2, a.res3 = shared.res3;
+      a.res3 = res3;
       auto& c = copies_.emplace_back();
       auto half = [](std::size_t rows, std::size_t cols) { return Half("tapestry::activations_bf16", rows * cols); };
       c.ln1c = half(Nc, C), c.ln2c = half(Nc, C), c.qkv = half(N, W), c.atty = half(N, Cl);
@@ -347,7 +342,8 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
       if (l + 1 < layers_.size()) c.res3 = half(Nc, C);
     } else {
       make_saved(a);
-      make_residual(a);
+      a.res2 = View2<float>("tapestry::res2", Nc, C);
+      a.res3 = View2<float>("tapestry::res3", Nc, C);
     }
     make_own(a);
   }
@@ -364,20 +360,22 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   if (stash_) {
     // bf16_activations: the layers compute in fp32 in buffers that are free at the time. The
     // forward (which leaves the backward scratch unused) writes into the backward scratch and one
-    // pool; the backward reads each tensor back into the pool just before it needs it (the
-    // attention output into dtmp, free then: the tiled backward needs it beside q/k/v).
+    // pool (res2 in dres, which the backward or the next pipeline stage fills after the forward);
+    // the backward reads each tensor back into the pool just before it needs it (the attention
+    // output into dtmp, free then: the tiled backward needs it beside q/k/v).
     pool_ = View1<float>("tapestry::activations_fp32", std::size_t(N) * std::size_t(std::max({up, W, C})));
     auto pool = [&](int rows, int cols) { return View2<float>(pool_.data(), rows, cols); };
     fwd_.ln1c = fwd_.ln2c = dtmpc_;
     fwd_.ln1 = fwd_.ln2 = sp_ ? ln_full_ : dtmp_;
     fwd_.qkv_raw = dqkv_;
     fwd_.qkv = cfg_.qk_norm ? pool(N, W) : dqkv_;
-    fwd_.atty = datty_, fwd_.fch = dbig_, fwd_.fch_act = pool(N, ffn_);
+    fwd_.atty = datty_, fwd_.fch = dbig_, fwd_.fch_act = pool(N, ffn_), fwd_.res2 = dres_;
     bwd_.fch_act = pool(N, ffn_), bwd_.fch = pool(N, up);
     bwd_.ln1c = bwd_.ln2c = pool(Nc, C);
     bwd_.ln1 = bwd_.ln2 = sp_ ? ln_full_ : bwd_.ln1c;
     bwd_.atty = View2<float>(dtmp_.data(), N, Cl);
     bwd_.qkv = bwd_.qkv_raw = pool(N, W);
+    bwd_.res2 = pool(Nc, C);
     if (!tiled_) fwd_.att = bwd_.att = View4<float>("tapestry::att", 1, NHl, T, T);  // one sequence
   }
   if (!tiled_) datt_ = View4<float>("tapestry::datt", stash_ ? 1 : B, NHl, T, T);
@@ -499,7 +497,7 @@ std::size_t GPT::activation_bytes() const {
   if (sp_ || !stage_.embed) n += encoded_.span();
   if (sp_) n += lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span() + ln_full_.span();
   std::size_t half = probs_.span();  // bf16 copies
-  if (stash_) n += pool_.span() + fwd_.att.span() + layers_[0].res2.span() + layers_[0].res3.span();  // shared
+  if (stash_) n += pool_.span() + fwd_.att.span() + layers_[0].res3.span();  // shared
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const auto& a = layers_[l];
     n += a.ln1_mean.span() + a.ln1_rstd.span() + a.ln2_mean.span() + a.ln2_rstd.span() + a.q_rstd.span() +
@@ -642,8 +640,8 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
     keep(&LayerCopies::atty, w.atty);
     matmul_forward(blas, proj_, w.atty, p2(P, S.attprojw, l), lead ? p1(P, S.attprojb, l) : View1<float>());
     into_chunk(proj_, projc_);
-    residual_forward(ex, as1(a.res2), as1(x), as1(projc_));
-    norm_forward(ex, w.ln2c, a.ln2_mean, a.ln2_rstd, a.res2, S.ln2w, S.ln2b, l);
+    residual_forward(ex, as1(w.res2), as1(x), as1(projc_));
+    norm_forward(ex, w.ln2c, a.ln2_mean, a.ln2_rstd, w.res2, S.ln2w, S.ln2b, l);
     keep(&LayerCopies::ln2c, w.ln2c);
     into_full(w.ln2c, w.ln2);
     // MLP: column-parallel up (and gate) projection, row-parallel down projection.
@@ -655,9 +653,9 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
     keep(&LayerCopies::fch_act, w.fch_act);
     matmul_forward(blas, proj_, w.fch_act, p2(P, S.fcprojw, l), lead ? p1(P, S.fcprojb, l) : View1<float>());
     into_chunk(proj_, projc_);
-    residual_forward(ex, as1(a.res3), as1(a.res2), as1(projc_));
+    residual_forward(ex, as1(a.res3), as1(w.res2), as1(projc_));
     x = a.res3;
-    keep(&LayerCopies::res2, a.res2);
+    keep(&LayerCopies::res2, w.res2);
     if (c != nullptr && c->res3.extent(0) > 0) keep(&LayerCopies::res3, a.res3);
   }
   if (!stage_.head) return 0.0;
@@ -763,8 +761,8 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     if (sp_) gather_from_sequence_region(*tp_, w.ln2c, w.ln2);  // recomputed, not kept
     matmul_backward(blas, dtmp_, p2(G, S.fcw, l), p1(G, S.fcb, l), dbig_, w.ln2, p2(P, S.fcw, l));
     input_grad(dtmp_, dtmpc_);
-    fetch(a.res2, c ? c->res2 : Half());
-    norm_backward(ex, dres_, dtmpc_, a.res2, a.ln2_mean, a.ln2_rstd, S.ln2w, S.ln2b, l);
+    fetch(w.res2, c ? c->res2 : Half());
+    norm_backward(ex, dres_, dtmpc_, w.res2, a.ln2_mean, a.ln2_rstd, S.ln2w, S.ln2b, l);
     // dres holds d(res2): through attention.
     output_grad(dres_, dresf_);
     fetch(w.atty, c ? c->atty : Half());

@@ -29,14 +29,14 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
   if (sp) f += N * C;  // the shared all-gathered norm output
   // Per layer: the tensors kept for backward and the residuals (bf16_activations: bf16 copies per
   // layer, the last layer's output excepted; the layers compute in the backward scratch, one pool,
-  // the matrix attention's probabilities of one sequence and two residual buffers), and the
+  // the matrix attention's probabilities of one sequence and one residual buffer), and the
   // statistics (fp32 per layer).
   const std::size_t saved = (sp ? 2 * Nc * C : 2 * N * C) + N * W * (m.qk_norm ? 2 : 1) + N * Cl + N * up + N * F;
   const std::size_t probs = tiled ? 0 : att, res = 2 * Nc * C;
   const std::size_t own = (ln ? 2 * Nc : 0) + 2 * Nc + (m.qk_norm ? N * (NHl + nkv) : 0) + (tiled ? att : 0);
   const bool stash = bf16_activations && L > 0;
   const std::size_t pool = N * std::max({up, W, C});
-  f += L * own + (stash ? pool + probs / std::size_t(B) + res : L * (saved + probs + res));
+  f += L * own + (stash ? pool + probs / std::size_t(B) + Nc * C : L * (saved + probs + res));
   if (stash) halves += L * (saved + probs + res) - Nc * C;
   f += N * C + (sp ? Nc * C : 0);                 // proj (+ chunk)
   f += Nc * C + (sp ? N * C : 0);                 // dres (+ full)
