@@ -746,28 +746,29 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     auto& a = layers_[std::size_t(l)];
     const LayerActs& w = stash_ ? bwd_ : a;  // where the layer's tensors are read
     const LayerCopies* c = stash_ ? &copies_[std::size_t(l)] : nullptr;
-    auto fetch = [&](const View2<float>& v, const Half& h) {  // bf16_activations: read back just before use
-      if (c != nullptr) load_bf16(ex, View1<float>(v.data(), v.span()), h);
+    // bf16_activations: a tensor read back from its copy just before it is used
+    auto fetch = [&](const View2<float>& v, Half LayerCopies::*h, const LayerCopies* from) {
+      if (from != nullptr) load_bf16(ex, View1<float>(v.data(), v.span()), from->*h);
     };
     // dres holds d(res3): through the MLP.
     output_grad(dres_, dresf_);
-    fetch(w.fch_act, c ? c->fch_act : Half());
+    fetch(w.fch_act, &LayerCopies::fch_act, c);
     matmul_backward(blas, dact_, p2(G, S.fcprojw, l), p1(G, S.fcprojb, l), dresf_, w.fch_act, p2(P, S.fcprojw, l));
-    fetch(w.fch, c ? c->fch : Half());
+    fetch(w.fch, &LayerCopies::fch, c);
     if (cfg_.mlp == "swiglu") swiglu_backward(ex, dbig_, w.fch, dact_);
     else if (cfg_.mlp == "xielu") xielu_backward(ex, as1(dbig_), p1(G, S.xielu, l), as1(w.fch), as1(dact_), p1(P, S.xielu, l));
     else gelu_backward(ex, as1(dbig_), as1(w.fch), as1(dact_));
-    fetch(w.ln2c, c ? c->ln2c : Half());
+    fetch(w.ln2c, &LayerCopies::ln2c, c);
     if (sp_) gather_from_sequence_region(*tp_, w.ln2c, w.ln2);  // recomputed, not kept
     matmul_backward(blas, dtmp_, p2(G, S.fcw, l), p1(G, S.fcb, l), dbig_, w.ln2, p2(P, S.fcw, l));
     input_grad(dtmp_, dtmpc_);
-    fetch(w.res2, c ? c->res2 : Half());
+    fetch(w.res2, &LayerCopies::res2, c);
     norm_backward(ex, dres_, dtmpc_, w.res2, a.ln2_mean, a.ln2_rstd, S.ln2w, S.ln2b, l);
     // dres holds d(res2): through attention.
     output_grad(dres_, dresf_);
-    fetch(w.atty, c ? c->atty : Half());
+    fetch(w.atty, &LayerCopies::atty, c);
     matmul_backward(blas, datty_, p2(G, S.attprojw, l), p1(G, S.attprojb, l), dresf_, w.atty, p2(P, S.attprojw, l));
-    fetch(w.qkv, c ? c->qkv : Half());
+    fetch(w.qkv, &LayerCopies::qkv, c);
     if (tiled_)
       attention_tiled_backward<float>(ex, View3<float>(dqkv_.data(), B_, T_, W),
                                       View3<float>(datty_.data(), B_, T_, Cl), View3<float>(w.qkv.data(), B_, T_, W),
@@ -785,17 +786,17 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
                          View3<float>(w.qkv.data(), B_, T_, W), w.att, NHl, nkv_);
     if (pos_.extent(0) > 0) rope_apply(ex, dqkv_, pos_, inv_freq_, 0, NHl + nkv_, hd, true);  // the transpose
     if (cfg_.qk_norm) {
-      fetch(w.qkv_raw, c ? c->qkv_raw : Half());
+      fetch(w.qkv_raw, &LayerCopies::qkv_raw, c);
       head_rmsnorm_backward(ex, dqkv_, p1(G, S.qnorm, l), dqkv_, w.qkv_raw, p1(P, S.qnorm, l), a.q_rstd, 0, NHl);
       head_rmsnorm_backward(ex, dqkv_, p1(G, S.knorm, l), dqkv_, w.qkv_raw, p1(P, S.knorm, l), a.k_rstd, NHl * hd, nkv_);
     }
-    fetch(w.ln1c, c ? c->ln1c : Half());
+    fetch(w.ln1c, &LayerCopies::ln1c, c);
     if (sp_) gather_from_sequence_region(*tp_, w.ln1c, w.ln1);
     matmul_backward(blas, dtmp_, p2(G, S.qkvw, l), p1(G, S.qkvb, l), dqkv_, w.ln1, p2(P, S.qkvw, l));
     input_grad(dtmp_, dtmpc_);
     // the layer's input: the embedding, or layer l - 1's output (bf16_activations: read back)
     const View2<float> x = l == 0 ? encoded_ : layers_[std::size_t(l - 1)].res3;
-    if (l > 0) fetch(x, c ? copies_[std::size_t(l - 1)].res3 : Half());
+    if (l > 0) fetch(x, &LayerCopies::res3, c ? &copies_[std::size_t(l - 1)] : nullptr);
     norm_backward(ex, dres_, dtmpc_, x, a.ln1_mean, a.ln1_rstd, S.ln1w, S.ln1b, l);
     // dres holds d(x), the layer input.
   }

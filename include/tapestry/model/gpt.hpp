@@ -95,13 +95,14 @@ struct GptOptions {
   /// on GPUs too; the tiled kernel is for sequences whose T x T matrices do not fit.
   bool tiled_attention = false;
   /// Activations kept for backward stored in bf16 (rounded to nearest even): each layer computes in
-  /// one fp32 working set shared by the layers, then keeps a bf16 copy of its saved tensors (norm
-  /// outputs, q/k/v, attention probabilities and output, MLP pre- and post-activation, the
-  /// residual stream); backward reads them back. The matrix attention computes one sequence of the
-  /// micro-batch at a time, so its fp32 T x T working set and scratch hold one sequence. The output
-  /// layer computes its logits output_chunk_rows() rows at a time and keeps the probabilities in
-  /// bf16. Norm statistics and the tiled kernel's log-sum-exp stay fp32 per layer, as does the
-  /// backward scratch. The forward computes as in fp32 (the output layer's product in row chunks).
+  /// fp32 in buffers free at the time (the forward in the backward scratch and one pool) and keeps
+  /// a bf16 copy of what backward reads (norm outputs, q/k/v, attention probabilities and output,
+  /// MLP pre- and post-activation, the residual stream); backward reads each back into the pool
+  /// just before it needs it. The matrix attention computes one sequence of the micro-batch at a
+  /// time, so its fp32 T x T working set and scratch hold one sequence. The output layer computes
+  /// its logits output_chunk_rows() rows at a time and keeps the probabilities in bf16. Norm
+  /// statistics and the tiled kernel's log-sum-exp stay fp32 per layer, as does the backward
+  /// scratch. The forward computes as in fp32 (the output layer's product in row chunks).
   bool bf16_activations = false;
 };
 
