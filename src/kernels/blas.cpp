@@ -232,7 +232,14 @@ void Blas::attention_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const 
   if (M == 0 || N == 0 || count == 0 || outer == 0) return;
 #ifdef KOKKOS_ENABLE_CUDA
   const bool tf32 = std::is_same_v<T, float> && precision_ == Precision::bf16;
-  if (outer > 1) {  // one call over all outer x count products, through device arrays of their addresses
+  // One call over all outer x count products, through device arrays of their addresses, where every
+  // matrix starts on a 16-byte boundary (cuBLAS cannot see those addresses to pick its kernel);
+  // otherwise one strided-batched call per outer group.
+  auto on16 = [](long elements) { return elements * long(sizeof(T)) % 16 == 0; };
+  const bool aligned = (reinterpret_cast<std::uintptr_t>(A) | reinterpret_cast<std::uintptr_t>(B) |
+                        reinterpret_cast<std::uintptr_t>(C)) % 16 == 0 &&
+                       on16(sa) && on16(sb) && on16(sc) && on16(oa) && on16(ob) && on16(oc);
+  if (outer > 1 && aligned) {
     const auto in = std::is_same_v<T, double> ? cublas::Inputs::f64 : tf32 ? cublas::Inputs::tf32 : cublas::Inputs::f32;
     timed(tf32 ? "gemm tf32" : std::is_same_v<T, double> ? "gemm fp64" : "gemm fp32", ta, tb, M, N, K, outer * count, [&] {
       const std::size_t n = std::size_t(outer) * std::size_t(count);
@@ -249,10 +256,11 @@ void Blas::attention_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const 
     return;
   }
   if (tf32) {
-    timed("gemm tf32", ta, tb, M, N, K, count, [&] {
-      cublas::gemm(*impl_->handle, cublas::Inputs::tf32, ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc,
-                   sc, count);
-    });
+    for (int o = 0; o < outer; ++o)
+      timed("gemm tf32", ta, tb, M, N, K, count, [&] {
+        cublas::gemm(*impl_->handle, cublas::Inputs::tf32, ta, tb, M, N, K, alpha, A + o * oa, lda, sa, B + o * ob, ldb,
+                     sb, beta, C + o * oc, ldc, sc, count);
+      });
     return;
   }
 #endif

@@ -53,7 +53,8 @@ class Blas {
   /// The attention's products of two activations (Q K^T, P V and their gradients), batched over
   /// heads and sequences: `outer` groups of `count` gemms, matrix (o, i) of A at A + o*outer_a +
   /// i*stride_a (etc.). On the GPU that is one cuBLAS call (a strided batch when outer is 1, else
-  /// a batch of pointers built on the device); on hosts, outer strided batches in order. Under
+  /// a batch of pointers built on the device, where every matrix starts on a 16-byte boundary;
+  /// otherwise one strided batch per outer group); on hosts, outer strided batches in order. Under
   /// Precision::bf16 they run in TF32 on the GPU's tensor cores (fp32 inputs read as TF32, fp32
   /// accumulation) instead of rounding the T x T matrices to bf16 first, a pass over memory that
   /// cost more than the products (docs/gpu.md); on hosts they stay fp32.
