@@ -263,7 +263,8 @@ class GPT {
   std::vector<LayerActs> layers_;
   // bf16_activations: each layer's tensors kept for backward as bf16 copies; the layers compute
   // in fp32 views of buffers free at the time (fwd_, bwd_: forward in the backward scratch and
-  // pool_, backward in pool_ and dtmp_), the residuals in two buffers shared by the layers.
+  // pool_, backward in pool_ and dtmp_); res3 is one buffer shared by the layers, res2 lives in
+  // dres_ (forward) and pool_ (backward).
   using Half = Kokkos::View<std::uint16_t*, Layout, MemSpace>;
   struct LayerCopies {
     Half ln1c, qkv_raw, qkv, atty, ln2c, fch, fch_act;  // qkv_raw with QK-norm only
