@@ -91,8 +91,8 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
                 "gradients, AdamW state and reductions stay fp32")
       ->capture_default_str()->group("Training");
   t->add_option("--activations", c.activations,
-                "fp32, or bf16: the activations kept for backward (and the residual stream and output "
-                "probabilities) are stored in bf16 (52% of fp32's activation memory for GPT-2 124M at 8 x 1024); "
+                "fp32, or bf16: the activations kept for backward (and the residual stream) are stored in "
+                "bf16 (52% of fp32's activation memory for GPT-2 124M at 8 x 1024); "
                 "the kernels still compute in fp32")
       ->capture_default_str()->group("Training");
 

@@ -288,9 +288,8 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   if (stage_.head) {
     lnf_ = View2<float>("tapestry::lnf", N, C);
     lnfc_ = chunk_of(lnf_, "tapestry::lnf_chunk");
-    logit_rows_ = options.bf16_activations ? int(output_chunk_rows(N, C, Vl)) : N;
+    logit_rows_ = int(output_chunk_rows(N, C, Vl));
     logits_ = View2<float>("tapestry::logits", logit_rows_, Vl);
-    if (logit_rows_ < N) probs_ = Half("tapestry::probs_bf16", std::size_t(N) * std::size_t(Vl));
     if (layernorm) lnf_mean_ = View1<float>("tapestry::lnf_mean", Nc);
     lnf_rstd_ = View1<float>("tapestry::lnf_rstd", Nc);
     losses_ = View1<float>("tapestry::losses", N);
@@ -496,7 +495,7 @@ std::size_t GPT::activation_bytes() const {
                   xent_stats_.span() + partial_saved_.span();
   if (sp_ || !stage_.embed) n += encoded_.span();
   if (sp_) n += lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span() + ln_full_.span();
-  std::size_t half = probs_.span();  // bf16 copies
+  std::size_t half = 0;  // bf16 copies
   if (stash_) n += pool_.span() + fwd_.att.span() + layers_[0].res3.span();  // shared
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const auto& a = layers_[l];
@@ -544,8 +543,8 @@ void GPT::norm_backward(const ExecSpace& ex, View2<float> dinp, View2<float> dou
   }
 }
 
-double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
-                    const std::vector<int>& targets) {
+double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, const std::vector<int>& targets,
+                    std::optional<double> loss_scale) {
   using namespace kernels;
   const auto& ex = blas.exec();
   const int k = tp_->size(), N = B_ * T_, C = cfg_.d_model, Cl = C / k, NHl = cfg_.n_head / k, hd = cfg_.head_dim();
@@ -661,14 +660,32 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
   if (!stage_.head) return 0.0;
   norm_forward(ex, lnfc_, lnf_mean_, lnf_rstd_, x, S.lnfw, S.lnfb, 0);
   into_full(lnfc_, lnf_);
-  // The logits of this rank's vocabulary columns, logit_rows_ rows at a time (bf16 activations:
-  // each chunk's probabilities into their bf16 copy), then the cross-entropy.
+  head(blas, loss_scale);
+  head_scale_ = loss_scale;
+  double sum = 0;
+  const auto losses = losses_;
+  Kokkos::parallel_reduce(
+      "tapestry::mean_loss", Kokkos::RangePolicy<ExecSpace>(ex, 0, N),
+      KOKKOS_LAMBDA(int i, double& acc) { acc += double(losses(i)); }, sum);
+  return sum / N;
+}
+
+void GPT::head(const kernels::Blas& blas, std::optional<double> scale) {
+  using namespace kernels;
+  const auto& ex = blas.exec();
+  const int k = tp_->size(), N = B_ * T_;
+  const int v0 = tp_->rank() * (cfg_.vocab_padded() / k);  // this rank's first vocabulary row
+  const auto &P = params_, &G = grads_;
+  const auto& S = slot_;
+  // Each chunk: the logits of this rank's vocabulary columns, the cross-entropy (its probabilities
+  // in place), then with `scale` the logits' gradient in place and the product's backward.
   for (int r0 = 0; r0 < N; r0 += logit_rows_) {
     const int n = std::min(logit_rows_, N - r0);
     const View2<float> lg = rows_of(logits_, 0, std::size_t(n));
     const View1<float> ls(losses_.data() + r0, n);
     const In1<int> tg(targets_.data() + r0, n);
-    matmul_forward(blas, lg, rows_of(lnf_, std::size_t(r0), std::size_t(n)), p2(P, S.output), View1<float>());
+    const View2<float> x = rows_of(lnf_, std::size_t(r0), std::size_t(n));
+    matmul_forward(blas, lg, x, p2(P, S.output), View1<float>());
     if (k == 1) {
       softmax_xent_forward(ex, lg, ls, lg, tg, cfg_.vocab_size);
     } else {  // vocabulary-parallel cross-entropy: 3 numbers per row and rank cross the group
@@ -679,15 +696,11 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs,
       tp_->all_reduce_sum(st.data(), st.size());
       xent_shard_finish<float>(ex, lg, ls, lg, st, tg, cfg_.vocab_size, v0);
     }
-    if (probs_.extent(0) > 0)
-      store_bf16(ex, half_of(probs_, std::size_t(r0) * lg.extent(1), lg.span()), View1<float>(lg.data(), lg.span()));
+    if (!scale) continue;
+    softmax_xent_backward(ex, lg, lg, tg, *scale / N, cfg_.vocab_size, v0);
+    matmul_backward(blas, rows_of(dtmp_, std::size_t(r0), std::size_t(n)), p2(G, S.output), View1<float>(), lg, x,
+                    p2(P, S.output));
   }
-  double sum = 0;
-  const auto losses = losses_;
-  Kokkos::parallel_reduce(
-      "tapestry::mean_loss", Kokkos::RangePolicy<ExecSpace>(ex, 0, N),
-      KOKKOS_LAMBDA(int i, double& acc) { acc += double(losses(i)); }, sum);
-  return sum / N;
 }
 
 std::vector<float> GPT::logits(const kernels::Blas& blas) const {
@@ -705,9 +718,8 @@ std::vector<float> GPT::logits(const kernels::Blas& blas) const {
 void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   using namespace kernels;
   const auto& ex = blas.exec();
-  const int k = tp_->size(), N = B_ * T_, Cl = cfg_.d_model / k, NHl = cfg_.n_head / k, hd = cfg_.head_dim();
+  const int k = tp_->size(), Cl = cfg_.d_model / k, NHl = cfg_.n_head / k, hd = cfg_.head_dim();
   const int W = (NHl + 2 * nkv_) * hd;
-  const int v0 = tp_->rank() * (cfg_.vocab_padded() / k);
   const auto &P = params_, &G = grads_;
   const auto& S = slot_;
   // Gradients that are partial sums over the TP group (partial_): this micro-batch's are summed
@@ -729,15 +741,13 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     if (sp_) gather_from_sequence_region(*tp_, chunk, full);
   };
   if (stage_.head) {
-    for (int r0 = 0; r0 < N; r0 += logit_rows_) {  // bf16 activations: chunk by chunk from the bf16 probabilities
-      const int n = std::min(logit_rows_, N - r0);
-      const View2<float> lg = rows_of(logits_, 0, std::size_t(n));
-      if (probs_.extent(0) > 0)
-        load_bf16(ex, View1<float>(lg.data(), lg.span()), half_of(probs_, std::size_t(r0) * lg.extent(1), lg.span()));
-      softmax_xent_backward(ex, lg, lg, In1<int>(targets_.data() + r0, n), loss_scale / N, cfg_.vocab_size, v0);
-      matmul_backward(blas, rows_of(dtmp_, std::size_t(r0), std::size_t(n)), p2(G, S.output), View1<float>(), lg,
-                      rows_of(lnf_, std::size_t(r0), std::size_t(n)), p2(P, S.output));
-    }
+    // The output layer's backward ran in forward(), or runs now (the logits recomputed).
+    if (!head_scale_) head(blas, loss_scale);
+    else
+      require(*head_scale_ == loss_scale, "GPT::backward: loss scale " + std::to_string(loss_scale) +
+                                              " differs from the one forward() ran the output layer with (" +
+                                              std::to_string(*head_scale_) + ")");
+    head_scale_.reset();
     input_grad(dtmp_, dtmpc_);
     Kokkos::deep_copy(ex, dres_, 0.0f);
     norm_backward(ex, dres_, dtmpc_, stage_output(), lnf_mean_, lnf_rstd_, S.lnfw, S.lnfb, 0);

@@ -19,13 +19,11 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
   std::size_t f = 0;  // floats
   if (stage.embed) f += N * C + (sp ? Nc * C : 0);
   else f += Nc * C;
-  // The output layer: bf16 activations compute the logits R rows at a time and keep bf16 probabilities.
-  const std::size_t R = bf16_activations ? std::size_t(output_chunk_rows(std::int64_t(N), std::int64_t(C), std::int64_t(Vl))) : N;
+  // The output layer computes the logits R rows at a time and keeps none of them (its backward
+  // runs chunk by chunk in the forward).
+  const std::size_t R = std::size_t(output_chunk_rows(std::int64_t(N), std::int64_t(C), std::int64_t(Vl)));
   std::size_t halves = 0;  // bf16 copies
-  if (stage.head) {
-    f += N * C + (sp ? Nc * C : 0) + R * Vl + (ln ? Nc : 0) + Nc + N + (k > 1 ? k * R * 3 : 0);
-    if (R < N) halves += N * Vl;
-  }
+  if (stage.head) f += N * C + (sp ? Nc * C : 0) + R * Vl + (ln ? Nc : 0) + Nc + N + (k > 1 ? k * R * 3 : 0);
   if (sp) f += N * C;  // the shared all-gathered norm output
   // Per layer: the tensors kept for backward and the residuals (bf16_activations: bf16 copies per
   // layer, the last layer's output excepted; the layers compute in the backward scratch, one pool,

@@ -39,9 +39,12 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
   std::vector<MPI_Request> sends;
   double loss = 0;
   int forwarded = -1;  // the micro-batch whose activations the model holds
-  auto forward = [&](int m) {
+  // The first forward of a micro-batch runs the output layer's backward too (the last stage, whose
+  // backward follows at once); a recomputation does not (backward() then recomputes the logits).
+  auto forward = [&](int m, bool first) {
     if (stage_ > 0) inputs_[std::size_t(m)].copy_to(ex, gpt_.stage_input().data());
-    const double l = gpt_.forward(blas, ins[std::size_t(m)], tgs[std::size_t(m)]);
+    const double l = gpt_.forward(blas, ins[std::size_t(m)], tgs[std::size_t(m)],
+                                  first ? std::optional<double>(1.0 / M_) : std::nullopt);
     forwarded = m;
     return l;
   };
@@ -54,7 +57,7 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
         MPI_Irecv(buf.data(), int(buf.size()), MPI_FLOAT, stage_ - 1, 2 * m, comm, &req);
         wait(req);
       }
-      loss += forward(m) / M_;
+      loss += forward(m, true) / M_;
       if (stage_ < stages_ - 1) {
         auto& buf = send_act_[std::size_t(m)];
         buf.copy_from(ex, gpt_.stage_output().data());
@@ -62,7 +65,7 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
         MPI_Isend(buf.data(), int(buf.size()), MPI_FLOAT, stage_ + 1, 2 * m, comm, &sends.back());
       }
     } else {
-      if (forwarded != m) forward(m);  // recompute this micro-batch's activations
+      if (forwarded != m) forward(m, false);  // recompute this micro-batch's activations
       if (stage_ < stages_ - 1) {  // d loss / d output, from the next stage
         MPI_Request req;
         MPI_Irecv(recv_grad_.data(), int(recv_grad_.size()), MPI_FLOAT, stage_ + 1, 2 * m + 1, comm, &req);

@@ -885,7 +885,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       } else {
         for (int micro = 0; micro < cfg.grad_accum; ++micro) {
           r.train_loader->next_batch(in, tg);
-          loss += gpt.forward(blas, in, tg) / cfg.grad_accum;
+          loss += gpt.forward(blas, in, tg, 1.0 / cfg.grad_accum) / cfg.grad_accum;
           gpt.backward(blas, 1.0 / cfg.grad_accum);
         }
       }

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -99,10 +100,9 @@ struct GptOptions {
   /// a bf16 copy of what backward reads (norm outputs, q/k/v, attention probabilities and output,
   /// MLP pre- and post-activation, the residual stream); backward reads each back into the pool
   /// just before it needs it. The matrix attention computes one sequence of the micro-batch at a
-  /// time, so its fp32 T x T working set and scratch hold one sequence. The output layer computes
-  /// its logits output_chunk_rows() rows at a time and keeps the probabilities in bf16. Norm
-  /// statistics and the tiled kernel's log-sum-exp stay fp32 per layer, as does the backward
-  /// scratch. The forward computes as in fp32 (the output layer's product in row chunks).
+  /// time, so its fp32 T x T working set and scratch hold one sequence. Norm statistics and the
+  /// tiled kernel's log-sum-exp stay fp32 per layer, as does the backward scratch. The forward
+  /// computes as in fp32. (The output layer keeps no logits in either precision: GPT::forward.)
   bool bf16_activations = false;
 };
 
@@ -112,10 +112,10 @@ struct GptOptions {
 /// stage does not use have size 0; with tied embeddings the last stage holds a copy of wte).
 std::vector<ParamTensor> param_layout(const ModelConfig& m, int tp = 1, const Stage& stage = {});
 
-/// With bf16 activations, the rows of the output layer's logits computed at once out of `rows`
-/// (B*T) for `d_model` inputs and `vocab` (this rank's vocabulary columns): about as many floats
-/// as the (rows, d_model) hidden states, at least 256 rows (the product stays efficient), and
-/// `rows` (one pass, fp32 logits kept) when that is all of them.
+/// The rows of the output layer's logits computed at once out of `rows` (B*T) for `d_model`
+/// inputs and `vocab` (this rank's vocabulary columns): about as many floats as the (rows, d_model)
+/// hidden states, at least 256 rows (the product stays efficient), and `rows` (one pass) when that
+/// is all of them.
 std::int64_t output_chunk_rows(std::int64_t rows, std::int64_t d_model, std::int64_t vocab);
 
 /// Index of tensor `name` in `layout`, or -1.
@@ -182,12 +182,18 @@ class GPT {
   /// Forward pass on inputs and targets (B*T each, row-major (B, T)); returns the mean loss (0 on
   /// a stage without the head). Keeps the activations for backward(). A stage without the
   /// embedding starts from stage_input(), filled by the caller.
-  double forward(const kernels::Blas& blas, const std::vector<int>& inputs,
-                 const std::vector<int>& targets);
+  /// With `loss_scale` (training: the scale the following backward() will get) the output layer's
+  /// backward runs here, chunk by chunk as its logits are computed (llm.c's fused classifier,
+  /// Liger's fused linear cross-entropy): its weight gradient accumulates into grads() and
+  /// d loss / d (final norm output) is kept for backward(); no probability matrix is kept. Without
+  /// it (evaluation) a later backward() recomputes the logits.
+  double forward(const kernels::Blas& blas, const std::vector<int>& inputs, const std::vector<int>& targets,
+                 std::optional<double> loss_scale = std::nullopt);
   /// The output layer's logits (B*T rows of vocab_size, row-major, host) for the inputs of the last
   /// forward(), recomputed from the final norm's output. A whole model on one rank (evaluation, tests).
   std::vector<float> logits(const kernels::Blas& blas) const;
-  /// Accumulates into grads() the gradient of `loss_scale` * (mean loss of the last forward()).
+  /// Accumulates into grads() the gradient of `loss_scale` * (mean loss of the last forward()); if
+  /// that forward() got a loss scale, it must be this one.
   /// A stage without the head starts from output_grad() (d loss / d stage_output()), filled by the
   /// caller; a stage without the embedding leaves d loss / d stage_input() in input_grad().
   void backward(const kernels::Blas& blas, double loss_scale);
@@ -250,7 +256,7 @@ class GPT {
   TokenView tokens_;
   kernels::TokenRows token_rows_;  ///< this batch's tokens grouped by wte row (embedding backward)
   Kokkos::View<int*, Layout, MemSpace> targets_;
-  View2<float> encoded_, lnf_, logits_;  // logits (BT, Vp) hold probs, then dlogits; encoded_ a chunk
+  View2<float> encoded_, lnf_, logits_;  // logits (logit_rows_, Vp): one chunk's probs, then dlogits; encoded_ a chunk
   View2<float> emb_full_, lnfc_, projc_, dresf_, dtmpc_;  // full/chunk partners (aliases without SP)
   View2<float> ln_full_;  // sequence parallelism: the all-gathered LayerNorm output, shared by the layers
   struct PartialRange {
@@ -275,9 +281,13 @@ class GPT {
   std::vector<LayerCopies> copies_;  // [layer]
   View1<float> pool_;
   LayerActs fwd_, bwd_;
-  // bf16_activations at the output layer: logits_ holds logit_rows_ rows; probs_ all rows' probabilities
+  // The output layer runs logit_rows_ rows at a time (model::output_chunk_rows). head_scale_: the
+  // loss scale its backward ran with in forward() (d loss / d lnf_ is then in dtmp_); none if not.
   int logit_rows_ = 0;
-  Half probs_;
+  std::optional<double> head_scale_;
+  /// The output layer and the cross-entropy over all rows, chunk by chunk: losses_, and with
+  /// `scale` the output weight's gradient and d loss / d lnf_ (into dtmp_).
+  void head(const kernels::Blas& blas, std::optional<double> scale);
   /// Rows [r0, r0 + n) of the (B*T, *) tensor v, or one sequence b of a (B, T, *) one.
   static View2<float> rows_of(const View2<float>& v, std::size_t r0, std::size_t n) {
     return View2<float>(v.data() + r0 * v.extent(1), n, v.extent(1));
