@@ -315,7 +315,8 @@ V naive_layernorm(const V& x, const V& w, const V& b, int N, int C) {
 
 TEST_CASE("layernorm forward matches the naive reference and backward matches finite differences", "[kernels][layernorm]") {
   ExecSpace ex;
-  for (const auto& shape : {std::pair{13, 7}, std::pair{1, 1}, std::pair{3, 64}}) {
+  // (37, 20): the parameter gradients sum three blocks of rows (16 + 16 + 5).
+  for (const auto& shape : {std::pair{13, 7}, std::pair{1, 1}, std::pair{3, 64}, std::pair{37, 20}}) {
     const int N = shape.first, C = shape.second;
     CAPTURE(N, C);
     const V x = randn(std::size_t(N) * C, 11), w = randn(std::size_t(C), 12), b = randn(std::size_t(C), 13);
@@ -330,7 +331,8 @@ TEST_CASE("layernorm forward matches the naive reference and backward matches fi
     View1<double> gw("gw", C), gb("gb", C);
     const V gx0 = randn(std::size_t(N) * C, 15), gw0 = randn(std::size_t(C), 16), gb0 = randn(std::size_t(C), 17);
     from_vec(gx, gx0), from_vec(gw, gw0), from_vec(gb, gb0), from_vec(gout, wout);
-    layernorm_backward(ex, gx, gw, gb, gout, vx, vw, mean, rstd);
+    View2<double> scratch("scratch", norm_scratch_rows(std::size_t(N)), 2 * std::size_t(C));
+    layernorm_backward(ex, gx, gw, gb, gout, vx, vw, mean, rstd, scratch);
     auto add = [](V a, const V& b0) { for (std::size_t i = 0; i < a.size(); ++i) a[i] += b0[i]; return a; };
     REQUIRE(max_rel_err(to_vec(gx), add(finite_diff(x, [&](const V& xx) { return dot(naive_layernorm(xx, w, b, N, C), wout); }), gx0)) < kGradTol);
     REQUIRE(max_rel_err(to_vec(gw), add(finite_diff(w, [&](const V& ww) { return dot(naive_layernorm(x, ww, b, N, C), wout); }), gw0)) < kGradTol);
@@ -373,7 +375,7 @@ V plus(V a, const V& b) {
 
 TEST_CASE("rmsnorm forward matches the naive reference and backward matches finite differences", "[kernels][rmsnorm]") {
   ExecSpace ex;
-  for (const auto& shape : {std::pair{13, 7}, std::pair{1, 1}, std::pair{3, 64}}) {
+  for (const auto& shape : {std::pair{13, 7}, std::pair{1, 1}, std::pair{3, 64}, std::pair{37, 20}}) {
     const int N = shape.first, C = shape.second;
     CAPTURE(N, C);
     const V x = randn(std::size_t(N) * C, 101), w = randn(std::size_t(C), 102), wout = randn(std::size_t(N) * C, 103);
@@ -387,7 +389,8 @@ TEST_CASE("rmsnorm forward matches the naive reference and backward matches fini
     View1<double> gw("gw", C);
     const V gx0 = randn(std::size_t(N) * C, 104), gw0 = randn(std::size_t(C), 105);
     from_vec(gx, gx0), from_vec(gw, gw0), from_vec(gout, wout);
-    rmsnorm_backward(ex, gx, gw, gout, vx, vw, rstd);  // accumulates
+    View2<double> scratch("scratch", norm_scratch_rows(std::size_t(N)), 2 * std::size_t(C));
+    rmsnorm_backward(ex, gx, gw, gout, vx, vw, rstd, scratch);  // accumulates
     REQUIRE(max_rel_err(to_vec(gx), plus(finite_diff(x, [&](const V& xx) { return dot(naive_rmsnorm(xx, w, N, C), wout); }), gx0)) < kGradTol);
     REQUIRE(max_rel_err(to_vec(gw), plus(finite_diff(w, [&](const V& ww) { return dot(naive_rmsnorm(x, ww, N, C), wout); }), gw0)) < kGradTol);
   }
@@ -977,7 +980,8 @@ TEST_CASE("vocabulary-parallel cross-entropy equals the whole-row one, padding m
 // ---------------------------------------------------------------- softmax + cross-entropy
 TEST_CASE("softmax cross-entropy ignores padded columns and its backward matches finite differences", "[kernels][xent]") {
   ExecSpace ex;
-  for (const auto& shape : {std::tuple{5, 7, 9}, std::tuple{1, 2, 2}, std::tuple{13, 11, 16}}) {
+  // (2, 2100, 2112): rows longer than a host reduction block (1024 values in kLanes partial sums).
+  for (const auto& shape : {std::tuple{5, 7, 9}, std::tuple{1, 2, 2}, std::tuple{13, 11, 16}, std::tuple{2, 2100, 2112}}) {
     const int N = std::get<0>(shape), Vr = std::get<1>(shape), Vp = std::get<2>(shape);
     CAPTURE(N, Vr, Vp);
     V logits = randn(std::size_t(N) * Vp, 61, 3.0);
@@ -1209,8 +1213,10 @@ TEST_CASE("float norm, rope, activation and grouped-query attention kernels agre
     rmsnorm_forward(ex, yd, rd, xd, wd);
     rmsnorm_forward(ex, yf, rf, xf, wf);
     REQUIRE(max_rel_err(to_vec(yf), to_vec(yd)) < tol);
-    rmsnorm_backward(ex, dxd, dwd, gd, xd, wd, rd);
-    rmsnorm_backward(ex, dxf, dwf, gf, xf, wf, rf);
+    View2<double> sd("sd", norm_scratch_rows(N), 2 * C);
+    View2<float> sf("sf", norm_scratch_rows(N), 2 * C);
+    rmsnorm_backward(ex, dxd, dwd, gd, xd, wd, rd, sd);
+    rmsnorm_backward(ex, dxf, dwf, gf, xf, wf, rf, sf);
     REQUIRE(max_rel_err(to_vec(dxf), to_vec(dxd)) < tol);
     REQUIRE(max_rel_err(to_vec(dwf), to_vec(dwd)) < tol);
   }

@@ -12,13 +12,15 @@ void softmax_xent_forward(const ExecSpace& exec, View2<T> probs, View1<T> losses
   Kokkos::parallel_for(
       "tapestry::softmax_xent_forward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
         const int n = m.league_rank();
-        const T maxv = detail::team_max<T>(m, V, T(-1e30), [&](int v) { return logits(n, v); });
+        const T* const lg = &logits(n, 0);  // rows through plain pointers: loops that vectorize on hosts
+        T* const p = &probs(n, 0);
+        const T maxv = detail::team_max<T>(m, V, T(-1e30), [&](int v) { return lg[v]; });
         // the exponentials first (a loop that vectorizes), then their sum
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, V), [&](int v) { probs(n, v) = math::vexp(logits(n, v) - maxv); });
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, V), [&](int v) { p[v] = math::vexp(lg[v] - maxv); });
         m.team_barrier();
-        const T sum = detail::team_sum<T>(m, V, [&](int v) { return probs(n, v); });
+        const T sum = detail::team_sum<T>(m, V, [&](int v) { return p[v]; });
         const T inv = T(1) / sum;
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vp), [&](int v) { probs(n, v) = v < V ? probs(n, v) * inv : T(0); });
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vp), [&](int v) { p[v] = v < V ? p[v] * inv : T(0); });
         m.team_barrier();
         Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = targets(n) < 0 ? T(0) : -math::log(probs(n, targets(n))); });
       });
@@ -35,9 +37,11 @@ void softmax_xent_backward(const ExecSpace& exec, View2<T> dlogits, In2<T> probs
         const int n = m.league_rank();  // a team per row: consecutive threads, consecutive columns
         const int t = targets(n) - vocab_begin;  // this shard's column of the target (may be outside it)
         const bool keep = targets(n) >= 0;  // an ignored row: no gradient
+        const T* const pr = &probs(n, 0);
+        T* const dl = &dlogits(n, 0);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vp), [&](int v) {
-          const T p = keep && v < Vr ? probs(n, v) : T(0);
-          dlogits(n, v) = d * (p - (v == t ? T(1) : T(0)));
+          const T p = keep && v < Vr ? pr[v] : T(0);
+          dl[v] = d * (p - (v == t ? T(1) : T(0)));
         });
       });
 }
@@ -50,8 +54,9 @@ void xent_shard_stats(const ExecSpace& exec, View2<T> stats, In2<T> logits, In1<
   Kokkos::parallel_for(
       "tapestry::xent_shard_stats", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
         const int n = m.league_rank();
-        const T maxv = detail::team_max<T>(m, Vr, T(-1e30), [&](int v) { return logits(n, v); });
-        const T sum = detail::team_sum<T>(m, Vr, [&](int v) { return math::vexp(logits(n, v) - maxv); });
+        const T* const lg = &logits(n, 0);
+        const T maxv = detail::team_max<T>(m, Vr, T(-1e30), [&](int v) { return lg[v]; });
+        const T sum = detail::team_sum<T>(m, Vr, [&](int v) { return math::vexp(lg[v] - maxv); });
         Kokkos::single(Kokkos::PerTeam(m), [&] {
           const int t = targets(n) - vocab_begin;
           stats(n, 0) = maxv;
@@ -77,8 +82,9 @@ void xent_shard_finish(const ExecSpace& exec, View2<T> probs, View1<T> losses, I
           target += all_stats(r, n, 2);
         }
         const T lse = M + math::log(S);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vl),
-                             [&](int v) { probs(n, v) = v < Vr ? math::vexp(logits(n, v) - lse) : T(0); });
+        const T* const lg = &logits(n, 0);
+        T* const p = &probs(n, 0);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vl), [&](int v) { p[v] = v < Vr ? math::vexp(lg[v] - lse) : T(0); });
         Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = targets(n) < 0 ? T(0) : lse - target; });
       });
 }

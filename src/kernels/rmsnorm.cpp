@@ -1,5 +1,7 @@
 #include "tapestry/kernels/rmsnorm.hpp"
 
+#include <stdexcept>
+
 #include "tapestry/kernels/math.hpp"
 #include "team.hpp"
 
@@ -8,40 +10,62 @@ namespace tapestry::kernels {
 // y = x s w with s = (mean(x^2) + eps)^(-1/2); ds/dx_j = -s^3 x_j / C, so
 // dx_j = s (w_j g_j - x_j s^2 mean_c(w_c g_c x_c)) and dw_j = sum_n g_j x_j s.
 
+// Rows through plain pointers (&v(n, 0); LayoutRight), as in layernorm.cpp.
+
 template <class T>
 void rmsnorm_forward(const ExecSpace& exec, View2<T> out, View1<T> rstd, In2<T> inp, In1<T> weight, double eps) {
   const int N = int(inp.extent(0)), C = int(inp.extent(1));
   const T e = T(eps);
+  const T* const w = weight.data();
   Kokkos::parallel_for(
       "tapestry::rmsnorm_forward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& tm) {
         const int n = tm.league_rank();
-        const T ms = detail::team_sum<T>(tm, C, [&](int c) { return inp(n, c) * inp(n, c); }) / T(C);
+        const T* const x = &inp(n, 0);
+        T* const y = &out(n, 0);
+        const T ms = detail::team_sum<T>(tm, C, [&](int c) { return x[c] * x[c]; }) / T(C);
         const T s = T(1) / math::sqrt(ms + e);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) { out(n, c) = inp(n, c) * s * weight(c); });
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) { y[c] = x[c] * s * w[c]; });
         Kokkos::single(Kokkos::PerTeam(tm), [&] { rstd(n) = s; });
       });
 }
 
 template <class T>
 void rmsnorm_backward(const ExecSpace& exec, View2<T> dinp, View1<T> dweight, In2<T> dout, In2<T> inp,
-                      In1<T> weight, In1<T> rstd) {
+                      In1<T> weight, In1<T> rstd, View2<T> scratch) {
   const int N = int(inp.extent(0)), C = int(inp.extent(1));
+  const int NB = int(norm_scratch_rows(std::size_t(N)));
+  if (int(scratch.extent(0)) < NB || int(scratch.extent(1)) < 2 * C)
+    throw std::invalid_argument("tapestry::rmsnorm_backward: scratch is not (norm_scratch_rows(N), 2 C)");
+  const T* const w = weight.data();
   // dinp: one row per team.
   Kokkos::parallel_for(
       "tapestry::rmsnorm_backward_input", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& tm) {
         const int n = tm.league_rank();
         const T s = rstd(n);
-        const T m = detail::team_sum<T>(tm, C, [&](int c) { return weight(c) * dout(n, c) * inp(n, c); }) / T(C);
+        const T *const x = &inp(n, 0), *const g = &dout(n, 0);
+        T* const dx = &dinp(n, 0);
+        const T m = detail::team_sum<T>(tm, C, [&](int c) { return w[c] * g[c] * x[c]; }) / T(C);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) { dx[c] += s * (w[c] * g[c] - x[c] * s * s * m); });
+      });
+  // dweight: blocks of rows into the scratch, then the blocks in order (layernorm_backward's way).
+  const std::size_t ldx = inp.stride_0(), ldg = dout.stride_0();
+  const T *const x0 = inp.data(), *const g0 = dout.data(), *const rs = rstd.data();
+  Kokkos::parallel_for(
+      "tapestry::rmsnorm_backward_weight", detail::team_per_row(exec, NB), KOKKOS_LAMBDA(const detail::Member& tm) {
+        const int b = tm.league_rank(), n0 = b * kNormRowBlock, n1 = n0 + kNormRowBlock < N ? n0 + kNormRowBlock : N;
+        T* const part = &scratch(b, 0);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) {
-          dinp(n, c) += s * (weight(c) * dout(n, c) - inp(n, c) * s * s * m);
+          T dw = 0;
+          for (int n = n0; n < n1; ++n)
+            dw += g0[std::size_t(n) * ldg + std::size_t(c)] * x0[std::size_t(n) * ldx + std::size_t(c)] * rs[n];
+          part[c] = dw;
         });
       });
-  // dweight: one team per channel, reducing over rows (no atomics, a fixed order per backend).
   Kokkos::parallel_for(
-      "tapestry::rmsnorm_backward_weight", detail::team_per_row(exec, C), KOKKOS_LAMBDA(const detail::Member& tm) {
-        const int c = tm.league_rank();
-        const T dw = detail::team_sum<T>(tm, N, [&](int n) { return dout(n, c) * inp(n, c) * rstd(n); });
-        Kokkos::single(Kokkos::PerTeam(tm), [&] { dweight(c) += dw; });
+      "tapestry::rmsnorm_backward_weight_sum", Kokkos::RangePolicy<ExecSpace>(exec, 0, C), KOKKOS_LAMBDA(int c) {
+        T dw = 0;
+        for (int b = 0; b < NB; ++b) dw += scratch(b, c);
+        dweight(c) += dw;
       });
 }
 
@@ -91,7 +115,8 @@ void head_rmsnorm_backward(const ExecSpace& exec, View2<T> dinp, View1<T> dweigh
 
 #define TAPESTRY_INSTANTIATE(T)                                                                           \
   template void rmsnorm_forward<T>(const ExecSpace&, View2<T>, View1<T>, In2<T>, In1<T>, double);        \
-  template void rmsnorm_backward<T>(const ExecSpace&, View2<T>, View1<T>, In2<T>, In2<T>, In1<T>, In1<T>); \
+  template void rmsnorm_backward<T>(const ExecSpace&, View2<T>, View1<T>, In2<T>, In2<T>, In1<T>, In1<T>, \
+                                    View2<T>);                                                            \
   template void head_rmsnorm_forward<T>(const ExecSpace&, View2<T>, View2<T>, In2<T>, In1<T>, int, int,  \
                                         double);                                                          \
   template void head_rmsnorm_backward<T>(const ExecSpace&, View2<T>, View1<T>, In2<T>, In2<T>, In1<T>,   \

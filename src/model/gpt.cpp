@@ -352,6 +352,7 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   dresf_ = sp_ ? View2<float>("tapestry::dresidual_full", N, C) : dres_;
   dtmp_ = View2<float>("tapestry::dtmp", N, C);
   dtmpc_ = chunk_of(dtmp_, "tapestry::dtmp_chunk");
+  norm_scratch_ = View2<float>("tapestry::norm_scratch", kernels::norm_scratch_rows(std::size_t(Nc)), 2 * std::size_t(C));
   dbig_ = View2<float>("tapestry::dfch", N, up);
   dact_ = up == ffn_ ? dbig_ : View2<float>("tapestry::dfch_act", N, ffn_);
   dqkv_ = View2<float>("tapestry::dqkv", N, W);
@@ -492,7 +493,7 @@ std::size_t GPT::activation_bytes() const {
   std::size_t n = emb_full_.span() + lnf_.span() + logits_.span() + lnf_mean_.span() + lnf_rstd_.span() +
                   losses_.span() + proj_.span() + dres_.span() + dtmp_.span() + dbig_.span() +
                   (dact_.data() != dbig_.data() ? dact_.span() : 0) + dqkv_.span() + datty_.span() + datt_.span() +
-                  xent_stats_.span() + partial_saved_.span();
+                  xent_stats_.span() + partial_saved_.span() + norm_scratch_.span();
   if (sp_ || !stage_.embed) n += encoded_.span();
   if (sp_) n += lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span() + ln_full_.span();
   std::size_t half = 0;  // bf16 copies
@@ -532,14 +533,14 @@ void GPT::norm_forward(const ExecSpace& ex, View2<float> out, View1<float> mean,
 void GPT::norm_backward(const ExecSpace& ex, View2<float> dinp, View2<float> dout, View2<float> inp,
                         View1<float> mean, View1<float> rstd, int w, int b, int layer) {
   if (cfg_.norm == "rmsnorm") {
-    kernels::rmsnorm_backward(ex, dinp, p1(grads_, w, layer), dout, inp, p1(params_, w, layer), rstd);
+    kernels::rmsnorm_backward(ex, dinp, p1(grads_, w, layer), dout, inp, p1(params_, w, layer), rstd, norm_scratch_);
   } else if (b >= 0) {
     kernels::layernorm_backward(ex, dinp, p1(grads_, w, layer), p1(grads_, b, layer), dout, inp,
-                                p1(params_, w, layer), mean, rstd);
+                                p1(params_, w, layer), mean, rstd, norm_scratch_);
   } else {
     if (ln_bias_grad_.extent(0) != dout.extent(1)) ln_bias_grad_ = View1<float>("tapestry::ln_bias_grad", dout.extent(1));
     kernels::layernorm_backward(ex, dinp, p1(grads_, w, layer), ln_bias_grad_, dout, inp, p1(params_, w, layer),
-                                mean, rstd);
+                                mean, rstd, norm_scratch_);
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "tapestry/core/error.hpp"
+#include "tapestry/kernels/layernorm.hpp"
 
 namespace tapestry::model {
 
@@ -39,6 +40,7 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
   f += N * C + (sp ? Nc * C : 0);                 // proj (+ chunk)
   f += Nc * C + (sp ? N * C : 0);                 // dres (+ full)
   f += N * C + (sp ? Nc * C : 0);                 // dtmp (+ chunk)
+  f += kernels::norm_scratch_rows(Nc) * 2 * C;    // the norms' parameter-gradient partial sums
   f += N * up + (up != F ? N * F : 0) + N * W + N * Cl + (stash ? probs / std::size_t(B) : probs);
   // gradients summed over the TP group in backward(): their earlier micro-batches' share
   if (k > 1)

@@ -4,6 +4,7 @@
 /// OLMo 2 / Qwen3 / Apertus), saving 1/rms for the backward pass. Statistics in the kernel's type.
 
 #include "tapestry/core/views.hpp"
+#include "tapestry/kernels/layernorm.hpp"
 
 namespace tapestry::kernels {
 
@@ -12,10 +13,11 @@ template <class T>
 void rmsnorm_forward(const ExecSpace& exec, View2<T> out, View1<T> rstd, In2<T> inp, In1<T> weight,
                      double eps = 1e-5);
 
-/// dinp (N, C) += d/dinp; dweight (C) += d/dweight (a fixed reduction order, no atomics).
+/// dinp (N, C) += d/dinp; dweight (C) += d/dweight (a fixed reduction order, no atomics; scratch
+/// as layernorm_backward's, norm_scratch_rows(N) x (2 C)).
 template <class T>
 void rmsnorm_backward(const ExecSpace& exec, View2<T> dinp, View1<T> dweight, In2<T> dout, In2<T> inp,
-                      In1<T> weight, In1<T> rstd);
+                      In1<T> weight, In1<T> rstd, View2<T> scratch);
 
 /// QK-norm: columns [c0, c0 + nh*hd) of each row of inp (N, W) are nh heads of hd values; each head
 /// is RMS-normalised on its own and scaled by weight (hd), shared by the heads:

@@ -295,6 +295,7 @@ class GPT {
   static Half half_of(const Half& h, std::size_t i0, std::size_t n) { return Half(h.data() + i0, n); }
   View2<float> proj_, dres_, dtmp_, dbig_, dact_, dqkv_, datty_;  // scratch
   View1<float> ln_zero_bias_, ln_bias_grad_;  // LayerNorm without bias (bias = false)
+  View2<float> norm_scratch_;  // the norms' parameter gradients: partial sums over row blocks
   Kokkos::View<int*, Layout, MemSpace> pos_;        // (BT): each row's position, for RoPE
   Kokkos::View<int*, Layout, MemSpace> doc_pos_;    // (BT): position in its document (doc_mask; else empty)
   Kokkos::View<double*, Layout, MemSpace> inv_freq_;  // (head_dim / 2): RoPE frequencies
