@@ -480,6 +480,44 @@ V naive_attention(const V& qkv, int B, int T, int C, int NH, int KV = 0, const s
 }
 }  // namespace
 
+namespace {
+/// The matrix kernel's products in causal row blocks (causal_block 4 and 5) against its unsplit
+/// results (out, att, gradient), which the callers check against the naive reference and finite
+/// differences: equal within 1e-12 (the BLAS sums the same products in other pieces). Where T
+/// splits (at least two blocks), the products must do less work (FLOPs the Blas counts).
+void check_causal_blocks(View3<double> vqkv, View3<double> gout, int NH, int KV,
+                         Kokkos::View<int*, Layout, MemSpace> pos = {}) {
+  const int B = int(vqkv.extent(0)), T = int(vqkv.extent(1)), W = int(vqkv.extent(2)), C = int(gout.extent(2));
+  V want[3];
+  double whole_flops = 0;
+  int checked = 0;
+  for (const int cb : {0, 4, 5}) {
+    CAPTURE(cb);
+    Blas blas;
+    blas.set_timing(true);
+    View3<double> out("out", B, T, C), g("g", B, T, W);
+    View4<double> att("att", B, NH, T, T), scratch("scratch", B, NH, T, T);
+    Kokkos::deep_copy(att, 7.0);  // blocks above the diagonal are not computed: no stale value may leak
+    Kokkos::deep_copy(scratch, 7.0);
+    attention_forward(blas, out, att, vqkv, NH, KV, pos, cb);
+    attention_backward(blas, g, scratch, gout, vqkv, att, NH, KV, cb);
+    const V got[3] = {to_vec(out), to_vec(att), to_vec(g)};
+    for (int k = 0; k < 3; ++k) {
+      if (cb == 0) want[k] = got[k];
+      else REQUIRE(max_rel_err(got[k], want[k]) < 1e-12);
+    }
+    double flops = 0;
+    for (const auto& kv : blas.call_times()) flops += kv.second.flops;
+    REQUIRE(flops > 0);
+    if (cb == 0) whole_flops = flops;
+    else if (T >= 2 * cb) REQUIRE(flops < 0.9 * whole_flops);
+    else REQUIRE(flops == whole_flops);
+    ++checked;
+  }
+  REQUIRE(checked == 3);
+}
+}  // namespace
+
 TEST_CASE("attention forward matches the naive reference and backward matches finite differences", "[kernels][attention]") {
   Blas blas;
   for (const auto& shape : {std::tuple{2, 5, 6, 2}, std::tuple{1, 1, 1, 1}, std::tuple{1, 13, 9, 3}}) {
@@ -509,6 +547,7 @@ TEST_CASE("attention forward matches the naive reference and backward matches fi
     attention_backward(blas, gqkv, scratch, gout, vqkv, att, NH);
     auto J = [&](const V& x) { return dot(naive_attention(x, B, T, C, NH), wout); };
     REQUIRE(max_rel_err(to_vec(gqkv), finite_diff(qkv, J)) < kGradTol);
+    check_causal_blocks(vqkv, gout, NH, NH);
   }
 }
 
@@ -565,6 +604,7 @@ TEST_CASE("grouped-query attention (matrix kernel) matches the naive reference a
     attention_backward(blas, gqkv, scratch, gout, vqkv, att, NH, KV);
     auto J = [&](const V& x) { return dot(naive_attention(x, B, T, C, NH, KV), wout); };
     REQUIRE(max_rel_err(to_vec(gqkv), finite_diff(qkv, J)) < kGradTol);
+    check_causal_blocks(vqkv, gout, NH, KV);
   }
 }
 
@@ -645,6 +685,7 @@ TEST_CASE("document-masked attention (matrix and tiled) matches the naive refere
       const V fd = finite_diff(qkv, J);
       REQUIRE(max_rel_err(to_vec(gqkv), fd) < kGradTol);
       REQUIRE(max_rel_err(to_vec(tgqkv), fd) < kGradTol);
+      check_causal_blocks(vqkv, gout, NH, KV, vpos);
     }
 }
 
