@@ -2,9 +2,9 @@
 
 #include <cmath>
 #include <stdexcept>
-#include <type_traits>
 
 #include "tapestry/kernels/math.hpp"
+#include "team.hpp"
 
 namespace tapestry::kernels {
 
@@ -54,7 +54,7 @@ KOKKOS_INLINE_FUNCTION void load_key_tile(const Member& tm, const In3<T>& qkv, i
 /// views in the inner loops kept them from vectorizing on hosts). On hosts 8 partial sums, so the
 /// loop vectorizes; on GPUs one thread's running sum as before.
 template <class T> KOKKOS_INLINE_FUNCTION T dot(const T* a, const T* b, int n) {
-  if constexpr (std::is_same_v<ExecSpace::memory_space, Kokkos::HostSpace>) {
+  if constexpr (detail::kHostTeams) {
     T lane[8] = {};
     int d = 0;
     for (; d + 8 <= n; d += 8)
