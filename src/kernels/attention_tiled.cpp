@@ -55,12 +55,7 @@ KOKKOS_INLINE_FUNCTION void load_key_tile(const Member& tm, const In3<T>& qkv, i
 /// loop vectorizes; on GPUs one thread's running sum as before.
 template <class T> KOKKOS_INLINE_FUNCTION T dot(const T* a, const T* b, int n) {
   if constexpr (detail::kHostTeams) {
-    T lane[8] = {};
-    int d = 0;
-    for (; d + 8 <= n; d += 8)
-      for (int j = 0; j < 8; ++j) lane[j] += a[d + j] * b[d + j];
-    for (; d < n; ++d) lane[0] += a[d] * b[d];
-    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+    return detail::lane_sum<T>(0, n, [&](int d) { return a[d] * b[d]; });
   } else {
     T acc = 0;
     for (int d = 0; d < n; ++d) acc += a[d] * b[d];

@@ -1,7 +1,6 @@
 #include "tapestry/kernels/layernorm.hpp"
 
-#include <stdexcept>
-
+#include "norm_params.hpp"
 #include "tapestry/kernels/math.hpp"
 #include "team.hpp"
 
@@ -39,9 +38,7 @@ template <class T>
 void layernorm_backward(const ExecSpace& exec, View2<T> dinp, View1<T> dweight, View1<T> dbias,
                         In2<T> dout, In2<T> inp, In1<T> weight, In1<T> mean, In1<T> rstd, View2<T> scratch) {
   const int N = int(inp.extent(0)), C = int(inp.extent(1));
-  const int NB = int(norm_scratch_rows(std::size_t(N)));
-  if (int(scratch.extent(0)) < NB || int(scratch.extent(1)) < 2 * C)
-    throw std::invalid_argument("tapestry::layernorm_backward: scratch is not (norm_scratch_rows(N), 2 C)");
+  detail::check_norm_scratch("tapestry::layernorm_backward", N, C, scratch);
   const T* const w = weight.data();
   // dinp: one row per work item.
   Kokkos::parallel_for(
@@ -58,35 +55,17 @@ void layernorm_backward(const ExecSpace& exec, View2<T> dinp, View1<T> dweight, 
           dx[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
         });
       });
-  // dweight, dbias: each block of rows sums its columns (consecutive threads, consecutive
-  // columns) into the scratch, then each column sums the blocks in order.
+  // dweight, dbias: sums over the rows in two passes (norm_params.hpp).
   const std::size_t ldx = inp.stride_0(), ldg = dout.stride_0();
   const T *const x0 = inp.data(), *const g0 = dout.data(), *const mu = mean.data(), *const rs = rstd.data();
-  Kokkos::parallel_for(
-      "tapestry::layernorm_backward_params", detail::team_per_row(exec, NB), KOKKOS_LAMBDA(const detail::Member& tm) {
-        const int b = tm.league_rank(), n0 = b * kNormRowBlock, n1 = n0 + kNormRowBlock < N ? n0 + kNormRowBlock : N;
-        T* const part = &scratch(b, 0);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) {
-          T dw = 0, db = 0;
-          for (int n = n0; n < n1; ++n) {
-            const T g = g0[std::size_t(n) * ldg + std::size_t(c)];
-            dw += (x0[std::size_t(n) * ldx + std::size_t(c)] - mu[n]) * rs[n] * g;
-            db += g;
-          }
-          part[c] = dw;
-          part[C + c] = db;
-        });
-      });
-  Kokkos::parallel_for(
-      "tapestry::layernorm_backward_params_sum", Kokkos::RangePolicy<ExecSpace>(exec, 0, C), KOKKOS_LAMBDA(int c) {
-        T dw = 0, db = 0;
-        for (int b = 0; b < NB; ++b) {
-          dw += scratch(b, c);
-          db += scratch(b, C + c);
-        }
-        dweight(c) += dw;
-        dbias(c) += db;
-      });
+  detail::column_sums<2>(
+      exec, "tapestry::layernorm_backward_params", N, C, scratch,
+      KOKKOS_LAMBDA(int n, int c, T(&acc)[2]) {
+        const T g = g0[std::size_t(n) * ldg + std::size_t(c)];
+        acc[0] += (x0[std::size_t(n) * ldx + std::size_t(c)] - mu[n]) * rs[n] * g;
+        acc[1] += g;
+      },
+      dweight, dbias);
 }
 
 #define TAPESTRY_INSTANTIATE(T)                                                                  \

@@ -1,7 +1,6 @@
 #include "tapestry/kernels/rmsnorm.hpp"
 
-#include <stdexcept>
-
+#include "norm_params.hpp"
 #include "tapestry/kernels/math.hpp"
 #include "team.hpp"
 
@@ -33,9 +32,7 @@ template <class T>
 void rmsnorm_backward(const ExecSpace& exec, View2<T> dinp, View1<T> dweight, In2<T> dout, In2<T> inp,
                       In1<T> weight, In1<T> rstd, View2<T> scratch) {
   const int N = int(inp.extent(0)), C = int(inp.extent(1));
-  const int NB = int(norm_scratch_rows(std::size_t(N)));
-  if (int(scratch.extent(0)) < NB || int(scratch.extent(1)) < 2 * C)
-    throw std::invalid_argument("tapestry::rmsnorm_backward: scratch is not (norm_scratch_rows(N), 2 C)");
+  detail::check_norm_scratch("tapestry::rmsnorm_backward", N, C, scratch);
   const T* const w = weight.data();
   // dinp: one row per team.
   Kokkos::parallel_for(
@@ -47,26 +44,15 @@ void rmsnorm_backward(const ExecSpace& exec, View2<T> dinp, View1<T> dweight, In
         const T m = detail::team_sum<T>(tm, C, [&](int c) { return w[c] * g[c] * x[c]; }) / T(C);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) { dx[c] += s * (w[c] * g[c] - x[c] * s * s * m); });
       });
-  // dweight: blocks of rows into the scratch, then the blocks in order (layernorm_backward's way).
+  // dweight: a sum over the rows in two passes (norm_params.hpp).
   const std::size_t ldx = inp.stride_0(), ldg = dout.stride_0();
   const T *const x0 = inp.data(), *const g0 = dout.data(), *const rs = rstd.data();
-  Kokkos::parallel_for(
-      "tapestry::rmsnorm_backward_weight", detail::team_per_row(exec, NB), KOKKOS_LAMBDA(const detail::Member& tm) {
-        const int b = tm.league_rank(), n0 = b * kNormRowBlock, n1 = n0 + kNormRowBlock < N ? n0 + kNormRowBlock : N;
-        T* const part = &scratch(b, 0);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) {
-          T dw = 0;
-          for (int n = n0; n < n1; ++n)
-            dw += g0[std::size_t(n) * ldg + std::size_t(c)] * x0[std::size_t(n) * ldx + std::size_t(c)] * rs[n];
-          part[c] = dw;
-        });
-      });
-  Kokkos::parallel_for(
-      "tapestry::rmsnorm_backward_weight_sum", Kokkos::RangePolicy<ExecSpace>(exec, 0, C), KOKKOS_LAMBDA(int c) {
-        T dw = 0;
-        for (int b = 0; b < NB; ++b) dw += scratch(b, c);
-        dweight(c) += dw;
-      });
+  detail::column_sums<1>(
+      exec, "tapestry::rmsnorm_backward_weight", N, C, scratch,
+      KOKKOS_LAMBDA(int n, int c, T(&acc)[1]) {
+        acc[0] += g0[std::size_t(n) * ldg + std::size_t(c)] * x0[std::size_t(n) * ldx + std::size_t(c)] * rs[n];
+      },
+      dweight);
 }
 
 template <class T>

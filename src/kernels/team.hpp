@@ -54,21 +54,25 @@ template <class T, class F> KOKKOS_INLINE_FUNCTION T team_max(const Member& m, i
   return n > 0 ? r : init;
 }
 
+/// sum over [i0, i1) of f(i) in kLanes partial sums, added pairwise at the end: a loop that
+/// vectorizes on hosts (one thread's work; team_sum's blocks and the tiled attention's dot products).
+template <class T, class F> KOKKOS_INLINE_FUNCTION T lane_sum(int i0, int i1, const F& f) {
+  static_assert(kLanes == 8, "the pairwise sum below adds 8 lanes");
+  T lane[kLanes] = {};
+  int i = i0;
+  for (; i + kLanes <= i1; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lane[j] += f(i + j);
+  for (; i < i1; ++i) lane[0] += f(i);
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
 /// sum over [0, n) of f(i), on every thread of the team. f is called once per i (it may store).
 template <class T, class F> KOKKOS_INLINE_FUNCTION T team_sum(const Member& m, int n, const F& f) {
   T r = 0;
   if constexpr (kHostTeams) {
     Kokkos::parallel_reduce(
         Kokkos::TeamThreadRange(m, (n + kBlock - 1) / kBlock),
-        [&](int b, T& acc) {
-          const int i0 = b * kBlock, i1 = i0 + kBlock < n ? i0 + kBlock : n;
-          T lane[kLanes] = {};
-          int i = i0;
-          for (; i + kLanes <= i1; i += kLanes)
-            for (int j = 0; j < kLanes; ++j) lane[j] += f(i + j);
-          for (; i < i1; ++i) lane[0] += f(i);
-          acc += ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-        },
+        [&](int b, T& acc) { acc += lane_sum<T>(b * kBlock, b * kBlock + kBlock < n ? b * kBlock + kBlock : n, f); },
         r);
   } else {
     Kokkos::parallel_reduce(Kokkos::TeamThreadRange(m, n), [&](int i, T& acc) { acc += f(i); }, r);
