@@ -335,6 +335,66 @@ TEST_CASE("the output layer's backward run in forward() equals it run in backwar
   REQUIRE(norm > 0);
 }
 
+TEST_CASE("grad_ready_after names a layer after whose backward no gradient in the range changes", "[model][overlap]") {
+  // What --overlap-grad-reduce relies on: a bucket starts its sum once backward has passed the
+  // layer grad_ready_after() names for it. The second micro-batch's backward snapshots the
+  // gradients at each layer_done hook; every element must end equal to the snapshot taken at its
+  // layer (bitwise), and a range's layer is the lowest of its elements' (-1 if any is -1).
+  const std::string which = GENERATE("gpt2", "llama", "xielu");
+  CAPTURE(which);
+  ModelConfig m = tiny_spec(which);
+  m.n_layer = 3;
+  const int B = 2, T = 8;
+  std::vector<int> in(B * T), tg(B * T);
+  for (int i = 0; i < B * T; ++i) in[std::size_t(i)] = (7 * i + 3) % m.vocab_size, tg[std::size_t(i)] = (5 * i + 1) % m.vocab_size;
+  model::GPT gpt(m, B, T);
+  gpt.init_random(5);
+  kernels::Blas blas;
+  auto host = [&] {
+    Kokkos::fence();
+    const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), gpt.grads());
+    return std::vector<float>(h.data(), h.data() + h.extent(0));
+  };
+  gpt.zero_grad();
+  gpt.forward(blas, in, tg, 0.5);
+  gpt.backward(blas, 0.5);
+  const auto first = host();
+  std::vector<std::vector<float>> at(std::size_t(m.n_layer));
+  std::vector<int> order;
+  gpt.set_layer_done([&](int l) {
+    order.push_back(l);
+    at[std::size_t(l)] = host();
+  });
+  std::rotate(tg.begin(), tg.begin() + 3, tg.end());
+  gpt.forward(blas, in, tg, 0.5);
+  gpt.backward(blas, 0.5);
+  gpt.set_layer_done(nullptr);
+  const auto last = host();
+  REQUIRE(order == std::vector<int>{2, 1, 0});
+  const std::size_t n = gpt.num_params();
+  std::vector<int> ready(n);
+  std::size_t early_changed = 0, per_layer[3] = {0, 0, 0};
+  for (std::size_t i = 0; i < n; ++i) {
+    const int r = ready[i] = gpt.grad_ready_after(i, i + 1);
+    REQUIRE(r >= -1);
+    REQUIRE(r < m.n_layer);
+    if (r < 0) continue;
+    ++per_layer[r];
+    REQUIRE(last[i] == at[std::size_t(r)][i]);  // false for NaN
+    if (last[i] != first[i]) ++early_changed;
+  }
+  CAPTURE(early_changed, per_layer[0], per_layer[1], per_layer[2]);
+  REQUIRE(early_changed > n / 2);  // the check had something to catch
+  for (std::size_t c : per_layer) REQUIRE(c > 0);
+  REQUIRE(std::count(ready.begin(), ready.end(), -1) > 0);  // the embedding
+  for (std::size_t lo = 0; lo < n; lo += 997) {
+    const std::size_t hi = std::min(n, lo + 1500);
+    int expect = m.n_layer - 1;
+    for (std::size_t i = lo; i < hi; ++i) expect = ready[i] < 0 || expect < 0 ? -1 : std::min(expect, ready[i]);
+    REQUIRE(gpt.grad_ready_after(lo, hi) == expect);
+  }
+}
+
 TEST_CASE("padded vocabulary rows never receive probability or gradient", "[model]") {
   model::GPT gpt(tiny(), 1, 4);
   gpt.init_random(3);

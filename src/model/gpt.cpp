@@ -716,6 +716,26 @@ std::vector<float> GPT::logits(const kernels::Blas& blas) const {
   return r;
 }
 
+int GPT::grad_ready_after(std::size_t lo, std::size_t hi) const {
+  const int top = stage_.num_layers - 1;
+  int ready = top;
+  for (const auto& p : partial_)
+    if (p.offset < hi && lo < p.offset + p.size) return -1;  // summed over TP at the end
+  for (std::size_t i = 0; i < layout_.size(); ++i) {
+    const auto& t = layout_[i];
+    if (t.size == 0 || t.offset >= hi || lo >= t.offset + t.size) continue;
+    const int idx = int(i);
+    if (t.per_layer) {
+      ready = std::min(ready, int((std::max(lo, t.offset) - t.offset) / t.layer_size()));
+    } else if (idx == slot_.lnfw || idx == slot_.lnfb || (idx == slot_.output && idx != slot_.wte)) {
+      // written in forward() (the output layer's backward) or at the start of backward()
+    } else {
+      return -1;  // embeddings: at the end
+    }
+  }
+  return ready;
+}
+
 void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   using namespace kernels;
   const auto& ex = blas.exec();
@@ -810,6 +830,7 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     if (l > 0) fetch(x, &LayerCopies::res3, c ? &copies_[std::size_t(l - 1)] : nullptr);
     norm_backward(ex, dres_, dtmpc_, x, a.ln1_mean, a.ln1_rstd, S.ln1w, S.ln1b, l);
     // dres holds d(x), the layer input.
+    if (layer_done_) layer_done_(l);
   }
   if (stage_.embed) {
     output_grad(dres_, dresf_);

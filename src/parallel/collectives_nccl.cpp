@@ -5,6 +5,7 @@
 #include <string>
 
 #include "tapestry/core/error.hpp"
+#include "tapestry/core/views.hpp"
 #include "tapestry/parallel/collectives.hpp"
 
 namespace tapestry::parallel {
@@ -18,6 +19,16 @@ void check(cudaError_t r, const char* what) {
   if (r != cudaSuccess) throw LibraryError(std::string("CUDA ") + what + ": " + cudaGetErrorString(r));
 }
 
+/// The stream Tapestry's kernels run on: Kokkos' (the legacy default stream in a build whose
+/// Kokkos does not run on CUDA, where NCCL is never used).
+cudaStream_t compute_stream() {
+#ifdef KOKKOS_ENABLE_CUDA
+  return ExecSpace().cuda_stream();
+#else
+  return nullptr;
+#endif
+}
+
 class NcclCollectives final : public Collectives {
  public:
   explicit NcclCollectives(const Comm& comm) : rank_(comm.rank()), size_(comm.size()) {
@@ -26,8 +37,12 @@ class NcclCollectives final : public Collectives {
     MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, comm.get());
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     check(ncclCommInitRank(&comm_, size_, id, rank_), "ncclCommInitRank");
+    check(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming), "cudaEventCreate");
+    check(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreate");
   }
   ~NcclCollectives() override {
+    if (ready_) cudaEventDestroy(ready_);
+    if (done_) cudaEventDestroy(done_);
     if (comm_) ncclCommDestroy(comm_);
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -68,13 +83,35 @@ class NcclCollectives final : public Collectives {
     sync_out();
   }
 
+  // Started: the communication stream waits for an event on Kokkos' stream (the work issued
+  // before), and wait_started() makes Kokkos' stream wait for the communication stream. The host
+  // never blocks here.
+  void start_all_reduce_sum(float* buf, std::size_t n) override {
+    after_compute();
+    check(ncclAllReduce(buf, buf, n, ncclFloat32, ncclSum, comm_, stream_), "ncclAllReduce");
+  }
+  void start_reduce_sum(const float* send, float* recv, std::size_t n, int root) override {
+    after_compute();
+    check(ncclReduce(send, rank_ == root ? recv : nullptr, n, ncclFloat32, ncclSum, root, comm_, stream_), "ncclReduce");
+  }
+  void wait_started() override {
+    check(cudaEventRecord(done_, stream_), "cudaEventRecord");
+    check(cudaStreamWaitEvent(compute_stream(), done_, 0), "cudaStreamWaitEvent");
+  }
+  const char* started_on() const override { return "the communication stream"; }
+
  private:
   void sync_in() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
   void sync_out() { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+  void after_compute() {
+    check(cudaEventRecord(ready_, compute_stream()), "cudaEventRecord");
+    check(cudaStreamWaitEvent(stream_, ready_, 0), "cudaStreamWaitEvent");
+  }
 
   int rank_, size_;
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
+  cudaEvent_t ready_ = nullptr, done_ = nullptr;
 };
 
 }  // namespace

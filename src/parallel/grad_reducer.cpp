@@ -1,8 +1,10 @@
 #include "tapestry/parallel/grad_reducer.hpp"
 
 #include <algorithm>
+#include <numeric>
 
 #include "tapestry/core/error.hpp"
+#include "tapestry/core/views.hpp"
 
 namespace tapestry::parallel {
 
@@ -41,6 +43,59 @@ void FlatReducer::all_gather(float* params, std::size_t n) {
   require(n % p == 0, "all_gather: buffer not divisible by the group size");
   if (p > 1) count(n, 1.0);
   if (p > 1) coll_.all_gather_inplace(params, n / p);
+}
+
+void FlatReducer::overlap(std::unique_ptr<Collectives> started, std::size_t n,
+                          const std::function<int(std::size_t, std::size_t)>& ready_after) {
+  require(started && started->size() == coll_.size(), "FlatReducer::overlap: collectives over another group");
+  started_ = std::move(started);
+  n_ = n;
+  ready_.clear();
+  for (std::size_t off = 0; off < n; off += bucket_elems_) ready_.push_back(ready_after(off, std::min(n, off + bucket_elems_)));
+  // Backward completes the highest layers first; at equal readiness, flat order.
+  order_.resize(ready_.size());
+  std::iota(order_.begin(), order_.end(), std::size_t(0));
+  std::stable_sort(order_.begin(), order_.end(), [&](std::size_t a, std::size_t b) { return ready_[a] > ready_[b]; });
+}
+
+void FlatReducer::begin(float* grads, float* shard) {
+  require(overlapped(), "FlatReducer::begin: overlap() was not called");
+  require(grads_ == nullptr, "FlatReducer::begin: the previous step's sum was not finished");
+  grads_ = grads, shard_ = shard, next_ = 0;
+}
+
+void FlatReducer::start(std::size_t b) {
+  const std::size_t lo = b * bucket_elems_, len = std::min(bucket_elems_, n_ - lo);
+  if (coll_.size() == 1) {  // the sum over one rank: the gradients themselves
+    if (shard_ != nullptr) Kokkos::deep_copy(ExecSpace(), View1<float>(shard_ + lo, len), View1<float>(grads_ + lo, len));
+    return;
+  }
+  if (shard_ == nullptr) {
+    count(len, 2.0);
+    started_->start_all_reduce_sum(grads_ + lo, len);
+    return;
+  }
+  count(len, 1.0);
+  const std::size_t s = n_ / std::size_t(coll_.size());
+  for (std::size_t r = lo / s; r * s < lo + len; ++r) {
+    const std::size_t a = std::max(lo, r * s), e = std::min(lo + len, (r + 1) * s);
+    const bool mine = int(r) == coll_.rank();
+    started_->start_reduce_sum(grads_ + a, mine ? shard_ + (a - r * s) : nullptr, e - a, int(r));
+  }
+}
+
+void FlatReducer::layer_done(int l) {
+  require(grads_ != nullptr, "FlatReducer::layer_done: no step begun");
+  while (next_ < order_.size() && ready_[order_[next_]] >= l) start(order_[next_++]);
+}
+
+std::size_t FlatReducer::finish() {
+  require(grads_ != nullptr, "FlatReducer::finish: no step begun");
+  const std::size_t early = next_;
+  while (next_ < order_.size()) start(order_[next_++]);
+  grads_ = shard_ = nullptr;
+  started_->wait_started();
+  return early;
 }
 
 }  // namespace tapestry::parallel

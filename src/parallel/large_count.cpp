@@ -21,6 +21,15 @@ void all_reduce_sum(void* buf, std::size_t n, MPI_Datatype type, std::size_t byt
     MPI_Allreduce(MPI_IN_PLACE, at(buf, off, bytes), int(std::min(kMaxCount, n - off)), type, MPI_SUM, comm);
 }
 
+void reduce_sum(const void* send, void* recv, std::size_t n, MPI_Datatype type, std::size_t bytes, int root,
+                MPI_Comm comm) {
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+  for (std::size_t off = 0; off < n; off += kMaxCount)
+    MPI_Reduce(at(send, off, bytes), rank == root ? at(recv, off, bytes) : nullptr, int(std::min(kMaxCount, n - off)),
+               type, MPI_SUM, root, comm);
+}
+
 void reduce_scatter_sum(const void* send, void* recv, std::size_t n, MPI_Datatype type, std::size_t bytes,
                         MPI_Comm comm) {
   if (n <= kMaxCount) {

@@ -136,7 +136,16 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   OptimConfig oc;
   optim::AdamW adamw(oc, gpt.tensors(), 0, gpt.padded_size());
   auto coll = parallel::make_collectives(parallel::parse_backend("auto"), grid.dp());
-  parallel::FlatReducer reducer(*coll, std::size_t(25) << 20);
+  require(cfg.bucket_mb > 0, "bench step: --bucket-mb must be > 0 (got " + fmt("%g", cfg.bucket_mb) + ")");
+  parallel::Comm overlap_comm;  // the DP group again, for the started sums alone
+  parallel::FlatReducer reducer(*coll, std::size_t(cfg.bucket_mb * (1 << 20)));
+  const bool overlap = cfg.overlap_grad_reduce && dp > 1;
+  if (overlap) {
+    overlap_comm = grid.dp().split(0, grid.dp().rank());
+    reducer.overlap(parallel::make_collectives(parallel::parse_backend("auto"), overlap_comm), gpt.padded_size(),
+                    [&gpt](std::size_t lo, std::size_t hi) { return gpt.grad_ready_after(lo, hi); });
+    gpt.set_layer_done([&reducer](int l) { reducer.layer_done(l); });
+  }
   std::mt19937 rng(unsigned(cfg.seed) + unsigned(grid.dp().rank()));  // TP ranks share their batch
   std::uniform_int_distribution<int> tok(0, cfg.model.vocab_size - 1);
   std::vector<int> in(std::size_t(B) * T), tg(in.size());
@@ -157,11 +166,13 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
     ex.fence();
     const double f = since(t0);
     auto t1 = Clock::now();
+    if (overlap) reducer.begin(gpt.grads().data(), nullptr);
     gpt.backward(blas, 1.0);
     ex.fence();
     const double b = since(t1);
     auto t2 = Clock::now();
-    reducer.all_reduce_sum(gpt.grads().data(), gpt.padded_size());
+    if (overlap) reducer.finish();  // what is left: the last buckets and the wait
+    else reducer.all_reduce_sum(gpt.grads().data(), gpt.padded_size());
     ex.fence();
     const double c = since(t2);
     auto t3 = Clock::now();
@@ -191,7 +202,10 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
       << ", dp=" << dp << "; " << cfg.precision << (cfg.precision == "bf16" ? " products on " + blas.bf16_engine() : std::string())
       << (opt.bf16_activations ? ", activations stored in bf16" : "") << "; " << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
       << "  ms/step " << fmt("%.1f", r.ms_per_step) << "  (forward and the output layer's backward " << fmt("%.1f", r.forward_ms)
-      << ", backward " << fmt("%.1f", r.backward_ms) << ", all-reduce " << fmt("%.1f", r.comm_ms)
+      << ", backward " << fmt("%.1f", r.backward_ms)
+      << (overlap ? ", all-reduce left after backward (" + std::to_string(reducer.buckets()) + " buckets overlapped, on " + reducer.started_on() + ") "
+                  : std::string(", all-reduce "))
+      << fmt("%.1f", r.comm_ms)
       << ", grad-norm+AdamW " << fmt("%.1f", r.update_ms)
       << "; BLAS " << fmt("%.1f", r.gemm_ms) << " = " << fmt("%.0f", 100 * r.gemm_ms / r.ms_per_step) << "%)\n"
       << "  tokens/s " << fmt("%.0f", r.tokens_per_s) << "  GFLOP/s " << fmt("%.1f", r.gflops) << "  MFU "
@@ -227,6 +241,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
                     ",\"spec\":\"" + spec_string(cfg.model) + "\",\"flops_per_token\":" + fmt("%.6g", cfg.model.flops_per_token(T)) +
                     ",\"batch_size\":" + std::to_string(B) + ",\"seq_len\":" + std::to_string(T) +
                     ",\"ranks\":" + std::to_string(P) + ",\"comm_ms\":" + fmt("%.3f", r.comm_ms) +
+                    ",\"overlap_grad_reduce\":" + (overlap ? "true" : "false") +
                     ",\"ms_per_step\":" + fmt("%.3f", r.ms_per_step) + ",\"forward_ms\":" + fmt("%.3f", r.forward_ms) +
                     ",\"backward_ms\":" + fmt("%.3f", r.backward_ms) + ",\"update_ms\":" + fmt("%.3f", r.update_ms) +
                     ",\"blas_ms\":" + fmt("%.3f", r.gemm_ms) + ",\"tokens_per_s\":" + fmt("%.1f", r.tokens_per_s) +

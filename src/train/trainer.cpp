@@ -180,7 +180,9 @@ struct Run {
   std::unique_ptr<parallel::SiteMesh> mesh;  // elastic federation, on the site's first rank
   bool elastic = false;   // elastic federation: this job is one site; sites meet over TCP
   bool rejoined = false;  // this site rejoined a running elastic federation (at start_step)
+  parallel::Comm overlap_comm;  ///< --overlap-grad-reduce: the DP group again, for the started sums alone
   std::unique_ptr<parallel::GradReducer> reducer;
+  parallel::FlatReducer* overlapped = nullptr;  ///< the reducer, when it overlaps backward
   std::uint64_t xsite_seen = 0;  // cross-site bytes counted so far
   int site = 0;
   bool federated = false;  // this job is one site of a federated run: per-site checkpoints
@@ -455,6 +457,13 @@ void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& o
       std::vector<int> site_of(static_cast<std::size_t>(dp));
       MPI_Allgather(&r.site, 1, MPI_INT, site_of.data(), 1, MPI_INT, grid.dp().get());
       flat->set_next_rank_across_sites(site_of[std::size_t((drank + 1) % dp)] != r.site);
+    }
+    if (pc.overlap_grad_reduce && dp > 1) {
+      r.overlap_comm = grid.dp().split(0, drank);
+      const model::GPT& g = *r.gpt;
+      flat->overlap(parallel::make_collectives(backend, r.overlap_comm), n,
+                    [&g](std::size_t lo, std::size_t hi) { return g.grad_ready_after(lo, hi); });
+      r.overlapped = flat.get();
     }
     r.reducer = std::move(flat);
   }
@@ -787,7 +796,10 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
         << fmt("%.1f", 100 * parallel::bubble_fraction(grid.layout().pp(), cfg.grad_accum)) << "%\n";
   }
   if (r.sites && !r.diloco && cfg.parallel.grad_reduce != "hierarchical") out << "sites: " << r.sites->describe() << "\n";
-  if (dp > 1) out << "gradients: " << r.reducer->describe() << (r.diloco ? " (inside each site)" : "") << "\n";
+  if (dp > 1)
+    out << "gradients: " << r.reducer->describe() << (r.diloco ? " (inside each site)" : "")
+        << (r.overlapped ? ", overlapped with backward: " + std::to_string(r.overlapped->buckets()) + " buckets started as their layers finish, on " + r.overlapped->started_on() : std::string())
+        << "\n";
   if (r.diloco) out << r.diloco->describe() << "\n";
   // Saving, resuming and stopping also show in every federated site's own job log (its scripts act on them).
   const bool site_first = r.federated && r.sites->site_ranks().rank() == 0;
@@ -886,8 +898,13 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
         for (int micro = 0; micro < cfg.grad_accum; ++micro) {
           r.train_loader->next_batch(in, tg);
           loss += gpt.forward(blas, in, tg, 1.0 / cfg.grad_accum) / cfg.grad_accum;
+          if (r.overlapped && micro + 1 == cfg.grad_accum) {  // the last backward: buckets start as layers finish
+            r.overlapped->begin(grads.data(), zero ? r.grad_shard.data() : nullptr);
+            gpt.set_layer_done([&r](int l) { r.overlapped->layer_done(l); });
+          }
           gpt.backward(blas, 1.0 / cfg.grad_accum);
         }
+        gpt.set_layer_done(nullptr);
       }
       ex.fence();
       if (r.site == cfg.parallel.emulate_slow_site)  // benchmarks: a slower machine
@@ -900,7 +917,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       const int nred = red.size();
       double sumsq = 0;
       const double xsite_before = r.reducer->cross_site_seconds();
-      if (zero) r.reducer->reduce_scatter_sum(grads.data(), r.grad_shard.data(), n);
+      if (r.overlapped) r.overlapped->finish();  // the buckets not started yet, then the wait
+      else if (zero) r.reducer->reduce_scatter_sum(grads.data(), r.grad_shard.data(), n);
       else r.reducer->all_reduce_sum(grads.data(), n);
       if (r.sites && !r.diloco)  // the flat ring spans sites: all of it waits on the WAN
         rec.xsite_wait_ms = 1e3 * (cfg.parallel.grad_reduce == "hierarchical" ? r.reducer->cross_site_seconds() - xsite_before

@@ -113,6 +113,7 @@ struct ParallelConfig {
   int dp = 0;                 ///< data-parallel ranks; 0: world / (tp * pp)
   int zero = 0;               ///< 1: shard AdamW state over DP (ZeRO-1)
   double bucket_mb = 25.0;    ///< gradient all-reduce bucket, MiB
+  bool overlap_grad_reduce = false;  ///< start each bucket's sum while backward still runs
   std::string collectives = "auto";  ///< mpi, nccl or auto
   std::string grad_reduce = "flat";  ///< flat or hierarchical (node, site, cross-site)
   int sites = 1;              ///< sites in this job: contiguous blocks of DP ranks (or TAPESTRY_SITE)
@@ -231,6 +232,8 @@ struct BenchStepConfig {
   std::string precision = "fp32";  ///< as TrainConfig::precision
   std::string activations = "fp32";  ///< as TrainConfig::activations
   bool kernel_times = false;       ///< time every Kokkos kernel (fenced) and list them
+  bool overlap_grad_reduce = false;  ///< as ParallelConfig::overlap_grad_reduce
+  double bucket_mb = 25.0;         ///< gradient all-reduce bucket, MiB
   int batch_size = 4;
   int seq_len = 64;
   int warmup = 2;

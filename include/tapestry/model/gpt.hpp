@@ -197,6 +197,15 @@ class GPT {
   /// A stage without the head starts from output_grad() (d loss / d stage_output()), filled by the
   /// caller; a stage without the embedding leaves d loss / d stage_input() in input_grad().
   void backward(const kernels::Blas& blas, double loss_scale);
+  /// Called by backward() once it has issued the work of each layer (this stage's index, from the
+  /// last down), e.g. to start summing the gradients complete by then over the DP group while
+  /// the lower layers' backward runs (parallel::FlatReducer::layer_done). Empty: none.
+  void set_layer_done(std::function<void(int)> f) { layer_done_ = std::move(f); }
+  /// The layer (this stage's index) after whose backward() work no gradient in [lo, hi) of the flat
+  /// buffer changes any more, or -1 where one changes only at the end of backward(): embeddings
+  /// (also a tied output layer), and gradients summed over the TP group. The final norm and an
+  /// untied output layer are complete before the layers' backward: their range gives the top layer.
+  int grad_ready_after(std::size_t lo, std::size_t hi) const;
   /// Pipeline stage boundaries, (rows, C): rows = B*T, or B*T / tp with sequence parallelism.
   View2<float> stage_input() const { return encoded_; }
   View2<float> stage_output() const { return layers_.empty() ? encoded_ : layers_.back().res3; }
@@ -285,6 +294,7 @@ class GPT {
   // loss scale its backward ran with in forward() (d loss / d lnf_ is then in dtmp_); none if not.
   int logit_rows_ = 0;
   std::optional<double> head_scale_;
+  std::function<void(int)> layer_done_;  // see set_layer_done()
   /// The output layer and the cross-entropy over all rows, chunk by chunk: losses_, and with
   /// `scale` the output weight's gradient and d loss / d lnf_ (into dtmp_).
   void head(const kernels::Blas& blas, std::optional<double> scale);

@@ -29,6 +29,23 @@ class Collectives {
   virtual void broadcast(float* buf, std::size_t n, int root) = 0;
   virtual void send(const float* buf, std::size_t n, int peer) = 0;
   virtual void recv(float* buf, std::size_t n, int peer) = 0;
+
+  /// Started collectives (gradient buckets while backward runs): each call returns before its
+  /// collective is done; wait_started() returns when every one started so far is, and raises the
+  /// first error. Each runs after the device work issued before its call, and they run in the order
+  /// started; every rank must start the same ones in the same order. The buffers stay untouched by
+  /// the caller until wait_started(), and the caller makes no other call on this object meanwhile.
+  /// - MPI: on a thread of this object, over host memory (`MPI_THREAD_MULTIPLE`); where the build's
+  ///   memory is not host memory, or MPI gives a lower thread level, at once, on the calling thread.
+  /// - NCCL: on the communication stream, after an event recorded on Kokkos' stream; wait_started()
+  ///   makes Kokkos' stream wait for the last one by another event (no device-wide synchronisation).
+  /// buf (n) = sum over ranks, in place.
+  virtual void start_all_reduce_sum(float* buf, std::size_t n) = 0;
+  /// On rank `root`: recv (n) = sum over ranks of send (n); recv is not used on the other ranks.
+  virtual void start_reduce_sum(const float* send, float* recv, std::size_t n, int root) = 0;
+  virtual void wait_started() = 0;
+  /// "a thread", "the communication stream" or "blocking": where started collectives run.
+  virtual const char* started_on() const = 0;
 };
 
 enum class Backend { mpi, nccl };

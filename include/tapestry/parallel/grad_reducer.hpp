@@ -5,8 +5,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "tapestry/parallel/collectives.hpp"
 
@@ -47,12 +49,49 @@ class FlatReducer final : public GradReducer {
   /// Tells the estimate whether this rank's ring neighbour (rank + 1 mod P) is at another site.
   void set_next_rank_across_sites(bool across) { next_across_ = across; }
 
+  /// \name Overlap with backward (`--overlap-grad-reduce`; Megatron-LM's option of that name, the
+  /// buckets of PyTorch's DDP). The buckets are the same ranges of the flat buffer as above. Each
+  /// one starts (Collectives::start_all_reduce_sum) as soon as backward has written the last
+  /// gradient in it, so the sums travel while the earlier layers' backward runs; finish() starts
+  /// the rest and waits. With ZeRO-1 each bucket's piece in a rank's shard is reduced to that rank
+  /// (one reduce per piece), which leaves every rank the sum of its shard, as reduce_scatter_sum.
+  /// Every rank starts the same buckets in the same order: the order follows from the layout.
+  ///@{
+  /// `started`: collectives over the same ranks that this object alone uses (made over a duplicate
+  /// of the communicator, so their thread or stream never meets a call on the caller's).
+  /// `ready_after(lo, hi)`: the layer whose backward writes the last gradient in [lo, hi) (backward
+  /// runs from the last layer down), or -1 where one is written only at the end of backward (the
+  /// embedding, gradients summed over the TP group). `n`: the flat buffer's size.
+  void overlap(std::unique_ptr<Collectives> started, std::size_t n,
+               const std::function<int(std::size_t, std::size_t)>& ready_after);
+  bool overlapped() const { return started_ != nullptr; }
+  /// A step's backward (its last micro-batch) begins: grads (n) will be summed; with ZeRO-1 (shard
+  /// not null) into shard (n / ranks) instead, grads left as they are.
+  void begin(float* grads, float* shard);
+  /// Backward has issued the work of layer l (last to first): starts the buckets complete now.
+  void layer_done(int l);
+  /// After backward: starts the remaining buckets and waits for all. Returns the buckets that
+  /// had started before it was called.
+  std::size_t finish();
+  std::size_t buckets() const { return ready_.size(); }
+  const char* started_on() const { return started_ ? started_->started_on() : "blocking"; }
+  ///@}
+
  private:
   Collectives& coll_;
   std::size_t bucket_elems_;
   bool next_across_ = false;
   std::uint64_t cross_bytes_ = 0;
   void count(std::size_t n, double share);
+  // overlap
+  std::unique_ptr<Collectives> started_;
+  std::size_t n_ = 0;
+  std::vector<int> ready_;  ///< per bucket: ready_after of its range
+  std::size_t next_ = 0;    ///< buckets started in order of readiness: position in order_
+  std::vector<std::size_t> order_;  ///< bucket indices, the ones ready first first
+  float* grads_ = nullptr;
+  float* shard_ = nullptr;
+  void start(std::size_t b);
 };
 
 }  // namespace tapestry::parallel

@@ -19,6 +19,9 @@ constexpr std::size_t kStageElements = std::size_t(1) << 26;
 /// In place: buf (n elements of `type`, `bytes` each) = the sum over the communicator.
 void all_reduce_sum(void* buf, std::size_t n, MPI_Datatype type, std::size_t bytes, MPI_Comm comm);
 /// recv (n) = the sum over ranks of block `rank` of send (size x n).
+/// On `root`: recv (n) = sum over ranks of send (n), in chunks of at most kMaxCount.
+void reduce_sum(const void* send, void* recv, std::size_t n, MPI_Datatype type, std::size_t bytes, int root,
+                MPI_Comm comm);
 void reduce_scatter_sum(const void* send, void* recv, std::size_t n, MPI_Datatype type, std::size_t bytes,
                         MPI_Comm comm);
 /// In place on buf (size x n): every rank's block r becomes rank r's block r.
