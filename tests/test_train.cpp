@@ -387,6 +387,19 @@ TEST_CASE("grad_ready_after names a layer after whose backward no gradient in th
   REQUIRE(early_changed > n / 2);  // the check had something to catch
   for (std::size_t c : per_layer) REQUIRE(c > 0);
   REQUIRE(std::count(ready.begin(), ready.end(), -1) > 0);  // the embedding
+  // grad_pieces: tiles the buffer, and cuts wherever readiness changes
+  const auto pieces = gpt.grad_pieces(700);
+  std::size_t end = 0;
+  for (const auto& [lo, hi] : pieces) {
+    REQUIRE(lo == end);
+    REQUIRE(hi > lo);
+    REQUIRE(hi - lo <= 700);
+    end = hi;
+    if (hi > n) continue;  // the padding
+    for (std::size_t i = lo; i < hi; ++i) REQUIRE(ready[i] == ready[lo]);
+    REQUIRE(gpt.grad_ready_after(lo, hi) == ready[lo]);
+  }
+  REQUIRE(end == gpt.padded_size());
   for (std::size_t lo = 0; lo < n; lo += 997) {
     const std::size_t hi = std::min(n, lo + 1500);
     int expect = m.n_layer - 1;

@@ -736,6 +736,24 @@ int GPT::grad_ready_after(std::size_t lo, std::size_t hi) const {
   return ready;
 }
 
+std::vector<std::pair<std::size_t, std::size_t>> GPT::grad_pieces(std::size_t max_elems) const {
+  require(max_elems > 0, "GPT::grad_pieces: pieces of at least one element");
+  std::vector<std::pair<std::size_t, std::size_t>> out;
+  auto cut = [&](std::size_t lo, std::size_t hi) {
+    for (; lo < hi; lo += std::min(max_elems, hi - lo)) out.emplace_back(lo, lo + std::min(max_elems, hi - lo));
+  };
+  std::size_t at = 0;
+  for (const auto& t : layout_) {
+    if (t.size == 0) continue;
+    require(t.offset == at, "GPT::grad_pieces: the layout has a gap");
+    const std::size_t per = t.per_layer ? t.layer_size() : t.size;
+    for (std::size_t lo = t.offset; lo < t.offset + t.size; lo += per) cut(lo, lo + per);
+    at = t.offset + t.size;
+  }
+  cut(at, padded_size());
+  return out;
+}
+
 void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   using namespace kernels;
   const auto& ex = blas.exec();

@@ -1,8 +1,9 @@
+#include <algorithm>
+#include <chrono>
 #include <climits>
 #include <condition_variable>
 #include <deque>
 #include <exception>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -82,12 +83,15 @@ class MpiCollectives final : public Collectives {
     b.copy_out(ex_);
   }
 
-  // Started collectives: a queue served in order by one thread of this object, which alone uses
-  // comm_ meanwhile. The buffers are host memory here, so the thread makes no Kokkos call.
+  // Started collectives: one thread of this object, which alone uses comm_ meanwhile, posts them
+  // as non-blocking MPI calls in the order started and drives them with MPI_Testall, sleeping
+  // kPoll between tests, so many are in flight (their latencies overlap on a slow link) and the
+  // thread takes little of a core the computation needs. The buffers are host memory here, so
+  // the thread makes no Kokkos call.
   void start_all_reduce_sum(float* buf, std::size_t n) override {
     if (!background_) return all_reduce_sum(buf, n);
     ex_.fence();  // the work issued before has written buf
-    enqueue([this, buf, n] { parallel::all_reduce_sum(buf, n, MPI_FLOAT, sizeof(float), comm_); });
+    post({buf, buf, n, -1});
   }
   void start_reduce_sum(const float* send, float* recv, std::size_t n, int root) override {
     if (!background_) {
@@ -99,7 +103,7 @@ class MpiCollectives final : public Collectives {
       return;
     }
     ex_.fence();
-    enqueue([this, send, recv, n, root] { parallel::reduce_sum(send, recv, n, MPI_FLOAT, sizeof(float), root, comm_); });
+    post({send, recv, n, root});
   }
   void wait_started() override {
     std::unique_lock<std::mutex> lock(mu_);
@@ -109,31 +113,64 @@ class MpiCollectives final : public Collectives {
   const char* started_on() const override { return background_ ? "a thread" : "blocking"; }
 
  private:
-  void enqueue(std::function<void()> task) {
+  /// One started collective: an all-reduce in place on recv (root < 0), or a reduce to root.
+  struct Started {
+    const float* send;
+    float* recv;
+    std::size_t n;
+    int root;
+  };
+  static constexpr std::chrono::microseconds kPoll{100};
+
+  void post(const Started& c) {
     {
       const std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back(std::move(task));
+      queue_.push_back(c);
+      busy_ = true;
     }
     if (!worker_.joinable()) worker_ = std::thread([this] { serve(); });
     work_.notify_one();
   }
+  void issue(const Started& c, std::vector<MPI_Request>& reqs) {
+    for (std::size_t off = 0; off < c.n; off += kMaxCount) {
+      const int k = int(std::min(kMaxCount, c.n - off));
+      reqs.emplace_back();
+      if (c.root < 0) {
+        MPI_Iallreduce(MPI_IN_PLACE, c.recv + off, k, MPI_FLOAT, MPI_SUM, comm_, &reqs.back());
+      } else {
+        MPI_Ireduce(c.send + off, rank_ == c.root ? c.recv + off : nullptr, k, MPI_FLOAT, MPI_SUM, c.root, comm_,
+                    &reqs.back());
+      }
+    }
+  }
   void serve() {
+    std::vector<MPI_Request> reqs;
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      work_.wait(lock, [this] { return stop_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopped with nothing left
-      auto task = std::move(queue_.front());
-      queue_.pop_front();
-      busy_ = true;
+      const auto more = [this] { return stop_ || !queue_.empty(); };
+      if (reqs.empty()) work_.wait(lock, more);
+      else work_.wait_for(lock, kPoll, more);
+      std::deque<Started> now;
+      now.swap(queue_);
+      const bool stop = stop_;
       lock.unlock();
       try {
-        if (!error_) task();  // after a failure the rest is dropped: wait_started() raises it
+        if (!error_) {  // after a failure the rest is dropped: wait_started() raises it
+          for (const auto& c : now) issue(c, reqs);
+          int done = 1;
+          if (!reqs.empty()) MPI_Testall(int(reqs.size()), reqs.data(), &done, MPI_STATUSES_IGNORE);
+          if (done) reqs.clear();
+        }
       } catch (...) {
         error_ = std::current_exception();
+        reqs.clear();
       }
       lock.lock();
-      busy_ = false;
-      if (queue_.empty()) idle_.notify_all();
+      if (reqs.empty() && queue_.empty()) {
+        busy_ = false;
+        idle_.notify_all();
+        if (stop) return;
+      }
     }
   }
 
@@ -144,7 +181,7 @@ class MpiCollectives final : public Collectives {
   std::thread worker_;
   std::mutex mu_;
   std::condition_variable work_, idle_;
-  std::deque<std::function<void()>> queue_;
+  std::deque<Started> queue_;  ///< posted, not yet issued by the thread
   bool busy_ = false, stop_ = false;
   std::exception_ptr error_;
 };

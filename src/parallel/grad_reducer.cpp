@@ -46,16 +46,27 @@ void FlatReducer::all_gather(float* params, std::size_t n) {
 }
 
 void FlatReducer::overlap(std::unique_ptr<Collectives> started, std::size_t n,
+                          const std::vector<std::pair<std::size_t, std::size_t>>& pieces,
                           const std::function<int(std::size_t, std::size_t)>& ready_after) {
   require(started && started->size() == coll_.size(), "FlatReducer::overlap: collectives over another group");
+  std::size_t at = 0;
+  for (const auto& [lo, hi] : pieces) {
+    require(lo == at && hi > lo && hi - lo <= bucket_elems_,
+            "FlatReducer::overlap: the pieces must tile the buffer in order, none above the bucket size");
+    at = hi;
+  }
+  require(at == n, "FlatReducer::overlap: the pieces end at " + std::to_string(at) + ", not at the buffer's end " +
+                       std::to_string(n));
   started_ = std::move(started);
   n_ = n;
-  ready_.clear();
-  for (std::size_t off = 0; off < n; off += bucket_elems_) ready_.push_back(ready_after(off, std::min(n, off + bucket_elems_)));
   // Backward completes the highest layers first; at equal readiness, flat order.
-  order_.resize(ready_.size());
-  std::iota(order_.begin(), order_.end(), std::size_t(0));
-  std::stable_sort(order_.begin(), order_.end(), [&](std::size_t a, std::size_t b) { return ready_[a] > ready_[b]; });
+  std::vector<int> ready;
+  for (const auto& [lo, hi] : pieces) ready.push_back(ready_after(lo, hi));
+  std::vector<std::size_t> order(pieces.size());
+  std::iota(order.begin(), order.end(), std::size_t(0));
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return ready[a] > ready[b]; });
+  pieces_.clear(), ready_.clear();
+  for (std::size_t i : order) pieces_.push_back(pieces[i]), ready_.push_back(ready[i]);
 }
 
 void FlatReducer::begin(float* grads, float* shard) {
@@ -64,8 +75,8 @@ void FlatReducer::begin(float* grads, float* shard) {
   grads_ = grads, shard_ = shard, next_ = 0;
 }
 
-void FlatReducer::start(std::size_t b) {
-  const std::size_t lo = b * bucket_elems_, len = std::min(bucket_elems_, n_ - lo);
+void FlatReducer::start(std::size_t lo, std::size_t hi) {
+  const std::size_t len = hi - lo;
   if (coll_.size() == 1) {  // the sum over one rank: the gradients themselves
     if (shard_ != nullptr) Kokkos::deep_copy(ExecSpace(), View1<float>(shard_ + lo, len), View1<float>(grads_ + lo, len));
     return;
@@ -77,8 +88,8 @@ void FlatReducer::start(std::size_t b) {
   }
   count(len, 1.0);
   const std::size_t s = n_ / std::size_t(coll_.size());
-  for (std::size_t r = lo / s; r * s < lo + len; ++r) {
-    const std::size_t a = std::max(lo, r * s), e = std::min(lo + len, (r + 1) * s);
+  for (std::size_t r = lo / s; r * s < hi; ++r) {
+    const std::size_t a = std::max(lo, r * s), e = std::min(hi, (r + 1) * s);
     const bool mine = int(r) == coll_.rank();
     started_->start_reduce_sum(grads_ + a, mine ? shard_ + (a - r * s) : nullptr, e - a, int(r));
   }
@@ -86,13 +97,13 @@ void FlatReducer::start(std::size_t b) {
 
 void FlatReducer::layer_done(int l) {
   require(grads_ != nullptr, "FlatReducer::layer_done: no step begun");
-  while (next_ < order_.size() && ready_[order_[next_]] >= l) start(order_[next_++]);
+  for (; next_ < pieces_.size() && ready_[next_] >= l; ++next_) start(pieces_[next_].first, pieces_[next_].second);
 }
 
 std::size_t FlatReducer::finish() {
   require(grads_ != nullptr, "FlatReducer::finish: no step begun");
   const std::size_t early = next_;
-  while (next_ < order_.size()) start(order_[next_++]);
+  for (; next_ < pieces_.size(); ++next_) start(pieces_[next_].first, pieces_[next_].second);
   grads_ = shard_ = nullptr;
   started_->wait_started();
   return early;

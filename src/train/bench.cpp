@@ -143,7 +143,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   if (overlap) {
     overlap_comm = grid.dp().split(0, grid.dp().rank());
     reducer.overlap(parallel::make_collectives(parallel::parse_backend("auto"), overlap_comm), gpt.padded_size(),
-                    [&gpt](std::size_t lo, std::size_t hi) { return gpt.grad_ready_after(lo, hi); });
+                    gpt.grad_pieces(reducer.max_piece()), [&gpt](std::size_t lo, std::size_t hi) { return gpt.grad_ready_after(lo, hi); });
     gpt.set_layer_done([&reducer](int l) { reducer.layer_done(l); });
   }
   std::mt19937 rng(unsigned(cfg.seed) + unsigned(grid.dp().rank()));  // TP ranks share their batch
@@ -203,7 +203,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
       << (opt.bf16_activations ? ", activations stored in bf16" : "") << "; " << cfg.iters << " timed steps after " << cfg.warmup << " warm-up; rank 0's times)\n"
       << "  ms/step " << fmt("%.1f", r.ms_per_step) << "  (forward and the output layer's backward " << fmt("%.1f", r.forward_ms)
       << ", backward " << fmt("%.1f", r.backward_ms)
-      << (overlap ? ", all-reduce left after backward (" + std::to_string(reducer.buckets()) + " buckets overlapped, on " + reducer.started_on() + ") "
+      << (overlap ? ", all-reduce left after backward (" + std::to_string(reducer.pieces()) + " pieces overlapped, on " + reducer.started_on() + ") "
                   : std::string(", all-reduce "))
       << fmt("%.1f", r.comm_ms)
       << ", grad-norm+AdamW " << fmt("%.1f", r.update_ms)

@@ -461,7 +461,7 @@ void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& o
     if (pc.overlap_grad_reduce && dp > 1) {
       r.overlap_comm = grid.dp().split(0, drank);
       const model::GPT& g = *r.gpt;
-      flat->overlap(parallel::make_collectives(backend, r.overlap_comm), n,
+      flat->overlap(parallel::make_collectives(backend, r.overlap_comm), n, g.grad_pieces(flat->max_piece()),
                     [&g](std::size_t lo, std::size_t hi) { return g.grad_ready_after(lo, hi); });
       r.overlapped = flat.get();
     }
@@ -798,7 +798,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   if (r.sites && !r.diloco && cfg.parallel.grad_reduce != "hierarchical") out << "sites: " << r.sites->describe() << "\n";
   if (dp > 1)
     out << "gradients: " << r.reducer->describe() << (r.diloco ? " (inside each site)" : "")
-        << (r.overlapped ? ", overlapped with backward: " + std::to_string(r.overlapped->buckets()) + " buckets started as their layers finish, on " + r.overlapped->started_on() : std::string())
+        << (r.overlapped ? ", overlapped with backward: " + std::to_string(r.overlapped->pieces()) + " pieces started as their layers finish, on " + r.overlapped->started_on() : std::string())
         << "\n";
   if (r.diloco) out << r.diloco->describe() << "\n";
   // Saving, resuming and stopping also show in every federated site's own job log (its scripts act on them).

@@ -206,6 +206,10 @@ class GPT {
   /// (also a tied output layer), and gradients summed over the TP group. The final norm and an
   /// untied output layer are complete before the layers' backward: their range gives the top layer.
   int grad_ready_after(std::size_t lo, std::size_t hi) const;
+  /// The flat buffer (padded_size()) cut where backward completes gradients: each layer's slice of
+  /// each per-layer tensor, every other tensor, the padding; a piece above `max_elems` cut into
+  /// pieces of at most that. In order; they tile the buffer.
+  std::vector<std::pair<std::size_t, std::size_t>> grad_pieces(std::size_t max_elems) const;
   /// Pipeline stage boundaries, (rows, C): rows = B*T, or B*T / tp with sequence parallelism.
   View2<float> stage_input() const { return encoded_; }
   View2<float> stage_output() const { return layers_.empty() ? encoded_ : layers_.back().res3; }

@@ -50,30 +50,34 @@ class FlatReducer final : public GradReducer {
   void set_next_rank_across_sites(bool across) { next_across_ = across; }
 
   /// \name Overlap with backward (`--overlap-grad-reduce`; Megatron-LM's option of that name, the
-  /// buckets of PyTorch's DDP). The buckets are the same ranges of the flat buffer as above. Each
-  /// one starts (Collectives::start_all_reduce_sum) as soon as backward has written the last
-  /// gradient in it, so the sums travel while the earlier layers' backward runs; finish() starts
-  /// the rest and waits. With ZeRO-1 each bucket's piece in a rank's shard is reduced to that rank
-  /// (one reduce per piece), which leaves every rank the sum of its shard, as reduce_scatter_sum.
-  /// Every rank starts the same buckets in the same order: the order follows from the layout.
+  /// buckets of PyTorch's DDP). The flat buffer is cut into pieces where backward completes its
+  /// gradients (for the model: each layer's slice of each per-layer tensor, the other tensors; no
+  /// piece above the bucket size). A piece's sum starts (Collectives::start_all_reduce_sum) as
+  /// soon as backward has written its last gradient, so the sums travel while the lower layers'
+  /// backward runs; finish() starts the rest and waits. With ZeRO-1 each piece's part in a rank's
+  /// shard is reduced to that rank, which leaves every rank the sum of its shard, as
+  /// reduce_scatter_sum. Every rank starts the same pieces in the same order (from the layout).
   ///@{
   /// `started`: collectives over the same ranks that this object alone uses (made over a duplicate
   /// of the communicator, so their thread or stream never meets a call on the caller's).
+  /// `pieces`: [lo, hi) ranges that tile [0, n) in order, none longer than the bucket size.
   /// `ready_after(lo, hi)`: the layer whose backward writes the last gradient in [lo, hi) (backward
-  /// runs from the last layer down), or -1 where one is written only at the end of backward (the
-  /// embedding, gradients summed over the TP group). `n`: the flat buffer's size.
+  /// runs from the last layer down), or -1 where one is written only at the end of backward.
   void overlap(std::unique_ptr<Collectives> started, std::size_t n,
+               const std::vector<std::pair<std::size_t, std::size_t>>& pieces,
                const std::function<int(std::size_t, std::size_t)>& ready_after);
   bool overlapped() const { return started_ != nullptr; }
+  /// The largest piece overlap() takes: the bucket size.
+  std::size_t max_piece() const { return bucket_elems_; }
   /// A step's backward (its last micro-batch) begins: grads (n) will be summed; with ZeRO-1 (shard
   /// not null) into shard (n / ranks) instead, grads left as they are.
   void begin(float* grads, float* shard);
-  /// Backward has issued the work of layer l (last to first): starts the buckets complete now.
+  /// Backward has issued the work of layer l (last to first): starts the pieces complete now.
   void layer_done(int l);
-  /// After backward: starts the remaining buckets and waits for all. Returns the buckets that
-  /// had started before it was called.
+  /// After backward: starts the remaining pieces and waits for all. Returns how many had started
+  /// before it was called.
   std::size_t finish();
-  std::size_t buckets() const { return ready_.size(); }
+  std::size_t pieces() const { return pieces_.size(); }
   const char* started_on() const { return started_ ? started_->started_on() : "blocking"; }
   ///@}
 
@@ -86,12 +90,12 @@ class FlatReducer final : public GradReducer {
   // overlap
   std::unique_ptr<Collectives> started_;
   std::size_t n_ = 0;
-  std::vector<int> ready_;  ///< per bucket: ready_after of its range
-  std::size_t next_ = 0;    ///< buckets started in order of readiness: position in order_
-  std::vector<std::size_t> order_;  ///< bucket indices, the ones ready first first
+  std::vector<std::pair<std::size_t, std::size_t>> pieces_;  ///< in the order they start
+  std::vector<int> ready_;  ///< per entry of pieces_: ready_after of its range
+  std::size_t next_ = 0;    ///< pieces_ started so far
   float* grads_ = nullptr;
   float* shard_ = nullptr;
-  void start(std::size_t b);
+  void start(std::size_t lo, std::size_t hi);
 };
 
 }  // namespace tapestry::parallel
