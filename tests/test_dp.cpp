@@ -127,6 +127,18 @@ TEST_CASE("--overlap-grad-reduce: buckets summed while backward runs give the bl
     }
     compare("Llama");
   }
+  SECTION("pipeline (pp 2 x dp 2, tied embedding summed over the stages first) where ranks allow") {
+    if (P >= 4 && P % 2 == 0) {
+      c.parallel.pp = 2;
+      c.batch_size = 2;
+      c.global_batch = 4 * P;  // dp = P / 2, 4 micro-batches
+      compare("pipeline");
+      c.parallel.zero = 1;
+      compare("pipeline, ZeRO-1");
+    } else {
+      skip_part("pp 2 x dp 2 needs 4 ranks");
+    }
+  }
 }
 
 TEST_CASE("a global batch that does not divide is one error on one rank, and no hang", "[case_dp_batch_bad][mpi][dp][bad-input]") {

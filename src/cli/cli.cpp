@@ -109,8 +109,8 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--bucket-mb", p.bucket_mb, "Gradient all-reduce bucket size, MiB")->capture_default_str()->group("Parallelism");
   t->add_flag("--overlap-grad-reduce", p.overlap_grad_reduce,
               "Sum each gradient bucket over the data-parallel ranks as soon as backward has finished it, while "
-              "the lower layers' backward runs (MPI: on a thread; NCCL: on its own stream). Needs --grad-reduce "
-              "flat and --pp 1")
+              "the lower layers' backward runs (MPI: on a thread; NCCL: on its own stream). Pays where the sum "
+              "crosses a network; on one node whose cores all compute it gains nothing. Needs --grad-reduce flat")
       ->group("Parallelism");
   t->add_option("--collectives", p.collectives, "mpi, nccl or auto")->capture_default_str()->group("Parallelism");
   t->add_option("--grad-reduce", p.grad_reduce,

@@ -126,9 +126,9 @@ void validate(const ParallelConfig& p) {
   require(p.grad_reduce == "flat" || p.grad_reduce == "hierarchical",
           "grad-reduce must be flat or hierarchical (got '" + p.grad_reduce + "')");
   require(p.sites >= 1, "sites must be >= 1 (got " + num(p.sites) + ")");
-  require(!p.overlap_grad_reduce || (p.grad_reduce == "flat" && p.outer_steps == 0 && p.pp == 1),
-          "--overlap-grad-reduce needs --grad-reduce flat, no --outer-steps and --pp 1 (it overlaps the flat "
-          "all-reduce with one stage's backward)");
+  require(!p.overlap_grad_reduce || (p.grad_reduce == "flat" && p.outer_steps == 0),
+          "--overlap-grad-reduce needs --grad-reduce flat and no --outer-steps (it overlaps the flat all-reduce "
+          "with backward)");
   require(p.compress == "none" || p.compress == "bf16" || p.compress == "int8" || p.compress == "int4" ||
               p.compress == "topk",
           "compress must be none, bf16, int8, int4 or topk (got '" + p.compress + "')");

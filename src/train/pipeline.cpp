@@ -32,7 +32,7 @@ void Pipeline::wait(MPI_Request& req) {
 }
 
 double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::vector<int>>& ins,
-                            const std::vector<std::vector<int>>& tgs) {
+                            const std::vector<std::vector<int>>& tgs, const std::function<void()>& before_last_backward) {
   idle_s_ = 0;
   const auto& ex = blas.exec();
   const MPI_Comm comm = pp_.get();
@@ -72,6 +72,7 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
         wait(req);
         recv_grad_.copy_to(ex, gpt_.output_grad().data());
       }
+      if (m == M_ - 1 && before_last_backward) before_last_backward();  // 1F1B: backward in micro-batch order
       gpt_.backward(blas, 1.0 / M_);
       if (stage_ > 0) {
         auto& buf = send_grad_[std::size_t(m)];

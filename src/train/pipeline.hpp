@@ -4,6 +4,7 @@
 // neighbouring stages by non-blocking MPI point-to-point messages. Private to the train layer.
 #include <mpi.h>
 
+#include <functional>
 #include <vector>
 
 #include "tapestry/kernels/blas.hpp"
@@ -24,8 +25,10 @@ class Pipeline {
   /// A stage keeps only its micro-batches' inputs, not their activations: before a backward it
   /// runs that micro-batch's forward again unless it was the last one (full activation
   /// recomputation: one more forward on all but the last stage, activations of one micro-batch).
+  /// `before_last_backward` (if any) runs just before this stage's last backward of the step (after
+  /// it, no gradient changes; --overlap-grad-reduce sets the model's layer_done hook there).
   double train_step(const kernels::Blas& blas, const std::vector<std::vector<int>>& ins,
-                    const std::vector<std::vector<int>>& tgs);
+                    const std::vector<std::vector<int>>& tgs, const std::function<void()>& before_last_backward = {});
   /// Forward only (validation), one micro-batch through all stages; the loss on every stage.
   double forward_only(const kernels::Blas& blas, const std::vector<int>& in, const std::vector<int>& tg);
   /// Seconds this stage waited for its neighbours during the last train_step.

@@ -886,10 +886,17 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       gpt.zero_grad();
       blas.weights(params.data(), n);  // bf16: the step's weights rounded once, at their first product
       loss = 0;
+      // --overlap-grad-reduce: before the step's last backward, the sums start as layers finish
+      std::function<void()> start_overlap;
+      if (r.overlapped)
+        start_overlap = [&] {
+          r.overlapped->begin(grads.data(), zero ? r.grad_shard.data() : nullptr);
+          gpt.set_layer_done([&r](int l) { r.overlapped->layer_done(l); });
+        };
       if (r.pipe) {  // 1F1B over the stages
         std::vector<std::vector<int>> ins(std::size_t(cfg.grad_accum)), tgs(ins.size());
         for (std::size_t m = 0; m < ins.size(); ++m) r.train_loader->next_batch(ins[m], tgs[m]);
-        loss = r.pipe->train_step(blas, ins, tgs);
+        loss = r.pipe->train_step(blas, ins, tgs, start_overlap);
         if (const auto* wte = gpt.tied_embedding()) {  // the tied embedding: sum the two stages' gradients
           ex.fence();
           r.embed_coll->all_reduce_sum(grads.data() + wte->offset, wte->size);
@@ -898,14 +905,11 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
         for (int micro = 0; micro < cfg.grad_accum; ++micro) {
           r.train_loader->next_batch(in, tg);
           loss += gpt.forward(blas, in, tg, 1.0 / cfg.grad_accum) / cfg.grad_accum;
-          if (r.overlapped && micro + 1 == cfg.grad_accum) {  // the last backward: buckets start as layers finish
-            r.overlapped->begin(grads.data(), zero ? r.grad_shard.data() : nullptr);
-            gpt.set_layer_done([&r](int l) { r.overlapped->layer_done(l); });
-          }
+          if (micro + 1 == cfg.grad_accum && start_overlap) start_overlap();
           gpt.backward(blas, 1.0 / cfg.grad_accum);
         }
-        gpt.set_layer_done(nullptr);
       }
+      gpt.set_layer_done(nullptr);
       ex.fence();
       if (r.site == cfg.parallel.emulate_slow_site)  // benchmarks: a slower machine
         std::this_thread::sleep_for(std::chrono::duration<double>((cfg.parallel.emulate_slow_factor - 1) * since(t0)));
