@@ -150,9 +150,12 @@ class MpiCollectives final : public Collectives {
       const auto more = [this] { return stop_ || !queue_.empty(); };
       if (reqs.empty()) work_.wait(lock, more);
       else work_.wait_for(lock, kPoll, more);
+      // Destroyed: after finish() nothing is in flight. With sums still in flight the step failed
+      // on this rank (an exception unwinding); they are left behind rather than waited for, since
+      // the other ranks may never join them, and the job ends (main() aborts it).
+      if (stop_) return;
       std::deque<Started> now;
       now.swap(queue_);
-      const bool stop = stop_;
       lock.unlock();
       try {
         if (!error_) {  // after a failure the rest is dropped: wait_started() raises it
@@ -169,7 +172,6 @@ class MpiCollectives final : public Collectives {
       if (reqs.empty() && queue_.empty()) {
         busy_ = false;
         idle_.notify_all();
-        if (stop) return;
       }
     }
   }
