@@ -12,9 +12,11 @@
 #include "mpi_helpers.hpp"
 #include "skip.hpp"
 #include "tapestry/core/error.hpp"
+#include "tapestry/io/checkpoint.hpp"
 #include "tapestry/io/tokenizer.hpp"
 #include "tapestry/parallel/comm.hpp"
 #include "tapestry/parallel/hierarchical.hpp"
+#include "tapestry/train/checkpointing.hpp"
 #include "tapestry/train/diloco.hpp"
 #include "tapestry/train/trainer.hpp"
 
@@ -91,29 +93,64 @@ TEST_CASE("--overlap-grad-reduce: buckets summed while backward runs give the bl
   c.batch_size = 2;
   c.global_batch = 4 * P;        // 2 micro-batches: only the last backward starts buckets early
   c.parallel.bucket_mb = 0.01;   // ~2600 floats: the larger tensors' layer slices cut further
+  // Checkpoints at steps 7 and 14 (GPT-2 sections): with ZeRO-1 the parameters may still be
+  // arriving when a save starts, so the saved parameters are compared too.
+  const fs::path ckpt = fs::temp_directory_path() / "tapestry_test_dp_overlap";
+  auto fresh = [&](const std::string& d) {
+    if (world_rank() == 0) fs::remove_all(ckpt / d);
+    MPI_Barrier(MPI_COMM_WORLD);
+    return (ckpt / d).string();
+  };
+  auto saved = [&](const std::string& d, int step) {
+    std::vector<float> p(std::size_t(c.model.num_parameters()));
+    char name[32];
+    std::snprintf(name, sizeof(name), "step_%08d.h5", step);
+    io::read_checkpoint_tensors((ckpt / d / name).string(), train::checkpoint_tensors(c.model), p.data(), p.size(),
+                                nullptr, nullptr, 0, 0);
+    return p;
+  };
   auto compare = [&](const char* what) {
     INFO(what);
     c.parallel.overlap_grad_reduce = false;
+    if (c.save_every > 0) c.ckpt_dir = fresh("blocking");
     const auto blocking = data_parallel(c);
     c.parallel.overlap_grad_reduce = true;
+    if (c.save_every > 0) c.ckpt_dir = fresh("overlapped");
     const auto overlapped = data_parallel(c);
+    for (int step = 7; c.save_every > 0 && step <= 14; step += 7) {
+      const auto a = saved("blocking", step), b = saved("overlapped", step);
+      double worst = 0;
+      for (std::size_t i = 0; i < a.size(); ++i)
+        worst = std::isfinite(b[i]) ? std::max(worst, double(std::abs(a[i] - b[i]))) : 1e30;
+      CAPTURE(step, worst);
+      // Beyond 2 ranks the sums' order differs; Adam turns that into parameter differences up to
+      // 1.0e-6 here (measured at 4 ranks). A layer left one step stale differs by about the step
+      // size, lr = 3e-3: 1e-4 tells the two apart.
+      REQUIRE(all_ranks(P <= 2 ? worst == 0 : worst <= 1e-4));
+    }
     // Started sums run as MPI_Iallreduce / MPI_Ireduce per piece, whose order of summation may
     // differ from the blocking MPI_Allreduce / MPI_Reduce_scatter_block beyond 2 ranks; a sum of
     // two is the same either way.
     if (P <= 2) {
       REQUIRE(all_ranks(curve_diff(blocking, overlapped) == 0));
       REQUIRE(all_ranks(blocking.param_checksum == overlapped.param_checksum));
-    } else {
+    } else {  // bf16 products round those differences to bf16 in the next step's weights: measured
+              // 5.1e-6 at 4 ranks. The 2-rank case above is the sharp check.
       const double worst = curve_diff(blocking, overlapped);
       CAPTURE(worst);
-      REQUIRE(all_ranks(worst <= kRelTol));
+      REQUIRE(all_ranks(worst <= (c.precision == "bf16" ? 1e-4 : kRelTol)));
     }
     REQUIRE(same_params_everywhere(overlapped));
   };
-  SECTION("GPT-2 spec: all-reduce, then ZeRO-1") {
+  SECTION("GPT-2 spec: all-reduce, then ZeRO-1 (the parameter all-gather overlapped with forward), saving") {
+    c.save_every = 7;
     compare("all-reduce");
     c.parallel.zero = 1;
     compare("ZeRO-1");
+    c.precision = "bf16";  // the bf16 weight copy is rounded layer by layer, as the parameters arrive
+    compare("ZeRO-1, bf16 products");
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (world_rank() == 0) fs::remove_all(ckpt);
   }
   SECTION("Llama spec (untied output layer, RMSNorm, SwiGLU, RoPE, QK-norm), tensor parallel where ranks allow") {
     c.model.arch = "llama", c.model.norm = "rmsnorm", c.model.mlp = "swiglu", c.model.positions = "rope";

@@ -1,9 +1,13 @@
 #include "tapestry/kernels/blas.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <iterator>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "tapestry/core/error.hpp"
 #include "tapestry/kernels/bf16.hpp"
@@ -33,17 +37,24 @@ KOKKOS_INLINE_FUNCTION void store_bf16(std::uint16_t& d, float x) { d = to_bf16(
 KOKKOS_INLINE_FUNCTION void store_bf16(float& d, float x) { d = round_bf16(x); }
 #endif
 
-/// n floats at src rounded to bf16 into `buf` (grown to at least n); returns its data. (A free
-/// function: CUDA forbids device lambdas in members of Blas's private Impl.)
+/// src[off, off + n) rounded to bf16 into buf[off, off + n); buf is allocated anew when shorter than
+/// `total` (callers track which ranges hold rounded values).
 template <class W>
-const W* round_into(const ExecSpace& exec, View1<W>& buf, const float* src, std::size_t n) {
-  if (buf.extent(0) < n) buf = View1<W>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::blas_bf16"), n);
+void round_range(const ExecSpace& exec, View1<W>& buf, std::size_t total, const float* src, std::size_t off, std::size_t n) {
+  if (buf.extent(0) < total) buf = View1<W>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::blas_bf16"), total);
   W* dst = buf.data();
   Kokkos::parallel_for(
-      "tapestry::round_to_bf16", Kokkos::RangePolicy<ExecSpace>(exec, 0, n), KOKKOS_LAMBDA(std::size_t i) {
+      "tapestry::round_to_bf16", Kokkos::RangePolicy<ExecSpace>(exec, off, off + n), KOKKOS_LAMBDA(std::size_t i) {
         store_bf16(dst[i], src[i]);
       });
-  return dst;
+}
+
+/// n floats at src rounded to bf16 into `buf` (grown to at least n); returns its data. (Free
+/// functions: CUDA forbids device lambdas in members of Blas's private Impl.)
+template <class W>
+const W* round_into(const ExecSpace& exec, View1<W>& buf, const float* src, std::size_t n) {
+  round_range(exec, buf, n, src, 0, n);
+  return buf.data();
 }
 
 /// bf16 copies of GEMM operands: A and B of one call, and the declared weights (Blas::weights).
@@ -61,10 +72,11 @@ struct Blas::Impl {
 #ifndef KOKKOS_ENABLE_CUDA
   mutable Bf16Scratch<float> floats;
 #endif
-  // The weights declared by Blas::weights(); `fresh`: their bf16 copy is up to date.
+  // The weights declared by Blas::weights(); `rounded`: the ranges of them whose bf16 copy is up to
+  // date (sorted, disjoint, offsets from w_base).
   const float* w_base = nullptr;
   std::size_t w_n = 0;
-  mutable bool w_fresh = false;
+  mutable std::vector<std::pair<std::size_t, std::size_t>> rounded;
 #ifdef KOKKOS_ENABLE_CUDA
   std::unique_ptr<cublas::Handle> handle;
   mutable View1<std::uintptr_t> pointers;  // attention_gemm's batch of pointers: A's, B's, then C's
@@ -73,14 +85,27 @@ struct Blas::Impl {
   std::unique_ptr<onednn::Gemm> dnnl;  // bf16 products on the CPU's bf16 instructions, where it has them
 #endif
 
-  /// The bf16 copy of X (spanning n floats): inside the declared weights, their copy (rounded on
-  /// first use after each Blas::weights call); otherwise rounded now into `mine`.
+  /// The bf16 copy of X (spanning n floats): inside the declared weights, their copy, each operand
+  /// rounded at its first use after each Blas::weights call (so a layer's weights are read when its
+  /// first product runs, not before: a ZeRO-1 all-gather may still be bringing later layers');
+  /// otherwise rounded now into `mine`.
   template <class W>
   const W* operand(const ExecSpace& exec, Bf16Scratch<W>& s, View1<W>& mine, const float* X, std::size_t n) const {
     const auto x = reinterpret_cast<std::uintptr_t>(X), lo = reinterpret_cast<std::uintptr_t>(w_base);
     if (w_base != nullptr && x >= lo && x + n * sizeof(float) <= lo + w_n * sizeof(float)) {
-      if (!w_fresh) round_into(exec, s.w, w_base, w_n), w_fresh = true;
-      return s.w.data() + (X - w_base);
+      const std::size_t off = std::size_t(X - w_base);
+      auto it = std::upper_bound(rounded.begin(), rounded.end(), std::make_pair(off, ~std::size_t(0)));
+      const bool done = it != rounded.begin() && std::prev(it)->second >= off + n;
+      if (!done) {
+        round_range(exec, s.w, w_n, w_base, off, n);
+        rounded.insert(it, {off, off + n});  // then merge neighbours that touch or overlap
+        std::vector<std::pair<std::size_t, std::size_t>> merged;
+        for (const auto& r : rounded)
+          if (!merged.empty() && r.first <= merged.back().second) merged.back().second = std::max(merged.back().second, r.second);
+          else merged.push_back(r);
+        rounded.swap(merged);
+      }
+      return s.w.data() + off;
     }
     return round_into(exec, mine, X, n);
   }
@@ -118,7 +143,7 @@ Blas::Blas(const ExecSpace& exec, Precision precision)
 void Blas::weights(const float* base, std::size_t n) const {
   impl_->w_base = n > 0 ? base : nullptr;
   impl_->w_n = n;
-  impl_->w_fresh = false;
+  impl_->rounded.clear();
 }
 
 Blas::~Blas() = default;

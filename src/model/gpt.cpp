@@ -596,6 +596,7 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
   auto into_full = [&](View2<float> chunk, View2<float> full) {  // f: chunk -> full input
     if (sp_) gather_from_sequence_region(*tp_, chunk, full);
   };
+  if (layer_begin_) layer_begin_(-1);
   if (stage_.embed) {
     const bool learned = S.wpe >= 0;
     embedding_forward(ex, View3<float>(emb_full_.data(), B_, T_, C), tokens_, p2(P, S.wte),
@@ -604,6 +605,7 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
   }
   View2<float> x = encoded_;
   for (int l = 0; l < stage_.num_layers; ++l) {
+    if (layer_begin_) layer_begin_(l);
     auto& a = layers_[std::size_t(l)];
     const LayerActs& w = stash_ ? fwd_ : a;  // where the layer computes
     const LayerCopies* c = stash_ ? &copies_[std::size_t(l)] : nullptr;
@@ -659,6 +661,7 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
     if (c != nullptr && c->res3.extent(0) > 0) keep(&LayerCopies::res3, a.res3);
   }
   if (!stage_.head) return 0.0;
+  if (layer_begin_) layer_begin_(stage_.num_layers);
   norm_forward(ex, lnfc_, lnf_mean_, lnf_rstd_, x, S.lnfw, S.lnfb, 0);
   into_full(lnfc_, lnf_);
   head(blas, loss_scale);
@@ -734,6 +737,17 @@ int GPT::grad_ready_after(std::size_t lo, std::size_t hi) const {
     }
   }
   return ready;
+}
+
+int GPT::param_needed_at(std::size_t lo, std::size_t hi) const {
+  int need = stage_.num_layers;  // the final norm, an untied output layer, the padding
+  for (std::size_t i = 0; i < layout_.size(); ++i) {
+    const auto& t = layout_[i];
+    if (t.size == 0 || t.offset >= hi || lo >= t.offset + t.size) continue;
+    if (t.per_layer) need = std::min(need, int((std::max(lo, t.offset) - t.offset) / t.layer_size()));
+    else if (int(i) != slot_.lnfw && int(i) != slot_.lnfb && (int(i) != slot_.output || int(i) == slot_.wte)) need = -1;
+  }
+  return need;
 }
 
 std::vector<std::pair<std::size_t, std::size_t>> GPT::grad_pieces(std::size_t max_elems) const {

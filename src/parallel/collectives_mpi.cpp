@@ -91,7 +91,7 @@ class MpiCollectives final : public Collectives {
   void start_all_reduce_sum(float* buf, std::size_t n) override {
     if (!background_) return all_reduce_sum(buf, n);
     ex_.fence();  // the work issued before has written buf
-    post({buf, buf, n, -1});
+    post({buf, buf, n, -1, false});
   }
   void start_reduce_sum(const float* send, float* recv, std::size_t n, int root) override {
     if (!background_) {
@@ -103,22 +103,31 @@ class MpiCollectives final : public Collectives {
       return;
     }
     ex_.fence();
-    post({send, recv, n, root});
+    post({send, recv, n, root, false});
   }
-  void wait_started() override {
+  void start_broadcast(float* buf, std::size_t n, int root) override {
+    if (!background_) return broadcast(buf, n, root);
+    ex_.fence();
+    post({buf, buf, n, root, true});
+  }
+  std::size_t started_mark() override { return posted_; }
+  void wait_started(std::size_t mark) override {
     std::unique_lock<std::mutex> lock(mu_);
-    idle_.wait(lock, [this] { return queue_.empty() && !busy_; });
+    idle_.wait(lock, [this, mark] { return done_ >= mark; });
     if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
   }
+  void wait_started() override { wait_started(posted_); }
   const char* started_on() const override { return background_ ? "a thread" : "blocking"; }
 
  private:
-  /// One started collective: an all-reduce in place on recv (root < 0), or a reduce to root.
+  /// One started collective: an all-reduce in place on recv (root < 0), a reduce to root, or a
+  /// broadcast of recv from root.
   struct Started {
     const float* send;
     float* recv;
     std::size_t n;
     int root;
+    bool broadcast;
   };
   static constexpr std::chrono::microseconds kPoll{100};
 
@@ -126,16 +135,19 @@ class MpiCollectives final : public Collectives {
     {
       const std::lock_guard<std::mutex> lock(mu_);
       queue_.push_back(c);
-      busy_ = true;
+      ++posted_;
     }
     if (!worker_.joinable()) worker_ = std::thread([this] { serve(); });
     work_.notify_one();
   }
-  void issue(const Started& c, std::vector<MPI_Request>& reqs) {
+  void issue(const Started& c, std::size_t seq, std::vector<MPI_Request>& reqs, std::vector<std::size_t>& seqs) {
     for (std::size_t off = 0; off < c.n; off += kMaxCount) {
       const int k = int(std::min(kMaxCount, c.n - off));
       reqs.emplace_back();
-      if (c.root < 0) {
+      seqs.push_back(seq);
+      if (c.broadcast) {
+        MPI_Ibcast(c.recv + off, k, MPI_FLOAT, c.root, comm_, &reqs.back());
+      } else if (c.root < 0) {
         MPI_Iallreduce(MPI_IN_PLACE, c.recv + off, k, MPI_FLOAT, MPI_SUM, comm_, &reqs.back());
       } else {
         MPI_Ireduce(c.send + off, rank_ == c.root ? c.recv + off : nullptr, k, MPI_FLOAT, MPI_SUM, c.root, comm_,
@@ -143,8 +155,13 @@ class MpiCollectives final : public Collectives {
       }
     }
   }
+  // done_ = the started collectives complete in order: all those posted before the first one of
+  // reqs still pending (requests complete in any order; MPI_Testsome nulls the finished ones).
   void serve() {
     std::vector<MPI_Request> reqs;
+    std::vector<std::size_t> seqs;  // per request: the collective it belongs to (posting order)
+    std::size_t issued = 0;
+    std::vector<int> idx;
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
       const auto more = [this] { return stop_ || !queue_.empty(); };
@@ -156,23 +173,35 @@ class MpiCollectives final : public Collectives {
       if (stop_) return;
       std::deque<Started> now;
       now.swap(queue_);
+      const bool failed = error_ != nullptr;
+      std::exception_ptr error;
       lock.unlock();
       try {
-        if (!error_) {  // after a failure the rest is dropped: wait_started() raises it
-          for (const auto& c : now) issue(c, reqs);
-          int done = 1;
-          if (!reqs.empty()) MPI_Testall(int(reqs.size()), reqs.data(), &done, MPI_STATUSES_IGNORE);
-          if (done) reqs.clear();
+        if (!failed) {  // after a failure the rest is dropped: wait_started() raises it
+          for (const auto& c : now) issue(c, issued++, reqs, seqs);
+          if (!reqs.empty()) {
+            int count = 0;
+            idx.resize(reqs.size());
+            MPI_Testsome(int(reqs.size()), reqs.data(), &count, idx.data(), MPI_STATUSES_IGNORE);
+            std::size_t k = 0;
+            while (k < reqs.size() && reqs[k] == MPI_REQUEST_NULL) ++k;
+            reqs.erase(reqs.begin(), reqs.begin() + std::ptrdiff_t(k));
+            seqs.erase(seqs.begin(), seqs.begin() + std::ptrdiff_t(k));
+          }
+        } else {
+          issued += now.size();
         }
       } catch (...) {
-        error_ = std::current_exception();
-        reqs.clear();
+        error = std::current_exception();
       }
       lock.lock();
-      if (reqs.empty() && queue_.empty()) {
-        busy_ = false;
-        idle_.notify_all();
+      if (error) error_ = error;
+      if (error) {  // what was in flight is abandoned; every collective posted so far counts as ended
+        reqs.clear(), seqs.clear(), queue_.clear();
+        issued = posted_;
       }
+      done_ = seqs.empty() ? issued : seqs.front();
+      idle_.notify_all();
     }
   }
 
@@ -184,7 +213,9 @@ class MpiCollectives final : public Collectives {
   std::mutex mu_;
   std::condition_variable work_, idle_;
   std::deque<Started> queue_;  ///< posted, not yet issued by the thread
-  bool busy_ = false, stop_ = false;
+  std::size_t posted_ = 0;     ///< collectives started (the calling thread's count)
+  std::size_t done_ = 0;       ///< of those, the first done_ are complete (the thread's count)
+  bool stop_ = false;
   std::exception_ptr error_;
 };
 

@@ -3,6 +3,7 @@
 #include <nccl.h>
 
 #include <string>
+#include <vector>
 
 #include "tapestry/core/error.hpp"
 #include "tapestry/core/views.hpp"
@@ -41,6 +42,7 @@ class NcclCollectives final : public Collectives {
     check(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreate");
   }
   ~NcclCollectives() override {
+    for (auto e : marks_) cudaEventDestroy(e);
     if (ready_) cudaEventDestroy(ready_);
     if (done_) cudaEventDestroy(done_);
     if (comm_) ncclCommDestroy(comm_);
@@ -94,9 +96,26 @@ class NcclCollectives final : public Collectives {
     after_compute();
     check(ncclReduce(send, rank_ == root ? recv : nullptr, n, ncclFloat32, ncclSum, root, comm_, stream_), "ncclReduce");
   }
+  void start_broadcast(float* buf, std::size_t n, int root) override {
+    after_compute();
+    check(ncclBroadcast(buf, buf, n, ncclFloat32, root, comm_, stream_), "ncclBroadcast");
+  }
+  std::size_t started_mark() override {
+    if (marks_used_ == marks_.size()) {
+      marks_.emplace_back();
+      check(cudaEventCreateWithFlags(&marks_.back(), cudaEventDisableTiming), "cudaEventCreate");
+    }
+    check(cudaEventRecord(marks_[marks_used_], stream_), "cudaEventRecord");
+    return marks_used_++;
+  }
+  void wait_started(std::size_t mark) override {
+    require(mark < marks_used_, "NcclCollectives::wait_started: no such mark");
+    check(cudaStreamWaitEvent(compute_stream(), marks_[mark], 0), "cudaStreamWaitEvent");
+  }
   void wait_started() override {
     check(cudaEventRecord(done_, stream_), "cudaEventRecord");
     check(cudaStreamWaitEvent(compute_stream(), done_, 0), "cudaStreamWaitEvent");
+    marks_used_ = 0;
   }
   const char* started_on() const override { return "the communication stream"; }
 
@@ -112,6 +131,8 @@ class NcclCollectives final : public Collectives {
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
   cudaEvent_t ready_ = nullptr, done_ = nullptr;
+  std::vector<cudaEvent_t> marks_;  ///< started_mark()'s events, reused after each wait_started()
+  std::size_t marks_used_ = 0;
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "tapestry/parallel/grad_reducer.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 
 #include "tapestry/core/error.hpp"
@@ -47,7 +48,8 @@ void FlatReducer::all_gather(float* params, std::size_t n) {
 
 void FlatReducer::overlap(std::unique_ptr<Collectives> started, std::size_t n,
                           const std::vector<std::pair<std::size_t, std::size_t>>& pieces,
-                          const std::function<int(std::size_t, std::size_t)>& ready_after) {
+                          const std::function<int(std::size_t, std::size_t)>& ready_after,
+                          const std::function<int(std::size_t, std::size_t)>& needed_at) {
   require(started && started->size() == coll_.size(), "FlatReducer::overlap: collectives over another group");
   std::size_t at = 0;
   for (const auto& [lo, hi] : pieces) {
@@ -67,6 +69,45 @@ void FlatReducer::overlap(std::unique_ptr<Collectives> started, std::size_t n,
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return ready[a] > ready[b]; });
   pieces_.clear(), ready_.clear();
   for (std::size_t i : order) pieces_.push_back(pieces[i]), ready_.push_back(ready[i]);
+  // The parameter all-gather: what forward reads first, first.
+  std::vector<int> need;
+  for (const auto& [lo, hi] : pieces) need.push_back(needed_at ? needed_at(lo, hi) : -1);
+  std::iota(order.begin(), order.end(), std::size_t(0));
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return need[a] < need[b]; });
+  gather_.clear(), need_.clear();
+  for (std::size_t i : order) gather_.push_back(pieces[i]), need_.push_back(need[i]);
+}
+
+void FlatReducer::start_gather(float* params) {
+  require(overlapped(), "FlatReducer::start_gather: overlap() was not called");
+  params_all();  // (a previous one not waited for)
+  marks_.clear(), waited_ = 0;
+  const std::size_t P = std::size_t(coll_.size()), s = n_ / P;
+  if (P == 1) return;
+  for (std::size_t i = 0; i < gather_.size(); ++i) {
+    const auto [lo, hi] = gather_[i];
+    count(hi - lo, 1.0);
+    for (std::size_t r = lo / s; r * s < hi; ++r) {
+      const std::size_t a = std::max(lo, r * s), e = std::min(hi, (r + 1) * s);
+      started_->start_broadcast(params + a, e - a, int(r));
+    }
+    if (i + 1 == gather_.size() || need_[i + 1] != need_[i]) marks_.emplace_back(need_[i], started_->started_mark());
+  }
+  gathering_ = true;
+}
+
+void FlatReducer::params_needed(int l) {
+  if (!gathering_) return;
+  std::size_t k = waited_;
+  while (k < marks_.size() && marks_[k].first <= l) ++k;
+  if (k == waited_) return;
+  started_->wait_started(marks_[k - 1].second);
+  waited_ = k;
+  gathering_ = waited_ < marks_.size();
+}
+
+void FlatReducer::params_all() {
+  if (gathering_) params_needed(std::numeric_limits<int>::max());
 }
 
 void FlatReducer::begin(float* grads, float* shard) {
@@ -102,6 +143,7 @@ void FlatReducer::layer_done(int l) {
 
 std::size_t FlatReducer::finish() {
   require(grads_ != nullptr, "FlatReducer::finish: no step begun");
+  params_all();  // (forward waited for them all already; a mark is valid until wait_started())
   const std::size_t early = next_;
   for (; next_ < pieces_.size(); ++next_) start(pieces_[next_].first, pieces_[next_].second);
   grads_ = shard_ = nullptr;

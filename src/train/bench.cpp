@@ -143,7 +143,8 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   if (overlap) {
     overlap_comm = grid.dp().split(0, grid.dp().rank());
     reducer.overlap(parallel::make_collectives(parallel::parse_backend("auto"), overlap_comm), gpt.padded_size(),
-                    gpt.grad_pieces(reducer.max_piece()), [&gpt](std::size_t lo, std::size_t hi) { return gpt.grad_ready_after(lo, hi); });
+                    gpt.grad_pieces(reducer.max_piece()), [&gpt](std::size_t lo, std::size_t hi) { return gpt.grad_ready_after(lo, hi); },
+                    nullptr);  // (no ZeRO-1 here: no parameter all-gather)
     gpt.set_layer_done([&reducer](int l) { reducer.layer_done(l); });
   }
   std::mt19937 rng(unsigned(cfg.seed) + unsigned(grid.dp().rank()));  // TP ranks share their batch

@@ -462,8 +462,11 @@ void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& o
       r.overlap_comm = grid.dp().split(0, drank);
       const model::GPT& g = *r.gpt;
       flat->overlap(parallel::make_collectives(backend, r.overlap_comm), n, g.grad_pieces(flat->max_piece()),
-                    [&g](std::size_t lo, std::size_t hi) { return g.grad_ready_after(lo, hi); });
+                    [&g](std::size_t lo, std::size_t hi) { return g.grad_ready_after(lo, hi); },
+                    [&g](std::size_t lo, std::size_t hi) { return g.param_needed_at(lo, hi); });
       r.overlapped = flat.get();
+      if (pc.zero == 1)  // the next forward waits, layer by layer, for the parameters it reads
+        r.gpt->set_layer_begin([p = r.overlapped](int l) { p->params_needed(l); });
     }
     r.reducer = std::move(flat);
   }
@@ -509,6 +512,7 @@ struct SaveJob {
 /// the writers (the communicator is duplicated here).
 std::unique_ptr<SaveJob> snapshot(Run& r, const parallel::ProcessGrid& grid, int step, double wall,
                                   const io::DataLoader::Position* position = nullptr) {
+  if (r.overlapped) r.overlapped->params_all();  // a ZeRO-1 all-gather still in flight
   const auto& cfg = r.cfg;
   auto job = std::make_unique<SaveJob>();
   io::CheckpointState& st = job->st;
@@ -946,7 +950,9 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       const double scale = kernels::clip_factor(rec.grad_norm, cfg.optim.grad_clip) / nred;
       if (watchdog) watchdog->updating();
       r.adamw->step(ex, params, zero ? r.grad_shard : grads, rec.lr, scale);
-      if (zero) {
+      if (zero && r.overlapped) {  // the next forward waits for each layer's parameters
+        r.overlapped->start_gather(params.data());
+      } else if (zero) {
         const auto tg0 = Clock::now();
         r.reducer->all_gather(params.data(), n);
         rec.comm_ms += 1e3 * since(tg0);
@@ -1102,6 +1108,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     saver.wait();
     if (!saver_path.empty()) site_out << "saved checkpoint " << saver_path << " (in the background)" << std::endl;
   }
+  if (r.overlapped) r.overlapped->params_all();
   double checksum = 0;
   if (tp > 1 || r.pipe) {  // of the whole model, the same on every rank: each element from the rank that owns it
     const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), params);

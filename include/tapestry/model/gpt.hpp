@@ -206,6 +206,14 @@ class GPT {
   /// (also a tied output layer), and gradients summed over the TP group. The final norm and an
   /// untied output layer are complete before the layers' backward: their range gives the top layer.
   int grad_ready_after(std::size_t lo, std::size_t hi) const;
+  /// Called by forward() before it reads the parameters of the embedding (-1), of layer l (this
+  /// stage's index), and of the final norm and output layer (num_layers), e.g. to wait for the
+  /// parameters a ZeRO-1 all-gather still brings (parallel::FlatReducer::params_needed). Empty: none.
+  void set_layer_begin(std::function<void(int)> f) { layer_begin_ = std::move(f); }
+  /// Where forward() first reads a parameter in [lo, hi) of the flat buffer: -1 (the embeddings,
+  /// also a tied output layer), a layer l, or num_layers (the final norm, an untied output layer;
+  /// also the padding, never read).
+  int param_needed_at(std::size_t lo, std::size_t hi) const;
   /// The flat buffer (padded_size()) cut where backward completes gradients: each layer's slice of
   /// each per-layer tensor, every other tensor, the padding; a piece above `max_elems` cut into
   /// pieces of at most that. In order; they tile the buffer.
@@ -298,7 +306,8 @@ class GPT {
   // loss scale its backward ran with in forward() (d loss / d lnf_ is then in dtmp_); none if not.
   int logit_rows_ = 0;
   std::optional<double> head_scale_;
-  std::function<void(int)> layer_done_;  // see set_layer_done()
+  std::function<void(int)> layer_done_;   // see set_layer_done()
+  std::function<void(int)> layer_begin_;  // see set_layer_begin()
   /// The output layer and the cross-entropy over all rows, chunk by chunk: losses_, and with
   /// `scale` the output weight's gradient and d loss / d lnf_ (into dtmp_).
   void head(const kernels::Blas& blas, std::optional<double> scale);

@@ -43,6 +43,13 @@ class Collectives {
   virtual void start_all_reduce_sum(float* buf, std::size_t n) = 0;
   /// On rank `root`: recv (n) = sum over ranks of send (n); recv is not used on the other ranks.
   virtual void start_reduce_sum(const float* send, float* recv, std::size_t n, int root) = 0;
+  /// On every rank: buf (n) = root's buf (n).
+  virtual void start_broadcast(float* buf, std::size_t n, int root) = 0;
+  /// A mark after the collectives started so far: wait_started(mark) returns when all of those are
+  /// done (NCCL: makes Kokkos' stream wait for them), not waiting for any started later. A mark is
+  /// valid until the next wait_started().
+  virtual std::size_t started_mark() = 0;
+  virtual void wait_started(std::size_t mark) = 0;
   virtual void wait_started() = 0;
   /// "a thread", "the communication stream" or "blocking": where started collectives run.
   virtual const char* started_on() const = 0;

@@ -63,9 +63,12 @@ class FlatReducer final : public GradReducer {
   /// `pieces`: [lo, hi) ranges that tile [0, n) in order, none longer than the bucket size.
   /// `ready_after(lo, hi)`: the layer whose backward writes the last gradient in [lo, hi) (backward
   /// runs from the last layer down), or -1 where one is written only at the end of backward.
+  /// `needed_at(lo, hi)` (ZeRO-1's parameter all-gather, see start_gather): where the next forward
+  /// first reads a parameter in [lo, hi): -1 (before the first layer), a layer, or after the last.
   void overlap(std::unique_ptr<Collectives> started, std::size_t n,
                const std::vector<std::pair<std::size_t, std::size_t>>& pieces,
-               const std::function<int(std::size_t, std::size_t)>& ready_after);
+               const std::function<int(std::size_t, std::size_t)>& ready_after,
+               const std::function<int(std::size_t, std::size_t)>& needed_at);
   bool overlapped() const { return started_ != nullptr; }
   /// The largest piece overlap() takes: the bucket size.
   std::size_t max_piece() const { return bucket_elems_; }
@@ -77,6 +80,15 @@ class FlatReducer final : public GradReducer {
   /// After backward: starts the remaining pieces and waits for all. Returns how many had started
   /// before it was called.
   std::size_t finish();
+  /// ZeRO-1, after the optimizer step: starts every rank's updated shard of params (n) out to all
+  /// ranks (a broadcast per part of a piece in a rank's shard, as all_gather gives), in the order
+  /// the next forward reads them, so that the transfer runs while the forward runs.
+  /// params_needed(l) (at forward's layer l, as needed_at) waits for what it reads there;
+  /// params_all() for everything (before anything else reads the parameters: a checkpoint).
+  void start_gather(float* params);
+  void params_needed(int l);
+  void params_all();
+  bool gathering() const { return gathering_; }
   std::size_t pieces() const { return pieces_.size(); }
   const char* started_on() const { return started_ ? started_->started_on() : "blocking"; }
   ///@}
@@ -95,6 +107,11 @@ class FlatReducer final : public GradReducer {
   std::size_t next_ = 0;    ///< pieces_ started so far
   float* grads_ = nullptr;
   float* shard_ = nullptr;
+  std::vector<std::pair<std::size_t, std::size_t>> gather_;  ///< pieces_ in the order forward reads them
+  std::vector<int> need_;  ///< per entry of gather_: needed_at of its range
+  std::vector<std::pair<int, std::size_t>> marks_;  ///< started gather: (need, mark after its pieces)
+  std::size_t waited_ = 0;  ///< marks_ waited for so far
+  bool gathering_ = false;
   void start(std::size_t lo, std::size_t hi);
 };
 
