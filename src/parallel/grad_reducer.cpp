@@ -101,7 +101,9 @@ void FlatReducer::params_needed(int l) {
   std::size_t k = waited_;
   while (k < marks_.size() && marks_[k].first <= l) ++k;
   if (k == waited_) return;
+  const double t0 = MPI_Wtime();
   started_->wait_started(marks_[k - 1].second);
+  gather_wait_s_ += MPI_Wtime() - t0;
   waited_ = k;
   gathering_ = waited_ < marks_.size();
 }

@@ -878,6 +878,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
     }
     StepRecord rec;
     const auto t0 = Clock::now();
+    const double gather_wait_before = r.overlapped ? r.overlapped->gather_wait_seconds() : 0;
     const double read_before = r.train_loader->read_seconds();
     double loss = last_loss;
     // --outer-quota: a straggling site skips the steps it has no time for (their batches are
@@ -925,7 +926,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       const int nred = red.size();
       double sumsq = 0;
       const double xsite_before = r.reducer->cross_site_seconds();
-      if (r.overlapped) r.overlapped->finish();  // the buckets not started yet, then the wait
+      if (r.overlapped) r.overlapped->finish();  // the pieces not started yet, then the wait
       else if (zero) r.reducer->reduce_scatter_sum(grads.data(), r.grad_shard.data(), n);
       else r.reducer->all_reduce_sum(grads.data(), n);
       if (r.sites && !r.diloco)  // the flat ring spans sites: all of it waits on the WAN
@@ -942,6 +943,8 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       }
       if (zero) sumsq = all_sum(sumsq, *r.shard_comm);
       rec.comm_ms = 1e3 * since(tc);
+      if (r.overlapped)  // and the forward's waits for ZeRO-1's parameters
+        rec.comm_ms += 1e3 * (r.overlapped->gather_wait_seconds() - gather_wait_before);
       // The mean over the reducing group: every DP rank, or with DiLoCo this site's ranks (sites do
       // not talk between outer steps; the log shows site 0's loss).
       loss = all_sum(loss, red) / nred;

@@ -4,10 +4,12 @@
 #   wan:   one rank on each of 2 emulated sites (tools/wan/wan.sh: DELAY_MS one-way, RATE per link),
 #          the gradient all-reduce over TCP;
 #   node:  both ranks on this node (shared memory), for comparison.
+# Then, on the sites, TRAIN_REPS pairs of 6-step `tapestry train --zero 1` runs (the same model),
+# where the flag also overlaps ZeRO-1's parameter all-gather with the next forward.
 # Raw JSON and logs go to docs/wan/overlap_*; the medians are printed (and are what docs/wan.md and
 # docs/performance.md quote). Root only; tears the sites down on exit. About 6 minutes on 2 cores.
 #
-# Env: TAPESTRY (binary, default build/src/tapestry), DELAY_MS (20), RATE (1gbit), REPS (4),
+# Env: TAPESTRY (binary, default build/src/tapestry), DELAY_MS (20), RATE (1gbit), REPS (4), TRAIN_REPS (2),
 # NETS ("wan node"), MODEL (bench step's model and batch flags), RUN_TIMEOUT (s per run, 300).
 # `tools/wan/overlap.sh report` prints the table again from the recorded JSON.
 set -uo pipefail
@@ -21,6 +23,7 @@ report() {  # the medians of the JSON in $OUT
   python3 - "$OUT" <<'PY'
 import glob, json, statistics, sys
 out = sys.argv[1]
+print("bench step (medians):")
 print("| network | overlap | ms/step | backward | all-reduce after backward | runs |")
 print("|---|---|---|---|---|---|")
 for net in ("wan", "node"):
@@ -29,6 +32,18 @@ for net in ("wan", "node"):
         if runs:
             med = lambda k: statistics.median(r[k] for r in runs)
             print(f"| {net} | {mode} | {med('ms_per_step'):.0f} | {med('backward_ms'):.0f} | {med('comm_ms'):.0f} | {len(runs)} |")
+print("train --zero 1 on the sites (steps 2-6 of each run, medians):")
+print("| overlap | ms/step | comm (waits) | final loss | runs |")
+print("|---|---|---|---|---|")
+for mode in ("off", "on"):
+    steps, losses = [], []
+    for f in sorted(glob.glob(f"{out}/overlap_train_{mode}_*.jsonl")):
+        recs = [json.loads(l) for l in open(f) if '"ms"' in l]
+        steps += [r for r in recs if r["step"] >= 2]
+        losses.append(recs[-1]["loss"])
+    if steps:
+        med = lambda k: statistics.median(r[k] for r in steps)
+        print(f"| {mode} | {med('ms'):.0f} | {med('comm_ms'):.0f} | {' '.join(f'{x:.6f}' for x in losses)} | {len(losses)} |")
 PY
 }
 if [ "${1:-}" = report ]; then report; exit; fi
@@ -61,7 +76,23 @@ for net in ${NETS:-wan node}; do
       grep 'ms/step' "$OUT/$name.log" | sed "s/^/$name: /"
     done
   done
-  [ "$net" = wan ] && "$WAN" down >/dev/null 2>&1
+  if [ "$net" = wan ]; then
+    # bench step's flags as train's: -b, -t spelled out, no --warmup / --iters
+    read -ra TRAIN_MODEL <<<"$(printf '%s\n' "${MODEL[@]}" | sed -e 's/^-b$/--batch-size/' -e 's/^-t$/--seq-len/' |
+      paste -sd' ' | sed -e 's/--warmup [0-9]*//' -e 's/--iters [0-9]*//')"
+    for ((i = 0; i < ${TRAIN_REPS:-2}; i++)); do
+      for flag in "" --overlap-grad-reduce; do
+        mode=off; [ -n "$flag" ] && mode=on
+        name=overlap_train_${mode}_$i
+        MPIRUN_ARGS="-x OPENBLAS_NUM_THREADS" timeout "$RUN_TIMEOUT" "$WAN" run "$TAPESTRY" train "${TRAIN_MODEL[@]}" \
+          --train-data "$DATA/corpus_train.bin" --val-data "$DATA/corpus_val.bin" --global-batch 16 --steps 6 \
+          --log-every 1 --val-every 0 --zero 1 --ckpt-dir "$WAN_STATE/ckpt" --metrics-file "$OUT/$name.jsonl" $flag \
+          >"$OUT/$name.log" 2>&1 || { echo "FAILED: $name (see $OUT/$name.log)"; FAILED=1; }
+        grep '^step' "$OUT/$name.log" | tail -1 | sed "s/^/$name: /"
+      done
+    done
+    "$WAN" down >/dev/null 2>&1
+  fi
 done
 cat "$OUT/overlap_env.txt"
 report

@@ -89,6 +89,9 @@ class FlatReducer final : public GradReducer {
   void params_needed(int l);
   void params_all();
   bool gathering() const { return gathering_; }
+  /// Seconds the calling thread has waited in params_needed()/params_all() so far (NCCL: about 0,
+  /// the device waits instead).
+  double gather_wait_seconds() const { return gather_wait_s_; }
   std::size_t pieces() const { return pieces_.size(); }
   const char* started_on() const { return started_ ? started_->started_on() : "blocking"; }
   ///@}
@@ -112,6 +115,7 @@ class FlatReducer final : public GradReducer {
   std::vector<std::pair<int, std::size_t>> marks_;  ///< started gather: (need, mark after its pieces)
   std::size_t waited_ = 0;  ///< marks_ waited for so far
   bool gathering_ = false;
+  double gather_wait_s_ = 0;
   void start(std::size_t lo, std::size_t hi);
 };
 
