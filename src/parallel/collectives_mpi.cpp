@@ -84,7 +84,7 @@ class MpiCollectives final : public Collectives {
   }
 
   // Started collectives: one thread of this object, which alone uses comm_ meanwhile, posts them
-  // as non-blocking MPI calls in the order started and drives them with MPI_Testall, sleeping
+  // as non-blocking MPI calls in the order started and drives them with MPI_Testsome, sleeping
   // kPoll between tests, so many are in flight (their latencies overlap on a slow link) and the
   // thread takes little of a core the computation needs. The buffers are host memory here, so
   // the thread makes no Kokkos call.
@@ -195,8 +195,8 @@ class MpiCollectives final : public Collectives {
         error = std::current_exception();
       }
       lock.lock();
-      if (error) error_ = error;
       if (error) {  // what was in flight is abandoned; every collective posted so far counts as ended
+        error_ = error;
         reqs.clear(), seqs.clear(), queue_.clear();
         issued = posted_;
       }

@@ -889,7 +889,7 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       rec.lr = optim::lr_at(cfg.optim, step, cfg.steps);
     } else {
       gpt.zero_grad();
-      blas.weights(params.data(), n);  // bf16: the step's weights rounded once, at their first product
+      blas.weights(params.data(), n);  // bf16: each weight matrix rounded once per step, at its first product
       loss = 0;
       // --overlap-grad-reduce: before the step's last backward, the sums start as layers finish
       std::function<void()> start_overlap;

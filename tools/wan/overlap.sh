@@ -7,7 +7,7 @@
 # Then, on the sites, TRAIN_REPS pairs of 6-step `tapestry train --zero 1` runs (the same model),
 # where the flag also overlaps ZeRO-1's parameter all-gather with the next forward.
 # Raw JSON and logs go to docs/wan/overlap_*; the medians are printed (and are what docs/wan.md and
-# docs/performance.md quote). Root only; tears the sites down on exit. About 6 minutes on 2 cores.
+# docs/performance.md quote). Root only; tears the sites down on exit. About 7 minutes on 2 cores.
 #
 # Env: TAPESTRY (binary, default build/src/tapestry), DELAY_MS (20), RATE (1gbit), REPS (4), TRAIN_REPS (2),
 # NETS ("wan node"), MODEL (bench step's model and batch flags), RUN_TIMEOUT (s per run, 300).

@@ -34,8 +34,9 @@ class Blas {
   const std::string& bf16_engine() const { return bf16_engine_; }
 
   /// Declares the n floats at `base` (a model's parameters) unchanged until the next call: under
-  /// Precision::bf16 a gemm operand inside them reads one bf16 copy of all of them, made at the
-  /// first such gemm after this call. Call it once per optimizer step (and before an evaluation);
+  /// Precision::bf16 a gemm operand inside them reads its part of one bf16 copy of them, each
+  /// operand rounded at its first gemm after this call (so a layer's weights are read when that
+  /// layer runs). Call it once per optimizer step (and before an evaluation);
   /// weights(nullptr, 0) forgets them. Whoever changes the floats must call it again.
   void weights(const float* base, std::size_t n) const;
 
