@@ -108,9 +108,10 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
   t->add_option("--zero", p.zero, "1: shard the AdamW state over data-parallel ranks (ZeRO-1)")->capture_default_str()->group("Parallelism");
   t->add_option("--bucket-mb", p.bucket_mb, "Gradient all-reduce bucket size, MiB")->capture_default_str()->group("Parallelism");
   t->add_flag("--overlap-grad-reduce", p.overlap_grad_reduce,
-              "Sum each gradient bucket over the data-parallel ranks as soon as backward has finished it, while "
-              "the lower layers' backward runs (MPI: on a thread; NCCL: on its own stream). Pays where the sum "
-              "crosses a network; on one node whose cores all compute it gains nothing. Needs --grad-reduce flat")
+              "Sum each layer's gradients over the data-parallel ranks as soon as backward has finished them, "
+              "while the lower layers' backward runs; with --zero 1 also bring each layer's parameters while the "
+              "next forward runs (MPI: on a thread; NCCL: on its own stream). Pays where the sums cross a network; "
+              "on one node whose cores all compute it gains nothing. Needs --grad-reduce flat")
       ->group("Parallelism");
   t->add_option("--collectives", p.collectives, "mpi, nccl or auto")->capture_default_str()->group("Parallelism");
   t->add_option("--grad-reduce", p.grad_reduce,
@@ -311,8 +312,8 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   step->add_flag("--kernel-times", bs.kernel_times, "List the time of every Kokkos kernel (each fenced: slows the step)");
   step->add_option("--bucket-mb", bs.bucket_mb, "Gradient all-reduce bucket size, MiB")->capture_default_str();
   step->add_flag("--overlap-grad-reduce", bs.overlap_grad_reduce,
-                 "Start each bucket's all-reduce as soon as backward has finished it (as train's flag); the "
-                 "all-reduce time printed is then the wait left after backward");
+                 "Start each layer's gradient all-reduce as soon as backward has finished it (as train's flag); "
+                 "the all-reduce time printed is then the wait left after backward");
   auto* gemm = bench->add_subcommand("gemm", "Measure the BLAS sgemm rate (M = N = K = size)");
   gemm->add_option("--size", inv.bench_gemm.size, "Matrix size")->capture_default_str();
   gemm->add_option("--iters", inv.bench_gemm.iters, "Timed calls")->capture_default_str();
