@@ -719,22 +719,20 @@ std::vector<float> GPT::logits(const kernels::Blas& blas) const {
   return r;
 }
 
+bool GPT::head_side(int idx) const {
+  return idx == slot_.lnfw || idx == slot_.lnfb || (idx == slot_.output && idx != slot_.wte);
+}
+
 int GPT::grad_ready_after(std::size_t lo, std::size_t hi) const {
-  const int top = stage_.num_layers - 1;
-  int ready = top;
+  int ready = stage_.num_layers - 1;
   for (const auto& p : partial_)
     if (p.offset < hi && lo < p.offset + p.size) return -1;  // summed over TP at the end
   for (std::size_t i = 0; i < layout_.size(); ++i) {
     const auto& t = layout_[i];
     if (t.size == 0 || t.offset >= hi || lo >= t.offset + t.size) continue;
-    const int idx = int(i);
-    if (t.per_layer) {
-      ready = std::min(ready, int((std::max(lo, t.offset) - t.offset) / t.layer_size()));
-    } else if (idx == slot_.lnfw || idx == slot_.lnfb || (idx == slot_.output && idx != slot_.wte)) {
-      // written in forward() (the output layer's backward) or at the start of backward()
-    } else {
-      return -1;  // embeddings: at the end
-    }
+    if (t.per_layer) ready = std::min(ready, int((std::max(lo, t.offset) - t.offset) / t.layer_size()));
+    else if (!head_side(int(i))) return -1;  // embeddings: at the end
+    // (the head's: written in forward(), the output layer's backward, or at the start of backward())
   }
   return ready;
 }
@@ -745,7 +743,7 @@ int GPT::param_needed_at(std::size_t lo, std::size_t hi) const {
     const auto& t = layout_[i];
     if (t.size == 0 || t.offset >= hi || lo >= t.offset + t.size) continue;
     if (t.per_layer) need = std::min(need, int((std::max(lo, t.offset) - t.offset) / t.layer_size()));
-    else if (int(i) != slot_.lnfw && int(i) != slot_.lnfb && (int(i) != slot_.output || int(i) == slot_.wte)) need = -1;
+    else if (!head_side(int(i))) need = -1;  // embeddings: first
   }
   return need;
 }

@@ -5,7 +5,6 @@
 #include <numeric>
 
 #include "tapestry/core/error.hpp"
-#include "tapestry/core/views.hpp"
 
 namespace tapestry::parallel {
 
@@ -46,11 +45,23 @@ void FlatReducer::all_gather(float* params, std::size_t n) {
   if (p > 1) coll_.all_gather_inplace(params, n / p);
 }
 
+namespace {
+/// Indices of `key` in order of key (descending or ascending), equal keys in index order.
+std::vector<std::size_t> order_by(const std::vector<int>& key, bool descending) {
+  std::vector<std::size_t> order(key.size());
+  std::iota(order.begin(), order.end(), std::size_t(0));
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return descending ? key[a] > key[b] : key[a] < key[b]; });
+  return order;
+}
+}  // namespace
+
 void FlatReducer::overlap(std::unique_ptr<Collectives> started, std::size_t n,
                           const std::vector<std::pair<std::size_t, std::size_t>>& pieces,
                           const std::function<int(std::size_t, std::size_t)>& ready_after,
                           const std::function<int(std::size_t, std::size_t)>& needed_at) {
   require(started && started->size() == coll_.size(), "FlatReducer::overlap: collectives over another group");
+  require(coll_.size() > 1, "FlatReducer::overlap: nothing to overlap at one rank");
   std::size_t at = 0;
   for (const auto& [lo, hi] : pieces) {
     require(lo == at && hi > lo && hi - lo <= bucket_elems_,
@@ -61,36 +72,33 @@ void FlatReducer::overlap(std::unique_ptr<Collectives> started, std::size_t n,
                        std::to_string(n));
   started_ = std::move(started);
   n_ = n;
-  // Backward completes the highest layers first; at equal readiness, flat order.
-  std::vector<int> ready;
-  for (const auto& [lo, hi] : pieces) ready.push_back(ready_after(lo, hi));
-  std::vector<std::size_t> order(pieces.size());
-  std::iota(order.begin(), order.end(), std::size_t(0));
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return ready[a] > ready[b]; });
-  pieces_.clear(), ready_.clear();
-  for (std::size_t i : order) pieces_.push_back(pieces[i]), ready_.push_back(ready[i]);
-  // The parameter all-gather: what forward reads first, first.
-  std::vector<int> need;
-  for (const auto& [lo, hi] : pieces) need.push_back(needed_at ? needed_at(lo, hi) : -1);
-  std::iota(order.begin(), order.end(), std::size_t(0));
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return need[a] < need[b]; });
-  gather_.clear(), need_.clear();
-  for (std::size_t i : order) gather_.push_back(pieces[i]), need_.push_back(need[i]);
+  // Backward completes the highest layers first; the parameter all-gather sends what forward reads
+  // first, first. Equal keys in flat order.
+  std::vector<int> ready, need;
+  for (const auto& [lo, hi] : pieces) {
+    ready.push_back(ready_after(lo, hi));
+    need.push_back(needed_at ? needed_at(lo, hi) : -1);
+  }
+  pieces_.clear(), ready_.clear(), gather_.clear(), need_.clear();
+  for (std::size_t i : order_by(ready, true)) pieces_.push_back(pieces[i]), ready_.push_back(ready[i]);
+  for (std::size_t i : order_by(need, false)) gather_.push_back(pieces[i]), need_.push_back(need[i]);
+}
+
+template <class F> void FlatReducer::shard_parts(std::size_t lo, std::size_t hi, const F& f) const {
+  const std::size_t s = n_ / std::size_t(coll_.size());
+  for (std::size_t r = lo / s; r * s < hi; ++r) f(int(r), std::max(lo, r * s), std::min(hi, (r + 1) * s), r * s);
 }
 
 void FlatReducer::start_gather(float* params) {
   require(overlapped(), "FlatReducer::start_gather: overlap() was not called");
   params_all();  // (a previous one not waited for)
   marks_.clear(), waited_ = 0;
-  const std::size_t P = std::size_t(coll_.size()), s = n_ / P;
-  if (P == 1) return;
   for (std::size_t i = 0; i < gather_.size(); ++i) {
     const auto [lo, hi] = gather_[i];
     count(hi - lo, 1.0);
-    for (std::size_t r = lo / s; r * s < hi; ++r) {
-      const std::size_t a = std::max(lo, r * s), e = std::min(hi, (r + 1) * s);
-      started_->start_broadcast(params + a, e - a, int(r));
-    }
+    shard_parts(lo, hi, [&](int r, std::size_t a, std::size_t e, std::size_t) {
+      started_->start_broadcast(params + a, e - a, r);
+    });
     if (i + 1 == gather_.size() || need_[i + 1] != need_[i]) marks_.emplace_back(need_[i], started_->started_mark());
   }
   gathering_ = true;
@@ -120,22 +128,15 @@ void FlatReducer::begin(float* grads, float* shard) {
 
 void FlatReducer::start(std::size_t lo, std::size_t hi) {
   const std::size_t len = hi - lo;
-  if (coll_.size() == 1) {  // the sum over one rank: the gradients themselves
-    if (shard_ != nullptr) Kokkos::deep_copy(ExecSpace(), View1<float>(shard_ + lo, len), View1<float>(grads_ + lo, len));
-    return;
-  }
   if (shard_ == nullptr) {
     count(len, 2.0);
     started_->start_all_reduce_sum(grads_ + lo, len);
     return;
   }
   count(len, 1.0);
-  const std::size_t s = n_ / std::size_t(coll_.size());
-  for (std::size_t r = lo / s; r * s < hi; ++r) {
-    const std::size_t a = std::max(lo, r * s), e = std::min(hi, (r + 1) * s);
-    const bool mine = int(r) == coll_.rank();
-    started_->start_reduce_sum(grads_ + a, mine ? shard_ + (a - r * s) : nullptr, e - a, int(r));
-  }
+  shard_parts(lo, hi, [&](int r, std::size_t a, std::size_t e, std::size_t first) {
+    started_->start_reduce_sum(grads_ + a, r == coll_.rank() ? shard_ + (a - first) : nullptr, e - a, r);
+  });
 }
 
 void FlatReducer::layer_done(int l) {

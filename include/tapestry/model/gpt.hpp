@@ -250,6 +250,9 @@ class GPT {
                     int w, int b, int layer);
   void norm_backward(const ExecSpace& ex, View2<float> dinp, View2<float> dout, View2<float> inp, View1<float> mean,
                      View1<float> rstd, int w, int b, int layer);
+  /// Layout index idx is the final norm's or an untied output layer's (not a layer's, not an
+  /// embedding): read after the layers' forward, its gradient complete before their backward.
+  bool head_side(int idx) const;
   View2<float> p2(const View1<float>& flat, int idx, int layer = 0) const;
   View1<float> p1(const View1<float>& flat, int idx, int layer = 0) const;  ///< empty when idx < 0
 

@@ -58,8 +58,9 @@ class FlatReducer final : public GradReducer {
   /// shard is reduced to that rank, which leaves every rank the sum of its shard, as
   /// reduce_scatter_sum. Every rank starts the same pieces in the same order (from the layout).
   ///@{
-  /// `started`: collectives over the same ranks that this object alone uses (made over a duplicate
-  /// of the communicator, so their thread or stream never meets a call on the caller's).
+  /// `started`: collectives over the same ranks (two or more) that this object alone uses (made
+  /// over a duplicate of the communicator, so their thread or stream never meets a call on the
+  /// caller's).
   /// `pieces`: [lo, hi) ranges that tile [0, n) in order, none longer than the bucket size.
   /// `ready_after(lo, hi)`: the layer whose backward writes the last gradient in [lo, hi) (backward
   /// runs from the last layer down), or -1 where one is written only at the end of backward.
@@ -117,6 +118,9 @@ class FlatReducer final : public GradReducer {
   bool gathering_ = false;
   double gather_wait_s_ = 0;
   void start(std::size_t lo, std::size_t hi);
+  /// f(rank, a, e, first): each part [a, e) of [lo, hi) inside one rank's ZeRO-1 shard, which
+  /// starts at flat index `first`.
+  template <class F> void shard_parts(std::size_t lo, std::size_t hi, const F& f) const;
 };
 
 }  // namespace tapestry::parallel
