@@ -12,9 +12,13 @@
 #include "tapestry/io/llmc_checkpoint.hpp"
 #include "tapestry/io/token_file.hpp"
 #include "tapestry/io/data_prepare.hpp"
+#include "helpers.hpp"
+#include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/blas.hpp"
+#include "tapestry/kernels/optim.hpp"
 #include "tapestry/model/gpt.hpp"
 #include "tapestry/model/memory.hpp"
+#include "tapestry/optim/adamw.hpp"
 #include "tapestry/parallel/comm.hpp"
 #include "tapestry/train/trainer.hpp"
 
@@ -406,6 +410,112 @@ TEST_CASE("grad_ready_after names a layer after whose backward no gradient in th
     for (std::size_t i = lo; i < hi; ++i) expect = ready[i] < 0 || expect < 0 ? -1 : std::min(expect, ready[i]);
     REQUIRE(gpt.grad_ready_after(lo, hi) == expect);
   }
+}
+
+TEST_CASE("the fused AdamW equals the update tensor by tensor, zeroes what it read, writes the bf16 copy", "[train][adamw]") {
+  using test::randn;
+  // Three tensors, the middle one over two chunks long, and padding after the last; the whole
+  // buffer, and a ZeRO-1-like shard that starts and ends inside tensors.
+  const std::size_t K = kernels::kAdamWChunk;
+  std::vector<model::ParamTensor> ts(3);
+  const std::size_t sizes[3] = {7, 2 * K + 5, 11};
+  std::size_t at = 0;
+  for (int i = 0; i < 3; ++i) {
+    ts[std::size_t(i)].offset = at, ts[std::size_t(i)].size = sizes[i], ts[std::size_t(i)].decay = i != 1;
+    at += sizes[i];
+  }
+  const std::size_t n = at + 9;
+  OptimConfig cfg;
+  cfg.beta1 = 0.8, cfg.beta2 = 0.95, cfg.eps = 1e-6, cfg.weight_decay = 0.1;
+  auto floats = [](const std::vector<double>& x) {
+    std::vector<float> f(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) f[i] = float(x[i]);
+    return f;
+  };
+  auto host = [](const View1<float>& v) {
+    auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), v);
+    return std::vector<float>(h.data(), h.data() + h.extent(0));
+  };
+  auto load = [](const View1<float>& v, const std::vector<float>& x) {
+    Kokkos::deep_copy(v, Kokkos::View<const float*, Layout, HostSpace, Kokkos::MemoryUnmanaged>(x.data(), x.size()));
+  };
+  for (const auto& [begin, end] : {std::pair<std::size_t, std::size_t>{0, n}, {3, n - 14}})
+    for (const Precision prec : {Precision::fp32, Precision::bf16})
+      for (const bool zero : {false, true}) {
+        CAPTURE(begin, end, int(prec), zero);
+        const std::size_t m = end - begin;
+        const std::vector<float> p0 = floats(randn(n, 11)), pad_g = floats(randn(m, 12));
+        kernels::Blas blas(ExecSpace(), prec);
+        optim::AdamW adam(cfg, ts, begin, end);
+        View1<float> p("p", n), g("g", m), rp("ref_p", n), rm("ref_m", m), rv("ref_v", m);
+        load(p, p0), load(rp, p0);
+        for (int step = 1; step <= 2; ++step) {
+          const std::vector<float> g0 = floats(randn(m, std::uint64_t(20 + step)));
+          load(g, g0);
+          const double lr = 1e-2 * step, scale = 0.5;
+          optim::FusedStep f;
+          f.zero_grads = zero, f.blas = &blas;
+          adam.step(ExecSpace(), p, g, lr, scale, f);
+          // The reference: adamw_update over each tensor's part of [begin, end), as before the fusion.
+          kernels::AdamWStep s;
+          s.lr = lr, s.beta1 = cfg.beta1, s.beta2 = cfg.beta2, s.eps = cfg.eps, s.t = step, s.grad_scale = scale;
+          for (const auto& t : ts) {
+            const std::size_t lo = std::max(t.offset, begin), hi = std::min(t.offset + t.size, end);
+            if (lo >= hi) continue;
+            s.weight_decay = t.decay ? cfg.weight_decay : 0.0;
+            const View1<float> gr("gr", hi - lo);
+            load(gr, std::vector<float>(g0.begin() + long(lo - begin), g0.begin() + long(hi - begin)));
+            kernels::adamw_update(ExecSpace(), View1<float>(rp.data() + lo, hi - lo), View1<float>(rm.data() + (lo - begin), hi - lo),
+                                  View1<float>(rv.data() + (lo - begin), hi - lo), gr, s);
+          }
+          REQUIRE(host(p) == host(rp));  // bitwise, padding and parameters outside the shard untouched
+          REQUIRE(host(adam.m()) == host(rm));
+          REQUIRE(host(adam.v()) == host(rv));
+          const std::vector<float> gh = host(g);
+          std::size_t wrong = 0;
+          for (std::size_t i = 0; i < m; ++i) {
+            const bool covered = begin + i < at;  // the padding is no tensor's: never read
+            wrong += gh[i] != (zero && covered ? 0.0f : g0[i]);
+          }
+          REQUIRE(wrong == 0);
+          // The bf16 copy: each updated parameter rounded, and the products read it as written.
+          const auto copy = blas.weight_copy();
+          if (prec == Precision::fp32) {
+            REQUIRE(copy.words == nullptr);
+            REQUIRE(copy.values == nullptr);
+            continue;
+          }
+          REQUIRE((copy.words == nullptr) != (copy.values == nullptr));
+          const std::vector<float> ph = host(p);
+          std::vector<float> got(n);
+          if (copy.words != nullptr) {
+            std::vector<std::uint16_t> w(n);
+            Kokkos::deep_copy(Kokkos::View<std::uint16_t*, Layout, HostSpace, Kokkos::MemoryUnmanaged>(w.data(), n),
+                              Kokkos::View<std::uint16_t*, Layout, MemSpace, Kokkos::MemoryUnmanaged>(copy.words, n));
+            for (std::size_t i = 0; i < n; ++i) got[i] = kernels::from_bf16(w[i]);
+          } else {
+            Kokkos::deep_copy(Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryUnmanaged>(got.data(), n),
+                              Kokkos::View<float*, Layout, MemSpace, Kokkos::MemoryUnmanaged>(copy.values, n));
+          }
+          for (std::size_t i = begin; i < std::min(end, at); ++i) wrong += got[i] != kernels::round_bf16(ph[i]);
+          REQUIRE(wrong == 0);
+          // A product over the middle tensor's first 16 x 64 weights, from the copy: overwrite
+          // those parameters now (not declared again); the product must not see it.
+          const std::size_t w0 = ts[1].offset;
+          View1<float> x("x", 64), y("y", 16);
+          load(x, floats(randn(64, 30)));
+          Kokkos::deep_copy(View1<float>(p.data() + w0, 16 * 64), 1e3f);
+          blas.gemm<float>(false, true, 1, 16, 64, 1.0f, x.data(), 64, p.data() + w0, 64, 0.0f, y.data(), 16);
+          const std::vector<float> xh = host(x), yh = host(y);
+          for (int j = 0; j < 16; ++j) {
+            double want = 0;
+            for (int k = 0; k < 64; ++k)
+              want += double(kernels::round_bf16(xh[std::size_t(k)])) * double(got[w0 + std::size_t(j) * 64 + std::size_t(k)]);
+            REQUIRE(std::abs(yh[std::size_t(j)] - want) < 1e-3);
+          }
+          load(p, ph);  // as the step left them
+        }
+      }
 }
 
 TEST_CASE("padded vocabulary rows never receive probability or gradient", "[model]") {

@@ -98,16 +98,29 @@ struct Blas::Impl {
       const bool done = it != rounded.begin() && std::prev(it)->second >= off + n;
       if (!done) {
         round_range(exec, s.w, w_n, w_base, off, n);
-        rounded.insert(it, {off, off + n});  // then merge neighbours that touch or overlap
-        std::vector<std::pair<std::size_t, std::size_t>> merged;
-        for (const auto& r : rounded)
-          if (!merged.empty() && r.first <= merged.back().second) merged.back().second = std::max(merged.back().second, r.second);
-          else merged.push_back(r);
-        rounded.swap(merged);
+        mark_rounded(off, off + n);
       }
       return s.w.data() + off;
     }
     return round_into(exec, mine, X, n);
+  }
+
+  /// Adds [lo, hi) to `rounded`, merging neighbours that touch or overlap.
+  void mark_rounded(std::size_t lo, std::size_t hi) const {
+    auto it = std::upper_bound(rounded.begin(), rounded.end(), std::make_pair(lo, ~std::size_t(0)));
+    rounded.insert(it, {lo, hi});
+    std::vector<std::pair<std::size_t, std::size_t>> merged;
+    for (const auto& r : rounded)
+      if (!merged.empty() && r.first <= merged.back().second) merged.back().second = std::max(merged.back().second, r.second);
+      else merged.push_back(r);
+    rounded.swap(merged);
+  }
+
+  /// The copy of the declared weights (grown to w_n): 16-bit words for cuBLAS and oneDNN, floats
+  /// for a host sgemm, as operand() reads them.
+  template <class W> W* weight_copy(Bf16Scratch<W>& s) const {
+    if (s.w.extent(0) < w_n) s.w = View1<W>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::blas_bf16"), w_n);
+    return s.w.data();
   }
 };
 
@@ -144,6 +157,27 @@ void Blas::weights(const float* base, std::size_t n) const {
   impl_->w_base = n > 0 ? base : nullptr;
   impl_->w_n = n;
   impl_->rounded.clear();
+}
+
+Blas::WeightCopy Blas::weight_copy() const {
+  WeightCopy c;
+  if (precision_ != Precision::bf16 || impl_->w_base == nullptr) return c;
+#ifdef KOKKOS_ENABLE_CUDA
+  c.words = impl_->weight_copy(impl_->words);
+#else
+#ifdef TAPESTRY_HAVE_ONEDNN
+  if (impl_->dnnl) {
+    c.words = impl_->weight_copy(impl_->words);
+    return c;
+  }
+#endif
+  c.values = impl_->weight_copy(impl_->floats);
+#endif
+  return c;
+}
+
+void Blas::weights_rounded(std::size_t lo, std::size_t hi) const {
+  if (lo < hi && impl_->w_base != nullptr) impl_->mark_rounded(lo, std::min(hi, impl_->w_n));
 }
 
 Blas::~Blas() = default;

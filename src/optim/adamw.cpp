@@ -20,10 +20,31 @@ double lr_at(const OptimConfig& cfg, int step, int total_steps) {
 AdamW::AdamW(const OptimConfig& cfg, const std::vector<model::ParamTensor>& tensors, std::size_t begin,
              std::size_t end)
     : cfg_(cfg), tensors_(tensors), begin_(begin), end_(end), m_("tapestry::adam_m", end - begin),
-      v_("tapestry::adam_v", end - begin) {}
+      v_("tapestry::adam_v", end - begin) {
+  // Each tensor's overlap with [begin, end) in runs of at most kAdamWChunk; padding past the last
+  // tensor is never updated.
+  std::vector<kernels::AdamWChunk> runs;
+  for (const auto& t : tensors_) {
+    const std::size_t lo = std::max(t.offset, begin_), hi = std::min(t.offset + t.size, end_);
+    for (std::size_t a = lo; a < hi; a += kernels::kAdamWChunk) {
+      kernels::AdamWChunk c;
+      c.param = a;
+      c.local = a - begin_;
+      c.n = std::uint32_t(std::min<std::size_t>(kernels::kAdamWChunk, hi - a));
+      c.decay = t.decay ? 1 : 0;
+      runs.push_back(c);
+      if (!covered_.empty() && covered_.back().second == a) covered_.back().second = a + c.n;
+      else covered_.emplace_back(a, a + c.n);
+    }
+  }
+  Kokkos::View<kernels::AdamWChunk*, Layout, MemSpace> chunks("tapestry::adamw_chunks", runs.size());
+  Kokkos::deep_copy(chunks, Kokkos::View<const kernels::AdamWChunk*, Layout, HostSpace, Kokkos::MemoryUnmanaged>(
+                                runs.data(), runs.size()));
+  chunks_ = chunks;
+}
 
-void AdamW::step(const ExecSpace& exec, View1<float> params, View1<float> grads, double lr,
-                 double grad_scale) {
+void AdamW::step(const ExecSpace& exec, View1<float> params, View1<float> grads, double lr, double grad_scale,
+                 const FusedStep& fused) {
   ++t_;
   kernels::AdamWStep s;
   s.lr = lr;
@@ -32,15 +53,23 @@ void AdamW::step(const ExecSpace& exec, View1<float> params, View1<float> grads,
   s.eps = cfg_.eps;
   s.t = t_;
   s.grad_scale = grad_scale;
-  // Each tensor's overlap with [begin, end); padding past the last tensor is never updated.
-  for (const auto& t : tensors_) {
-    const std::size_t lo = std::max(t.offset, begin_), hi = std::min(t.offset + t.size, end_);
-    if (lo >= hi) continue;
-    s.weight_decay = t.decay ? cfg_.weight_decay : 0.0;
-    const std::size_t n = hi - lo, local = lo - begin_;
-    kernels::adamw_update(exec, View1<float>(params.data() + lo, n), View1<float>(m_.data() + local, n),
-                          View1<float>(v_.data() + local, n), View1<float>(grads.data() + local, n), s);
+  s.weight_decay = cfg_.weight_decay;  // where a chunk's tensor decays
+  kernels::Blas::WeightCopy copy;
+  if (fused.blas != nullptr) {
+    fused.blas->weights(params.data(), params.extent(0));
+    copy = fused.blas->weight_copy();
   }
+  if (copy.words != nullptr) {
+    kernels::AdamWExtras<std::uint16_t> x;
+    x.zero_grads = fused.zero_grads, x.copy = copy.words;
+    kernels::adamw_fused(exec, chunks_, params, m_, v_, grads, s, x);
+  } else {
+    kernels::AdamWExtras<float> x;
+    x.zero_grads = fused.zero_grads, x.copy = copy.values;
+    kernels::adamw_fused(exec, chunks_, params, m_, v_, grads, s, x);
+  }
+  if (copy.words != nullptr || copy.values != nullptr)
+    for (const auto& [lo, hi] : covered_) fused.blas->weights_rounded(lo, hi);
 }
 
 double grad_norm(const ExecSpace& exec, View1<float> grads) {

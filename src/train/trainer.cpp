@@ -849,6 +849,9 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
   std::vector<int> in, tg;
   double xsite_wait_s = 0, wall_s = 0;  // this rank's cross-site waits and step times, for the summary
   double last_loss = 0;                 // shown for a step a straggling site skips
+  // Left by the last AdamW step (its fused pass): the gradients zeroed, the parameters declared to
+  // the Blas with the bf16 copy of this rank's part written.
+  bool grads_zero = false, weights_declared = false;
   View1<float> params = gpt.params(), grads = gpt.grads();
   const std::size_t n = gpt.padded_size();
   // Elastic federation: the decisions (drops, admissions, contributors), in this site's log.
@@ -888,8 +891,10 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       for (int micro = 0; micro < cfg.grad_accum; ++micro) r.train_loader->next_batch(in, tg);
       rec.lr = optim::lr_at(cfg.optim, step, cfg.steps);
     } else {
-      gpt.zero_grad();
-      blas.weights(params.data(), n);  // bf16: each weight matrix rounded once per step, at its first product
+      if (!grads_zero) gpt.zero_grad();
+      // bf16: each weight matrix rounded once per step, at its first product (or by AdamW)
+      if (!weights_declared) blas.weights(params.data(), n);
+      grads_zero = weights_declared = false;
       loss = 0;
       // --overlap-grad-reduce: before the step's last backward, the sums start as layers finish
       std::function<void()> start_overlap;
@@ -952,7 +957,13 @@ TrainResult run_training(const TrainConfig& cfg_in, const parallel::ProcessGrid&
       rec.lr = optim::lr_at(cfg.optim, step, cfg.steps);
       const double scale = kernels::clip_factor(rec.grad_norm, cfg.optim.grad_clip) / nred;
       if (watchdog) watchdog->updating();
-      r.adamw->step(ex, params, zero ? r.grad_shard : grads, rec.lr, scale);
+      // One pass: the update, the gradients zeroed (without ZeRO-1, where they are the whole
+      // buffer) and the bf16 weight copy (not with DiLoCo, whose exchanges change parameters).
+      optim::FusedStep fused;
+      fused.zero_grads = !zero;
+      fused.blas = r.diloco ? nullptr : &blas;
+      r.adamw->step(ex, params, zero ? r.grad_shard : grads, rec.lr, scale, fused);
+      grads_zero = fused.zero_grads, weights_declared = fused.blas != nullptr;
       if (zero && r.overlapped) {  // the next forward waits for each layer's parameters
         r.overlapped->start_gather(params.data());
       } else if (zero) {

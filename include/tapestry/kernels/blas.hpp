@@ -2,6 +2,7 @@
 /// \file
 /// \brief Vendor BLAS behind one object: cuBLAS when Kokkos runs on CUDA, a host CBLAS otherwise.
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -39,6 +40,19 @@ class Blas {
   /// layer runs). Call it once per optimizer step (and before an evaluation);
   /// weights(nullptr, 0) forgets them. Whoever changes the floats must call it again.
   void weights(const float* base, std::size_t n) const;
+
+  /// \brief The bf16 copy of the declared weights, for a kernel that writes part of it itself (the
+  /// fused AdamW rounds each parameter it updates): `words` (16-bit values: cuBLAS, oneDNN) or
+  /// `values` (bf16 values held in floats: a host sgemm), n long, indexed as the weights. Both
+  /// null under Precision::fp32 or with no weights declared.
+  struct WeightCopy {
+    std::uint16_t* words = nullptr;
+    float* values = nullptr;
+  };
+  WeightCopy weight_copy() const;
+  /// The caller wrote the copy of weights [lo, hi) (offsets from the declared base): products read
+  /// it as it is, without rounding those weights again until the next weights() call.
+  void weights_rounded(std::size_t lo, std::size_t hi) const;
 
   /// C(M,N) = alpha * op(A) * op(B) + beta * C, row-major; op(A) is (M,K), op(B) is (K,N).
   template <class T>

@@ -24,6 +24,31 @@ template <class T>
 void adamw_update(const ExecSpace& exec, View1<T> param, View1<T> m, View1<T> v, In1<T> grad,
                   const AdamWStep& s);
 
+/// \brief A run of elements the fused AdamW updates: parameters [param, param + n), moments and
+/// gradients [local, local + n), with weight decay when `decay` (runs never cross a tensor).
+struct AdamWChunk {
+  std::size_t param = 0, local = 0;
+  std::uint32_t n = 0, decay = 0;
+};
+
+/// Largest run of one AdamWChunk: a launch's unit of work (a team on a GPU).
+inline constexpr std::uint32_t kAdamWChunk = 1u << 14;
+
+/// \brief What the fused AdamW writes besides the parameters and moments, in the same pass.
+template <class W> struct AdamWExtras {
+  bool zero_grads = false;  ///< set each gradient it read to 0 (the next step's zero_grad)
+  /// The new parameters rounded to bf16 at their own index (W = std::uint16_t: the 16 bits; float:
+  /// the rounded value); null: none.
+  W* copy = nullptr;
+};
+
+/// AdamW over every chunk in one launch (apex's multi-tensor apply, PyTorch's fused AdamW): each
+/// element updated exactly as adamw_update updates it, weight decay s.weight_decay where the
+/// chunk says so, 0 elsewhere; plus `extras`.
+template <class W>
+void adamw_fused(const ExecSpace& exec, Kokkos::View<const AdamWChunk*, Layout, MemSpace> chunks, View1<float> param,
+                 View1<float> m, View1<float> v, View1<float> grad, const AdamWStep& s, const AdamWExtras<W>& extras);
+
 /// sum of x^2, accumulated in double.
 template <class T> double sum_squares(const ExecSpace& exec, In1<T> x);
 
