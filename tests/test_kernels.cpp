@@ -196,6 +196,19 @@ TEST_CASE("bf16 gemm: alpha and beta, and declared weights rounded once", "[kern
   blas.weights(nullptr, 0);  // forgotten: every call rounds its own operands
   from_vec(a, A);
   REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
+  {  // held floats: rounded at the first product while held, then read from that copy
+    const auto held = blas.hold(a.data(), A.size());
+    REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
+    from_vec(a, doubled);
+    REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);  // the copy made before the change
+    REQUIRE_THROWS_AS(blas.hold(b.data(), B.size()), std::logic_error);  // one at a time
+  }
+  REQUIRE(product(1.0f, 0.0f, mid2) < 2e-3);  // released: rounded per call again
+  {  // held, but changed before the first product: the copy is made then
+    const auto held = blas.hold(a.data(), A.size());
+    from_vec(a, A);
+    REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
+  }
 }
 
 // Hidden from the default run: ctest's kernels_bf16_engines runs it alone and reads exit 77 as

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <iterator>
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -57,9 +58,10 @@ const W* round_into(const ExecSpace& exec, View1<W>& buf, const float* src, std:
   return buf.data();
 }
 
-/// bf16 copies of GEMM operands: A and B of one call, and the declared weights (Blas::weights).
+/// bf16 copies of GEMM operands: A and B of one call, the declared weights (Blas::weights) and
+/// the held floats (Blas::hold).
 template <class W> struct Bf16Scratch {
-  View1<W> a, b, w;
+  View1<W> a, b, w, h;
 };
 }  // namespace
 
@@ -77,6 +79,10 @@ struct Blas::Impl {
   const float* w_base = nullptr;
   std::size_t w_n = 0;
   mutable std::vector<std::pair<std::size_t, std::size_t>> rounded;
+  // The floats Blas::hold names, and whether their copy is made.
+  mutable const float* h_base = nullptr;
+  mutable std::size_t h_n = 0;
+  mutable bool h_rounded = false;
 #ifdef KOKKOS_ENABLE_CUDA
   std::unique_ptr<cublas::Handle> handle;
   mutable View1<std::uintptr_t> pointers;  // attention_gemm's batch of pointers: A's, B's, then C's
@@ -101,6 +107,12 @@ struct Blas::Impl {
         mark_rounded(off, off + n);
       }
       return s.w.data() + off;
+    }
+    const auto hl = reinterpret_cast<std::uintptr_t>(h_base);
+    if (h_base != nullptr && x >= hl && x + n * sizeof(float) <= hl + h_n * sizeof(float)) {
+      if (!h_rounded) round_range(exec, s.h, h_n, h_base, 0, h_n);
+      h_rounded = true;
+      return s.h.data() + (X - h_base);
     }
     return round_into(exec, mine, X, n);
   }
@@ -157,6 +169,21 @@ void Blas::weights(const float* base, std::size_t n) const {
   impl_->w_base = n > 0 ? base : nullptr;
   impl_->w_n = n;
   impl_->rounded.clear();
+}
+
+Blas::Held Blas::hold(const float* x, std::size_t n) const {
+  if (impl_->h_base != nullptr) throw std::logic_error("tapestry::Blas::hold: already holding");
+  impl_->h_base = n > 0 ? x : nullptr;
+  impl_->h_n = n;
+  impl_->h_rounded = false;
+  return Held(this);
+}
+
+Blas::Held::~Held() {
+  if (blas_ == nullptr) return;  // moved from
+  blas_->impl_->h_base = nullptr;
+  blas_->impl_->h_n = 0;
+  blas_->impl_->h_rounded = false;
 }
 
 Blas::WeightCopy Blas::weight_copy() const {

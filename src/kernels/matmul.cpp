@@ -1,6 +1,8 @@
 #include "tapestry/kernels/matmul.hpp"
 
+#include <optional>
 #include <stdexcept>
+#include <type_traits>
 
 #include "team.hpp"
 
@@ -39,6 +41,9 @@ void matmul_backward(const Blas& blas, View2<T> dinp, View2<T> dweight, View1<T>
   const int N = int(inp.extent(0)), C = int(inp.extent(1)), OC = int(weight.extent(0));
   check_extent(int(dout.extent(0)) == N && int(dout.extent(1)) == OC, "dout is not (N, OC)");
   check_extent(int(dweight.extent(0)) == OC && int(dweight.extent(1)) == C, "dweight is not (OC, C)");
+  // bf16 products: dout rounded once for both products
+  [[maybe_unused]] std::optional<Blas::Held> held;
+  if constexpr (std::is_same_v<T, float>) held.emplace(blas.hold(dout.data(), dout.span()));
   if (dinp.extent(0) > 0) {
     check_extent(int(dinp.extent(0)) == N && int(dinp.extent(1)) == C, "dinp is not (N, C)");
     // dinp (N,C) = dout (N,OC) @ weight (OC,C)

@@ -54,6 +54,26 @@ class Blas {
   /// it as it is, without rounding those weights again until the next weights() call.
   void weights_rounded(std::size_t lo, std::size_t hi) const;
 
+  /// \brief While it lives, the products that read inside the floats hold() named share one bf16
+  /// copy of them, rounded at the first such product.
+  class Held {
+   public:
+    ~Held();
+    Held(Held&& o) noexcept : blas_(o.blas_) { o.blas_ = nullptr; }
+    Held(const Held&) = delete;
+    Held& operator=(const Held&) = delete;
+    Held& operator=(Held&&) = delete;
+
+   private:
+    friend class Blas;
+    explicit Held(const Blas* blas) : blas_(blas) {}
+    const Blas* blas_;
+  };
+  /// Under Precision::bf16: the n floats at `x` do not change until the result is destroyed (one
+  /// at a time per Blas). matmul_backward holds the output gradient, which its input and weight
+  /// gradients' products both read: it is rounded once, not per product.
+  [[nodiscard]] Held hold(const float* x, std::size_t n) const;
+
   /// C(M,N) = alpha * op(A) * op(B) + beta * C, row-major; op(A) is (M,K), op(B) is (K,N).
   template <class T>
   void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
