@@ -773,6 +773,14 @@ Kokkos::View<const double*, Layout, MemSpace> device_freqs(const V& f) {
   from_vec(v, f);
   return v;
 }
+
+/// rope_table's cos and sin for positions [0, P) in T.
+template <class T> struct RopeTable {
+  View2<T> cos, sin;
+  RopeTable(const V& f, int P) : cos("rope_cos", P, f.size()), sin("rope_sin", P, f.size()) {
+    rope_table<T>(ExecSpace(), cos, sin, device_freqs(f));
+  }
+};
 }  // namespace
 
 TEST_CASE("rope_inv_freq: 1 / theta^(2i/hd), and Llama 3's scaling in its three bands", "[kernels][rope]") {
@@ -827,25 +835,35 @@ TEST_CASE("rope_apply rotates only its columns by each row's position; the inver
     const std::vector<int> pos = N == 1 ? std::vector<int>{4} : std::vector<int>(all_pos.begin(), all_pos.begin() + N);
     const V f = rope_inv_freq(hd, 10000.0);
     const auto vpos = device_positions(pos);
-    const auto vf = device_freqs(f);
+    const RopeTable<double> tab(f, 8);
+    {  // the table against cos and sin at each position (a device's cos may differ in the last bit)
+      const V c = to_vec(tab.cos), sn = to_vec(tab.sin);
+      double err = 0;
+      for (int p = 0; p < 8; ++p)
+        for (int i = 0; i < hd / 2; ++i) {
+          err = std::max(err, rel_diff(c[std::size_t(p * hd / 2 + i)], std::cos(p * f[std::size_t(i)])));
+          err = std::max(err, rel_diff(sn[std::size_t(p * hd / 2 + i)], std::sin(p * f[std::size_t(i)])));
+        }
+      REQUIRE(err < 1e-15);
+    }
     const V x = randn(std::size_t(N) * W, 121);
     View2<double> vx("x", N, W);
     from_vec(vx, x);
-    rope_apply<double>(ex, vx, vpos, vf, c0, nh, hd, false);
+    rope_apply<double>(ex, vx, vpos, tab.cos, tab.sin, c0, nh, hd, false);
     const V y = to_vec(vx);
     REQUIRE(max_rel_err(y, naive_rope(x, pos, f, W, c0, nh, hd)) < 1e-14);
     for (std::size_t k = 0; k < y.size(); ++k) {
       const int c = int(k % std::size_t(W));
       if (c < c0 || c >= c0 + nh * hd) REQUIRE(y[k] == x[k]);
     }
-    rope_apply<double>(ex, vx, vpos, vf, c0, nh, hd, true);
+    rope_apply<double>(ex, vx, vpos, tab.cos, tab.sin, c0, nh, hd, true);
     REQUIRE(max_rel_err(to_vec(vx), x) < 1e-12);
 
     // d dot(rope(x), w) / dx = rope^T w = inverse rope of w
     const V w = randn(std::size_t(N) * W, 122);
     View2<double> vw("w", N, W);
     from_vec(vw, w);
-    rope_apply<double>(ex, vw, vpos, vf, c0, nh, hd, true);
+    rope_apply<double>(ex, vw, vpos, tab.cos, tab.sin, c0, nh, hd, true);
     REQUIRE(max_rel_err(to_vec(vw), finite_diff(x, [&](const V& xx) { return dot(naive_rope(xx, pos, f, W, c0, nh, hd), w); })) < kGradTol);
   }
 }
@@ -1294,14 +1312,16 @@ TEST_CASE("float norm, rope, activation and grouped-query attention kernels agre
     const int W = 16, hd = 8, nh = 2;
     RopeScaling sc;
     sc.llama3 = true;
-    const auto vf = device_freqs(rope_inv_freq(hd, 500000.0, sc));
+    const V f = rope_inv_freq(hd, 500000.0, sc);
+    const RopeTable<double> td(f, 131072);
+    const RopeTable<float> tf(f, 131072);
     const auto vpos = device_positions({0, 1, 100000, 131071, 7, 65536});
     const V xx = randn(6 * W, 157);
     View2<double> xd("xd", 6, W);
     View2<float> xf("xf", 6, W);
     from_vec(xd, xx), from_vec(xf, xx);
-    rope_apply<double>(ex, xd, vpos, vf, 0, nh, hd, false);
-    rope_apply<float>(ex, xf, vpos, vf, 0, nh, hd, false);
+    rope_apply<double>(ex, xd, vpos, td.cos, td.sin, 0, nh, hd, false);
+    rope_apply<float>(ex, xf, vpos, tf.cos, tf.sin, 0, nh, hd, false);
     REQUIRE(max_rel_err(to_vec(xf), to_vec(xd)) < tol);
   }
   SECTION("swiglu") {

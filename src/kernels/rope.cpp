@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "tapestry/kernels/math.hpp"
+#include "team.hpp"
 
 namespace tapestry::kernels {
 
@@ -34,29 +35,60 @@ std::vector<double> rope_inv_freq(int head_dim, double theta, const RopeScaling&
 }
 
 template <class T>
-void rope_apply(const ExecSpace& exec, View2<T> x, Kokkos::View<const int*, Layout, MemSpace> pos,
-                Kokkos::View<const double*, Layout, MemSpace> inv_freq, int c0, int nh, int hd, bool inverse) {
-  const int N = int(x.extent(0)), half = hd / 2;
-  const double sign = inverse ? -1.0 : 1.0;
-  // One work item per (row, frequency): the angle's cos and sin serve all nh heads.
+void rope_table(const ExecSpace& exec, View2<T> cos, View2<T> sin, Kokkos::View<const double*, Layout, MemSpace> inv_freq) {
+  const std::size_t half = inv_freq.extent(0);
+  if (cos.extent(1) != half || sin.extent(1) != half || sin.extent(0) != cos.extent(0))
+    throw std::invalid_argument("tapestry::rope_table: cos and sin must be (positions, head_dim / 2)");
   Kokkos::parallel_for(
-      "tapestry::rope_apply", Kokkos::RangePolicy<ExecSpace>(exec, 0, std::size_t(N) * std::size_t(half)),
-      KOKKOS_LAMBDA(std::size_t k) {
-        const int n = int(k / std::size_t(half)), i = int(k % std::size_t(half));
-        const double a = double(pos(n)) * inv_freq(i);
-        const T c = T(math::cos(a)), s = T(sign * math::sin(a));
-        for (int h = 0; h < nh; ++h) {
-          const int o = c0 + h * hd + i;
-          const T x1 = x(n, o), x2 = x(n, o + half);
-          x(n, o) = x1 * c - x2 * s;
-          x(n, o + half) = x2 * c + x1 * s;
+      "tapestry::rope_table", Kokkos::RangePolicy<ExecSpace>(exec, 0, cos.extent(0) * half), KOKKOS_LAMBDA(std::size_t k) {
+        const std::size_t p = k / half, i = k % half;
+        const double a = double(p) * inv_freq(i);
+        cos(p, i) = T(math::cos(a));
+        sin(p, i) = T(math::sin(a));
+      });
+}
+
+template <class T>
+void rope_apply(const ExecSpace& exec, View2<T> x, Kokkos::View<const int*, Layout, MemSpace> pos, In2<T> cos, In2<T> sin,
+                int c0, int nh, int hd, bool inverse) {
+  const int N = int(x.extent(0)), half = hd / 2;
+  if (int(cos.extent(1)) != half || int(sin.extent(1)) != half)
+    throw std::invalid_argument("tapestry::rope_apply: the table's rows are not head_dim / 2 wide");
+  const T sign = inverse ? T(-1) : T(1);
+  // One team per row; on hosts its heads in order, each a loop over plain pointers that vectorizes
+  // (the table's row serves every head); on GPUs the (head, frequency) pairs over the threads.
+  Kokkos::parallel_for(
+      "tapestry::rope_apply", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& tm) {
+        const int n = tm.league_rank();
+        const T* c = &cos(pos(n), 0);
+        const T* s = &sin(pos(n), 0);
+        T* row = &x(n, c0);
+        if constexpr (detail::kHostTeams) {
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, nh), [&](int h) {
+            T* a = row + h * hd;
+            T* b = a + half;
+            for (int i = 0; i < half; ++i) {
+              const T x1 = a[i], x2 = b[i], si = sign * s[i];
+              a[i] = x1 * c[i] - x2 * si;
+              b[i] = x2 * c[i] + x1 * si;
+            }
+          });
+        } else {
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, nh * half), [&](int j) {
+            const int h = j / half, i = j % half;
+            T* a = row + h * hd;
+            const T x1 = a[i], x2 = a[i + half], si = sign * s[i];
+            a[i] = x1 * c[i] - x2 * si;
+            a[i + half] = x2 * c[i] + x1 * si;
+          });
         }
       });
 }
 
-#define TAPESTRY_INSTANTIATE(T)                                                                        \
-  template void rope_apply<T>(const ExecSpace&, View2<T>, Kokkos::View<const int*, Layout, MemSpace>, \
-                              Kokkos::View<const double*, Layout, MemSpace>, int, int, int, bool);
+#define TAPESTRY_INSTANTIATE(T)                                                                                     \
+  template void rope_table<T>(const ExecSpace&, View2<T>, View2<T>, Kokkos::View<const double*, Layout, MemSpace>); \
+  template void rope_apply<T>(const ExecSpace&, View2<T>, Kokkos::View<const int*, Layout, MemSpace>, In2<T>, In2<T>, \
+                              int, int, int, bool);
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)
 #undef TAPESTRY_INSTANTIATE

@@ -389,9 +389,13 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
     sc.factor = cfg_.rope_factor, sc.low_freq_factor = cfg_.rope_low_freq_factor;
     sc.high_freq_factor = cfg_.rope_high_freq_factor, sc.original_context = cfg_.rope_original_context;
     const auto f = kernels::rope_inv_freq(hd, cfg_.rope_theta, sc);
-    inv_freq_ = decltype(inv_freq_)("tapestry::rope_inv_freq", f.size());
+    Kokkos::View<double*, Layout, MemSpace> inv_freq("tapestry::rope_inv_freq", f.size());
     Kokkos::View<const double*, Layout, HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> hf(f.data(), f.size());
-    Kokkos::deep_copy(inv_freq_, hf);
+    Kokkos::deep_copy(inv_freq, hf);
+    rope_cos_ = View2<float>("tapestry::rope_cos", T, f.size());  // positions stay below T
+    rope_sin_ = View2<float>("tapestry::rope_sin", T, f.size());
+    kernels::rope_table<float>(ExecSpace(), rope_cos_, rope_sin_, inv_freq);
+    ExecSpace().fence();
   }
   // Gradients that are partial sums over the TP group: QK-norm and xIELU parameters (each rank
   // sees its own heads / MLP columns), and with sequence parallelism the norms (token chunks).
@@ -515,7 +519,7 @@ std::size_t GPT::activation_bytes() const {
     if (sp_) n += a.ln1c.span() + a.ln2c.span();
   }
   return n * sizeof(float) + half * sizeof(std::uint16_t) +
-         (tokens_.span() + targets_.span() + pos_.span() + doc_pos_.span()) * sizeof(int) + inv_freq_.span() * sizeof(double);
+         (tokens_.span() + targets_.span() + pos_.span() + doc_pos_.span()) * sizeof(int) + (rope_cos_.span() + rope_sin_.span()) * sizeof(float);
 }
 
 void GPT::norm_forward(const ExecSpace& ex, View2<float> out, View1<float> mean, View1<float> rstd,
@@ -623,7 +627,7 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
       head_rmsnorm_forward(ex, w.qkv, a.k_rstd, w.qkv_raw, p1(P, S.knorm, l), NHl * hd, nkv_, cfg_.norm_eps);
       keep(&LayerCopies::qkv_raw, w.qkv_raw);
     }
-    if (pos_.extent(0) > 0) rope_apply(ex, w.qkv, pos_, inv_freq_, 0, NHl + nkv_, hd, false);  // q and k heads
+    if (pos_.extent(0) > 0) rope_apply(ex, w.qkv, pos_, rope_cos_, rope_sin_, 0, NHl + nkv_, hd, false);  // q and k heads
     keep(&LayerCopies::qkv, w.qkv);
     if (tiled_)
       attention_tiled_forward<float>(ex, View3<float>(w.atty.data(), B_, T_, Cl), a.lse,
@@ -845,7 +849,7 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     else
       attention_backward(blas, View3<float>(dqkv_.data(), B_, T_, W), datt_, View3<float>(datty_.data(), B_, T_, Cl),
                          View3<float>(w.qkv.data(), B_, T_, W), w.att, NHl, nkv_);
-    if (pos_.extent(0) > 0) rope_apply(ex, dqkv_, pos_, inv_freq_, 0, NHl + nkv_, hd, true);  // the transpose
+    if (pos_.extent(0) > 0) rope_apply(ex, dqkv_, pos_, rope_cos_, rope_sin_, 0, NHl + nkv_, hd, true);  // the transpose
     if (cfg_.qk_norm) {
       fetch(w.qkv_raw, &LayerCopies::qkv_raw, c);
       head_rmsnorm_backward(ex, dqkv_, p1(G, S.qnorm, l), dqkv_, w.qkv_raw, p1(P, S.qnorm, l), a.q_rstd, 0, NHl);

@@ -49,7 +49,7 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
   if (m.kv_heads() % tp != 0)  // a replicated kv head's k and v rows (and biases)
     f += L * 2 * hd * (C + (m.bias ? 1 : 0));
   std::size_t bytes = f * sizeof(float) + halves * 2 + 2 * N * sizeof(int);  // + tokens and targets
-  if (rope) bytes += N * sizeof(int) + hd / 2 * sizeof(double);
+  if (rope) bytes += N * sizeof(int) + std::size_t(T) * hd * sizeof(float);  // positions; the cos and sin tables
   return bytes;
 }
 

@@ -324,7 +324,7 @@ class GPT {
   View2<float> norm_scratch_;  // the norms' parameter gradients: partial sums over row blocks
   Kokkos::View<int*, Layout, MemSpace> pos_;        // (BT): each row's position, for RoPE
   Kokkos::View<int*, Layout, MemSpace> doc_pos_;    // (BT): position in its document (doc_mask; else empty)
-  Kokkos::View<double*, Layout, MemSpace> inv_freq_;  // (head_dim / 2): RoPE frequencies
+  View2<float> rope_cos_, rope_sin_;  // (T, head_dim / 2): RoPE's rotation per position (kernels::rope_table)
   View4<float> datt_;
   View3<float> xent_stats_;  // (tp, BT, 3): every rank's vocabulary-shard statistics
 };
