@@ -63,23 +63,26 @@ void rope_apply(const ExecSpace& exec, View2<T> x, Kokkos::View<const int*, Layo
         const T* c = &cos(pos(n), 0);
         const T* s = &sin(pos(n), 0);
         T* row = &x(n, c0);
+        // (nvcc: a device lambda must not capture a variable first inside `if constexpr`)
+        const int heads = nh, width = hd, h2 = half;
+        const T sg = sign;
         if constexpr (detail::kHostTeams) {
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, nh), [&](int h) {
-            T* a = row + h * hd;
-            T* b = a + half;
-            for (int i = 0; i < half; ++i) {
-              const T x1 = a[i], x2 = b[i], si = sign * s[i];
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, heads), [&](int h) {
+            T* a = row + h * width;
+            T* b = a + h2;
+            for (int i = 0; i < h2; ++i) {
+              const T x1 = a[i], x2 = b[i], si = sg * s[i];
               a[i] = x1 * c[i] - x2 * si;
               b[i] = x2 * c[i] + x1 * si;
             }
           });
         } else {
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, nh * half), [&](int j) {
-            const int h = j / half, i = j % half;
-            T* a = row + h * hd;
-            const T x1 = a[i], x2 = a[i + half], si = sign * s[i];
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, heads * h2), [&](int j) {
+            const int h = j / h2, i = j % h2;
+            T* a = row + h * width;
+            const T x1 = a[i], x2 = a[i + h2], si = sg * s[i];
             a[i] = x1 * c[i] - x2 * si;
-            a[i + half] = x2 * c[i] + x1 * si;
+            a[i + h2] = x2 * c[i] + x1 * si;
           });
         }
       });
