@@ -1086,6 +1086,26 @@ TEST_CASE("softmax cross-entropy ignores padded columns and its backward matches
     auto J = [&](const V& lg) { V l = losses_of(lg); double s = 0; for (double x : l) s += x; return dloss * s; };
     const V fd = finite_diff(logits, J);
     REQUIRE(max_rel_err(to_vec(probs), fd) < kGradTol);  // padded columns: fd is 0 and so is ours
+    // The fused kernel: the two kernels' losses and gradient bit for bit, in place (as the model
+    // calls it) and into another buffer, in double and in float.
+    {
+      View2<double> dl("dl", N, Vp);
+      View1<double> fl("fused_losses", N);
+      softmax_xent_fused(ex, dl, fl, vl, vt, Vr, dloss);
+      REQUIRE(to_vec(fl) == to_vec(losses));
+      REQUIRE(to_vec(dl) == to_vec(probs));
+      softmax_xent_fused(ex, vl, fl, vl, vt, Vr, dloss);
+      REQUIRE(to_vec(fl) == to_vec(losses));
+      REQUIRE(to_vec(vl) == to_vec(probs));
+      View2<float> lf("lf", N, Vp), pf("pf", N, Vp);
+      View1<float> lsf("lsf", N), flf("flf", N);
+      from_vec(lf, logits);
+      softmax_xent_forward(ex, pf, lsf, lf, vt, Vr);
+      softmax_xent_backward(ex, pf, pf, vt, dloss, Vr);
+      softmax_xent_fused(ex, lf, flf, lf, vt, Vr, dloss);
+      REQUIRE(to_vec(flf) == to_vec(lsf));
+      REQUIRE(to_vec(lf) == to_vec(pf));
+    }
   }
 }
 

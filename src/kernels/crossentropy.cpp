@@ -47,6 +47,33 @@ void softmax_xent_backward(const ExecSpace& exec, View2<T> dlogits, In2<T> probs
 }
 
 template <class T>
+void softmax_xent_fused(const ExecSpace& exec, View2<T> dlogits, View1<T> losses, In2<T> logits, In1<int> targets,
+                        int V, double dloss) {
+  const int N = int(logits.extent(0)), Vp = int(logits.extent(1));
+  const T d = T(dloss);
+  Kokkos::parallel_for(
+      "tapestry::softmax_xent_fused", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
+        const int n = m.league_rank();
+        const T* const lg = &logits(n, 0);
+        T* const dl = &dlogits(n, 0);
+        const int t = targets(n);
+        // softmax_xent_forward's passes, the exponentials kept unnormalized in dl ...
+        const T maxv = detail::team_max<T>(m, V, T(-1e30), [&](int v) { return lg[v]; });
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, V), [&](int v) { dl[v] = math::vexp(lg[v] - maxv); });
+        m.team_barrier();
+        const T sum = detail::team_sum<T>(m, V, [&](int v) { return dl[v]; });
+        const T inv = T(1) / sum;
+        Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = t < 0 ? T(0) : -math::log(dl[t] * inv); });
+        m.team_barrier();
+        // ... then softmax_xent_backward's, normalizing on the way
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vp), [&](int v) {
+          const T p = t >= 0 && v < V ? dl[v] * inv : T(0);
+          dl[v] = d * (p - (v == t ? T(1) : T(0)));
+        });
+      });
+}
+
+template <class T>
 void xent_shard_stats(const ExecSpace& exec, View2<T> stats, In2<T> logits, In1<int> targets, int V,
                       int vocab_begin) {
   const int N = int(logits.extent(0)), Vl = int(logits.extent(1));
@@ -94,6 +121,7 @@ void xent_shard_finish(const ExecSpace& exec, View2<T> probs, View1<T> losses, I
                                         int);                                                     \
   template void softmax_xent_backward<T>(const ExecSpace&, View2<T>, In2<T>, In1<int>, double,  \
                                          int, int);                                               \
+  template void softmax_xent_fused<T>(const ExecSpace&, View2<T>, View1<T>, In2<T>, In1<int>, int, double); \
   template void xent_shard_stats<T>(const ExecSpace&, View2<T>, In2<T>, In1<int>, int, int);     \
   template void xent_shard_finish<T>(const ExecSpace&, View2<T>, View1<T>, In2<T>, In3<T>, In1<int>, int, int);
 TAPESTRY_INSTANTIATE(float)

@@ -694,7 +694,9 @@ void GPT::head(const kernels::Blas& blas, std::optional<double> scale) {
     const In1<int> tg(targets_.data() + r0, n);
     const View2<float> x = rows_of(lnf_, std::size_t(r0), std::size_t(n));
     matmul_forward(blas, lg, x, p2(P, S.output), View1<float>());
-    if (k == 1) {
+    if (k == 1 && scale) {  // the losses and the logits' gradient in one kernel
+      softmax_xent_fused(ex, lg, ls, lg, tg, cfg_.vocab_size, *scale / N);
+    } else if (k == 1) {
       softmax_xent_forward(ex, lg, ls, lg, tg, cfg_.vocab_size);
     } else {  // vocabulary-parallel cross-entropy: 3 numbers per row and rank cross the group
       const View3<float> st(xent_stats_.data(), k, n, 3);
@@ -705,7 +707,7 @@ void GPT::head(const kernels::Blas& blas, std::optional<double> scale) {
       xent_shard_finish<float>(ex, lg, ls, lg, st, tg, cfg_.vocab_size, v0);
     }
     if (!scale) continue;
-    softmax_xent_backward(ex, lg, lg, tg, *scale / N, cfg_.vocab_size, v0);
+    if (k > 1) softmax_xent_backward(ex, lg, lg, tg, *scale / N, cfg_.vocab_size, v0);
     matmul_backward(blas, rows_of(dtmp_, std::size_t(r0), std::size_t(n)), p2(G, S.output), View1<float>(), lg, x,
                     p2(P, S.output));
   }

@@ -20,6 +20,14 @@ template <class T>
 void softmax_xent_backward(const ExecSpace& exec, View2<T> dlogits, In2<T> probs,
                            In1<int> targets, double dloss, int V, int vocab_begin = 0);
 
+/// softmax_xent_forward then softmax_xent_backward (vocab_begin 0) in one kernel, with the same
+/// results bit for bit: losses (N), and dlogits (N, Vp) = dloss * (softmax - onehot(target)),
+/// padded columns 0; dlogits may alias logits. One pass over each row fewer, and no probabilities
+/// left behind (the output layer's backward run in the forward needs only the gradient).
+template <class T>
+void softmax_xent_fused(const ExecSpace& exec, View2<T> dlogits, View1<T> losses, In2<T> logits, In1<int> targets,
+                        int V, double dloss);
+
 /// \brief Vocabulary-parallel softmax cross-entropy (Megatron's): each rank holds the logits of
 /// global columns [vocab_begin, vocab_begin + Vl); the full row is never gathered.
 /// Step 1, per rank: stats (N, 3) = {max over this rank's real columns (-1e30 if none),
