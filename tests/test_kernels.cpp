@@ -208,7 +208,29 @@ TEST_CASE("bf16 gemm: alpha and beta, and declared weights rounded once", "[kern
     const auto held = blas.hold(a.data(), A.size());
     from_vec(a, A);
     REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
+    const auto inner = blas.hold(a.data() + off, std::size_t(off));  // inside: nothing more
+    REQUIRE(inner.copy().words == nullptr);
+    REQUIRE(inner.copy().values == nullptr);
   }
+  {  // a copy written by the caller (as the fused cross-entropy does) is read as written
+    const auto held = blas.hold(a.data(), A.size());
+    const auto copy = held.copy();
+    REQUIRE((copy.words == nullptr) != (copy.values == nullptr));
+    if (copy.words != nullptr) {
+      std::vector<std::uint16_t> w(A.size());
+      for (std::size_t i = 0; i < w.size(); ++i) w[i] = to_bf16(float(doubled[i]));
+      Kokkos::deep_copy(Kokkos::View<std::uint16_t*, Layout, MemSpace, Kokkos::MemoryUnmanaged>(copy.words, w.size()),
+                        Kokkos::View<std::uint16_t*, Layout, HostSpace, Kokkos::MemoryUnmanaged>(w.data(), w.size()));
+    } else {
+      std::vector<float> w(A.size());
+      for (std::size_t i = 0; i < w.size(); ++i) w[i] = round_bf16(float(doubled[i]));
+      Kokkos::deep_copy(Kokkos::View<float*, Layout, MemSpace, Kokkos::MemoryUnmanaged>(copy.values, w.size()),
+                        Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryUnmanaged>(w.data(), w.size()));
+    }
+    held.written();
+    REQUIRE(product(1.0f, 0.0f, mid2) < 2e-3);  // a still holds A
+  }
+  REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
 }
 
 // Hidden from the default run: ctest's kernels_bf16_engines runs it alone and reads exit 77 as
@@ -1105,6 +1127,20 @@ TEST_CASE("softmax cross-entropy ignores padded columns and its backward matches
       softmax_xent_fused(ex, lf, flf, lf, vt, Vr, dloss);
       REQUIRE(to_vec(flf) == to_vec(lsf));
       REQUIRE(to_vec(lf) == to_vec(pf));
+      // Into a bf16 buffer only: the same gradient rounded (as 16-bit words and as floats).
+      V want = to_vec(pf);
+      for (auto& x : want) x = round_bf16(float(x));
+      Kokkos::View<std::uint16_t*, Layout, MemSpace> g16("g16", std::size_t(N) * Vp);
+      View1<float> g32("g32", std::size_t(N) * Vp);
+      from_vec(lf, logits);
+      softmax_xent_fused_bf16(ex, lf, flf, lf, vt, Vr, dloss, g16.data());
+      REQUIRE(to_vec(flf) == to_vec(lsf));
+      V got16;
+      for (double w : to_vec(g16)) got16.push_back(from_bf16(std::uint16_t(w)));
+      REQUIRE(got16 == want);
+      from_vec(lf, logits);
+      softmax_xent_fused_bf16(ex, lf, flf, lf, vt, Vr, dloss, g32.data());
+      REQUIRE(to_vec(g32) == want);
     }
   }
 }

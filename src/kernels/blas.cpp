@@ -128,11 +128,10 @@ struct Blas::Impl {
     rounded.swap(merged);
   }
 
-  /// The copy of the declared weights (grown to w_n): 16-bit words for cuBLAS and oneDNN, floats
-  /// for a host sgemm, as operand() reads them.
-  template <class W> W* weight_copy(Bf16Scratch<W>& s) const {
-    if (s.w.extent(0) < w_n) s.w = View1<W>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::blas_bf16"), w_n);
-    return s.w.data();
+  /// `v` grown to at least n.
+  template <class W> W* grown(View1<W>& v, std::size_t n) const {
+    if (v.extent(0) < n) v = View1<W>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::blas_bf16"), n);
+    return v.data();
   }
 };
 
@@ -172,11 +171,20 @@ void Blas::weights(const float* base, std::size_t n) const {
 }
 
 Blas::Held Blas::hold(const float* x, std::size_t n) const {
-  if (impl_->h_base != nullptr) throw std::logic_error("tapestry::Blas::hold: already holding");
+  if (impl_->h_base != nullptr) {
+    if (x >= impl_->h_base && x + n <= impl_->h_base + impl_->h_n) return Held(nullptr);  // inside: held already
+    throw std::logic_error("tapestry::Blas::hold: already holding other floats");
+  }
   impl_->h_base = n > 0 ? x : nullptr;
   impl_->h_n = n;
   impl_->h_rounded = false;
   return Held(this);
+}
+
+Blas::Bf16Copy Blas::Held::copy() const { return blas_ != nullptr ? blas_->bf16_buffer(true) : Bf16Copy{}; }
+
+void Blas::Held::written() const {
+  if (blas_ != nullptr) blas_->impl_->h_rounded = true;
 }
 
 Blas::Held::~Held() {
@@ -186,21 +194,28 @@ Blas::Held::~Held() {
   blas_->impl_->h_rounded = false;
 }
 
-Blas::WeightCopy Blas::weight_copy() const {
-  WeightCopy c;
-  if (precision_ != Precision::bf16 || impl_->w_base == nullptr) return c;
+Blas::Bf16Copy Blas::bf16_buffer(bool held) const {
+  Bf16Copy c;
+  if (precision_ != Precision::bf16) return c;
+  const std::size_t n = held ? impl_->h_n : impl_->w_n;
+  auto pick = [&](auto& s) { return impl_->grown(held ? s.h : s.w, n); };
 #ifdef KOKKOS_ENABLE_CUDA
-  c.words = impl_->weight_copy(impl_->words);
+  c.words = pick(impl_->words);
 #else
 #ifdef TAPESTRY_HAVE_ONEDNN
   if (impl_->dnnl) {
-    c.words = impl_->weight_copy(impl_->words);
+    c.words = pick(impl_->words);
     return c;
   }
 #endif
-  c.values = impl_->weight_copy(impl_->floats);
+  c.values = pick(impl_->floats);
 #endif
   return c;
+}
+
+Blas::Bf16Copy Blas::weight_copy() const {
+  if (impl_->w_base == nullptr) return {};
+  return bf16_buffer(false);
 }
 
 void Blas::weights_rounded(std::size_t lo, std::size_t hi) const {

@@ -1,5 +1,10 @@
 #include "tapestry/kernels/crossentropy.hpp"
 
+#include <cstdint>
+#include <stdexcept>
+#include <type_traits>
+
+#include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/math.hpp"
 #include "team.hpp"
 
@@ -46,9 +51,12 @@ void softmax_xent_backward(const ExecSpace& exec, View2<T> dlogits, In2<T> probs
       });
 }
 
-template <class T>
-void softmax_xent_fused(const ExecSpace& exec, View2<T> dlogits, View1<T> losses, In2<T> logits, In1<int> targets,
-                        int V, double dloss) {
+namespace {
+/// softmax_xent_fused's kernel; with grad16 the gradient goes there only, rounded to bf16 (W =
+/// std::uint16_t: the 16 bits; float: the rounded values).
+template <class T, class W>
+void xent_fused(const ExecSpace& exec, View2<T> dlogits, View1<T> losses, In2<T> logits, In1<int> targets, int V,
+                double dloss, W* grad16) {
   const int N = int(logits.extent(0)), Vp = int(logits.extent(1));
   const T d = T(dloss);
   Kokkos::parallel_for(
@@ -56,6 +64,7 @@ void softmax_xent_fused(const ExecSpace& exec, View2<T> dlogits, View1<T> losses
         const int n = m.league_rank();
         const T* const lg = &logits(n, 0);
         T* const dl = &dlogits(n, 0);
+        W* const out = grad16 != nullptr ? grad16 + std::size_t(n) * std::size_t(Vp) : nullptr;
         const int t = targets(n);
         // softmax_xent_forward's passes, the exponentials kept unnormalized in dl ...
         const T maxv = detail::team_max<T>(m, V, T(-1e30), [&](int v) { return lg[v]; });
@@ -68,10 +77,31 @@ void softmax_xent_fused(const ExecSpace& exec, View2<T> dlogits, View1<T> losses
         // ... then softmax_xent_backward's, normalizing on the way
         Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vp), [&](int v) {
           const T p = t >= 0 && v < V ? dl[v] * inv : T(0);
-          dl[v] = d * (p - (v == t ? T(1) : T(0)));
+          const T g = d * (p - (v == t ? T(1) : T(0)));
+          if (out == nullptr) dl[v] = g;
+          else if constexpr (std::is_same_v<W, std::uint16_t>) out[v] = to_bf16(float(g));
+          else out[v] = W(round_bf16(float(g)));
         });
       });
 }
+}  // namespace
+
+template <class T>
+void softmax_xent_fused(const ExecSpace& exec, View2<T> dlogits, View1<T> losses, In2<T> logits, In1<int> targets,
+                        int V, double dloss) {
+  xent_fused<T, T>(exec, dlogits, losses, logits, targets, V, dloss, nullptr);
+}
+
+template <class W>
+void softmax_xent_fused_bf16(const ExecSpace& exec, View2<float> scratch, View1<float> losses, In2<float> logits,
+                             In1<int> targets, int V, double dloss, W* grad16) {
+  if (grad16 == nullptr) throw std::invalid_argument("tapestry::softmax_xent_fused_bf16: no bf16 buffer");
+  xent_fused<float, W>(exec, scratch, losses, logits, targets, V, dloss, grad16);
+}
+template void softmax_xent_fused_bf16<std::uint16_t>(const ExecSpace&, View2<float>, View1<float>, In2<float>, In1<int>,
+                                                     int, double, std::uint16_t*);
+template void softmax_xent_fused_bf16<float>(const ExecSpace&, View2<float>, View1<float>, In2<float>, In1<int>, int,
+                                             double, float*);
 
 template <class T>
 void xent_shard_stats(const ExecSpace& exec, View2<T> stats, In2<T> logits, In1<int> targets, int V,

@@ -694,8 +694,18 @@ void GPT::head(const kernels::Blas& blas, std::optional<double> scale) {
     const In1<int> tg(targets_.data() + r0, n);
     const View2<float> x = rows_of(lnf_, std::size_t(r0), std::size_t(n));
     matmul_forward(blas, lg, x, p2(P, S.output), View1<float>());
+    // bf16 products: the logits' gradient goes straight into the bf16 copy the two products read
+    std::optional<Blas::Held> held;
     if (k == 1 && scale) {  // the losses and the logits' gradient in one kernel
-      softmax_xent_fused(ex, lg, ls, lg, tg, cfg_.vocab_size, *scale / N);
+      held.emplace(blas.hold(lg.data(), lg.span()));
+      const auto copy = held->copy();
+      if (copy.words != nullptr)
+        softmax_xent_fused_bf16(ex, lg, ls, lg, tg, cfg_.vocab_size, *scale / N, copy.words);
+      else if (copy.values != nullptr)
+        softmax_xent_fused_bf16(ex, lg, ls, lg, tg, cfg_.vocab_size, *scale / N, copy.values);
+      else
+        softmax_xent_fused(ex, lg, ls, lg, tg, cfg_.vocab_size, *scale / N);
+      if (copy.words != nullptr || copy.values != nullptr) held->written();
     } else if (k == 1) {
       softmax_xent_forward(ex, lg, ls, lg, tg, cfg_.vocab_size);
     } else {  // vocabulary-parallel cross-entropy: 3 numbers per row and rank cross the group

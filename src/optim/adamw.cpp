@@ -54,7 +54,7 @@ void AdamW::step(const ExecSpace& exec, View1<float> params, View1<float> grads,
   s.t = t_;
   s.grad_scale = grad_scale;
   s.weight_decay = cfg_.weight_decay;  // where a chunk's tensor decays
-  kernels::Blas::WeightCopy copy;
+  kernels::Blas::Bf16Copy copy;
   if (fused.blas != nullptr) {
     fused.blas->weights(params.data(), params.extent(0));
     copy = fused.blas->weight_copy();

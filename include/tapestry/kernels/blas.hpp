@@ -41,15 +41,16 @@ class Blas {
   /// weights(nullptr, 0) forgets them. Whoever changes the floats must call it again.
   void weights(const float* base, std::size_t n) const;
 
-  /// \brief The bf16 copy of the declared weights, for a kernel that writes part of it itself (the
-  /// fused AdamW rounds each parameter it updates): `words` (16-bit values: cuBLAS, oneDNN) or
-  /// `values` (bf16 values held in floats: a host sgemm), n long, indexed as the weights. Both
-  /// null under Precision::fp32 or with no weights declared.
-  struct WeightCopy {
+  /// \brief A bf16 copy of floats that products read: `words` (16-bit values: cuBLAS, oneDNN) or
+  /// `values` (bf16 values held in floats: a host sgemm), indexed as the floats. Both null under
+  /// Precision::fp32.
+  struct Bf16Copy {
     std::uint16_t* words = nullptr;
     float* values = nullptr;
   };
-  WeightCopy weight_copy() const;
+  /// The copy of the declared weights, n long, for a kernel that writes part of it itself (the
+  /// fused AdamW rounds each parameter it updates); both null with no weights declared.
+  Bf16Copy weight_copy() const;
   /// The caller wrote the copy of weights [lo, hi) (offsets from the declared base): products read
   /// it as it is, without rounding those weights again until the next weights() call.
   void weights_rounded(std::size_t lo, std::size_t hi) const;
@@ -64,14 +65,23 @@ class Blas {
     Held& operator=(const Held&) = delete;
     Held& operator=(Held&&) = delete;
 
+    /// Under Precision::bf16, the copy itself (as weight_copy(), n long), for a kernel that
+    /// writes the rounded values there instead of the floats; then written(). Both null
+    /// otherwise, or for a hold inside another one.
+    Bf16Copy copy() const;
+    /// The copy is written: products read it without rounding the floats (which need not hold
+    /// the values then).
+    void written() const;
+
    private:
     friend class Blas;
     explicit Held(const Blas* blas) : blas_(blas) {}
     const Blas* blas_;
   };
   /// Under Precision::bf16: the n floats at `x` do not change until the result is destroyed (one
-  /// at a time per Blas). matmul_backward holds the output gradient, which its input and weight
-  /// gradients' products both read: it is rounded once, not per product.
+  /// range at a time per Blas; holding floats inside the held ones again does nothing more).
+  /// matmul_backward holds the output gradient, which its input and weight gradients' products
+  /// both read: it is rounded once, not per product.
   [[nodiscard]] Held hold(const float* x, std::size_t n) const;
 
   /// C(M,N) = alpha * op(A) * op(B) + beta * C, row-major; op(A) is (M,K), op(B) is (K,N).
@@ -124,6 +134,8 @@ class Blas {
                 long stride_a, const T* B, int ldb, long stride_b, T beta, T* C, int ldc, long stride_c,
                 int count) const;
   template <class F> void timed(const char* what, bool ta, bool tb, int M, int N, int K, int count, F&& f) const;
+  /// The copy products read: of the declared weights, or (held) of the held floats.
+  Bf16Copy bf16_buffer(bool held) const;
 
   ExecSpace exec_;
   Precision precision_;

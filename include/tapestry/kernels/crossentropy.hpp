@@ -2,6 +2,8 @@
 /// \file
 /// \brief Fused softmax + cross-entropy over a (possibly padded) vocabulary.
 
+#include <cstdint>
+
 #include "tapestry/core/views.hpp"
 
 namespace tapestry::kernels {
@@ -27,6 +29,14 @@ void softmax_xent_backward(const ExecSpace& exec, View2<T> dlogits, In2<T> probs
 template <class T>
 void softmax_xent_fused(const ExecSpace& exec, View2<T> dlogits, View1<T> losses, In2<T> logits, In1<int> targets,
                         int V, double dloss);
+
+/// softmax_xent_fused for bf16 products: the gradient is written only as its bf16 rounding, into
+/// grad16 (N x Vp, row-major; W = std::uint16_t: the 16 bits, float: the rounded values), which
+/// is what the products read (Blas::Held::copy). `scratch` (N, Vp; may alias logits) is left
+/// holding intermediate values.
+template <class W>
+void softmax_xent_fused_bf16(const ExecSpace& exec, View2<float> scratch, View1<float> losses, In2<float> logits,
+                             In1<int> targets, int V, double dloss, W* grad16);
 
 /// \brief Vocabulary-parallel softmax cross-entropy (Megatron's): each rank holds the logits of
 /// global columns [vocab_begin, vocab_begin + Vl); the full row is never gathered.
