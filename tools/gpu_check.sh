@@ -2,7 +2,7 @@
 # Checks of a CUDA build on one GPU node, in a few minutes: the kernel and training tests on the
 # GPU, the GPU bad-input errors, cuBLAS fp32/bf16 GEMM rates, GPT-2 124M losses (fp32 and bf16,
 # to compare with a CPU run of the same init) and ms/step, tokens/s and MFU (also with bf16
-# activation storage, and for Llama 3.2 1B), and NCCL's path.
+# activation storage, and for Llama 3.2 1B; a kernel breakdown of each), and NCCL's path.
 #
 #   tools/gpu_check.sh BUILD_DIR [OUT_DIR]      (BUILD_DIR: a CMake build with Kokkos CUDA)
 #
@@ -104,6 +104,11 @@ check speed_llama1b_bf16 240 "$TAP" train --model llama3.2-1b \
 check bench_step_bf16_kernels 180 "$TAP" bench step --n-layer 12 --n-head 12 --d-model 768 --vocab-size 50257 \
   --max-seq-len 1024 -t 1024 -b "$BATCH" --warmup 2 --iters 3 --precision bf16 --attention matrix \
   --peak-flops "$PEAK" --kernel-times
+
+# The same breakdown for the Llama 3.2 1B preset at 4 x 2048: RoPE (from its table), RMSNorm,
+# SwiGLU, GQA attention, the fused cross-entropy writing its gradient in bf16, the fused AdamW.
+check bench_step_llama1b_kernels 240 "$TAP" bench step --model llama3.2-1b -t 2048 -b 4 --warmup 2 --iters 3 \
+  --precision bf16 --attention matrix --peak-flops "$PEAK" --kernel-times
 
 # 4. NCCL through Tapestry's reducer on this node's GPUs (1 GPU: the path runs; busbw needs 2+).
 check allreduce_nccl 120 "$TAP" bench allreduce --collectives nccl -b 1048576 -e 268435456 -f 4 -n 20 -o "$OUTDIR/allreduce.json"
