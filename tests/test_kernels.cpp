@@ -164,73 +164,80 @@ TEST_CASE("bf16 gemm: alpha and beta, and declared weights rounded once", "[kern
   const int M = 17, N = 29, K = 200;
   const V A = randn(std::size_t(3) * M * K, 93), B = randn(std::size_t(K) * N, 94), C0 = randn(std::size_t(M) * N, 95);
   View1<float> a("a", A.size()), b("b", B.size()), c("c", C0.size());
-  from_vec(a, A), from_vec(b, B);
-  Blas blas(ExecSpace(), Precision::bf16);
-  std::printf("bf16 products here: %s\n", blas.bf16_engine().c_str());
-  // C = 0.5 op(A) op(B) + 1.0 C, with the middle of A's three matrices as A
-  const long off = long(M) * K;
-  const V mid(A.begin() + off, A.begin() + 2 * off);
-  auto product = [&](float alpha, float beta, const V& Am) {
-    from_vec(c, C0);
-    blas.gemm<float>(false, false, M, N, K, alpha, a.data() + off, K, b.data(), N, beta, c.data(), N);
-    const V got = to_vec(c), p = ref_gemm(Am, B, false, false, M, N, K, 0, 0, 1, true);
-    V want(p.size());
-    for (std::size_t i = 0; i < p.size(); ++i) want[i] = alpha * p[i] + beta * C0[i];
-    return max_abs_diff(got, want);
-  };
-  REQUIRE(product(0.5f, 1.0f, mid) < 1e-3);
-  REQUIRE(product(-2.0f, 0.25f, mid) < 2e-3);
-  REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
-  // Declared weights: rounded at the first product after the declaration, then read from that copy
-  // until the next one, so a change in between is not seen (which shows the copy is used).
-  blas.weights(a.data(), A.size());
-  REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
-  V doubled = A;
-  for (auto& x : doubled) x *= 2;
-  from_vec(a, doubled);
-  const V mid2(doubled.begin() + off, doubled.begin() + 2 * off);
-  REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);   // the copy made before the change
-  REQUIRE(product(1.0f, 0.0f, mid2) > 1.0);
-  blas.weights(a.data(), A.size());  // declared again: the new values
-  REQUIRE(product(1.0f, 0.0f, mid2) < 2e-3);
-  blas.weights(nullptr, 0);  // forgotten: every call rounds its own operands
-  from_vec(a, A);
-  REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
-  {  // held floats: rounded at the first product while held, then read from that copy
-    const auto held = blas.hold(a.data(), A.size());
+  // On the build's engine (oneDNN's 16-bit words where the CPU has bf16), and on the rounded-float
+  // sgemm path (TAPESTRY_BF16_GEMM=sgemm), whose copies hold floats.
+  for (const std::string engine : {"auto", "sgemm"}) {
+    CAPTURE(engine);
+    from_vec(a, A), from_vec(b, B);
+    setenv("TAPESTRY_BF16_GEMM", engine.c_str(), 1);
+    Blas blas(ExecSpace(), Precision::bf16);
+    unsetenv("TAPESTRY_BF16_GEMM");
+    std::printf("bf16 products here: %s\n", blas.bf16_engine().c_str());
+    // C = 0.5 op(A) op(B) + 1.0 C, with the middle of A's three matrices as A
+    const long off = long(M) * K;
+    const V mid(A.begin() + off, A.begin() + 2 * off);
+    auto product = [&](float alpha, float beta, const V& Am) {
+      from_vec(c, C0);
+      blas.gemm<float>(false, false, M, N, K, alpha, a.data() + off, K, b.data(), N, beta, c.data(), N);
+      const V got = to_vec(c), p = ref_gemm(Am, B, false, false, M, N, K, 0, 0, 1, true);
+      V want(p.size());
+      for (std::size_t i = 0; i < p.size(); ++i) want[i] = alpha * p[i] + beta * C0[i];
+      return max_abs_diff(got, want);
+    };
+    REQUIRE(product(0.5f, 1.0f, mid) < 1e-3);
+    REQUIRE(product(-2.0f, 0.25f, mid) < 2e-3);
     REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
+    // Declared weights: rounded at the first product after the declaration, then read from that copy
+    // until the next one, so a change in between is not seen (which shows the copy is used).
+    blas.weights(a.data(), A.size());
+    REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
+    V doubled = A;
+    for (auto& x : doubled) x *= 2;
     from_vec(a, doubled);
-    REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);  // the copy made before the change
-    REQUIRE_THROWS_AS(blas.hold(b.data(), B.size()), std::logic_error);  // one at a time
-  }
-  REQUIRE(product(1.0f, 0.0f, mid2) < 2e-3);  // released: rounded per call again
-  {  // held, but changed before the first product: the copy is made then
-    const auto held = blas.hold(a.data(), A.size());
+    const V mid2(doubled.begin() + off, doubled.begin() + 2 * off);
+    REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);   // the copy made before the change
+    REQUIRE(product(1.0f, 0.0f, mid2) > 1.0);
+    blas.weights(a.data(), A.size());  // declared again: the new values
+    REQUIRE(product(1.0f, 0.0f, mid2) < 2e-3);
+    blas.weights(nullptr, 0);  // forgotten: every call rounds its own operands
     from_vec(a, A);
     REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
-    const auto inner = blas.hold(a.data() + off, std::size_t(off));  // inside: nothing more
-    REQUIRE(inner.copy().words == nullptr);
-    REQUIRE(inner.copy().values == nullptr);
-  }
-  {  // a copy written by the caller (as the fused cross-entropy does) is read as written
-    const auto held = blas.hold(a.data(), A.size());
-    const auto copy = held.copy();
-    REQUIRE((copy.words == nullptr) != (copy.values == nullptr));
-    if (copy.words != nullptr) {
-      std::vector<std::uint16_t> w(A.size());
-      for (std::size_t i = 0; i < w.size(); ++i) w[i] = to_bf16(float(doubled[i]));
-      Kokkos::deep_copy(Kokkos::View<std::uint16_t*, Layout, MemSpace, Kokkos::MemoryUnmanaged>(copy.words, w.size()),
-                        Kokkos::View<std::uint16_t*, Layout, HostSpace, Kokkos::MemoryUnmanaged>(w.data(), w.size()));
-    } else {
-      std::vector<float> w(A.size());
-      for (std::size_t i = 0; i < w.size(); ++i) w[i] = round_bf16(float(doubled[i]));
-      Kokkos::deep_copy(Kokkos::View<float*, Layout, MemSpace, Kokkos::MemoryUnmanaged>(copy.values, w.size()),
-                        Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryUnmanaged>(w.data(), w.size()));
+    {  // held floats: rounded at the first product while held, then read from that copy
+      const auto held = blas.hold(a.data(), A.size());
+      REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
+      from_vec(a, doubled);
+      REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);  // the copy made before the change
+      REQUIRE_THROWS_AS(blas.hold(b.data(), B.size()), std::logic_error);  // one at a time
     }
-    held.written();
-    REQUIRE(product(1.0f, 0.0f, mid2) < 2e-3);  // a still holds A
+    REQUIRE(product(1.0f, 0.0f, mid2) < 2e-3);  // released: rounded per call again
+    {  // held, but changed before the first product: the copy is made then
+      const auto held = blas.hold(a.data(), A.size());
+      from_vec(a, A);
+      REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
+      const auto inner = blas.hold(a.data() + off, std::size_t(off));  // inside: nothing more
+      REQUIRE(inner.copy().words == nullptr);
+      REQUIRE(inner.copy().values == nullptr);
+    }
+    {  // a copy written by the caller (as the fused cross-entropy does) is read as written
+      const auto held = blas.hold(a.data(), A.size());
+      const auto copy = held.copy();
+      REQUIRE((copy.words == nullptr) != (copy.values == nullptr));
+      if (copy.words != nullptr) {
+        std::vector<std::uint16_t> w(A.size());
+        for (std::size_t i = 0; i < w.size(); ++i) w[i] = to_bf16(float(doubled[i]));
+        Kokkos::deep_copy(Kokkos::View<std::uint16_t*, Layout, MemSpace, Kokkos::MemoryUnmanaged>(copy.words, w.size()),
+                          Kokkos::View<std::uint16_t*, Layout, HostSpace, Kokkos::MemoryUnmanaged>(w.data(), w.size()));
+      } else {
+        std::vector<float> w(A.size());
+        for (std::size_t i = 0; i < w.size(); ++i) w[i] = round_bf16(float(doubled[i]));
+        Kokkos::deep_copy(Kokkos::View<float*, Layout, MemSpace, Kokkos::MemoryUnmanaged>(copy.values, w.size()),
+                          Kokkos::View<float*, Layout, HostSpace, Kokkos::MemoryUnmanaged>(w.data(), w.size()));
+      }
+      held.written();
+      REQUIRE(product(1.0f, 0.0f, mid2) < 2e-3);  // a still holds A
+    }
+    REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
   }
-  REQUIRE(product(1.0f, 0.0f, mid) < 1e-3);
 }
 
 // Hidden from the default run: ctest's kernels_bf16_engines runs it alone and reads exit 77 as
