@@ -97,8 +97,7 @@ struct Blas::Impl {
   /// otherwise rounded now into `mine`.
   template <class W>
   const W* operand(const ExecSpace& exec, Bf16Scratch<W>& s, View1<W>& mine, const float* X, std::size_t n) const {
-    const auto x = reinterpret_cast<std::uintptr_t>(X), lo = reinterpret_cast<std::uintptr_t>(w_base);
-    if (w_base != nullptr && x >= lo && x + n * sizeof(float) <= lo + w_n * sizeof(float)) {
+    if (inside(X, n, w_base, w_n)) {
       const std::size_t off = std::size_t(X - w_base);
       auto it = std::upper_bound(rounded.begin(), rounded.end(), std::make_pair(off, ~std::size_t(0)));
       const bool done = it != rounded.begin() && std::prev(it)->second >= off + n;
@@ -108,13 +107,18 @@ struct Blas::Impl {
       }
       return s.w.data() + off;
     }
-    const auto hl = reinterpret_cast<std::uintptr_t>(h_base);
-    if (h_base != nullptr && x >= hl && x + n * sizeof(float) <= hl + h_n * sizeof(float)) {
+    if (inside(X, n, h_base, h_n)) {
       if (!h_rounded) round_range(exec, s.h, h_n, h_base, 0, h_n);
       h_rounded = true;
       return s.h.data() + (X - h_base);
     }
     return round_into(exec, mine, X, n);
+  }
+
+  /// Whether the n floats at x lie within the bn floats at base (none when base is null).
+  static bool inside(const float* x, std::size_t n, const float* base, std::size_t bn) {
+    const auto a = reinterpret_cast<std::uintptr_t>(x), lo = reinterpret_cast<std::uintptr_t>(base);
+    return base != nullptr && a >= lo && a + n * sizeof(float) <= lo + bn * sizeof(float);
   }
 
   /// Adds [lo, hi) to `rounded`, merging neighbours that touch or overlap.
@@ -172,7 +176,7 @@ void Blas::weights(const float* base, std::size_t n) const {
 
 Blas::Held Blas::hold(const float* x, std::size_t n) const {
   if (impl_->h_base != nullptr) {
-    if (x >= impl_->h_base && x + n <= impl_->h_base + impl_->h_n) return Held(nullptr);  // inside: held already
+    if (Impl::inside(x, n, impl_->h_base, impl_->h_n)) return Held(nullptr);  // held already
     throw std::logic_error("tapestry::Blas::hold: already holding other floats");
   }
   impl_->h_base = n > 0 ? x : nullptr;

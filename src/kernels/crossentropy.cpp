@@ -11,27 +11,6 @@
 namespace tapestry::kernels {
 
 template <class T>
-void softmax_xent_forward(const ExecSpace& exec, View2<T> probs, View1<T> losses, In2<T> logits,
-                          In1<int> targets, int V) {
-  const int N = int(logits.extent(0)), Vp = int(logits.extent(1));
-  Kokkos::parallel_for(
-      "tapestry::softmax_xent_forward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
-        const int n = m.league_rank();
-        const T* const lg = &logits(n, 0);  // rows through plain pointers: loops that vectorize on hosts
-        T* const p = &probs(n, 0);
-        const T maxv = detail::team_max<T>(m, V, T(-1e30), [&](int v) { return lg[v]; });
-        // the exponentials first (a loop that vectorizes), then their sum
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, V), [&](int v) { p[v] = math::vexp(lg[v] - maxv); });
-        m.team_barrier();
-        const T sum = detail::team_sum<T>(m, V, [&](int v) { return p[v]; });
-        const T inv = T(1) / sum;
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vp), [&](int v) { p[v] = v < V ? p[v] * inv : T(0); });
-        m.team_barrier();
-        Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = targets(n) < 0 ? T(0) : -math::log(probs(n, targets(n))); });
-      });
-}
-
-template <class T>
 void softmax_xent_backward(const ExecSpace& exec, View2<T> dlogits, In2<T> probs,
                            In1<int> targets, double dloss, int V, int vocab_begin) {
   const int N = int(probs.extent(0)), Vp = int(probs.extent(1));
@@ -52,51 +31,62 @@ void softmax_xent_backward(const ExecSpace& exec, View2<T> dlogits, In2<T> probs
 }
 
 namespace {
-/// softmax_xent_fused's kernel; with grad16 the gradient goes there only, rounded to bf16 (W =
-/// std::uint16_t: the 16 bits; float: the rounded values).
+/// softmax_xent_forward's and softmax_xent_fused's kernel, one team per row: the max, the
+/// exponentials (kept unnormalized in `out`), their sum and the loss; then the last pass writes
+/// the probabilities (grad false), or the gradient dloss * (probabilities - onehot), normalizing on
+/// the way: into `out`, or with grad16 only there, rounded to bf16 (W = std::uint16_t: the 16
+/// bits; float: the rounded values).
 template <class T, class W>
-void xent_fused(const ExecSpace& exec, View2<T> dlogits, View1<T> losses, In2<T> logits, In1<int> targets, int V,
-                double dloss, W* grad16) {
+void xent_rows(const char* label, const ExecSpace& exec, View2<T> out, View1<T> losses, In2<T> logits,
+               In1<int> targets, int V, bool grad, double dloss, W* grad16) {
   const int N = int(logits.extent(0)), Vp = int(logits.extent(1));
   const T d = T(dloss);
-  Kokkos::parallel_for(
-      "tapestry::softmax_xent_fused", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
-        const int n = m.league_rank();
-        const T* const lg = &logits(n, 0);
-        T* const dl = &dlogits(n, 0);
-        W* const out = grad16 != nullptr ? grad16 + std::size_t(n) * std::size_t(Vp) : nullptr;
-        const int t = targets(n);
-        // softmax_xent_forward's passes, the exponentials kept unnormalized in dl ...
-        const T maxv = detail::team_max<T>(m, V, T(-1e30), [&](int v) { return lg[v]; });
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, V), [&](int v) { dl[v] = math::vexp(lg[v] - maxv); });
-        m.team_barrier();
-        const T sum = detail::team_sum<T>(m, V, [&](int v) { return dl[v]; });
-        const T inv = T(1) / sum;
-        Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = t < 0 ? T(0) : -math::log(dl[t] * inv); });
-        m.team_barrier();
-        // ... then softmax_xent_backward's, normalizing on the way
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vp), [&](int v) {
-          const T p = t >= 0 && v < V ? dl[v] * inv : T(0);
-          const T g = d * (p - (v == t ? T(1) : T(0)));
-          if (out == nullptr) dl[v] = g;
-          else if constexpr (std::is_same_v<W, std::uint16_t>) out[v] = to_bf16(float(g));
-          else out[v] = W(round_bf16(float(g)));
-        });
-      });
+  Kokkos::parallel_for(label, detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
+    const int n = m.league_rank();
+    const T* const lg = &logits(n, 0);  // rows through plain pointers: loops that vectorize on hosts
+    T* const o = &out(n, 0);
+    W* const o16 = grad16 != nullptr ? grad16 + std::size_t(n) * std::size_t(Vp) : nullptr;
+    const int t = targets(n);
+    const T maxv = detail::team_max<T>(m, V, T(-1e30), [&](int v) { return lg[v]; });
+    // the exponentials first (a loop that vectorizes), then their sum
+    Kokkos::parallel_for(Kokkos::TeamThreadRange(m, V), [&](int v) { o[v] = math::vexp(lg[v] - maxv); });
+    m.team_barrier();
+    const T sum = detail::team_sum<T>(m, V, [&](int v) { return o[v]; });
+    const T inv = T(1) / sum;
+    Kokkos::single(Kokkos::PerTeam(m), [&] { losses(n) = t < 0 ? T(0) : -math::log(o[t] * inv); });
+    m.team_barrier();
+    Kokkos::parallel_for(Kokkos::TeamThreadRange(m, Vp), [&](int v) {
+      if (!grad) {
+        o[v] = v < V ? o[v] * inv : T(0);
+        return;
+      }
+      const T p = t >= 0 && v < V ? o[v] * inv : T(0);
+      const T g = d * (p - (v == t ? T(1) : T(0)));
+      if (o16 == nullptr) o[v] = g;
+      else if constexpr (std::is_same_v<W, std::uint16_t>) o16[v] = to_bf16(float(g));
+      else o16[v] = W(round_bf16(float(g)));
+    });
+  });
 }
 }  // namespace
 
 template <class T>
+void softmax_xent_forward(const ExecSpace& exec, View2<T> probs, View1<T> losses, In2<T> logits,
+                          In1<int> targets, int V) {
+  xent_rows<T, T>("tapestry::softmax_xent_forward", exec, probs, losses, logits, targets, V, false, 0.0, nullptr);
+}
+
+template <class T>
 void softmax_xent_fused(const ExecSpace& exec, View2<T> dlogits, View1<T> losses, In2<T> logits, In1<int> targets,
                         int V, double dloss) {
-  xent_fused<T, T>(exec, dlogits, losses, logits, targets, V, dloss, nullptr);
+  xent_rows<T, T>("tapestry::softmax_xent_fused", exec, dlogits, losses, logits, targets, V, true, dloss, nullptr);
 }
 
 template <class W>
 void softmax_xent_fused_bf16(const ExecSpace& exec, View2<float> scratch, View1<float> losses, In2<float> logits,
                              In1<int> targets, int V, double dloss, W* grad16) {
   if (grad16 == nullptr) throw std::invalid_argument("tapestry::softmax_xent_fused_bf16: no bf16 buffer");
-  xent_fused<float, W>(exec, scratch, losses, logits, targets, V, dloss, grad16);
+  xent_rows<float, W>("tapestry::softmax_xent_fused", exec, scratch, losses, logits, targets, V, true, dloss, grad16);
 }
 template void softmax_xent_fused_bf16<std::uint16_t>(const ExecSpace&, View2<float>, View1<float>, In2<float>, In1<int>,
                                                      int, double, std::uint16_t*);

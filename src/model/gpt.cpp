@@ -698,14 +698,11 @@ void GPT::head(const kernels::Blas& blas, std::optional<double> scale) {
     std::optional<Blas::Held> held;
     if (k == 1 && scale) {  // the losses and the logits' gradient in one kernel
       held.emplace(blas.hold(lg.data(), lg.span()));
-      const auto copy = held->copy();
-      if (copy.words != nullptr)
-        softmax_xent_fused_bf16(ex, lg, ls, lg, tg, cfg_.vocab_size, *scale / N, copy.words);
-      else if (copy.values != nullptr)
-        softmax_xent_fused_bf16(ex, lg, ls, lg, tg, cfg_.vocab_size, *scale / N, copy.values);
+      const double d = *scale / N;
+      if (held->copy().visit([&](auto* dst) { softmax_xent_fused_bf16(ex, lg, ls, lg, tg, cfg_.vocab_size, d, dst); }))
+        held->written();
       else
-        softmax_xent_fused(ex, lg, ls, lg, tg, cfg_.vocab_size, *scale / N);
-      if (copy.words != nullptr || copy.values != nullptr) held->written();
+        softmax_xent_fused(ex, lg, ls, lg, tg, cfg_.vocab_size, d);
     } else if (k == 1) {
       softmax_xent_forward(ex, lg, ls, lg, tg, cfg_.vocab_size);
     } else {  // vocabulary-parallel cross-entropy: 3 numbers per row and rank cross the group

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "tapestry/kernels/optim.hpp"
 
@@ -59,16 +60,13 @@ void AdamW::step(const ExecSpace& exec, View1<float> params, View1<float> grads,
     fused.blas->weights(params.data(), params.extent(0));
     copy = fused.blas->weight_copy();
   }
-  if (copy.words != nullptr) {
-    kernels::AdamWExtras<std::uint16_t> x;
-    x.zero_grads = fused.zero_grads, x.copy = copy.words;
+  auto update = [&](auto* dst) {  // dst: the bf16 copy's words or rounded floats, or null
+    kernels::AdamWExtras<std::remove_pointer_t<decltype(dst)>> x;
+    x.zero_grads = fused.zero_grads, x.copy = dst;
     kernels::adamw_fused(exec, chunks_, params, m_, v_, grads, s, x);
-  } else {
-    kernels::AdamWExtras<float> x;
-    x.zero_grads = fused.zero_grads, x.copy = copy.values;
-    kernels::adamw_fused(exec, chunks_, params, m_, v_, grads, s, x);
-  }
-  if (copy.words != nullptr || copy.values != nullptr)
+  };
+  if (!copy.visit(update)) update(static_cast<float*>(nullptr));
+  if (copy.any())
     for (const auto& [lo, hi] : covered_) fused.blas->weights_rounded(lo, hi);
 }
 

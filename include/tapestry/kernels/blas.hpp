@@ -47,6 +47,13 @@ class Blas {
   struct Bf16Copy {
     std::uint16_t* words = nullptr;
     float* values = nullptr;
+    bool any() const { return words != nullptr || values != nullptr; }
+    /// f(words) or f(values), whichever is set; false when neither is.
+    template <class F> bool visit(F&& f) const {
+      if (words != nullptr) f(words);
+      else if (values != nullptr) f(values);
+      return any();
+    }
   };
   /// The copy of the declared weights, n long, for a kernel that writes part of it itself (the
   /// fused AdamW rounds each parameter it updates); both null with no weights declared.
