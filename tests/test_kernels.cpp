@@ -650,6 +650,79 @@ TEST_CASE("grouped-query attention (matrix kernel) matches the naive reference a
   }
 }
 
+TEST_CASE("bf16 attention: bf16 products, probabilities kept in bf16, against the fp32 kernel", "[kernels][attention][bf16]") {
+  // Reference: the fp32 kernel on q, k, v already rounded to bf16 (what the bf16 products read).
+  // The probabilities may differ from its by their bf16 rounding only (the scores by the sum
+  // order); the output is the bf16 probabilities times V, to fp32 rounding; the gradient is the
+  // fp32 kernel's within the rounding of the probabilities, the output gradient and the scores'
+  // gradient to bf16 (relative 2^-9 each).
+  for (const std::string engine : {"auto", "sgemm"})
+    for (const auto& shape : {std::vector<int>{2, 13, 6, 4, 3, 0}, std::vector<int>{1, 20, 4, 8, 4, 4},
+                              std::vector<int>{2, 9, 4, 16, 1, 0}}) {  // B, T, NH, hs, KV, causal_block
+      const int B = shape[0], T = shape[1], NH = shape[2], hs = shape[3], KV = shape[4], cb = shape[5];
+      const int C = NH * hs, W = C + 2 * KV * hs;
+      CAPTURE(engine, B, T, NH, hs, KV, cb);
+      setenv("TAPESTRY_BF16_GEMM", engine.c_str(), 1);
+      Blas blas(ExecSpace(), Precision::bf16), fp32;
+      unsetenv("TAPESTRY_BF16_GEMM");
+      V qkv = randn(std::size_t(B) * T * W, 40);
+      for (auto& x : qkv) x = double(round_bf16(float(x)));
+      const V wout = randn(std::size_t(B) * T * C, 41);
+      View3<float> vqkv("qkv", B, T, W), out("out", B, T, C), ref("ref", B, T, C), gout("gout", B, T, C);
+      View3<float> g("g", B, T, W), gref("gref", B, T, W);
+      View4<float> att("att", B, NH, T, T), scratch("scratch", B, NH, T, T), scores("scores", B, NH, T, T);
+      from_vec(vqkv, qkv), from_vec(gout, wout);
+      const std::size_t tt = std::size_t(B) * NH * T * T;
+      AttentionBf16 h;
+      h.qkv = Words("qkv16", qkv.size()), h.probs = Words("probs", tt), h.dout = Words("dout16", wout.size());
+      h.dscores = Words("ds16", tt);
+      Kokkos::deep_copy(h.probs, std::uint16_t(0x3f80));  // 1.0: every entry must be written
+      attention_forward<float>(fp32, ref, att, vqkv, NH, KV, {}, cb);
+      attention_forward_bf16(blas, out, scores, h, vqkv, NH, KV, {}, cb);
+      const V pw = to_vec(h.probs), pref = to_vec(att);
+      V p(pw.size());
+      for (std::size_t i = 0; i < pw.size(); ++i) {
+        p[i] = double(from_bf16(std::uint16_t(pw[i])));
+        const int t = int(i / std::size_t(T) % std::size_t(T)), t2 = int(i % std::size_t(T));
+        if (t2 > t) REQUIRE(pw[i] == 0.0);
+        REQUIRE(std::abs(p[i] - pref[i]) <= 0x1p-8 * pref[i] + 1e-6);
+      }
+      // out = probs V (double, from the kernel's own bf16 probabilities)
+      V want(std::size_t(B) * T * C, 0.0);
+      for (int b = 0; b < B; ++b)
+        for (int hh = 0; hh < NH; ++hh)
+          for (int t = 0; t < T; ++t)
+            for (int d = 0; d < hs; ++d) {
+              double o = 0;
+              for (int t2 = 0; t2 < T; ++t2)
+                o += p[((std::size_t(b) * NH + hh) * T + t) * T + t2] *
+                     qkv[(std::size_t(b) * T + t2) * W + C + KV * hs + (hh / (NH / KV)) * hs + d];
+              want[(std::size_t(b) * T + t) * C + hh * hs + d] = o;
+            }
+      REQUIRE(max_rel_err(to_vec(out), want) < 1e-5);
+      attention_backward<float>(fp32, gref, scratch, gout, vqkv, att, NH, KV, cb);
+      attention_backward_bf16(blas, g, scratch, h, gout, vqkv, NH, KV, cb);
+      const V got = to_vec(g), gwant = to_vec(gref);
+      double num = 0, den = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        REQUIRE(std::isfinite(got[i]));
+        num += (got[i] - gwant[i]) * (got[i] - gwant[i]), den += gwant[i] * gwant[i];
+      }
+      REQUIRE(std::sqrt(num / den) < 1e-2);
+      REQUIRE(std::sqrt(num / den) > 0);  // bf16 products and storage: not the fp32 kernel's bits
+      // q, k, v given in bf16 (the copy kept for backward): the same bits as rounding them here
+      AttentionBf16 given = h;
+      given.qkv = Words("given", qkv.size()), given.qkv_written = true;
+      store_bf16(ExecSpace(), given.qkv, In1<float>(vqkv.data(), vqkv.span()));
+      View3<float> g2("g2", B, T, W);
+      attention_backward_bf16(blas, g2, scratch, given, gout, View3<float>("unread", B, T, W), NH, KV, cb);
+      REQUIRE(to_vec(g2) == got);
+      AttentionBf16 short_probs = h;
+      short_probs.probs = Words("short", tt - 1);
+      REQUIRE_THROWS_AS(attention_forward_bf16(blas, out, scores, short_probs, vqkv, NH, KV), std::invalid_argument);
+    }
+}
+
 TEST_CASE("grouped-query tiled attention matches the naive reference and finite differences", "[kernels][attention][tiled][gqa]") {
   ExecSpace ex;
   const int B = 2, NH = 6, hs = 4, C = NH * hs;

@@ -330,6 +330,60 @@ void fill_pointers(const ExecSpace& exec, std::uintptr_t* p, std::uintptr_t base
 }  // namespace
 #endif
 
+#ifdef KOKKOS_ENABLE_CUDA
+namespace {
+/// outer x count products of `elem`-byte inputs on cuBLAS: one call through device arrays of their
+/// addresses where every matrix starts on a 16-byte boundary (cuBLAS cannot see those addresses to
+/// pick its kernel), otherwise one strided-batched call per outer group. timed(n, f) runs f for n
+/// products.
+template <class Timed>
+void device_batches(const ExecSpace& exec, const cublas::Handle& h, View1<std::uintptr_t>& ptr, const Timed& timed,
+                    cublas::Inputs in, std::size_t elem, bool ta, bool tb, int M, int N, int K, double alpha,
+                    const void* A, int lda, long sa, const void* B, int ldb, long sb, double beta, void* C, int ldc,
+                    long sc, std::size_t c_elem, int count, int outer, long oa, long ob, long oc) {
+  auto on16 = [&](long elements, std::size_t bytes) { return elements * long(bytes) % 16 == 0; };
+  const bool aligned = (reinterpret_cast<std::uintptr_t>(A) | reinterpret_cast<std::uintptr_t>(B) |
+                        reinterpret_cast<std::uintptr_t>(C)) % 16 == 0 &&
+                       on16(sa, elem) && on16(sb, elem) && on16(sc, c_elem) && on16(oa, elem) && on16(ob, elem) &&
+                       on16(oc, c_elem);
+  const auto* a = static_cast<const char*>(A);
+  const auto* b = static_cast<const char*>(B);
+  auto* c = static_cast<char*>(C);
+  if (outer > 1 && aligned) {
+    timed(outer * count, [&] {
+      const std::size_t n = std::size_t(outer) * std::size_t(count);
+      if (ptr.extent(0) < 3 * n)
+        ptr = View1<std::uintptr_t>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::gemm_pointers"), 3 * n);
+      fill_pointers(exec, ptr.data(), reinterpret_cast<std::uintptr_t>(A), sa, oa, count, outer, elem);
+      fill_pointers(exec, ptr.data() + n, reinterpret_cast<std::uintptr_t>(B), sb, ob, count, outer, elem);
+      fill_pointers(exec, ptr.data() + 2 * n, reinterpret_cast<std::uintptr_t>(C), sc, oc, count, outer, c_elem);
+      cublas::gemm_batched(h, in, ta, tb, M, N, K, alpha, reinterpret_cast<const void* const*>(ptr.data()), lda,
+                           reinterpret_cast<const void* const*>(ptr.data() + n), ldb, beta,
+                           reinterpret_cast<void* const*>(ptr.data() + 2 * n), ldc, int(n));
+    });
+    return;
+  }
+  for (int o = 0; o < outer; ++o)
+    timed(count, [&] {
+      cublas::gemm(h, in, ta, tb, M, N, K, alpha, a + o * oa * long(elem), lda, sa, b + o * ob * long(elem), ldb, sb,
+                   beta, c + o * oc * long(c_elem), ldc, sc, count);
+    });
+}
+}  // namespace
+#else
+namespace {
+/// The n bf16 words at src as floats in `buf` (grown to at least n); returns its data.
+const float* expand_into(const ExecSpace& exec, View1<float>& buf, const std::uint16_t* src, std::size_t n) {
+  if (buf.extent(0) < n) buf = View1<float>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::blas_bf16"), n);
+  float* dst = buf.data();
+  Kokkos::parallel_for(
+      "tapestry::expand_bf16", Kokkos::RangePolicy<ExecSpace>(exec, 0, n),
+      KOKKOS_LAMBDA(std::size_t i) { dst[i] = from_bf16(src[i]); });
+  return dst;
+}
+}  // namespace
+#endif
+
 template <class T>
 void Blas::attention_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, long sa,
                           const T* B, int ldb, long sb, T beta, T* C, int ldc, long sc, int count, int outer,
@@ -337,40 +391,49 @@ void Blas::attention_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const 
   if (M == 0 || N == 0 || count == 0 || outer == 0) return;
 #ifdef KOKKOS_ENABLE_CUDA
   const bool tf32 = std::is_same_v<T, float> && precision_ == Precision::bf16;
-  // One call over all outer x count products, through device arrays of their addresses, where every
-  // matrix starts on a 16-byte boundary (cuBLAS cannot see those addresses to pick its kernel);
-  // otherwise one strided-batched call per outer group.
-  auto on16 = [](long elements) { return elements * long(sizeof(T)) % 16 == 0; };
-  const bool aligned = (reinterpret_cast<std::uintptr_t>(A) | reinterpret_cast<std::uintptr_t>(B) |
-                        reinterpret_cast<std::uintptr_t>(C)) % 16 == 0 &&
-                       on16(sa) && on16(sb) && on16(sc) && on16(oa) && on16(ob) && on16(oc);
-  if (outer > 1 && aligned) {
+  if ((outer > 1) || tf32) {
     const auto in = std::is_same_v<T, double> ? cublas::Inputs::f64 : tf32 ? cublas::Inputs::tf32 : cublas::Inputs::f32;
-    timed(tf32 ? "gemm tf32" : std::is_same_v<T, double> ? "gemm fp64" : "gemm fp32", ta, tb, M, N, K, outer * count, [&] {
-      const std::size_t n = std::size_t(outer) * std::size_t(count);
-      auto& ptr = impl_->pointers;
-      if (ptr.extent(0) < 3 * n)
-        ptr = View1<std::uintptr_t>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::gemm_pointers"), 3 * n);
-      fill_pointers(exec_, ptr.data(), reinterpret_cast<std::uintptr_t>(A), sa, oa, count, outer, sizeof(T));
-      fill_pointers(exec_, ptr.data() + n, reinterpret_cast<std::uintptr_t>(B), sb, ob, count, outer, sizeof(T));
-      fill_pointers(exec_, ptr.data() + 2 * n, reinterpret_cast<std::uintptr_t>(C), sc, oc, count, outer, sizeof(T));
-      cublas::gemm_batched(*impl_->handle, in, ta, tb, M, N, K, alpha, reinterpret_cast<const void* const*>(ptr.data()),
-                           lda, reinterpret_cast<const void* const*>(ptr.data() + n), ldb, beta,
-                           reinterpret_cast<void* const*>(ptr.data() + 2 * n), ldc, int(n));
-    });
-    return;
-  }
-  if (tf32) {
-    for (int o = 0; o < outer; ++o)
-      timed("gemm tf32", ta, tb, M, N, K, count, [&] {
-        cublas::gemm(*impl_->handle, cublas::Inputs::tf32, ta, tb, M, N, K, alpha, A + o * oa, lda, sa, B + o * ob, ldb,
-                     sb, beta, C + o * oc, ldc, sc, count);
-      });
+    const char* what = tf32 ? "gemm tf32" : std::is_same_v<T, double> ? "gemm fp64" : "gemm fp32";
+    auto t = [&](int n, const auto& f) { timed(what, ta, tb, M, N, K, n, f); };
+    device_batches(exec_, *impl_->handle, impl_->pointers, t, in, sizeof(T), ta, tb, M, N, K, alpha, A, lda, sa, B, ldb,
+                   sb, beta, C, ldc, sc, sizeof(T), count, outer, oa, ob, oc);
     return;
   }
 #endif
   for (int o = 0; o < outer; ++o)  // as written
     run_gemm<T>(false, ta, tb, M, N, K, alpha, A + o * oa, lda, sa, B + o * ob, ldb, sb, beta, C + o * oc, ldc, sc, count);
+}
+
+void Blas::attention_gemm_bf16(bool ta, bool tb, int M, int N, int K, float alpha, const std::uint16_t* A, int lda,
+                               long sa, const std::uint16_t* B, int ldb, long sb, float beta, float* C, int ldc, long sc,
+                               int count, int outer, long oa, long ob, long oc) const {
+  if (M == 0 || N == 0 || count == 0 || outer == 0) return;
+#ifdef KOKKOS_ENABLE_CUDA
+  auto t = [&](int n, const auto& f) { timed("gemm bf16", ta, tb, M, N, K, n, f); };
+  device_batches(exec_, *impl_->handle, impl_->pointers, t, cublas::Inputs::bf16, sizeof(std::uint16_t), ta, tb, M, N,
+                 K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, sizeof(float), count, outer, oa, ob, oc);
+#else
+  for (int o = 0; o < outer; ++o)
+    timed("gemm bf16", ta, tb, M, N, K, count, [&] {
+      const std::uint16_t* a = A + o * oa;
+      const std::uint16_t* b = B + o * ob;
+      float* c = C + o * oc;
+      exec_.fence();
+#ifdef TAPESTRY_HAVE_ONEDNN
+      if (impl_->dnnl) {
+        impl_->dnnl->run(ta, tb, M, N, K, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, count);
+        return;
+      }
+#endif
+      // op(A) is (M,K): A is stored (K,M) when transposed; likewise B.
+      const float* fa = K > 0 ? expand_into(exec_, impl_->floats.a, a, span(ta ? K : M, ta ? M : K, lda, sa, count)) : nullptr;
+      const float* fb = K > 0 ? expand_into(exec_, impl_->floats.b, b, span(tb ? N : K, tb ? K : N, ldb, sb, count)) : nullptr;
+      exec_.fence();
+      for (int i = 0; i < count; ++i)
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+                    fa + i * sa, lda, fb + i * sb, ldb, beta, c + i * sc, ldc);
+    });
+#endif
 }
 
 template <class T>

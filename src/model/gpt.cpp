@@ -235,7 +235,7 @@ std::vector<float> GPT::gather_whole(View1<float> local) const {
 
 GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const GptOptions& options)
     : cfg_(cfg), B_(B), T_(T), tp_(options.tp != nullptr ? options.tp : &solo_), stage_(options.stage),
-      tiled_(options.tiled_attention) {
+      tiled_(options.tiled_attention), bf16_att_(options.bf16_attention && !options.tiled_attention) {
   const bool sequence_parallel = options.sequence_parallel;
   if (stage_.num_layers < 0) stage_.num_layers = cfg.n_layer;
   validate(cfg_);
@@ -310,7 +310,7 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
     a.ln2c = chunk_of(a.ln2, "tapestry::ln2_chunk");
     a.fch = View2<float>("tapestry::fch", N, up);
     a.fch_act = View2<float>("tapestry::fch_act", N, ffn_);
-    if (!tiled_) a.att = View4<float>("tapestry::att", B, NHl, T, T);
+    if (!tiled_ && !bf16_att_) a.att = View4<float>("tapestry::att", B, NHl, T, T);
   };
   // ...and its own in any case: the norms' statistics, the log-sum-exp.
   auto make_own = [&](LayerActs& a) {
@@ -341,6 +341,7 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
       if (l + 1 < layers_.size()) c.res3 = half(Nc, C);
     } else {
       make_saved(a);
+      if (bf16_att_) probs16_.emplace_back("tapestry::attention_probs_bf16", std::size_t(B) * NHl * std::size_t(T) * T);
       a.res2 = View2<float>("tapestry::res2", Nc, C);
       a.res3 = View2<float>("tapestry::res3", Nc, C);
     }
@@ -379,6 +380,11 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
     if (!tiled_) fwd_.att = bwd_.att = View4<float>("tapestry::att", 1, NHl, T, T);  // one sequence
   }
   if (!tiled_) datt_ = View4<float>("tapestry::datt", stash_ ? 1 : B, NHl, T, T);
+  if (bf16_att_) {  // the forward's fp32 scores go to datt_ (free then) without bf16_activations
+    if (!stash_) qkv16_ = Half("tapestry::qkv_bf16", std::size_t(N) * W);
+    dout16_ = Half("tapestry::datty_bf16", std::size_t(N) * Cl);
+    ds16_ = Half("tapestry::dscores_bf16", datt_.span());
+  }
   if (k > 1 && stage_.head) xent_stats_ = View3<float>("tapestry::xent_stats", k, logit_rows_, 3);
   if (cfg_.doc_mask) doc_pos_ = decltype(doc_pos_)("tapestry::document_positions", N);
   if (cfg_.positions == "rope") {
@@ -500,7 +506,8 @@ std::size_t GPT::activation_bytes() const {
                   xent_stats_.span() + partial_saved_.span() + norm_scratch_.span();
   if (sp_ || !stage_.embed) n += encoded_.span();
   if (sp_) n += lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span() + ln_full_.span();
-  std::size_t half = 0;  // bf16 copies
+  std::size_t half = qkv16_.span() + dout16_.span() + ds16_.span();  // bf16 copies
+  for (const auto& h : probs16_) half += h.span();
   if (stash_) n += pool_.span() + fwd_.att.span() + layers_[0].res3.span();  // shared
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const auto& a = layers_[l];
@@ -632,7 +639,22 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
     if (tiled_)
       attention_tiled_forward<float>(ex, View3<float>(w.atty.data(), B_, T_, Cl), a.lse,
                                      View3<float>(w.qkv.data(), B_, T_, W), NHl, nkv_, doc_pos_);
-    else if (stash_)  // one sequence at a time: its probabilities into their bf16 copy
+    else if (bf16_att_ && stash_)  // one sequence at a time: its probabilities straight into their copy
+      for (int b = 0; b < B_; ++b) {
+        const std::size_t tb = std::size_t(b) * std::size_t(T_);
+        kernels::AttentionBf16 h;
+        h.qkv = half_of(c->qkv, tb * W, std::size_t(T_) * W), h.qkv_written = true;
+        h.probs = half_of(c->att, std::size_t(b) * w.att.span(), w.att.span());
+        attention_forward_bf16(blas, View3<float>(rows_of(w.atty, tb, T_).data(), 1, T_, Cl), w.att, h,
+                               View3<float>(rows_of(w.qkv, tb, T_).data(), 1, T_, W), NHl, nkv_,
+                               doc_pos_.extent(0) > 0 ? In1<int>(doc_pos_.data() + tb, T_) : In1<int>());
+      }
+    else if (bf16_att_) {
+      kernels::AttentionBf16 h;
+      h.qkv = qkv16_, h.probs = probs16_[std::size_t(l)];
+      attention_forward_bf16(blas, View3<float>(w.atty.data(), B_, T_, Cl), datt_, h,
+                             View3<float>(w.qkv.data(), B_, T_, W), NHl, nkv_, doc_pos_);
+    } else if (stash_)  // one sequence at a time: its probabilities into their bf16 copy
       for (int b = 0; b < B_; ++b) {
         const std::size_t tb = std::size_t(b) * std::size_t(T_);
         attention_forward(blas, View3<float>(rows_of(w.atty, tb, T_).data(), 1, T_, Cl), w.att,
@@ -842,12 +864,30 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     output_grad(dres_, dresf_);
     fetch(w.atty, &LayerCopies::atty, c);
     matmul_backward(blas, datty_, p2(G, S.attprojw, l), p1(G, S.attprojb, l), dresf_, w.atty, p2(P, S.attprojw, l));
-    fetch(w.qkv, &LayerCopies::qkv, c);
+    if (!bf16_att_) fetch(w.qkv, &LayerCopies::qkv, c);  // bf16 attention reads the copy itself
     if (tiled_)
       attention_tiled_backward<float>(ex, View3<float>(dqkv_.data(), B_, T_, W),
                                       View3<float>(datty_.data(), B_, T_, Cl), View3<float>(w.qkv.data(), B_, T_, W),
                                       View3<float>(w.atty.data(), B_, T_, Cl), a.lse, NHl, nkv_, doc_pos_);
-    else if (stash_)  // one sequence at a time, its probabilities from their bf16 copy
+    else if (bf16_att_) {
+      kernels::AttentionBf16 h;
+      h.dout = dout16_, h.dscores = ds16_;
+      if (stash_)  // one sequence at a time, its probabilities and q, k, v from their copies
+        for (int b = 0; b < B_; ++b) {
+          const std::size_t tb = std::size_t(b) * std::size_t(T_), tt = datt_.span();
+          h.qkv = half_of(c->qkv, tb * W, std::size_t(T_) * W), h.qkv_written = true;
+          h.probs = half_of(c->att, std::size_t(b) * tt, tt);
+          attention_backward_bf16(blas, View3<float>(rows_of(dqkv_, tb, T_).data(), 1, T_, W), datt_, h,
+                                  View3<float>(rows_of(datty_, tb, T_).data(), 1, T_, Cl),
+                                  View3<float>(rows_of(w.qkv, tb, T_).data(), 1, T_, W), NHl, nkv_);
+        }
+      else {
+        h.qkv = qkv16_, h.probs = probs16_[std::size_t(l)];
+        attention_backward_bf16(blas, View3<float>(dqkv_.data(), B_, T_, W), datt_, h,
+                                View3<float>(datty_.data(), B_, T_, Cl), View3<float>(w.qkv.data(), B_, T_, W), NHl,
+                                nkv_);
+      }
+    } else if (stash_)  // one sequence at a time, its probabilities from their bf16 copy
       for (int b = 0; b < B_; ++b) {
         const std::size_t tb = std::size_t(b) * std::size_t(T_);
         load_bf16(ex, View1<float>(w.att.data(), w.att.span()), half_of(c->att, std::size_t(b) * w.att.span(), w.att.span()));

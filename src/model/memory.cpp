@@ -8,7 +8,7 @@
 namespace tapestry::model {
 
 std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool sequence_parallel, const Stage& stage,
-                             bool tiled, bool bf16_activations) {
+                             bool tiled, bool bf16_activations, bool bf16_attention) {
   // Mirrors GPT::GPT's allocations (test_train checks the two agree).
   const std::size_t k = std::size_t(tp), N = std::size_t(B) * std::size_t(T), C = std::size_t(m.d_model);
   const bool sp = sequence_parallel && tp > 1, ln = m.norm == "layernorm", rope = m.positions == "rope";
@@ -35,8 +35,13 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
   const std::size_t own = (ln ? 2 * Nc : 0) + 2 * Nc + (m.qk_norm ? N * (NHl + nkv) : 0) + (tiled ? att : 0);
   const bool stash = bf16_activations && L > 0;
   const std::size_t pool = N * std::max({up, W, C});
-  f += L * own + (stash ? pool + probs / std::size_t(B) + Nc * C : L * (saved + probs + res));
+  // bf16_attention (matrix kernel): the probabilities kept in bf16; scratch for q, k, v (unless
+  // the bf16 copies serve), the output's and the scores' gradients in bf16.
+  const bool att16 = bf16_attention && !tiled;
+  f += L * own + (stash ? pool + probs / std::size_t(B) + Nc * C : L * (saved + (att16 ? 0 : probs) + res));
   if (stash) halves += L * (saved + probs + res) - Nc * C;
+  else if (att16) halves += L * probs;
+  if (att16) halves += (stash ? 0 : N * W) + N * Cl + (stash ? probs / std::size_t(B) : probs);
   f += N * C + (sp ? Nc * C : 0);                 // proj (+ chunk)
   f += Nc * C + (sp ? N * C : 0);                 // dres (+ full)
   f += N * C + (sp ? Nc * C : 0);                 // dtmp (+ chunk)
@@ -76,7 +81,7 @@ std::vector<StagePlan> plan_memory(const ModelConfig& m, const PlanLayout& p) {
     sp.optimizer_bytes = 8 * (p.zero ? shard : padded);
     sp.bf16_weight_bytes = p.bf16 ? 2 * padded : 0;
     sp.activation_bytes = std::int64_t(activation_bytes(m, p.batch_size, p.seq_len, p.tp, p.sequence_parallel, st,
-                                                        p.tiled_attention, p.bf16_activations));
+                                                        p.tiled_attention, p.bf16_activations, p.bf16));
     const std::int64_t chunk = std::int64_t(p.batch_size) * p.seq_len / (p.sequence_parallel ? p.tp : 1) * m.d_model;
     if (p.pp > 1) {
       const std::int64_t msgs = (s > 0 ? 2 : 0) * p.micro_batches + (s < p.pp - 1 ? p.micro_batches + 1 : 0);

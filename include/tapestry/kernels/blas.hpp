@@ -115,6 +115,15 @@ class Blas {
                       long stride_a, const T* B, int ldb, long stride_b, T beta, T* C, int ldc, long stride_c,
                       int count, int outer = 1, long outer_a = 0, long outer_b = 0, long outer_c = 0) const;
 
+  /// attention_gemm on operands already in bf16 (16-bit words: a kernel wrote them, e.g. the
+  /// attention's softmax its probabilities), into fp32 C: bf16 x bf16 -> fp32 on cuBLAS and
+  /// oneDNN whatever the precision; a host without them multiplies the words' values in fp32
+  /// (exact products, fp32 accumulation) after expanding them into scratch.
+  void attention_gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const std::uint16_t* A,
+                           int lda, long stride_a, const std::uint16_t* B, int ldb, long stride_b, float beta, float* C,
+                           int ldc, long stride_c, int count, int outer = 1, long outer_a = 0, long outer_b = 0,
+                           long outer_c = 0) const;
+
   /// y(N) = alpha * A(M,N)^T * x(M) + beta * y, row-major A.
   template <class T>
   void gemv_t(int M, int N, T alpha, const T* A, int lda, const T* x, T beta, T* y) const;

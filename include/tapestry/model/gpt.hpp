@@ -104,6 +104,12 @@ struct GptOptions {
   /// tiled kernel's log-sum-exp stay fp32 per layer, as does the backward scratch. The forward
   /// computes as in fp32. (The output layer keeps no logits in either precision: GPT::forward.)
   bool bf16_activations = false;
+  /// The matrix attention's products bf16 x bf16 -> fp32 (kernels::attention_forward_bf16), as
+  /// mixed-precision trainers run them: q, k, v and the output gradient rounded once per layer,
+  /// the softmax probabilities and the scores' gradient written in bf16 by the softmax kernels
+  /// (fp32 inside), the probabilities kept for backward in bf16 (half the memory of the T x T
+  /// matrices). The trainer sets it with --precision bf16. Not for the tiled kernel.
+  bool bf16_attention = false;
 };
 
 /// The parameter tensors the spec `m` implies, in flat-buffer order (GPT-2: exactly llm.c's 16
@@ -303,6 +309,12 @@ class GPT {
   };
   bool stash_ = false;
   std::vector<LayerCopies> copies_;  // [layer]
+  // bf16_attention: each layer's probabilities in bf16 (without bf16_activations; with them, the
+  // copies' att), and the scratch: q, k, v rounded (without bf16_activations: the copies' qkv
+  // serve), the attention output's gradient and the scores' gradient.
+  bool bf16_att_ = false;
+  std::vector<Half> probs16_;  // [layer]
+  Half qkv16_, dout16_, ds16_;
   View1<float> pool_;
   LayerActs fwd_, bwd_;
   // The output layer runs logit_rows_ rows at a time (model::output_chunk_rows). head_scale_: the

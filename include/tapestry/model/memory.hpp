@@ -15,13 +15,13 @@ namespace tapestry::model {
 /// (B, T) micro-batch on one rank: equal to GPT::activation_bytes() of the same construction
 /// (tested), without building it.
 std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool sequence_parallel, const Stage& stage,
-                             bool tiled, bool bf16_activations = false);
+                             bool tiled, bool bf16_activations = false, bool bf16_attention = false);
 
 /// \brief A job's layout and batch, as `tapestry plan` takes them.
 struct PlanLayout {
   int tp = 1, pp = 1, dp = 1, zero = 0;
   bool sequence_parallel = false, tiled_attention = false;
-  bool bf16 = false;      ///< --precision bf16: a bf16 copy of the weights for the matrix products
+  bool bf16 = false;      ///< --precision bf16: a bf16 copy of the weights; bf16 attention (GptOptions::bf16_attention)
   bool bf16_activations = false;  ///< --activations bf16: saved activations in bf16 (GptOptions)
   int batch_size = 1;     ///< sequences per micro-batch per rank
   int seq_len = 2048;
