@@ -124,9 +124,13 @@ TEST_CASE("--overlap-grad-reduce: buckets summed while backward runs give the bl
         worst = std::isfinite(b[i]) ? std::max(worst, double(std::abs(a[i] - b[i]))) : 1e30;
       CAPTURE(step, worst);
       // Beyond 2 ranks the sums' order differs; Adam turns that into parameter differences up to
-      // 1.0e-6 here (measured at 4 ranks). A layer left one step stale differs by about the step
-      // size, lr = 3e-3: 1e-4 tells the two apart.
-      REQUIRE(all_ranks(P <= 2 ? worst == 0 : worst <= 1e-4));
+      // 1.4e-6 here in fp32 (measured at 4 ranks). A layer left one step stale differs by about
+      // the step size, lr = 3e-3: 1e-4 tells the two apart. Under bf16 products the differences
+      // flip bf16 roundings, which Adam turns into larger ones: 9.5e-6 and 2.4e-5 (steps 7, 14)
+      // with fp32 attention, 4.6e-4 and 5.1e-4 with bf16 attention (its probabilities and scores'
+      // gradients rounded too; measured at 4 ranks, 2026-12-01): bounded at 1e-3, a third of a
+      // step. The 2-rank case is the sharp check.
+      REQUIRE(all_ranks(P <= 2 ? worst == 0 : worst <= (c.precision == "bf16" ? 1e-3 : 1e-4)));
     }
     // Started sums run as MPI_Iallreduce / MPI_Ireduce per piece, whose order of summation may
     // differ from the blocking MPI_Allreduce / MPI_Reduce_scatter_block beyond 2 ranks; a sum of

@@ -71,15 +71,15 @@ void gemm_batched(const Handle& h, Inputs in, bool ta, bool tb, int M, int N, in
                   const void* const* A, int lda, const void* const* B, int ldb, double beta, void* const* C, int ldc,
                   int count) {
   // Row-major as in gemm(): the column-major call multiplies op(B)^T op(A)^T.
-  if (in == Inputs::bf16) throw Error("cuBLAS: gemm_batched takes fp32, fp64 or tf32 inputs");
   const float a = float(alpha), b = float(beta);
   const bool f64 = in == Inputs::f64;
-  const cudaDataType_t type = f64 ? CUDA_R_64F : CUDA_R_32F;
+  const cudaDataType_t type = f64 ? CUDA_R_64F : CUDA_R_32F;  // C's, and A's and B's but for bf16
+  const cudaDataType_t in_type = in == Inputs::bf16 ? CUDA_R_16BF : type;
   const cublasComputeType_t compute =
       f64 ? CUBLAS_COMPUTE_64F : in == Inputs::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  check(cublasGemmBatchedEx(handle(h), op(tb), op(ta), N, M, K, f64 ? static_cast<const void*>(&alpha) : &a, B, type,
-                            ldb, A, type, lda, f64 ? static_cast<const void*>(&beta) : &b, C, type, ldc, count,
-                            compute, CUBLAS_GEMM_DEFAULT),
+  check(cublasGemmBatchedEx(handle(h), op(tb), op(ta), N, M, K, f64 ? static_cast<const void*>(&alpha) : &a, B,
+                            in_type, ldb, A, in_type, lda, f64 ? static_cast<const void*>(&beta) : &b, C, type, ldc,
+                            count, compute, CUBLAS_GEMM_DEFAULT),
         "cublasGemmBatchedEx");
 }
 

@@ -383,7 +383,10 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   if (bf16_att_) {  // the forward's fp32 scores go to datt_ (free then) without bf16_activations
     if (!stash_) qkv16_ = Half("tapestry::qkv_bf16", std::size_t(N) * W);
     dout16_ = Half("tapestry::datty_bf16", std::size_t(N) * Cl);
-    ds16_ = Half("tapestry::dscores_bf16", datt_.span());
+    // the scores' gradient: with bf16_activations in the one-sequence fp32 buffer the forward's
+    // scores use (the backward reads the probabilities from their copy, not from there)
+    ds16_ = stash_ ? Half(reinterpret_cast<std::uint16_t*>(fwd_.att.data()), datt_.span())
+                   : Half("tapestry::dscores_bf16", datt_.span());
   }
   if (k > 1 && stage_.head) xent_stats_ = View3<float>("tapestry::xent_stats", k, logit_rows_, 3);
   if (cfg_.doc_mask) doc_pos_ = decltype(doc_pos_)("tapestry::document_positions", N);
@@ -506,7 +509,7 @@ std::size_t GPT::activation_bytes() const {
                   xent_stats_.span() + partial_saved_.span() + norm_scratch_.span();
   if (sp_ || !stage_.embed) n += encoded_.span();
   if (sp_) n += lnfc_.span() + projc_.span() + dresf_.span() + dtmpc_.span() + ln_full_.span();
-  std::size_t half = qkv16_.span() + dout16_.span() + ds16_.span();  // bf16 copies
+  std::size_t half = qkv16_.span() + dout16_.span() + (stash_ ? 0 : ds16_.span());  // bf16 copies
   for (const auto& h : probs16_) half += h.span();
   if (stash_) n += pool_.span() + fwd_.att.span() + layers_[0].res3.span();  // shared
   for (std::size_t l = 0; l < layers_.size(); ++l) {

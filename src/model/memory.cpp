@@ -36,12 +36,13 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
   const bool stash = bf16_activations && L > 0;
   const std::size_t pool = N * std::max({up, W, C});
   // bf16_attention (matrix kernel): the probabilities kept in bf16; scratch for q, k, v (unless
-  // the bf16 copies serve), the output's and the scores' gradients in bf16.
+  // the bf16 copies serve), the output's and the scores' gradients in bf16 (the latter inside the
+  // forward's one-sequence fp32 scores with bf16_activations).
   const bool att16 = bf16_attention && !tiled;
   f += L * own + (stash ? pool + probs / std::size_t(B) + Nc * C : L * (saved + (att16 ? 0 : probs) + res));
   if (stash) halves += L * (saved + probs + res) - Nc * C;
   else if (att16) halves += L * probs;
-  if (att16) halves += (stash ? 0 : N * W) + N * Cl + (stash ? probs / std::size_t(B) : probs);
+  if (att16) halves += (stash ? 0 : N * W + probs) + N * Cl;
   f += N * C + (sp ? Nc * C : 0);                 // proj (+ chunk)
   f += Nc * C + (sp ? N * C : 0);                 // dres (+ full)
   f += N * C + (sp ? Nc * C : 0);                 // dtmp (+ chunk)

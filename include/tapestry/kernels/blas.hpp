@@ -108,8 +108,9 @@ class Blas {
   /// a batch of pointers built on the device, where every matrix starts on a 16-byte boundary;
   /// otherwise one strided batch per outer group); on hosts, outer strided batches in order. Under
   /// Precision::bf16 they run in TF32 on the GPU's tensor cores (fp32 inputs read as TF32, fp32
-  /// accumulation) instead of rounding the T x T matrices to bf16 first, a pass over memory that
-  /// cost more than the products (docs/gpu.md); on hosts they stay fp32.
+  /// accumulation) rather than rounding T x T matrices in a pass of their own; on hosts they stay
+  /// fp32. (The model's bf16 attention has its kernels write bf16 operands and calls
+  /// attention_gemm_bf16 instead.)
   template <class T>
   void attention_gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                       long stride_a, const T* B, int ldb, long stride_b, T beta, T* C, int ldc, long stride_c,

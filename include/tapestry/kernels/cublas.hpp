@@ -36,7 +36,7 @@ void gemm(const Handle& h, Inputs in, bool ta, bool tb, int M, int N, int K, dou
           long stride_c, int count);
 
 /// C_i = alpha op(A_i) op(B_i) + beta C_i for i < count, the matrices' addresses in three device
-/// arrays of `count` pointers each (cublasGemmBatchedEx); fp32, fp64 or tf32 inputs.
+/// arrays of `count` pointers each (cublasGemmBatchedEx); inputs as for gemm().
 void gemm_batched(const Handle& h, Inputs in, bool ta, bool tb, int M, int N, int K, double alpha,
                   const void* const* A, int lda, const void* const* B, int ldb, double beta, void* const* C, int ldc,
                   int count);
