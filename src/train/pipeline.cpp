@@ -1,5 +1,6 @@
 #include "pipeline.hpp"
 
+#include <stdexcept>
 #include <string>
 
 #include "tapestry/core/error.hpp"
@@ -37,6 +38,20 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
   const auto& ex = blas.exec();
   const MPI_Comm comm = pp_.get();
   std::vector<MPI_Request> sends;
+  // Receives posted ahead, so a neighbour's message can land while this stage computes: every
+  // micro-batch's input at once (each has its buffer), and the next output gradient as soon as
+  // the one buffer for it is free (1F1B runs the backwards in micro-batch order).
+  std::vector<MPI_Request> inputs(std::size_t(stage_ > 0 ? M_ : 0), MPI_REQUEST_NULL);
+  for (int m = 0; m < int(inputs.size()); ++m)
+    MPI_Irecv(inputs_[std::size_t(m)].data(), int(inputs_[std::size_t(m)].size()), MPI_FLOAT, stage_ - 1, 2 * m, comm,
+              &inputs[std::size_t(m)]);
+  MPI_Request grad = MPI_REQUEST_NULL;
+  int next_grad = 0;  // the micro-batch whose output gradient is (to be) posted
+  auto post_grad = [&] {
+    if (stage_ < stages_ - 1 && next_grad < M_)
+      MPI_Irecv(recv_grad_.data(), int(recv_grad_.size()), MPI_FLOAT, stage_ + 1, 2 * next_grad + 1, comm, &grad);
+  };
+  post_grad();
   double loss = 0;
   int forwarded = -1;  // the micro-batch whose activations the model holds
   // The first forward of a micro-batch runs the output layer's backward too (the last stage, whose
@@ -51,12 +66,7 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
   for (const auto& op : parallel::one_f_one_b(stages_, stage_, M_)) {
     const int m = op.micro;
     if (op.kind == parallel::PipeOp::forward) {
-      if (stage_ > 0) {  // this micro-batch's input, from the previous stage
-        auto& buf = inputs_[std::size_t(m)];
-        MPI_Request req;
-        MPI_Irecv(buf.data(), int(buf.size()), MPI_FLOAT, stage_ - 1, 2 * m, comm, &req);
-        wait(req);
-      }
+      if (stage_ > 0) wait(inputs[std::size_t(m)]);  // this micro-batch's input, from the previous stage
       loss += forward(m, true) / M_;
       if (stage_ < stages_ - 1) {
         auto& buf = send_act_[std::size_t(m)];
@@ -67,10 +77,11 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
     } else {
       if (forwarded != m) forward(m, false);  // recompute this micro-batch's activations
       if (stage_ < stages_ - 1) {  // d loss / d output, from the next stage
-        MPI_Request req;
-        MPI_Irecv(recv_grad_.data(), int(recv_grad_.size()), MPI_FLOAT, stage_ + 1, 2 * m + 1, comm, &req);
-        wait(req);
+        if (m != next_grad) throw std::logic_error("pipeline: backward of micro-batch " + std::to_string(m) + " before " + std::to_string(next_grad));
+        wait(grad);
         recv_grad_.copy_to(ex, gpt_.output_grad().data());
+        ++next_grad;
+        post_grad();
       }
       if (m == M_ - 1 && before_last_backward) before_last_backward();  // 1F1B: backward in micro-batch order
       gpt_.backward(blas, 1.0 / M_);
