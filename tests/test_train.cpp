@@ -245,6 +245,43 @@ TEST_CASE("the memory plan's activations equal what the model allocates, for eve
   REQUIRE(checked == 4 * 2 * 2 * 2 * 2 * 2 * 3);
 }
 
+namespace {
+/// One forward and backward of a fresh model (init seed 5, fp32 Blas) on fixed tokens: its loss,
+/// gradient and activation bytes.
+struct OnePass {
+  double loss = 0;
+  std::vector<float> grad;
+  std::size_t bytes = 0;
+};
+OnePass one_pass(const ModelConfig& m, int B, int T, const model::GptOptions& o) {
+  std::vector<int> in(std::size_t(B) * T), tg(std::size_t(B) * T);
+  for (int i = 0; i < B * T; ++i) in[std::size_t(i)] = (7 * i + 3) % m.vocab_size, tg[std::size_t(i)] = (5 * i + 1) % m.vocab_size;
+  model::GPT gpt(m, B, T, 1, o);
+  gpt.init_random(5);
+  kernels::Blas blas;
+  gpt.zero_grad();
+  OnePass r;
+  r.loss = gpt.forward(blas, in, tg);
+  gpt.backward(blas, 1.0);
+  Kokkos::fence();
+  const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), gpt.grads());
+  r.grad.assign(h.data(), h.data() + h.extent(0));
+  r.bytes = gpt.activation_bytes();
+  return r;
+}
+/// |a - b| / |b| in L2 over the gradients; NaN (failing every comparison) when a is not finite.
+double grad_rel_l2(const OnePass& a, const OnePass& b) {
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < b.grad.size(); ++i) {
+    if (!std::isfinite(a.grad[i])) return std::nan("");
+    diff += double(a.grad[i] - b.grad[i]) * double(a.grad[i] - b.grad[i]);
+    norm += double(b.grad[i]) * double(b.grad[i]);
+  }
+  return std::sqrt(diff / norm);
+}
+double rel(double a, double b) { return std::abs(a - b) / std::abs(b); }
+}  // namespace
+
 TEST_CASE("bf16 activation storage: the same forward, gradients within bf16 rounding, less memory", "[model][bf16_activations]") {
   // The layers compute in fp32 either way; with bf16_activations backward reads the saved tensors
   // (and the residual stream) rounded to bf16. 320 tokens against 64 vocabulary rows: the output
@@ -261,39 +298,19 @@ TEST_CASE("bf16 activation storage: the same forward, gradients within bf16 roun
   m.n_layer = 4, m.padded_vocab_size = 64;
   const int B = 40, T = 8;
   REQUIRE(model::output_chunk_rows(B * T, m.d_model, m.vocab_padded()) == 256);
-  std::vector<int> in(B * T), tg(B * T);
-  for (int i = 0; i < B * T; ++i) in[std::size_t(i)] = (7 * i + 3) % m.vocab_size, tg[std::size_t(i)] = (5 * i + 1) % m.vocab_size;
-  std::vector<double> loss(2);
-  std::vector<std::vector<float>> grad(2);
-  std::vector<std::size_t> bytes(2);
-  for (int half = 0; half < 2; ++half) {
-    model::GptOptions o;
-    o.tiled_attention = tiled, o.bf16_activations = half == 1;
-    model::GPT gpt(m, B, T, 1, o);
-    gpt.init_random(5);
-    kernels::Blas blas;
-    gpt.zero_grad();
-    loss[std::size_t(half)] = gpt.forward(blas, in, tg);
-    gpt.backward(blas, 1.0);
-    Kokkos::fence();
-    const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), gpt.grads());
-    grad[std::size_t(half)].assign(h.data(), h.data() + h.extent(0));
-    bytes[std::size_t(half)] = gpt.activation_bytes();
-  }
-  double diff = 0, norm = 0;
-  for (std::size_t i = 0; i < grad[0].size(); ++i) {
-    REQUIRE(std::isfinite(grad[1][i]));
-    diff += double(grad[1][i] - grad[0][i]) * double(grad[1][i] - grad[0][i]);
-    norm += double(grad[0][i]) * double(grad[0][i]);
-  }
-  const double rel = std::sqrt(diff / norm);
+  model::GptOptions o;
+  o.tiled_attention = tiled;
+  const OnePass f32 = one_pass(m, B, T, o);
+  o.bf16_activations = true;
+  const OnePass half = one_pass(m, B, T, o);
+  const double g = grad_rel_l2(half, f32);
   std::printf("bf16 activations (%s, %s attention): loss relative difference %.3g, gradient relative L2 difference %.3g; "
               "activations %zu -> %zu bytes\n",
-              which.c_str(), tiled ? "tiled" : "matrix", std::abs(loss[1] - loss[0]) / std::abs(loss[0]), rel, bytes[0], bytes[1]);
-  REQUIRE(std::abs(loss[1] - loss[0]) <= 1e-7 * std::abs(loss[0]));  // false for NaN
-  REQUIRE(rel > 0);
-  REQUIRE(rel < 5e-3);
-  REQUIRE(bytes[1] < bytes[0]);
+              which.c_str(), tiled ? "tiled" : "matrix", rel(half.loss, f32.loss), g, f32.bytes, half.bytes);
+  REQUIRE(rel(half.loss, f32.loss) <= 1e-7);  // false for NaN
+  REQUIRE(g > 0);
+  REQUIRE(g < 5e-3);
+  REQUIRE(half.bytes < f32.bytes);
 }
 
 TEST_CASE("bf16 attention: loss and gradients within bf16 rounding of the fp32 attention, less memory", "[model][bf16_attention]") {
@@ -301,48 +318,28 @@ TEST_CASE("bf16 attention: loss and gradients within bf16 rounding of the fp32 a
   // attention differs), and with bf16_activations too (its probabilities written straight into
   // their bf16 copy, one sequence at a time): that forward is the bf16 attention's without them,
   // so the loss agrees to 1e-7 as in the bf16 activation test, and the gradient within its bound.
+  // Measured (2026-12-01): loss within 4e-6 and gradient 7.8e-5 to 8.7e-4 of fp32 attention's.
   const std::string which = GENERATE("gpt2", "llama", "docmask");
   CAPTURE(which);
   ModelConfig m = tiny_spec(which);
   m.n_layer = 3, m.padded_vocab_size = 64, m.max_seq_len = 16;
   const int B = 6, T = 16;
-  std::vector<int> in(B * T), tg(B * T);
-  for (int i = 0; i < B * T; ++i) in[std::size_t(i)] = (7 * i + 3) % m.vocab_size, tg[std::size_t(i)] = (5 * i + 1) % m.vocab_size;
-  std::vector<double> loss(3);
-  std::vector<std::vector<float>> grad(3);
-  std::vector<std::size_t> bytes(3);
-  for (int run = 0; run < 3; ++run) {  // fp32 attention; bf16 attention; bf16 attention and activations
-    model::GptOptions o;
-    o.bf16_attention = run > 0, o.bf16_activations = run == 2;
-    model::GPT gpt(m, B, T, 1, o);
-    gpt.init_random(5);
-    kernels::Blas blas;
-    gpt.zero_grad();
-    loss[std::size_t(run)] = gpt.forward(blas, in, tg);
-    gpt.backward(blas, 1.0);
-    Kokkos::fence();
-    const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), gpt.grads());
-    grad[std::size_t(run)].assign(h.data(), h.data() + h.extent(0));
-    bytes[std::size_t(run)] = gpt.activation_bytes();
-  }
-  auto rel_l2 = [&](int a, int b) {
-    double diff = 0, norm = 0;
-    for (std::size_t i = 0; i < grad[0].size(); ++i) {
-      diff += double(grad[std::size_t(a)][i] - grad[std::size_t(b)][i]) * double(grad[std::size_t(a)][i] - grad[std::size_t(b)][i]);
-      norm += double(grad[std::size_t(b)][i]) * double(grad[std::size_t(b)][i]);
-    }
-    return std::sqrt(diff / norm);  // NaN fails every comparison below
-  };
-  const double dl = std::abs(loss[1] - loss[0]) / std::abs(loss[0]), dg = rel_l2(1, 0), dg2 = rel_l2(2, 1);
+  model::GptOptions o;
+  const OnePass f32 = one_pass(m, B, T, o);
+  o.bf16_attention = true;
+  const OnePass att16 = one_pass(m, B, T, o);
+  o.bf16_activations = true;
+  const OnePass both = one_pass(m, B, T, o);
+  const double dg = grad_rel_l2(att16, f32), dg2 = grad_rel_l2(both, att16);
   std::printf("bf16 attention (%s): loss relative difference %.3g, gradient relative L2 %.3g (with bf16 activations "
               "too: loss %.3g, gradient %.3g); activations %zu -> %zu bytes\n",
-              which.c_str(), dl, dg, std::abs(loss[2] - loss[1]) / std::abs(loss[1]), dg2, bytes[0], bytes[1]);
-  REQUIRE(dl < 1e-3);
+              which.c_str(), rel(att16.loss, f32.loss), dg, rel(both.loss, att16.loss), dg2, f32.bytes, att16.bytes);
+  REQUIRE(rel(att16.loss, f32.loss) < 1e-3);
   REQUIRE(dg > 0);
   REQUIRE(dg < 2e-2);
-  REQUIRE(std::abs(loss[2] - loss[1]) <= 1e-7 * std::abs(loss[1]));
+  REQUIRE(rel(both.loss, att16.loss) <= 1e-7);
   REQUIRE(dg2 < 5e-3);
-  REQUIRE(bytes[1] < bytes[0]);
+  REQUIRE(att16.bytes < f32.bytes);
 }
 
 TEST_CASE("the output layer's backward run in forward() equals it run in backward()", "[model][fused_head]") {
