@@ -77,7 +77,9 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
     } else {
       if (forwarded != m) forward(m, false);  // recompute this micro-batch's activations
       if (stage_ < stages_ - 1) {  // d loss / d output, from the next stage
-        if (m != next_grad) throw std::logic_error("pipeline: backward of micro-batch " + std::to_string(m) + " before " + std::to_string(next_grad));
+        if (m != next_grad)
+          throw std::logic_error("pipeline: backward of micro-batch " + std::to_string(m) + " before " +
+                                 std::to_string(next_grad));
         wait(grad);
         recv_grad_.copy_to(ex, gpt_.output_grad().data());
         ++next_grad;
