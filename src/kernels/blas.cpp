@@ -32,6 +32,11 @@ namespace {
 std::size_t span(int rows, int cols, int ld, long stride, int count) {
   return std::size_t(count - 1) * std::size_t(stride) + std::size_t(rows - 1) * std::size_t(ld) + std::size_t(cols);
 }
+/// Elements spanned by `count` operands of a product, op(X) (rows, cols): X is stored (cols, rows)
+/// when transposed.
+std::size_t operand_span(bool trans, int rows, int cols, int ld, long stride, int count) {
+  return trans ? span(cols, rows, ld, stride, count) : span(rows, cols, ld, stride, count);
+}
 /// A bf16 value stored as its 16 bits (cuBLAS, oneDNN) or held in an fp32 (a host sgemm).
 KOKKOS_INLINE_FUNCTION void store_bf16(std::uint16_t& d, float x) { d = to_bf16(x); }
 #ifndef KOKKOS_ENABLE_CUDA
@@ -57,6 +62,22 @@ const W* round_into(const ExecSpace& exec, View1<W>& buf, const float* src, std:
   round_range(exec, buf, n, src, 0, n);
   return buf.data();
 }
+
+#ifndef KOKKOS_ENABLE_CUDA
+/// `count` products C_i = alpha op(A_i) op(B_i) + beta C_i on the host CBLAS, in order.
+template <class T>
+void host_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, long sa, const T* B, int ldb,
+               long sb, T beta, T* C, int ldc, long sc, int count) {
+  const auto oa = ta ? CblasTrans : CblasNoTrans;
+  const auto ob = tb ? CblasTrans : CblasNoTrans;
+  for (int i = 0; i < count; ++i) {
+    if constexpr (std::is_same_v<T, float>)
+      cblas_sgemm(CblasRowMajor, oa, ob, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
+    else
+      cblas_dgemm(CblasRowMajor, oa, ob, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
+  }
+}
+#endif
 
 /// bf16 copies of GEMM operands: A and B of one call, the declared weights (Blas::weights) and
 /// the held floats (Blas::hold).
@@ -271,8 +292,7 @@ void Blas::run_gemm(bool round_bf16, bool ta, bool tb, int M, int N, int K, T al
     const void* a = A;
     const void* b = B;
     if constexpr (std::is_same_v<T, float>) {
-      // op(A) is (M,K): A is stored (K,M) when transposed; likewise B.
-      const std::size_t na = span(ta ? K : M, ta ? M : K, lda, sa, count), nb = span(tb ? N : K, tb ? K : N, ldb, sb, count);
+      const std::size_t na = operand_span(ta, M, K, lda, sa, count), nb = operand_span(tb, K, N, ldb, sb, count);
 #ifdef KOKKOS_ENABLE_CUDA
       if (bf16) {
         a = impl_->operand(exec_, impl_->words, impl_->words.a, A, na);
@@ -299,16 +319,8 @@ void Blas::run_gemm(bool round_bf16, bool ta, bool tb, int M, int N, int K, T al
     cublas::gemm(*impl_->handle, in, ta, tb, M, N, K, alpha, a, lda, sa, b, ldb, sb, beta, C, ldc, sc, count);
 #else
     exec_.fence();
-    const auto oa = ta ? CblasTrans : CblasNoTrans;
-    const auto ob = tb ? CblasTrans : CblasNoTrans;
-    for (int i = 0; i < count; ++i) {
-      const T* ai = static_cast<const T*>(a) + i * sa;
-      const T* bi = static_cast<const T*>(b) + i * sb;
-      if constexpr (std::is_same_v<T, float>)
-        cblas_sgemm(CblasRowMajor, oa, ob, M, N, K, alpha, ai, lda, bi, ldb, beta, C + i * sc, ldc);
-      else
-        cblas_dgemm(CblasRowMajor, oa, ob, M, N, K, alpha, ai, lda, bi, ldb, beta, C + i * sc, ldc);
-    }
+    host_gemm<T>(ta, tb, M, N, K, alpha, static_cast<const T*>(a), lda, sa, static_cast<const T*>(b), ldb, sb, beta, C,
+                 ldc, sc, count);
 #endif
   });
 }
@@ -425,13 +437,10 @@ void Blas::attention_gemm_bf16(bool ta, bool tb, int M, int N, int K, float alph
         return;
       }
 #endif
-      // op(A) is (M,K): A is stored (K,M) when transposed; likewise B.
-      const float* fa = K > 0 ? expand_into(exec_, impl_->floats.a, a, span(ta ? K : M, ta ? M : K, lda, sa, count)) : nullptr;
-      const float* fb = K > 0 ? expand_into(exec_, impl_->floats.b, b, span(tb ? N : K, tb ? K : N, ldb, sb, count)) : nullptr;
+      const float* fa = K > 0 ? expand_into(exec_, impl_->floats.a, a, operand_span(ta, M, K, lda, sa, count)) : nullptr;
+      const float* fb = K > 0 ? expand_into(exec_, impl_->floats.b, b, operand_span(tb, K, N, ldb, sb, count)) : nullptr;
       exec_.fence();
-      for (int i = 0; i < count; ++i)
-        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
-                    fa + i * sa, lda, fb + i * sb, ldb, beta, c + i * sc, ldc);
+      host_gemm<float>(ta, tb, M, N, K, alpha, fa, lda, sa, fb, ldb, sb, beta, c, ldc, sc, count);
     });
 #endif
 }
