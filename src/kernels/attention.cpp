@@ -176,13 +176,29 @@ void backward_impl(const Blas& blas, const Shape& s, int rows, T* dqkv, T* dp, E
   }
 }
 
-/// n floats at x rounded into the first n words of w.
-void round_words(const ExecSpace& exec, const Words& w, const float* x, std::size_t n) {
-  if (w.extent(0) < n) throw std::invalid_argument("tapestry::attention: a bf16 buffer is too short");
-  store_bf16(exec, Words(w.data(), n), In1<float>(x, n));
+/// Elements of the (B, NH, T, T) matrices.
+std::size_t square_elements(const Shape& s) {
+  return std::size_t(s.B) * std::size_t(s.NH) * std::size_t(s.T) * std::size_t(s.T);
 }
 void check_words(const Words& w, std::size_t n, const char* what) {
   if (w.extent(0) < n) throw std::invalid_argument(std::string("tapestry::attention: bf16 ") + what + " is too short");
+}
+/// n floats at x rounded into the first n words of w.
+void round_words(const ExecSpace& exec, const Words& w, const float* x, std::size_t n, const char* what) {
+  check_words(w, n, what);
+  store_bf16(exec, Words(w.data(), n), In1<float>(x, n));
+}
+/// What both bf16 entry points do first: the shape, the T x T buffers' lengths checked (scratch,
+/// h.probs), and q, k, v rounded into h.qkv unless written there already.
+Shape bf16_prologue(const Blas& blas, const View4<float>& scratch, const AttentionBf16& h, const In3<float>& qkv,
+                    int NH, int KV) {
+  const auto s = shape_of<float>(qkv, NH, KV);
+  const std::size_t tt = square_elements(s);
+  if (scratch.span() < tt) throw std::invalid_argument("tapestry::attention: the fp32 scratch is not (B, NH, T, T)");
+  check_words(h.probs, tt, "probs");
+  if (h.qkv_written) check_words(h.qkv, qkv.span(), "qkv");
+  else round_words(blas.exec(), h.qkv, qkv.data(), qkv.span(), "qkv");
+  return s;
 }
 }  // namespace
 
@@ -203,26 +219,16 @@ void attention_backward(const Blas& blas, View3<T> dqkv, View4<T> dpre, In3<T> d
 
 void attention_forward_bf16(const Blas& blas, View3<float> out, View4<float> scores, const AttentionBf16& h,
                             In3<float> qkv, int NH, int KV, In1<int> doc_pos, int causal_block) {
-  const auto s = shape_of<float>(qkv, NH, KV);
-  const std::size_t tt = std::size_t(s.B) * std::size_t(NH) * std::size_t(s.T) * std::size_t(s.T);
-  if (scores.span() < tt) throw std::invalid_argument("tapestry::attention: scores is not (B, NH, T, T)");
-  check_words(h.probs, tt, "probs");
-  if (h.qkv_written) check_words(h.qkv, qkv.span(), "qkv");
-  else round_words(blas.exec(), h.qkv, qkv.data(), qkv.span());
+  const Shape s = bf16_prologue(blas, scores, h, qkv, NH, KV);
   forward_impl<float, std::uint16_t>(blas, s, causal_rows(s.T, causal_block), out.data(), scores.data(), h.probs.data(),
                                      h.qkv.data(), doc_pos);
 }
 
 void attention_backward_bf16(const Blas& blas, View3<float> dqkv, View4<float> scratch, const AttentionBf16& h,
                              In3<float> dout, In3<float> qkv, int NH, int KV, int causal_block) {
-  const auto s = shape_of<float>(qkv, NH, KV);
-  const std::size_t tt = std::size_t(s.B) * std::size_t(NH) * std::size_t(s.T) * std::size_t(s.T);
-  if (scratch.span() < tt) throw std::invalid_argument("tapestry::attention: scratch is not (B, NH, T, T)");
-  check_words(h.probs, tt, "probs");
-  check_words(h.dscores, tt, "dscores");
-  if (h.qkv_written) check_words(h.qkv, qkv.span(), "qkv");
-  else round_words(blas.exec(), h.qkv, qkv.data(), qkv.span());
-  round_words(blas.exec(), h.dout, dout.data(), dout.span());
+  const Shape s = bf16_prologue(blas, scratch, h, qkv, NH, KV);
+  check_words(h.dscores, square_elements(s), "dscores");
+  round_words(blas.exec(), h.dout, dout.data(), dout.span(), "dout");
   backward_impl<float, std::uint16_t>(blas, s, causal_rows(s.T, causal_block), dqkv.data(), scratch.data(),
                                       h.dscores.data(), h.dout.data(), h.qkv.data(), h.probs.data());
 }

@@ -532,6 +532,20 @@ std::size_t GPT::activation_bytes() const {
          (tokens_.span() + targets_.span() + pos_.span() + doc_pos_.span()) * sizeof(int) + (rope_cos_.span() + rope_sin_.span()) * sizeof(float);
 }
 
+kernels::AttentionBf16 GPT::att16(int l, int b) const {
+  kernels::AttentionBf16 h;
+  h.dout = dout16_, h.dscores = ds16_;
+  if (!stash_) {
+    h.qkv = qkv16_, h.probs = probs16_[std::size_t(l)];
+    return h;
+  }
+  const LayerCopies& c = copies_[std::size_t(l)];
+  const std::size_t seq_qkv = c.qkv.span() / std::size_t(B_), seq_att = c.att.span() / std::size_t(B_);
+  h.qkv = half_of(c.qkv, std::size_t(b) * seq_qkv, seq_qkv), h.qkv_written = true;
+  h.probs = half_of(c.att, std::size_t(b) * seq_att, seq_att);
+  return h;
+}
+
 void GPT::norm_forward(const ExecSpace& ex, View2<float> out, View1<float> mean, View1<float> rstd,
                        View2<float> inp, int w, int b, int layer) {
   if (cfg_.norm == "rmsnorm")
@@ -645,19 +659,14 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
     else if (bf16_att_ && stash_)  // one sequence at a time: its probabilities straight into their copy
       for (int b = 0; b < B_; ++b) {
         const std::size_t tb = std::size_t(b) * std::size_t(T_);
-        kernels::AttentionBf16 h;
-        h.qkv = half_of(c->qkv, tb * W, std::size_t(T_) * W), h.qkv_written = true;
-        h.probs = half_of(c->att, std::size_t(b) * w.att.span(), w.att.span());
-        attention_forward_bf16(blas, View3<float>(rows_of(w.atty, tb, T_).data(), 1, T_, Cl), w.att, h,
+        attention_forward_bf16(blas, View3<float>(rows_of(w.atty, tb, T_).data(), 1, T_, Cl), w.att, att16(l, b),
                                View3<float>(rows_of(w.qkv, tb, T_).data(), 1, T_, W), NHl, nkv_,
                                doc_pos_.extent(0) > 0 ? In1<int>(doc_pos_.data() + tb, T_) : In1<int>());
       }
-    else if (bf16_att_) {
-      kernels::AttentionBf16 h;
-      h.qkv = qkv16_, h.probs = probs16_[std::size_t(l)];
-      attention_forward_bf16(blas, View3<float>(w.atty.data(), B_, T_, Cl), datt_, h,
+    else if (bf16_att_)
+      attention_forward_bf16(blas, View3<float>(w.atty.data(), B_, T_, Cl), datt_, att16(l, 0),
                              View3<float>(w.qkv.data(), B_, T_, W), NHl, nkv_, doc_pos_);
-    } else if (stash_)  // one sequence at a time: its probabilities into their bf16 copy
+    else if (stash_)  // one sequence at a time: its probabilities into their bf16 copy
       for (int b = 0; b < B_; ++b) {
         const std::size_t tb = std::size_t(b) * std::size_t(T_);
         attention_forward(blas, View3<float>(rows_of(w.atty, tb, T_).data(), 1, T_, Cl), w.att,
@@ -872,25 +881,18 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
       attention_tiled_backward<float>(ex, View3<float>(dqkv_.data(), B_, T_, W),
                                       View3<float>(datty_.data(), B_, T_, Cl), View3<float>(w.qkv.data(), B_, T_, W),
                                       View3<float>(w.atty.data(), B_, T_, Cl), a.lse, NHl, nkv_, doc_pos_);
-    else if (bf16_att_) {
-      kernels::AttentionBf16 h;
-      h.dout = dout16_, h.dscores = ds16_;
-      if (stash_)  // one sequence at a time, its probabilities and q, k, v from their copies
-        for (int b = 0; b < B_; ++b) {
-          const std::size_t tb = std::size_t(b) * std::size_t(T_), tt = datt_.span();
-          h.qkv = half_of(c->qkv, tb * W, std::size_t(T_) * W), h.qkv_written = true;
-          h.probs = half_of(c->att, std::size_t(b) * tt, tt);
-          attention_backward_bf16(blas, View3<float>(rows_of(dqkv_, tb, T_).data(), 1, T_, W), datt_, h,
-                                  View3<float>(rows_of(datty_, tb, T_).data(), 1, T_, Cl),
-                                  View3<float>(rows_of(w.qkv, tb, T_).data(), 1, T_, W), NHl, nkv_);
-        }
-      else {
-        h.qkv = qkv16_, h.probs = probs16_[std::size_t(l)];
-        attention_backward_bf16(blas, View3<float>(dqkv_.data(), B_, T_, W), datt_, h,
-                                View3<float>(datty_.data(), B_, T_, Cl), View3<float>(w.qkv.data(), B_, T_, W), NHl,
-                                nkv_);
+    else if (bf16_att_ && stash_)  // one sequence at a time, its probabilities and q, k, v from their copies
+      for (int b = 0; b < B_; ++b) {
+        const std::size_t tb = std::size_t(b) * std::size_t(T_);
+        attention_backward_bf16(blas, View3<float>(rows_of(dqkv_, tb, T_).data(), 1, T_, W), datt_, att16(l, b),
+                                View3<float>(rows_of(datty_, tb, T_).data(), 1, T_, Cl),
+                                View3<float>(rows_of(w.qkv, tb, T_).data(), 1, T_, W), NHl, nkv_);
       }
-    } else if (stash_)  // one sequence at a time, its probabilities from their bf16 copy
+    else if (bf16_att_)
+      attention_backward_bf16(blas, View3<float>(dqkv_.data(), B_, T_, W), datt_, att16(l, 0),
+                              View3<float>(datty_.data(), B_, T_, Cl), View3<float>(w.qkv.data(), B_, T_, W), NHl,
+                              nkv_);
+    else if (stash_)  // one sequence at a time, its probabilities from their bf16 copy
       for (int b = 0; b < B_; ++b) {
         const std::size_t tb = std::size_t(b) * std::size_t(T_);
         load_bf16(ex, View1<float>(w.att.data(), w.att.span()), half_of(c->att, std::size_t(b) * w.att.span(), w.att.span()));

@@ -15,6 +15,7 @@
 #include "tapestry/core/config.hpp"
 #include "tapestry/core/flat_run.hpp"
 #include "tapestry/core/views.hpp"
+#include "tapestry/kernels/attention.hpp"
 #include "tapestry/kernels/blas.hpp"
 #include "tapestry/kernels/embedding.hpp"
 #include "tapestry/model/tensor_parallel.hpp"
@@ -315,6 +316,9 @@ class GPT {
   bool bf16_att_ = false;
   std::vector<Half> probs16_;  // [layer]
   Half qkv16_, dout16_, ds16_;
+  /// bf16_attention's buffers for layer l: the micro-batch's, or with bf16_activations sequence
+  /// b's (q, k, v and the probabilities inside the layer's copies).
+  kernels::AttentionBf16 att16(int l, int b) const;
   View1<float> pool_;
   LayerActs fwd_, bwd_;
   // The output layer runs logit_rows_ rows at a time (model::output_chunk_rows). head_scale_: the
