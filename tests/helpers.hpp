@@ -5,15 +5,28 @@
 #include <cmath>
 #include <limits>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "catch.hpp"
 #include "tapestry/core/views.hpp"
+#include "tapestry/kernels/blas.hpp"
 
 namespace tapestry::test {
+
+/// A Blas of `precision` on the bf16 engine `engine`: "auto" (the build's: oneDNN's 16-bit words
+/// where the CPU has bf16) or "sgemm" (the rounded-float path). The Blas reads TAPESTRY_BF16_GEMM
+/// when it is made; the variable is unset again after.
+inline std::unique_ptr<kernels::Blas> blas_on(const std::string& engine, Precision precision = Precision::bf16) {
+  setenv("TAPESTRY_BF16_GEMM", engine.c_str(), 1);
+  auto blas = std::make_unique<kernels::Blas>(ExecSpace(), precision);
+  unsetenv("TAPESTRY_BF16_GEMM");
+  return blas;
+}
 
 template <class V> std::vector<double> to_vec(const V& v) {
   auto h = Kokkos::create_mirror_view(v);

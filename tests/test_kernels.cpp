@@ -169,9 +169,8 @@ TEST_CASE("bf16 gemm: alpha and beta, and declared weights rounded once", "[kern
   for (const std::string engine : {"auto", "sgemm"}) {
     CAPTURE(engine);
     from_vec(a, A), from_vec(b, B);
-    setenv("TAPESTRY_BF16_GEMM", engine.c_str(), 1);
-    Blas blas(ExecSpace(), Precision::bf16);
-    unsetenv("TAPESTRY_BF16_GEMM");
+    const auto owned = blas_on(engine);
+    const Blas& blas = *owned;
     std::printf("bf16 products here: %s\n", blas.bf16_engine().c_str());
     // C = 0.5 op(A) op(B) + 1.0 C, with the middle of A's three matrices as A
     const long off = long(M) * K;
@@ -258,11 +257,9 @@ TEST_CASE("bf16 gemm: oneDNN's bf16 kernel and the rounded-fp32 sgemm agree", "[
     for (bool tb : {false, true}) {
       CAPTURE(ta, tb);
       auto run = [&](const char* engine) {
-        setenv("TAPESTRY_BF16_GEMM", engine, 1);
-        Blas blas(ExecSpace(), Precision::bf16);
-        unsetenv("TAPESTRY_BF16_GEMM");
-        REQUIRE((blas.bf16_engine().rfind("oneDNN", 0) == 0) == (std::string(engine) == "auto"));
-        return g.run(blas, ta, tb);
+        const auto blas = blas_on(engine);
+        REQUIRE((blas->bf16_engine().rfind("oneDNN", 0) == 0) == (std::string(engine) == "auto"));
+        return g.run(*blas, ta, tb);
       };
       const V dnnl = run("auto"), sgemm = run("sgemm");
       const V rounded = ref_gemm(g.A, g.B, ta, tb, g.M, g.N, g.K, g.sa, g.sb, g.count, true);
@@ -665,9 +662,9 @@ TEST_CASE("bf16 attention: bf16 products, probabilities kept in bf16, against th
       const int B = shape[0], T = shape[1], NH = shape[2], hs = shape[3], KV = shape[4], cb = shape[5];
       const int C = NH * hs, W = C + 2 * KV * hs;
       CAPTURE(engine, B, T, NH, hs, KV, cb);
-      setenv("TAPESTRY_BF16_GEMM", engine.c_str(), 1);
-      Blas blas(ExecSpace(), Precision::bf16), fp32;
-      unsetenv("TAPESTRY_BF16_GEMM");
+      const auto owned = blas_on(engine);
+      const Blas& blas = *owned;
+      Blas fp32;
       V qkv = randn(std::size_t(B) * T * W, 40);
       for (auto& x : qkv) x = double(round_bf16(float(x)));
       const V wout = randn(std::size_t(B) * T * C, 41);

@@ -499,9 +499,8 @@ TEST_CASE("the fused AdamW equals the update tensor by tensor, zeroes what it re
         const bool sgemm = mode == "bf16-sgemm";
         const std::size_t m = end - begin;
         const std::vector<float> p0 = floats(randn(n, 11));
-        if (sgemm) setenv("TAPESTRY_BF16_GEMM", "sgemm", 1);
-        kernels::Blas blas(ExecSpace(), prec);
-        if (sgemm) unsetenv("TAPESTRY_BF16_GEMM");
+        const auto owned = test::blas_on(sgemm ? "sgemm" : "auto", prec);
+        const kernels::Blas& blas = *owned;
         optim::AdamW adam(cfg, ts, begin, end);
         View1<float> p("p", n), g("g", m), rp("ref_p", n), rm("ref_m", m), rv("ref_v", m);
         load(p, p0), load(rp, p0);
