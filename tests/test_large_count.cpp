@@ -3,6 +3,7 @@
 // ranks the largest step, reduce-scatter, holds 2 x (2 + 1) x 2^31 bytes: about 13 GB in all.
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -17,7 +18,7 @@ namespace {
 constexpr std::size_t kN = (std::size_t(1) << 31) + 1000;
 }  // namespace
 
-TEST_CASE("more than 2^31 elements through all-reduce, reduce-scatter, all-gather, broadcast and send/recv", "[mpi][large]") {
+TEST_CASE("more than 2^31 elements through all-reduce, reduce-scatter, all-gather, broadcast, send/recv and isend/irecv", "[mpi][large]") {
   int rank = 0, P = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &P);
@@ -76,6 +77,20 @@ TEST_CASE("more than 2^31 elements through all-reduce, reduce-scatter, all-gathe
       parallel::recv(b.data(), kN, MPI_UINT8_T, 1, 0, 7, w);
       ok = check(b, kN, [](std::size_t i) { return i % 91; });
     }
+    REQUIRE(all_ranks(ok));
+    // the non-blocking pair (the pipeline's messages): chunks, one request each
+    std::vector<MPI_Request> reqs;
+    ok = true;
+    if (rank == 0) {
+      for (std::size_t i = 0; i < kN; ++i) b[i] = std::uint8_t(i % 89);
+      parallel::isend(b.data(), kN, MPI_UINT8_T, 1, 1, 8, w, reqs);
+    } else if (rank == 1) {
+      std::fill(b.begin(), b.end(), std::uint8_t(0));
+      parallel::irecv(b.data(), kN, MPI_UINT8_T, 1, 0, 8, w, reqs);
+    }
+    if (rank <= 1) ok = reqs.size() == (kN + parallel::kMaxCount - 1) / parallel::kMaxCount;
+    MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE);
+    if (rank == 1) ok = ok && check(b, kN, [](std::size_t i) { return i % 89; });
     REQUIRE(all_ranks(ok));
   }
 }

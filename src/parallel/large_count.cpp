@@ -77,4 +77,20 @@ void recv(void* buf, std::size_t n, MPI_Datatype type, std::size_t bytes, int pe
     MPI_Recv(at(buf, off, bytes), int(std::min(kMaxCount, n - off)), type, peer, tag, comm, MPI_STATUS_IGNORE);
 }
 
+void isend(const void* buf, std::size_t n, MPI_Datatype type, std::size_t bytes, int peer, int tag, MPI_Comm comm,
+           std::vector<MPI_Request>& reqs) {
+  for (std::size_t off = 0; off < n; off += kMaxCount) {
+    reqs.emplace_back();
+    MPI_Isend(at(buf, off, bytes), int(std::min(kMaxCount, n - off)), type, peer, tag, comm, &reqs.back());
+  }
+}
+
+void irecv(void* buf, std::size_t n, MPI_Datatype type, std::size_t bytes, int peer, int tag, MPI_Comm comm,
+           std::vector<MPI_Request>& reqs) {
+  for (std::size_t off = 0; off < n; off += kMaxCount) {
+    reqs.emplace_back();
+    MPI_Irecv(at(buf, off, bytes), int(std::min(kMaxCount, n - off)), type, peer, tag, comm, &reqs.back());
+  }
+}
+
 }  // namespace tapestry::parallel

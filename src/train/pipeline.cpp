@@ -12,10 +12,7 @@ namespace tapestry::train::detail {
 
 Pipeline::Pipeline(model::GPT& gpt, const parallel::Comm& pp, int micro_batches)
     : gpt_(gpt), pp_(pp), stage_(pp.rank()), stages_(pp.size()), M_(micro_batches) {
-  const std::size_t n = gpt.stage_input().size();
-  // One non-blocking message per micro-batch boundary: its count must be an int.
-  require(n <= std::size_t(parallel::kMaxCount), "pipeline: a stage boundary of " + std::to_string(n) +
-                                                     " floats is above one MPI message (2^30); use fewer tokens per micro-batch or tp");
+  const std::size_t n = gpt.stage_input().size();  // any count: parallel::isend/irecv send chunks
   for (int m = 0; m < M_; ++m) {
     if (stage_ > 0) {
       inputs_.emplace_back("tapestry::pipe_input", n);
@@ -26,9 +23,10 @@ Pipeline::Pipeline(model::GPT& gpt, const parallel::Comm& pp, int micro_batches)
   if (stage_ < stages_ - 1) recv_grad_ = parallel::MpiBuffer("tapestry::pipe_recv_grad", gpt.output_grad().size());
 }
 
-void Pipeline::wait(MPI_Request& req) {
+void Pipeline::wait(std::vector<MPI_Request>& reqs) {
   const auto t0 = Clock::now();
-  MPI_Wait(&req, MPI_STATUS_IGNORE);
+  MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE);
+  reqs.clear();
   idle_s_ += since(t0);
 }
 
@@ -41,15 +39,17 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
   // Receives posted ahead, so a neighbour's message can land while this stage computes: every
   // micro-batch's input at once (each has its buffer), and the next output gradient as soon as
   // the one buffer for it is free (1F1B runs the backwards in micro-batch order).
-  std::vector<MPI_Request> inputs(std::size_t(stage_ > 0 ? M_ : 0), MPI_REQUEST_NULL);
-  for (int m = 0; m < int(inputs.size()); ++m)
-    MPI_Irecv(inputs_[std::size_t(m)].data(), int(inputs_[std::size_t(m)].size()), MPI_FLOAT, stage_ - 1, 2 * m, comm,
-              &inputs[std::size_t(m)]);
-  MPI_Request grad = MPI_REQUEST_NULL;
+  std::vector<std::vector<MPI_Request>> inputs(std::size_t(stage_ > 0 ? M_ : 0));
+  for (int m = 0; m < int(inputs.size()); ++m) {
+    auto& buf = inputs_[std::size_t(m)];
+    parallel::irecv(buf.data(), buf.size(), MPI_FLOAT, sizeof(float), stage_ - 1, 2 * m, comm, inputs[std::size_t(m)]);
+  }
+  std::vector<MPI_Request> grad;
   int next_grad = 0;  // the micro-batch whose output gradient is (to be) posted
   auto post_grad = [&] {
     if (stage_ < stages_ - 1 && next_grad < M_)
-      MPI_Irecv(recv_grad_.data(), int(recv_grad_.size()), MPI_FLOAT, stage_ + 1, 2 * next_grad + 1, comm, &grad);
+      parallel::irecv(recv_grad_.data(), recv_grad_.size(), MPI_FLOAT, sizeof(float), stage_ + 1, 2 * next_grad + 1,
+                      comm, grad);
   };
   post_grad();
   double loss = 0;
@@ -71,8 +71,7 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
       if (stage_ < stages_ - 1) {
         auto& buf = send_act_[std::size_t(m)];
         buf.copy_from(ex, gpt_.stage_output().data());
-        sends.emplace_back();
-        MPI_Isend(buf.data(), int(buf.size()), MPI_FLOAT, stage_ + 1, 2 * m, comm, &sends.back());
+        parallel::isend(buf.data(), buf.size(), MPI_FLOAT, sizeof(float), stage_ + 1, 2 * m, comm, sends);
       }
     } else {
       if (forwarded != m) forward(m, false);  // recompute this micro-batch's activations
@@ -90,14 +89,11 @@ double Pipeline::train_step(const kernels::Blas& blas, const std::vector<std::ve
       if (stage_ > 0) {
         auto& buf = send_grad_[std::size_t(m)];
         buf.copy_from(ex, gpt_.input_grad().data());
-        sends.emplace_back();
-        MPI_Isend(buf.data(), int(buf.size()), MPI_FLOAT, stage_ - 1, 2 * m + 1, comm, &sends.back());
+        parallel::isend(buf.data(), buf.size(), MPI_FLOAT, sizeof(float), stage_ - 1, 2 * m + 1, comm, sends);
       }
     }
   }
-  const auto t0 = Clock::now();
-  MPI_Waitall(int(sends.size()), sends.data(), MPI_STATUSES_IGNORE);
-  idle_s_ += since(t0);
+  wait(sends);
   MPI_Allreduce(MPI_IN_PLACE, &loss, 1, MPI_DOUBLE, MPI_SUM, comm);  // the last stage's loss, everywhere
   return loss;
 }

@@ -43,7 +43,7 @@ class Pipeline {
   std::vector<parallel::MpiBuffer> inputs_, send_act_, send_grad_;
   parallel::MpiBuffer recv_grad_;
   double idle_s_ = 0;
-  void wait(MPI_Request& req);  // and count the time as idle
+  void wait(std::vector<MPI_Request>& reqs);  // all of them, counting the time as idle; then cleared
 };
 
 }  // namespace tapestry::train::detail

@@ -8,6 +8,7 @@
 #include <mpi.h>
 
 #include <cstddef>
+#include <vector>
 
 namespace tapestry::parallel {
 
@@ -29,5 +30,12 @@ void all_gather_inplace(void* buf, std::size_t n, MPI_Datatype type, std::size_t
 void broadcast(void* buf, std::size_t n, MPI_Datatype type, std::size_t bytes, int root, MPI_Comm comm);
 void send(const void* buf, std::size_t n, MPI_Datatype type, std::size_t bytes, int peer, int tag, MPI_Comm comm);
 void recv(void* buf, std::size_t n, MPI_Datatype type, std::size_t bytes, int peer, int tag, MPI_Comm comm);
+/// Non-blocking send / receive of n elements: one request per chunk of at most kMaxCount,
+/// appended to `reqs` (complete them all, e.g. MPI_Waitall). Messages of one tag between two ranks
+/// match in the order posted, so the chunks land in place.
+void isend(const void* buf, std::size_t n, MPI_Datatype type, std::size_t bytes, int peer, int tag, MPI_Comm comm,
+           std::vector<MPI_Request>& reqs);
+void irecv(void* buf, std::size_t n, MPI_Datatype type, std::size_t bytes, int peer, int tag, MPI_Comm comm,
+           std::vector<MPI_Request>& reqs);
 
 }  // namespace tapestry::parallel
