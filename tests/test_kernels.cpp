@@ -239,6 +239,68 @@ TEST_CASE("bf16 gemm: alpha and beta, and declared weights rounded once", "[kern
   }
 }
 
+TEST_CASE("bf16 gemm: operands given as bf16 words are read as given", "[kernels][bf16]") {
+  const int M = 13, N = 21, K = 96;
+  const V A = randn(std::size_t(M) * K, 96), B = randn(std::size_t(K) * N, 97);
+  View1<float> a("a", A.size()), b("b", B.size()), c("c", std::size_t(M) * N);
+  using Host16 = Kokkos::View<std::uint16_t*, Layout, HostSpace, Kokkos::MemoryUnmanaged>;
+  auto words = [](const V& x, double scale) {  // x * scale rounded, on the device
+    std::vector<std::uint16_t> w(x.size());
+    for (std::size_t i = 0; i < w.size(); ++i) w[i] = to_bf16(float(x[i] * scale));
+    Kokkos::View<std::uint16_t*, Layout, MemSpace> d("words", w.size());
+    Kokkos::deep_copy(d, Host16(w.data(), w.size()));
+    return d;
+  };
+  const auto a2 = words(A, 2), b3 = words(B, 3);
+  Blas fp32(ExecSpace(), Precision::fp32);
+  REQUIRE_FALSE(fp32.reads_words());
+  REQUIRE_THROWS_AS(fp32.given(a.data(), A.size(), a2.data()), std::logic_error);
+  for (const std::string engine : {"auto", "sgemm"}) {
+    CAPTURE(engine);
+    const auto owned = blas_on(engine);
+    const Blas& blas = *owned;
+    const bool oneDNN = blas.bf16_engine().rfind("oneDNN", 0) == 0;
+#ifdef KOKKOS_ENABLE_CUDA
+    REQUIRE(blas.reads_words());
+#else
+    REQUIRE(blas.reads_words() == oneDNN);
+#endif
+    if (!blas.reads_words()) {  // a host sgemm reads rounded floats, not words
+      REQUIRE_THROWS_AS(blas.given(a.data(), A.size(), a2.data()), std::logic_error);
+      continue;
+    }
+    auto product = [&](int skip = 0) {  // A's rows [skip, M) times B
+      blas.gemm<float>(false, false, M - skip, N, K, 1.0f, a.data() + skip * K, K, b.data(), N, 0.0f, c.data(), N);
+      const V r = to_vec(c);
+      return V(r.begin(), r.begin() + (M - skip) * N);
+    };
+    // Reference: the Blas rounding 2A and 3B itself, the same words.
+    V scaled_a = A, scaled_b = B;
+    for (auto& x : scaled_a) x *= 2;
+    for (auto& x : scaled_b) x *= 3;
+    from_vec(a, scaled_a), from_vec(b, scaled_b);
+    const V want = product();
+    from_vec(b, B);
+    const V want_a = product(), want_part = product(2);  // 2A x B, and its rows [2, M)
+    // Given words are read instead of the floats, which may hold anything (NaN here): same bits.
+    from_vec(a, V(A.size(), std::nan(""))), from_vec(b, B);
+    {
+      const auto ga = blas.given(a.data(), A.size(), a2.data());
+      REQUIRE(product() == want_a);
+      {
+        const auto gb = blas.given(b.data(), B.size(), b3.data());  // a second range beside it
+        REQUIRE(product() == want);
+        REQUIRE_THROWS_AS(blas.given(b.data() + 5, 3, b3.data()), std::logic_error);  // overlaps b's
+      }
+      REQUIRE(product() == want_a);  // b's released: its floats rounded again
+      // a part of the given floats reads its part of the words: rows 2..M of A
+      REQUIRE(product(2) == want_part);
+    }
+    const V released = product();  // a's released: the NaN floats are read again
+    REQUIRE(std::isnan(released[0]));
+  }
+}
+
 // Hidden from the default run: ctest's kernels_bf16_engines runs it alone and reads exit 77 as
 // "skipped" where oneDNN is not built or the CPU has no bf16 instructions.
 TEST_CASE("bf16 gemm: oneDNN's bf16 kernel and the rounded-fp32 sgemm agree", "[.bf16_engines]") {

@@ -104,6 +104,13 @@ struct Blas::Impl {
   mutable const float* h_base = nullptr;
   mutable std::size_t h_n = 0;
   mutable bool h_rounded = false;
+  // Blas::given: floats whose bf16 words a caller wrote.
+  struct GivenRange {
+    const float* x;
+    std::size_t n;
+    const std::uint16_t* words;
+  };
+  mutable std::vector<GivenRange> given;
 #ifdef KOKKOS_ENABLE_CUDA
   std::unique_ptr<cublas::Handle> handle;
   mutable View1<std::uintptr_t> pointers;  // attention_gemm's batch of pointers: A's, B's, then C's
@@ -118,6 +125,9 @@ struct Blas::Impl {
   /// otherwise rounded now into `mine`.
   template <class W>
   const W* operand(const ExecSpace& exec, Bf16Scratch<W>& s, View1<W>& mine, const float* X, std::size_t n) const {
+    if constexpr (std::is_same_v<W, std::uint16_t>)
+      for (const auto& g : given)
+        if (inside(X, n, g.x, g.n)) return g.words + (X - g.x);
     if (inside(X, n, w_base, w_n)) {
       const std::size_t off = std::size_t(X - w_base);
       auto it = std::upper_bound(rounded.begin(), rounded.end(), std::make_pair(off, ~std::size_t(0)));
@@ -217,6 +227,35 @@ Blas::Held::~Held() {
   blas_->impl_->h_base = nullptr;
   blas_->impl_->h_n = 0;
   blas_->impl_->h_rounded = false;
+}
+
+bool Blas::reads_words() const {
+  if (precision_ != Precision::bf16) return false;
+#ifdef KOKKOS_ENABLE_CUDA
+  return true;
+#elif defined(TAPESTRY_HAVE_ONEDNN)
+  return impl_->dnnl != nullptr;
+#else
+  return false;
+#endif
+}
+
+Blas::Given Blas::given(const float* x, std::size_t n, const std::uint16_t* words) const {
+  if (!reads_words()) throw std::logic_error("tapestry::Blas::given: the products here do not read bf16 words");
+  const auto a = reinterpret_cast<std::uintptr_t>(x);
+  for (const auto& g : impl_->given) {
+    const auto b = reinterpret_cast<std::uintptr_t>(g.x);
+    if (a < b + g.n * sizeof(float) && b < a + n * sizeof(float))
+      throw std::logic_error("tapestry::Blas::given: these floats overlap floats given already");
+  }
+  impl_->given.push_back({x, n, words});
+  return Given(this, x);
+}
+
+Blas::Given::~Given() {
+  if (blas_ == nullptr) return;  // moved from
+  auto& v = blas_->impl_->given;
+  v.erase(std::remove_if(v.begin(), v.end(), [&](const auto& g) { return g.x == x_; }), v.end());
 }
 
 Blas::Bf16Copy Blas::bf16_buffer(bool held) const {

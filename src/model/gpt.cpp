@@ -572,6 +572,12 @@ void GPT::norm_backward(const ExecSpace& ex, View2<float> dinp, View2<float> dou
   }
 }
 
+std::optional<kernels::Blas::Given> GPT::read_copy(const kernels::Blas& blas, const View2<float>& v,
+                                                  const Half& h) const {
+  if (!stash_ || !blas.reads_words() || h.span() != v.span()) return std::nullopt;
+  return blas.given(v.data(), v.span(), h.data());
+}
+
 double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, const std::vector<int>& targets,
                     std::optional<double> loss_scale) {
   using namespace kernels;
@@ -644,7 +650,14 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
     keep(&LayerCopies::ln1c, w.ln1c);
     into_full(w.ln1c, w.ln1);
     // Attention: column-parallel QKV (this rank's q and kv heads), row-parallel output projection.
-    matmul_forward(blas, w.qkv_raw, w.ln1, p2(P, S.qkvw, l), p1(P, S.qkvb, l));
+    // (With bf16_activations the products read the inputs' copies: copy(), below.)
+    const auto copy = [&](const View2<float>& v, Half LayerCopies::*h) {
+      return c != nullptr ? read_copy(blas, v, c->*h) : std::nullopt;
+    };
+    {
+      const auto g = copy(w.ln1, &LayerCopies::ln1c);
+      matmul_forward(blas, w.qkv_raw, w.ln1, p2(P, S.qkvw, l), p1(P, S.qkvb, l));
+    }
     if (cfg_.qk_norm) {  // per-head RMSNorm of q and k; v passes through
       Kokkos::deep_copy(ex, w.qkv, w.qkv_raw);
       head_rmsnorm_forward(ex, w.qkv, a.q_rstd, w.qkv_raw, p1(P, S.qnorm, l), 0, NHl, cfg_.norm_eps);
@@ -678,20 +691,29 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
       attention_forward(blas, View3<float>(w.atty.data(), B_, T_, Cl), w.att, View3<float>(w.qkv.data(), B_, T_, W),
                         NHl, nkv_, doc_pos_);
     keep(&LayerCopies::atty, w.atty);
-    matmul_forward(blas, proj_, w.atty, p2(P, S.attprojw, l), lead ? p1(P, S.attprojb, l) : View1<float>());
+    {
+      const auto g = copy(w.atty, &LayerCopies::atty);
+      matmul_forward(blas, proj_, w.atty, p2(P, S.attprojw, l), lead ? p1(P, S.attprojb, l) : View1<float>());
+    }
     into_chunk(proj_, projc_);
     residual_forward(ex, as1(w.res2), as1(x), as1(projc_));
     norm_forward(ex, w.ln2c, a.ln2_mean, a.ln2_rstd, w.res2, S.ln2w, S.ln2b, l);
     keep(&LayerCopies::ln2c, w.ln2c);
     into_full(w.ln2c, w.ln2);
     // MLP: column-parallel up (and gate) projection, row-parallel down projection.
-    matmul_forward(blas, w.fch, w.ln2, p2(P, S.fcw, l), p1(P, S.fcb, l));
+    {
+      const auto g = copy(w.ln2, &LayerCopies::ln2c);
+      matmul_forward(blas, w.fch, w.ln2, p2(P, S.fcw, l), p1(P, S.fcb, l));
+    }
     keep(&LayerCopies::fch, w.fch);
     if (cfg_.mlp == "swiglu") swiglu_forward(ex, w.fch_act, w.fch);
     else if (cfg_.mlp == "xielu") xielu_forward(ex, as1(w.fch_act), as1(w.fch), p1(P, S.xielu, l));
     else gelu_forward(ex, as1(w.fch_act), as1(w.fch));
     keep(&LayerCopies::fch_act, w.fch_act);
-    matmul_forward(blas, proj_, w.fch_act, p2(P, S.fcprojw, l), lead ? p1(P, S.fcprojb, l) : View1<float>());
+    {
+      const auto g = copy(w.fch_act, &LayerCopies::fch_act);
+      matmul_forward(blas, proj_, w.fch_act, p2(P, S.fcprojw, l), lead ? p1(P, S.fcprojb, l) : View1<float>());
+    }
     into_chunk(proj_, projc_);
     residual_forward(ex, as1(a.res3), as1(w.res2), as1(projc_));
     x = a.res3;
@@ -858,24 +880,41 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
     auto fetch = [&](const View2<float>& v, Half LayerCopies::*h, const LayerCopies* from) {
       if (from != nullptr) load_bf16(ex, View1<float>(v.data(), v.span()), from->*h);
     };
+    // ... or a linear layer's input that only the weight gradient's product reads: from its copy
+    // where the products read bf16 words (read_copy), else read back.
+    auto input = [&](const View2<float>& v, Half LayerCopies::*h) {
+      auto g = c != nullptr ? read_copy(blas, v, c->*h) : std::nullopt;
+      if (!g) fetch(v, h, c);
+      return g;
+    };
     // dres holds d(res3): through the MLP.
     output_grad(dres_, dresf_);
-    fetch(w.fch_act, &LayerCopies::fch_act, c);
-    matmul_backward(blas, dact_, p2(G, S.fcprojw, l), p1(G, S.fcprojb, l), dresf_, w.fch_act, p2(P, S.fcprojw, l));
+    {
+      const auto g = input(w.fch_act, &LayerCopies::fch_act);
+      matmul_backward(blas, dact_, p2(G, S.fcprojw, l), p1(G, S.fcprojb, l), dresf_, w.fch_act, p2(P, S.fcprojw, l));
+    }
     fetch(w.fch, &LayerCopies::fch, c);
     if (cfg_.mlp == "swiglu") swiglu_backward(ex, dbig_, w.fch, dact_);
     else if (cfg_.mlp == "xielu") xielu_backward(ex, as1(dbig_), p1(G, S.xielu, l), as1(w.fch), as1(dact_), p1(P, S.xielu, l));
     else gelu_backward(ex, as1(dbig_), as1(w.fch), as1(dact_));
-    fetch(w.ln2c, &LayerCopies::ln2c, c);
-    if (sp_) gather_from_sequence_region(*tp_, w.ln2c, w.ln2);  // recomputed, not kept
-    matmul_backward(blas, dtmp_, p2(G, S.fcw, l), p1(G, S.fcb, l), dbig_, w.ln2, p2(P, S.fcw, l));
+    if (sp_) {
+      fetch(w.ln2c, &LayerCopies::ln2c, c);
+      gather_from_sequence_region(*tp_, w.ln2c, w.ln2);  // recomputed, not kept
+    }
+    {
+      const auto g = sp_ ? std::nullopt : input(w.ln2, &LayerCopies::ln2c);
+      matmul_backward(blas, dtmp_, p2(G, S.fcw, l), p1(G, S.fcb, l), dbig_, w.ln2, p2(P, S.fcw, l));
+    }
     input_grad(dtmp_, dtmpc_);
     fetch(w.res2, &LayerCopies::res2, c);
     norm_backward(ex, dres_, dtmpc_, w.res2, a.ln2_mean, a.ln2_rstd, S.ln2w, S.ln2b, l);
     // dres holds d(res2): through attention.
     output_grad(dres_, dresf_);
-    fetch(w.atty, &LayerCopies::atty, c);
-    matmul_backward(blas, datty_, p2(G, S.attprojw, l), p1(G, S.attprojb, l), dresf_, w.atty, p2(P, S.attprojw, l));
+    if (tiled_) fetch(w.atty, &LayerCopies::atty, c);  // the tiled backward reads it too
+    {
+      const auto g = tiled_ ? std::nullopt : input(w.atty, &LayerCopies::atty);
+      matmul_backward(blas, datty_, p2(G, S.attprojw, l), p1(G, S.attprojb, l), dresf_, w.atty, p2(P, S.attprojw, l));
+    }
     if (!bf16_att_) fetch(w.qkv, &LayerCopies::qkv, c);  // bf16 attention reads the copy itself
     if (tiled_)
       attention_tiled_backward<float>(ex, View3<float>(dqkv_.data(), B_, T_, W),
@@ -909,9 +948,14 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
       head_rmsnorm_backward(ex, dqkv_, p1(G, S.qnorm, l), dqkv_, w.qkv_raw, p1(P, S.qnorm, l), a.q_rstd, 0, NHl);
       head_rmsnorm_backward(ex, dqkv_, p1(G, S.knorm, l), dqkv_, w.qkv_raw, p1(P, S.knorm, l), a.k_rstd, NHl * hd, nkv_);
     }
-    fetch(w.ln1c, &LayerCopies::ln1c, c);
-    if (sp_) gather_from_sequence_region(*tp_, w.ln1c, w.ln1);
-    matmul_backward(blas, dtmp_, p2(G, S.qkvw, l), p1(G, S.qkvb, l), dqkv_, w.ln1, p2(P, S.qkvw, l));
+    if (sp_) {
+      fetch(w.ln1c, &LayerCopies::ln1c, c);
+      gather_from_sequence_region(*tp_, w.ln1c, w.ln1);
+    }
+    {
+      const auto g = sp_ ? std::nullopt : input(w.ln1, &LayerCopies::ln1c);
+      matmul_backward(blas, dtmp_, p2(G, S.qkvw, l), p1(G, S.qkvb, l), dqkv_, w.ln1, p2(P, S.qkvw, l));
+    }
     input_grad(dtmp_, dtmpc_);
     // the layer's input: the embedding, or layer l - 1's output (bf16_activations: read back)
     const View2<float> x = l == 0 ? encoded_ : layers_[std::size_t(l - 1)].res3;

@@ -91,6 +91,32 @@ class Blas {
   /// both read: it is rounded once, not per product.
   [[nodiscard]] Held hold(const float* x, std::size_t n) const;
 
+  /// Whether bf16 products read 16-bit words (cuBLAS, oneDNN): Precision::bf16 and not the host
+  /// sgemm on rounded floats. given() needs it.
+  bool reads_words() const;
+
+  /// \brief While it lives, the products that read inside the floats given() named read the
+  /// words given with them instead, and round nothing.
+  class Given {
+   public:
+    ~Given();
+    Given(Given&& o) noexcept : blas_(o.blas_), x_(o.x_) { o.blas_ = nullptr; }
+    Given(const Given&) = delete;
+    Given& operator=(const Given&) = delete;
+    Given& operator=(Given&&) = delete;
+
+   private:
+    friend class Blas;
+    Given(const Blas* blas, const float* x) : blas_(blas), x_(x) {}
+    const Blas* blas_;
+    const float* x_;
+  };
+  /// Where reads_words(): `words` are the bf16 values of the n floats at `x`, indexed as they are
+  /// (a kernel wrote them: the model's bf16 activation copies); until the result is destroyed the
+  /// products read them, and the floats need not hold anything. Several may live at once, over
+  /// disjoint floats. std::logic_error where !reads_words() or the floats overlap given ones.
+  [[nodiscard]] Given given(const float* x, std::size_t n, const std::uint16_t* words) const;
+
   /// C(M,N) = alpha * op(A) * op(B) + beta * C, row-major; op(A) is (M,K), op(B) is (K,N).
   template <class T>
   void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,

@@ -319,6 +319,11 @@ class GPT {
   /// bf16_attention's buffers for layer l: the micro-batch's, or with bf16_activations sequence
   /// b's (q, k, v and the probabilities inside the layer's copies).
   kernels::AttentionBf16 att16(int l, int b) const;
+  /// bf16_activations, where the Blas reads bf16 words: a linear layer's products read its input v
+  /// from the copy h (written from v, so nothing is rounded again, and in backward v is not read
+  /// back). None otherwise, or where h is not a copy of all of v (the norms' outputs under
+  /// sequence parallelism: the copy is of this rank's chunk).
+  std::optional<kernels::Blas::Given> read_copy(const kernels::Blas& blas, const View2<float>& v, const Half& h) const;
   View1<float> pool_;
   LayerActs fwd_, bwd_;
   // The output layer runs logit_rows_ rows at a time (model::output_chunk_rows). head_scale_: the
