@@ -253,22 +253,12 @@ TEST_CASE("bf16 gemm: operands given as bf16 words are read as given", "[kernels
   };
   const auto a2 = words(A, 2), b3 = words(B, 3);
   Blas fp32(ExecSpace(), Precision::fp32);
-  REQUIRE_FALSE(fp32.reads_words());
-  REQUIRE_THROWS_AS(fp32.given(a.data(), A.size(), a2.data()), std::logic_error);
+  REQUIRE_THROWS_AS(fp32.given(a.data(), A.size(), a2.data()), std::logic_error);  // fp32 products read floats
+  // On the build's engine (oneDNN reads the words) and on the rounded-fp32 sgemm (expands them).
   for (const std::string engine : {"auto", "sgemm"}) {
     CAPTURE(engine);
     const auto owned = blas_on(engine);
     const Blas& blas = *owned;
-    const bool oneDNN = blas.bf16_engine().rfind("oneDNN", 0) == 0;
-#ifdef KOKKOS_ENABLE_CUDA
-    REQUIRE(blas.reads_words());
-#else
-    REQUIRE(blas.reads_words() == oneDNN);
-#endif
-    if (!blas.reads_words()) {  // a host sgemm reads rounded floats, not words
-      REQUIRE_THROWS_AS(blas.given(a.data(), A.size(), a2.data()), std::logic_error);
-      continue;
-    }
     auto product = [&](int skip = 0) {  // A's rows [skip, M) times B
       blas.gemm<float>(false, false, M - skip, N, K, 1.0f, a.data() + skip * K, K, b.data(), N, 0.0f, c.data(), N);
       const V r = to_vec(c);
@@ -303,6 +293,46 @@ TEST_CASE("bf16 gemm: operands given as bf16 words are read as given", "[kernels
 
 // Hidden from the default run: ctest's kernels_bf16_engines runs it alone and reads exit 77 as
 // "skipped" where oneDNN is not built or the CPU has no bf16 instructions.
+TEST_CASE("gemm with bias: op(A) op(B) + bias in every row, in the epilogue or by a kernel", "[kernels][bf16][matmul]") {
+  const int M = 37, N = 50, K = 300, ldc = N + 5;  // C with padding columns, which stay untouched
+  const V A = randn(std::size_t(M) * K, 101), B = randn(std::size_t(K) * N, 102), bias = randn(std::size_t(N), 103);
+  View1<float> a("a", A.size()), b("b", B.size()), bv("bias", bias.size()), c("c", std::size_t(M) * ldc);
+  from_vec(a, A), from_vec(b, B), from_vec(bv, bias);
+  // engine: the bf16 build's own (oneDNN's bias where the CPU has bf16), the rounded-fp32 sgemm
+  // (a kernel fills the rows, the product adds onto them), and fp32 products.
+  for (const std::string engine : {"auto", "sgemm", "fp32"}) {
+    const auto blas = blas_on(engine == "fp32" ? "auto" : engine, engine == "fp32" ? Precision::fp32 : Precision::bf16);
+    std::printf("gemm_bias on %s: %s\n", engine.c_str(), blas->bf16_engine().c_str());
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        CAPTURE(engine, ta, tb);
+        from_vec(c, V(c.span(), 7.0));
+        blas->gemm_bias<float>(ta, tb, M, N, K, a.data(), ta ? M : K, b.data(), tb ? K : N, bv.data(), c.data(), ldc);
+        const V got = to_vec(c);
+        // A and B hold op(A) and op(B)'s values stored transposed or not: the reference reads them alike.
+        const V p = ref_gemm(A, B, ta, tb, M, N, K, 0, 0, 1, engine != "fp32");
+        double worst = 0;
+        for (int m = 0; m < M; ++m)
+          for (int n = 0; n < ldc; ++n) {
+            const double g = got[std::size_t(m) * ldc + std::size_t(n)];
+            const double want = n < N ? p[std::size_t(m) * N + std::size_t(n)] + bias[std::size_t(n)] : 7.0;
+            const double d = std::abs(g - want);
+            worst = std::isfinite(d) ? std::max(worst, d) : std::numeric_limits<double>::infinity();
+          }
+        REQUIRE(worst < 1e-3);  // fp32 sums of K = 300 exact products of |x| ~ 1: ~1e-5
+      }
+  }
+  // fp64 (never rounded) through the same call
+  View1<double> da("da", A.size()), db("db", B.size()), dbias("dbias", bias.size()), dc("dc", std::size_t(M) * N);
+  from_vec(da, A), from_vec(db, B), from_vec(dbias, bias);
+  Blas bf16(ExecSpace(), Precision::bf16);
+  bf16.gemm_bias<double>(false, false, M, N, K, da.data(), K, db.data(), N, dbias.data(), dc.data(), N);
+  V want = ref_gemm(A, B, false, false, M, N, K, 0, 0, 1, false);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) want[std::size_t(m) * N + std::size_t(n)] += bias[std::size_t(n)];
+  REQUIRE(max_rel_err(to_vec(dc), want) < 1e-5);  // ref rounds inputs to float
+}
+
 TEST_CASE("bf16 gemm: oneDNN's bf16 kernel and the rounded-fp32 sgemm agree", "[.bf16_engines]") {
   GemmCase g(64, 96, 768, 2, 96);
   std::string native;

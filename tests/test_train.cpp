@@ -230,35 +230,38 @@ TEST_CASE("the memory plan's activations equal what the model allocates, for eve
         for (bool tiled : {false, true})
           for (bool half : {false, true})  // saved activations in bf16
             for (bool att16 : {false, true})  // bf16 attention
-              for (int stage = 0; stage < 3; ++stage) {  // whole, first of two, last of two
-                model::GptOptions o;
-                ShapeOnlyTp group(tp, tp - 1);
-                o.tp = &group, o.sequence_parallel = sp, o.tiled_attention = tiled, o.bf16_activations = half;
-                o.bf16_attention = att16;
-                if (stage > 0) o.stage = {stage == 1 ? 0 : 2, 2, stage == 1, stage == 2};
-                model::GPT gpt(m, 2, 6, 1, o);
-                CAPTURE(which, tp, sp, tiled, half, att16, stage);
-                REQUIRE(model::activation_bytes(m, 2, 6, tp, sp, o.stage, tiled, half, att16) == gpt.activation_bytes());
-                ++checked;
-              }
+              for (bool lin16 : {false, true})  // linear layers' inputs kept in bf16
+                for (int stage = 0; stage < 3; ++stage) {  // whole, first of two, last of two
+                  model::GptOptions o;
+                  ShapeOnlyTp group(tp, tp - 1);
+                  o.tp = &group, o.sequence_parallel = sp, o.tiled_attention = tiled, o.bf16_activations = half;
+                  o.bf16_attention = att16, o.bf16_linear_inputs = lin16;
+                  if (stage > 0) o.stage = {stage == 1 ? 0 : 2, 2, stage == 1, stage == 2};
+                  model::GPT gpt(m, 2, 6, 1, o);
+                  CAPTURE(which, tp, sp, tiled, half, att16, lin16, stage);
+                  REQUIRE(model::activation_bytes(m, 2, 6, tp, sp, o.stage, tiled, half, att16, lin16) ==
+                          gpt.activation_bytes());
+                  ++checked;
+                }
   }
-  REQUIRE(checked == 4 * 2 * 2 * 2 * 2 * 2 * 3);
+  REQUIRE(checked == 4 * 2 * 2 * 2 * 2 * 2 * 2 * 3);
 }
 
 namespace {
-/// One forward and backward of a fresh model (init seed 5, fp32 Blas) on fixed tokens: its loss,
-/// gradient and activation bytes.
+/// One forward and backward of a fresh model (init seed 5, an fp32 Blas unless one is given) on
+/// fixed tokens: its loss, gradient and activation bytes.
 struct OnePass {
   double loss = 0;
   std::vector<float> grad;
   std::size_t bytes = 0;
 };
-OnePass one_pass(const ModelConfig& m, int B, int T, const model::GptOptions& o) {
+OnePass one_pass(const ModelConfig& m, int B, int T, const model::GptOptions& o, const kernels::Blas* with = nullptr) {
   std::vector<int> in(std::size_t(B) * T), tg(std::size_t(B) * T);
   for (int i = 0; i < B * T; ++i) in[std::size_t(i)] = (7 * i + 3) % m.vocab_size, tg[std::size_t(i)] = (5 * i + 1) % m.vocab_size;
   model::GPT gpt(m, B, T, 1, o);
   gpt.init_random(5);
-  kernels::Blas blas;
+  const kernels::Blas fp32;
+  const kernels::Blas& blas = with != nullptr ? *with : fp32;
   gpt.zero_grad();
   OnePass r;
   r.loss = gpt.forward(blas, in, tg);
@@ -340,6 +343,45 @@ TEST_CASE("bf16 attention: loss and gradients within bf16 rounding of the fp32 a
   REQUIRE(rel(both.loss, att16.loss) <= 1e-7);
   REQUIRE(dg2 < 5e-3);
   REQUIRE(att16.bytes < f32.bytes);
+}
+
+TEST_CASE("bf16 linear inputs kept only as the copies their products read: the same step bitwise, less memory", "[model][bf16_linear_inputs]") {
+  // GptOptions::bf16_linear_inputs (what --precision bf16 sets): the norm outputs, the attention
+  // output (matrix kernel) and the MLP's activation output are kept only in bf16, and the products
+  // read those copies instead of rounding the floats. The copies hold what the Blas would round, so
+  // the loss and every gradient must be bitwise those without the option, on both bf16 engines.
+  const std::string which = GENERATE("gpt2", "llama", "xielu");
+  const bool tiled = GENERATE(false, true);
+  ModelConfig m = tiny_spec(which);
+  m.n_layer = 3, m.padded_vocab_size = 64, m.max_seq_len = 16;
+  const int B = 6, T = 16;
+  for (const std::string engine : {"auto", "sgemm"}) {
+    CAPTURE(which, tiled, engine);
+    const auto blas = test::blas_on(engine);
+    model::GptOptions o;
+    o.tiled_attention = tiled, o.bf16_attention = !tiled;
+    const OnePass plain = one_pass(m, B, T, o, blas.get());
+    o.bf16_linear_inputs = true;
+    const OnePass lin = one_pass(m, B, T, o, blas.get());
+    std::printf("bf16 linear inputs (%s, %s attention, %s): activations %zu -> %zu bytes\n", which.c_str(),
+                tiled ? "tiled" : "matrix", blas->bf16_engine().c_str(), plain.bytes, lin.bytes);
+    REQUIRE(std::isfinite(lin.loss));
+    REQUIRE(lin.loss == plain.loss);
+    REQUIRE(lin.grad == plain.grad);
+    REQUIRE(lin.bytes < plain.bytes);
+    // with bf16_activations every tensor is a copy already: the option changes nothing
+    o.bf16_activations = true;
+    const OnePass stash = one_pass(m, B, T, o, blas.get());
+    o.bf16_linear_inputs = false;
+    const OnePass stash_plain = one_pass(m, B, T, o, blas.get());
+    REQUIRE(stash.loss == stash_plain.loss);
+    REQUIRE(stash.grad == stash_plain.grad);
+    REQUIRE(stash.bytes == stash_plain.bytes);
+  }
+  // The option needs bf16 products: with fp32 ones backward would have no fp32 inputs to read.
+  model::GptOptions o;
+  o.bf16_linear_inputs = true;
+  REQUIRE_THROWS_WITH(one_pass(m, B, T, o), Catch::Matchers::Contains("needs bf16 products"));
 }
 
 TEST_CASE("the output layer's backward run in forward() equals it run in backward()", "[model][fused_head]") {

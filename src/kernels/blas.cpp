@@ -12,6 +12,7 @@
 
 #include "tapestry/core/error.hpp"
 #include "tapestry/kernels/bf16.hpp"
+#include "team.hpp"
 
 #ifdef KOKKOS_ENABLE_CUDA
 #include "tapestry/kernels/cublas.hpp"
@@ -63,6 +64,15 @@ const W* round_into(const ExecSpace& exec, View1<W>& buf, const float* src, std:
   return buf.data();
 }
 
+/// Each of C's M rows (ldc apart) set to the bias (N): a product with beta = 1 then adds onto it.
+template <class T> void fill_rows(const ExecSpace& exec, T* C, int ldc, int M, int N, const T* bias) {
+  Kokkos::parallel_for(
+      "tapestry::matmul_forward_bias", detail::team_per_row(exec, M), KOKKOS_LAMBDA(const detail::Member& m) {
+        T* const row = C + std::size_t(m.league_rank()) * std::size_t(ldc);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, N), [&](int j) { row[j] = bias[j]; });
+      });
+}
+
 #ifndef KOKKOS_ENABLE_CUDA
 /// `count` products C_i = alpha op(A_i) op(B_i) + beta C_i on the host CBLAS, in order.
 template <class T>
@@ -76,6 +86,18 @@ void host_gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int l
     else
       cblas_dgemm(CblasRowMajor, oa, ob, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
   }
+}
+#endif
+
+#ifndef KOKKOS_ENABLE_CUDA
+/// The n bf16 words at src as floats in `buf` (grown to at least n); returns its data.
+const float* expand_into(const ExecSpace& exec, View1<float>& buf, const std::uint16_t* src, std::size_t n) {
+  if (buf.extent(0) < n) buf = View1<float>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::blas_bf16"), n);
+  float* dst = buf.data();
+  Kokkos::parallel_for(
+      "tapestry::expand_bf16", Kokkos::RangePolicy<ExecSpace>(exec, 0, n),
+      KOKKOS_LAMBDA(std::size_t i) { dst[i] = from_bf16(src[i]); });
+  return dst;
 }
 #endif
 
@@ -113,6 +135,7 @@ struct Blas::Impl {
   mutable std::vector<GivenRange> given;
 #ifdef KOKKOS_ENABLE_CUDA
   std::unique_ptr<cublas::Handle> handle;
+  std::unique_ptr<cublas::Lt> lt;  // cuBLASLt (epilogues), made at its first use
   mutable View1<std::uintptr_t> pointers;  // attention_gemm's batch of pointers: A's, B's, then C's
 #endif
 #ifdef TAPESTRY_HAVE_ONEDNN
@@ -125,9 +148,13 @@ struct Blas::Impl {
   /// otherwise rounded now into `mine`.
   template <class W>
   const W* operand(const ExecSpace& exec, Bf16Scratch<W>& s, View1<W>& mine, const float* X, std::size_t n) const {
-    if constexpr (std::is_same_v<W, std::uint16_t>)
-      for (const auto& g : given)
-        if (inside(X, n, g.x, g.n)) return g.words + (X - g.x);
+    for (const auto& g : given)
+      if (inside(X, n, g.x, g.n)) {
+        if constexpr (std::is_same_v<W, std::uint16_t>) return g.words + (X - g.x);
+#ifndef KOKKOS_ENABLE_CUDA
+        else return expand_into(exec, mine, g.words + (X - g.x), n);  // a host sgemm multiplies floats
+#endif
+      }
     if (inside(X, n, w_base, w_n)) {
       const std::size_t off = std::size_t(X - w_base);
       auto it = std::upper_bound(rounded.begin(), rounded.end(), std::make_pair(off, ~std::size_t(0)));
@@ -229,19 +256,8 @@ Blas::Held::~Held() {
   blas_->impl_->h_rounded = false;
 }
 
-bool Blas::reads_words() const {
-  if (precision_ != Precision::bf16) return false;
-#ifdef KOKKOS_ENABLE_CUDA
-  return true;
-#elif defined(TAPESTRY_HAVE_ONEDNN)
-  return impl_->dnnl != nullptr;
-#else
-  return false;
-#endif
-}
-
 Blas::Given Blas::given(const float* x, std::size_t n, const std::uint16_t* words) const {
-  if (!reads_words()) throw std::logic_error("tapestry::Blas::given: the products here do not read bf16 words");
+  if (precision_ != Precision::bf16) throw std::logic_error("tapestry::Blas::given: fp32 products read no bf16 copy");
   const auto a = reinterpret_cast<std::uintptr_t>(x);
   for (const auto& g : impl_->given) {
     const auto b = reinterpret_cast<std::uintptr_t>(g.x);
@@ -313,6 +329,39 @@ template <class T>
 void Blas::gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
                 int ldb, T beta, T* C, int ldc) const {
   gemm_strided_batched<T>(ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+}
+
+template <class T>
+void Blas::gemm_bias(bool ta, bool tb, int M, int N, int K, const T* A, int lda, const T* B, int ldb, const T* bias,
+                     T* C, int ldc) const {
+  if (M == 0 || N == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (precision_ == Precision::bf16 && K > 0) {
+      const std::size_t na = operand_span(ta, M, K, lda, 0, 1), nb = operand_span(tb, K, N, ldb, 0, 1);
+#ifdef KOKKOS_ENABLE_CUDA
+      if (!impl_->lt) impl_->lt = std::make_unique<cublas::Lt>(exec_.cuda_stream());
+      bool done = false;
+      timed("gemm bf16", ta, tb, M, N, K, 1, [&] {
+        const auto* a = impl_->operand(exec_, impl_->words, impl_->words.a, A, na);
+        const auto* b = impl_->operand(exec_, impl_->words, impl_->words.b, B, nb);
+        done = impl_->lt->gemm_bias(cublas::Inputs::bf16, ta, tb, M, N, K, a, lda, b, ldb, bias, C, ldc);
+      });
+      if (done) return;
+#elif defined(TAPESTRY_HAVE_ONEDNN)
+      if (impl_->dnnl) {
+        timed("gemm bf16", ta, tb, M, N, K, 1, [&] {
+          const auto* a16 = impl_->operand(exec_, impl_->words, impl_->words.a, A, na);
+          const auto* b16 = impl_->operand(exec_, impl_->words, impl_->words.b, B, nb);
+          exec_.fence();
+          impl_->dnnl->run(ta, tb, M, N, K, 1.0f, a16, lda, 0, b16, ldb, 0, 0.0f, C, ldc, 0, 1, bias);
+        });
+        return;
+      }
+#endif
+    }
+  }
+  fill_rows(exec_, C, ldc, M, N, bias);
+  run_gemm<T>(precision_ == Precision::bf16, ta, tb, M, N, K, T(1), A, lda, 0, B, ldb, 0, T(1), C, ldc, 0, 1);
 }
 
 template <class T>
@@ -421,18 +470,6 @@ void device_batches(const ExecSpace& exec, const cublas::Handle& h, View1<std::u
     });
 }
 }  // namespace
-#else
-namespace {
-/// The n bf16 words at src as floats in `buf` (grown to at least n); returns its data.
-const float* expand_into(const ExecSpace& exec, View1<float>& buf, const std::uint16_t* src, std::size_t n) {
-  if (buf.extent(0) < n) buf = View1<float>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "tapestry::blas_bf16"), n);
-  float* dst = buf.data();
-  Kokkos::parallel_for(
-      "tapestry::expand_bf16", Kokkos::RangePolicy<ExecSpace>(exec, 0, n),
-      KOKKOS_LAMBDA(std::size_t i) { dst[i] = from_bf16(src[i]); });
-  return dst;
-}
-}  // namespace
 #endif
 
 template <class T>
@@ -521,6 +558,8 @@ template <class T> const T* Blas::ones(int n) const {
                                               const T*, int, long, T, T*, int, long, int) const;  \
   template void Blas::attention_gemm<T>(bool, bool, int, int, int, T, const T*, int, long, const T*, \
                                         int, long, T, T*, int, long, int, int, long, long, long) const; \
+  template void Blas::gemm_bias<T>(bool, bool, int, int, int, const T*, int, const T*, int, const T*, T*, int) \
+      const;                                                                                     \
   template const T* Blas::ones<T>(int) const;
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)

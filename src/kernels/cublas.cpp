@@ -1,6 +1,12 @@
 #include "tapestry/kernels/cublas.hpp"
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <tuple>
 
 #include "tapestry/core/error.hpp"
 
@@ -81,6 +87,118 @@ void gemm_batched(const Handle& h, Inputs in, bool ta, bool tb, int M, int N, in
                             in_type, ldb, A, in_type, lda, f64 ? static_cast<const void*>(&beta) : &b, C, type, ldc,
                             count, compute, CUBLAS_GEMM_DEFAULT),
         "cublasGemmBatchedEx");
+}
+
+namespace {
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw LibraryError(std::string("CUDA: ") + what + " failed: " + cudaGetErrorString(e));
+}
+/// The largest power of two (at most 256) dividing the address and the leading dimension in bytes:
+/// what cuBLASLt may assume about an operand's alignment.
+std::uint32_t alignment(const void* p, int ld, std::size_t elem) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p) | (std::uintptr_t(ld) * elem) | std::uintptr_t(256);
+  return std::uint32_t(a & (~a + 1));
+}
+/// Sets one attribute of a cuBLASLt descriptor.
+template <class F, class D, class A, class V> void set(F f, D d, A attr, const V& v, const char* what) {
+  check(f(d, attr, &v, sizeof v), what);
+}
+}  // namespace
+
+struct Lt::Impl {
+  cublasLtHandle_t lt = nullptr;
+  cudaStream_t stream = nullptr;
+  void* workspace = nullptr;
+  static constexpr std::size_t kWorkspace = std::size_t(32) << 20;  // what NVIDIA advises for Hopper
+  using Key = std::tuple<int, bool, bool, int, int, int, int, int, int, std::uint32_t, std::uint32_t, std::uint32_t,
+                         std::uint32_t>;
+  struct Plan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+    bool found = false;
+  };
+  std::map<Key, Plan> plans;
+  ~Impl() {
+    for (auto& [k, p] : plans) {
+      if (p.op) cublasLtMatmulDescDestroy(p.op);
+      for (auto* l : {p.a, p.b, p.c})
+        if (l) cublasLtMatrixLayoutDestroy(l);
+    }
+    if (workspace) cudaFree(workspace);
+    if (lt) cublasLtDestroy(lt);
+  }
+};
+
+Lt::Lt(void* stream) : impl_(new Impl) {
+  try {
+    check(cublasLtCreate(&impl_->lt), "cublasLtCreate");
+    impl_->stream = static_cast<cudaStream_t>(stream);
+    check_cuda(cudaMalloc(&impl_->workspace, Impl::kWorkspace), "cudaMalloc (cuBLASLt workspace)");
+  } catch (...) {
+    delete impl_;
+    throw;
+  }
+}
+
+Lt::~Lt() { delete impl_; }
+
+bool Lt::gemm_bias(Inputs in, bool ta, bool tb, int M, int N, int K, const void* A, int lda, const void* B, int ldb,
+                   const float* bias, float* C, int ldc) {
+  if (in != Inputs::bf16 && in != Inputs::f32) throw Error("cuBLASLt: gemm_bias takes fp32 or bf16 inputs");
+  const std::size_t elem = in == Inputs::bf16 ? 2 : 4;
+  const std::uint32_t al_a = alignment(A, lda, elem), al_b = alignment(B, ldb, elem), al_c = alignment(C, ldc, 4),
+                      al_bias = alignment(bias, 0, 4);
+  const Impl::Key key{int(in), ta, tb, M, N, K, lda, ldb, ldc, al_a, al_b, al_c, al_bias};
+  auto it = impl_->plans.find(key);
+  if (it == impl_->plans.end()) {
+    // Row-major C = op(A) op(B) + bias is column-major C^T (N, M) = op(B)^T op(A)^T with the bias
+    // along C^T's rows, as gemm() swaps them. The first operand is B: stored (N, K) column-major
+    // when not transposed, (K, N) when transposed; the second is A: (K, M), or (M, K).
+    Impl::Plan p;
+    const cudaDataType_t t = in == Inputs::bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    it = impl_->plans.emplace(key, p).first;  // owned by the cache from here
+    auto& q = it->second;
+    set(cublasLtMatmulDescSetAttribute, q.op, CUBLASLT_MATMUL_DESC_TRANSA, op(tb), "TRANSA");
+    set(cublasLtMatmulDescSetAttribute, q.op, CUBLASLT_MATMUL_DESC_TRANSB, op(ta), "TRANSB");
+    set(cublasLtMatmulDescSetAttribute, q.op, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS, "EPILOGUE");
+    set(cublasLtMatmulDescSetAttribute, q.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, CUDA_R_32F, "BIAS_DATA_TYPE");
+    // the heuristic reads the bias pointer's alignment from its value
+    set(cublasLtMatmulDescSetAttribute, q.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(bias),
+        "BIAS_POINTER");
+    check(cublasLtMatrixLayoutCreate(&q.a, t, tb ? K : N, tb ? N : K, ldb), "cublasLtMatrixLayoutCreate (B)");
+    check(cublasLtMatrixLayoutCreate(&q.b, t, ta ? M : K, ta ? K : M, lda), "cublasLtMatrixLayoutCreate (A)");
+    check(cublasLtMatrixLayoutCreate(&q.c, CUDA_R_32F, N, M, ldc), "cublasLtMatrixLayoutCreate (C)");
+    cublasLtMatmulPreference_t pref = nullptr;
+    check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+    const std::size_t ws = Impl::kWorkspace;
+    auto pset = [&](cublasLtMatmulPreferenceAttributes_t a, const auto& v) {
+      const auto st = cublasLtMatmulPreferenceSetAttribute(pref, a, &v, sizeof v);
+      if (st != CUBLAS_STATUS_SUCCESS) cublasLtMatmulPreferenceDestroy(pref);
+      check(st, "cublasLtMatmulPreferenceSetAttribute");
+    };
+    pset(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, ws);
+    pset(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al_b);  // cuBLASLt's A is our B
+    pset(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, al_a);
+    pset(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, al_c);
+    pset(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, al_c);
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const auto st = cublasLtMatmulAlgoGetHeuristic(impl_->lt, q.op, q.a, q.b, q.c, q.c, pref, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    q.found = st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+    if (q.found) q.algo = result.algo;
+  }
+  const auto& q = it->second;
+  if (!q.found) return false;
+  set(cublasLtMatmulDescSetAttribute, q.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(bias),
+      "BIAS_POINTER");
+  const float one = 1.0f, zero = 0.0f;
+  check(cublasLtMatmul(impl_->lt, q.op, &one, B, q.a, A, q.b, &zero, C, q.c, C, q.c, &q.algo, impl_->workspace,
+                       Impl::kWorkspace, impl_->stream),
+        "cublasLtMatmul (bias epilogue)");
+  return true;
 }
 
 void gemv_t(const Handle& h, Inputs in, int M, int N, double alpha, const void* A, int lda, const void* x,

@@ -4,7 +4,6 @@
 #include <stdexcept>
 #include <type_traits>
 
-#include "team.hpp"
 
 namespace tapestry::kernels {
 
@@ -20,19 +19,11 @@ void matmul_forward(const Blas& blas, View2<T> out, In2<T> inp, In2<T> weight, I
   check_extent(int(weight.extent(1)) == C, "weight columns != input channels");
   check_extent(int(out.extent(0)) == N && int(out.extent(1)) == OC, "out is not (N, OC)");
   check_extent(bias.extent(0) == 0 || int(bias.extent(0)) == OC, "bias is not (OC)");
-  T beta = 0;
-  if (bias.extent(0) > 0) {
-    // One team per row, the columns contiguous (no index division per element).
-    Kokkos::parallel_for(
-        "tapestry::matmul_forward_bias", detail::team_per_row(blas.exec(), N), KOKKOS_LAMBDA(const detail::Member& m) {
-          T* o = &out(m.league_rank(), 0);
-          const T* b = bias.data();
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(m, OC), [&](int j) { o[j] = b[j]; });
-        });
-    beta = 1;
-  }
-  // out (N,OC) = inp (N,C) @ weight^T (C,OC)
-  blas.gemm<T>(false, true, N, OC, C, T(1), inp.data(), C, weight.data(), C, beta, out.data(), OC);
+  // out (N,OC) = inp (N,C) @ weight^T (C,OC) (+ bias in each row)
+  if (bias.extent(0) > 0)
+    blas.gemm_bias<T>(false, true, N, OC, C, inp.data(), C, weight.data(), C, bias.data(), out.data(), OC);
+  else
+    blas.gemm<T>(false, true, N, OC, C, T(1), inp.data(), C, weight.data(), C, T(0), out.data(), OC);
 }
 
 template <class T>

@@ -5,6 +5,7 @@
 #include <dnnl.hpp>
 #include <map>
 #include <tuple>
+#include <unordered_map>
 
 #include "tapestry/core/error.hpp"
 
@@ -14,7 +15,7 @@ void set_threads(int n) { omp_set_num_threads(n < 1 ? 1 : n); }
 
 namespace {
 using dnnl::memory;
-using Key = std::tuple<bool, bool, int, int, int, int, int, int, long, long, long, int, float, float>;
+using Key = std::tuple<bool, bool, int, int, int, int, int, int, long, long, long, int, float, float, bool>;
 
 /// A row-major (rows, cols) operand, transposed in memory or not, `count` matrices `stride` apart.
 memory::desc operand(memory::data_type t, int rows, int cols, int ld, bool trans, long stride, int count) {
@@ -29,14 +30,14 @@ struct Gemm::Impl {
   dnnl::stream stream{engine};
   struct Entry {
     dnnl::matmul prim;
-    memory a, b, c;
+    memory a, b, c, bias;
   };
   std::map<Key, Entry> cache;
 
   Entry& entry(const Key& k) {
     auto it = cache.find(k);
     if (it != cache.end()) return it->second;
-    const auto [ta, tb, M, N, K, lda, ldb, ldc, sa, sb, sc, count, alpha, beta] = k;
+    const auto [ta, tb, M, N, K, lda, ldb, ldc, sa, sb, sc, count, alpha, beta, with_bias] = k;
     const auto bf = memory::data_type::bf16, f32 = memory::data_type::f32;
     const memory::desc ad = operand(bf, M, K, lda, ta, sa, count), bd = operand(bf, K, N, ldb, tb, sb, count),
                        cd = operand(f32, M, N, ldc, false, sc, count);
@@ -48,8 +49,13 @@ struct Gemm::Impl {
       attr.set_post_ops(po);
     }
     try {
-      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(ad, bd, cd), attr, engine);
-      Entry e{dnnl::matmul(pd), memory(ad, engine, nullptr), memory(bd, engine, nullptr), memory(cd, engine, nullptr)};
+      // the bias: one fp32 row, broadcast over C's rows (and matrices)
+      const memory::desc biasd = count == 1 ? memory::desc({1, N}, f32, memory::dims{N, 1})
+                                            : memory::desc({1, 1, N}, f32, memory::dims{N, N, 1});
+      const dnnl::matmul::primitive_desc pd(
+          with_bias ? dnnl::matmul::desc(ad, bd, biasd, cd) : dnnl::matmul::desc(ad, bd, cd), attr, engine);
+      Entry e{dnnl::matmul(pd), memory(ad, engine, nullptr), memory(bd, engine, nullptr), memory(cd, engine, nullptr),
+              memory(biasd, engine, nullptr)};
       return cache.emplace(k, std::move(e)).first->second;
     } catch (const dnnl::error& err) {
       throw LibraryError("oneDNN has no bf16 matmul for " + std::to_string(M) + "x" + std::to_string(N) + "x" +
@@ -76,14 +82,20 @@ Gemm::~Gemm() = default;
 
 void Gemm::run(bool ta, bool tb, int M, int N, int K, float alpha, const std::uint16_t* A, int lda, long stride_a,
                const std::uint16_t* B, int ldb, long stride_b, float beta, float* C, int ldc, long stride_c,
-               int count) {
+               int count, const float* bias) {
   if (count == 1) stride_a = stride_b = stride_c = 0;
-  auto& e = impl_->entry(Key{ta, tb, M, N, K, lda, ldb, ldc, stride_a, stride_b, stride_c, count, alpha, beta});
+  auto& e = impl_->entry(
+      Key{ta, tb, M, N, K, lda, ldb, ldc, stride_a, stride_b, stride_c, count, alpha, beta, bias != nullptr});
   e.a.set_data_handle(const_cast<std::uint16_t*>(A));
   e.b.set_data_handle(const_cast<std::uint16_t*>(B));
   e.c.set_data_handle(C);
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, e.a}, {DNNL_ARG_WEIGHTS, e.b}, {DNNL_ARG_DST, e.c}};
+  if (bias != nullptr) {
+    e.bias.set_data_handle(const_cast<float*>(bias));
+    args.emplace(DNNL_ARG_BIAS, e.bias);
+  }
   try {
-    e.prim.execute(impl_->stream, {{DNNL_ARG_SRC, e.a}, {DNNL_ARG_WEIGHTS, e.b}, {DNNL_ARG_DST, e.c}});
+    e.prim.execute(impl_->stream, args);
     impl_->stream.wait();
   } catch (const dnnl::error& err) {
     throw LibraryError(std::string("oneDNN matmul failed: ") + err.what());

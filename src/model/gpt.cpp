@@ -300,16 +300,17 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   if (sp_) ln_full_ = View2<float>("tapestry::ln_full", N, C);
   // A layer's tensors kept for backward...
   stash_ = options.bf16_activations && !layers_.empty();
-  auto make_saved = [&](LayerActs& a) {
-    a.ln1 = sp_ ? ln_full_ : View2<float>("tapestry::ln1", N, C);
-    a.ln1c = chunk_of(a.ln1, "tapestry::ln1_chunk");
+  lin16_ = options.bf16_linear_inputs && !stash_ && !layers_.empty();
+  auto make_saved = [&](LayerActs& a) {  // (bf16_linear_inputs: those with a copy get views below)
+    a.ln1 = sp_ ? ln_full_ : lin16_ ? View2<float>() : View2<float>("tapestry::ln1", N, C);
+    a.ln1c = lin16_ ? a.ln1 : chunk_of(a.ln1, "tapestry::ln1_chunk");
     a.qkv = View2<float>("tapestry::qkv", N, W);
     a.qkv_raw = cfg_.qk_norm ? View2<float>("tapestry::qkv_raw", N, W) : a.qkv;
-    a.atty = View2<float>("tapestry::atty", N, Cl);
-    a.ln2 = sp_ ? ln_full_ : View2<float>("tapestry::ln2", N, C);
-    a.ln2c = chunk_of(a.ln2, "tapestry::ln2_chunk");
+    if (!lin16_ || tiled_) a.atty = View2<float>("tapestry::atty", N, Cl);
+    a.ln2 = sp_ ? ln_full_ : lin16_ ? View2<float>() : View2<float>("tapestry::ln2", N, C);
+    a.ln2c = lin16_ ? a.ln2 : chunk_of(a.ln2, "tapestry::ln2_chunk");
     a.fch = View2<float>("tapestry::fch", N, up);
-    a.fch_act = View2<float>("tapestry::fch_act", N, ffn_);
+    if (!lin16_) a.fch_act = View2<float>("tapestry::fch_act", N, ffn_);
     if (!tiled_ && !bf16_att_) a.att = View4<float>("tapestry::att", B, NHl, T, T);
   };
   // ...and its own in any case: the norms' statistics, the log-sum-exp.
@@ -358,6 +359,16 @@ GPT::GPT(const ModelConfig& cfg, int B, int T, std::size_t pad_multiple, const G
   dact_ = up == ffn_ ? dbig_ : View2<float>("tapestry::dfch_act", N, ffn_);
   dqkv_ = View2<float>("tapestry::dqkv", N, W);
   datty_ = View2<float>("tapestry::datty", N, Cl);
+  if (lin16_)  // each layer's copies; the fp32 values in the backward scratch, free in the forward
+    for (auto& a : layers_) {
+      auto& c = copies_.emplace_back();
+      auto half = [](std::size_t rows, std::size_t cols) { return Half("tapestry::linear_inputs_bf16", rows * cols); };
+      c.ln1c = half(Nc, C), c.ln2c = half(Nc, C), c.fch_act = half(N, ffn_);
+      a.ln1c = a.ln2c = dtmpc_;
+      if (!sp_) a.ln1 = a.ln2 = dtmp_;
+      a.fch_act = View2<float>(dact_.data(), N, ffn_);
+      if (!tiled_) c.atty = half(N, Cl), a.atty = datty_;
+    }
   if (stash_) {
     // bf16_activations: the layers compute in fp32 in buffers that are free at the time. The
     // forward (which leaves the backward scratch unused) writes into the backward scratch and one
@@ -516,17 +527,16 @@ std::size_t GPT::activation_bytes() const {
     const auto& a = layers_[l];
     n += a.ln1_mean.span() + a.ln1_rstd.span() + a.ln2_mean.span() + a.ln2_rstd.span() + a.q_rstd.span() +
          a.k_rstd.span() + a.lse.span();
-    if (stash_) {  // each layer's copies
+    if (!copies_.empty()) {  // each layer's copies (bf16_linear_inputs: those four only)
       const auto& c = copies_[l];
       for (const Half* h : {&c.ln1c, &c.qkv_raw, &c.qkv, &c.atty, &c.ln2c, &c.fch, &c.fch_act, &c.att, &c.res2, &c.res3})
         half += h->span();
-      continue;
     }
+    if (stash_) continue;
     n += a.res2.span() + a.res3.span();
-    if (!sp_) n += a.ln1.span() + a.ln2.span();
-    n += a.qkv.span() + (a.qkv_raw.data() != a.qkv.data() ? a.qkv_raw.span() : 0) + a.atty.span() + a.fch.span() +
-         a.fch_act.span() + a.att.span();
-    if (sp_) n += a.ln1c.span() + a.ln2c.span();
+    n += a.qkv.span() + (a.qkv_raw.data() != a.qkv.data() ? a.qkv_raw.span() : 0) + a.fch.span() + a.att.span();
+    if (!lin16_) n += (sp_ ? a.ln1c.span() + a.ln2c.span() : a.ln1.span() + a.ln2.span()) + a.fch_act.span();
+    if (!lin16_ || tiled_) n += a.atty.span();
   }
   return n * sizeof(float) + half * sizeof(std::uint16_t) +
          (tokens_.span() + targets_.span() + pos_.span() + doc_pos_.span()) * sizeof(int) + (rope_cos_.span() + rope_sin_.span()) * sizeof(float);
@@ -572,9 +582,14 @@ void GPT::norm_backward(const ExecSpace& ex, View2<float> dinp, View2<float> dou
   }
 }
 
+void GPT::require_bf16_products(const kernels::Blas& blas) const {
+  require(!lin16_ || blas.precision() == Precision::bf16,
+          "GPT: the model keeps linear layers' inputs in bf16 (bf16_linear_inputs), which needs bf16 products");
+}
+
 std::optional<kernels::Blas::Given> GPT::read_copy(const kernels::Blas& blas, const View2<float>& v,
                                                   const Half& h) const {
-  if (!stash_ || !blas.reads_words() || h.span() != v.span()) return std::nullopt;
+  if (copies_.empty() || blas.precision() != Precision::bf16 || h.span() != v.span()) return std::nullopt;
   return blas.given(v.data(), v.span(), h.data());
 }
 
@@ -582,6 +597,7 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
                     std::optional<double> loss_scale) {
   using namespace kernels;
   const auto& ex = blas.exec();
+  require_bf16_products(blas);
   const int k = tp_->size(), N = B_ * T_, C = cfg_.d_model, Cl = C / k, NHl = cfg_.n_head / k, hd = cfg_.head_dim();
   const int W = (NHl + 2 * nkv_) * hd;
   const int v0 = tp_->rank() * (cfg_.vocab_padded() / k);  // this rank's first vocabulary row
@@ -642,9 +658,9 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
     if (layer_begin_) layer_begin_(l);
     auto& a = layers_[std::size_t(l)];
     const LayerActs& w = stash_ ? fwd_ : a;  // where the layer computes
-    const LayerCopies* c = stash_ ? &copies_[std::size_t(l)] : nullptr;
-    auto keep = [&](Half LayerCopies::*h, const View2<float>& v) {  // bf16_activations: the copy backward reads
-      if (c != nullptr) store_bf16(ex, c->*h, View1<float>(v.data(), v.span()));
+    const LayerCopies* c = copies_.empty() ? nullptr : &copies_[std::size_t(l)];
+    auto keep = [&](Half LayerCopies::*h, const View2<float>& v) {  // the copy backward reads, if kept
+      if (c != nullptr && (c->*h).extent(0) > 0) store_bf16(ex, c->*h, View1<float>(v.data(), v.span()));
     };
     norm_forward(ex, w.ln1c, a.ln1_mean, a.ln1_rstd, x, S.ln1w, S.ln1b, l);
     keep(&LayerCopies::ln1c, w.ln1c);
@@ -838,6 +854,7 @@ std::vector<std::pair<std::size_t, std::size_t>> GPT::grad_pieces(std::size_t ma
 void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   using namespace kernels;
   const auto& ex = blas.exec();
+  require_bf16_products(blas);
   const int k = tp_->size(), Cl = cfg_.d_model / k, NHl = cfg_.n_head / k, hd = cfg_.head_dim();
   const int W = (NHl + 2 * nkv_) * hd;
   const auto &P = params_, &G = grads_;
@@ -875,10 +892,10 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
   for (int l = stage_.num_layers - 1; l >= 0; --l) {
     auto& a = layers_[std::size_t(l)];
     const LayerActs& w = stash_ ? bwd_ : a;  // where the layer's tensors are read
-    const LayerCopies* c = stash_ ? &copies_[std::size_t(l)] : nullptr;
-    // bf16_activations: a tensor read back from its copy just before it is used
+    const LayerCopies* c = copies_.empty() ? nullptr : &copies_[std::size_t(l)];
+    // a tensor kept as a copy (bf16_activations, bf16_linear_inputs) read back just before it is used
     auto fetch = [&](const View2<float>& v, Half LayerCopies::*h, const LayerCopies* from) {
-      if (from != nullptr) load_bf16(ex, View1<float>(v.data(), v.span()), from->*h);
+      if (from != nullptr && (from->*h).extent(0) > 0) load_bf16(ex, View1<float>(v.data(), v.span()), from->*h);
     };
     // ... or a linear layer's input that only the weight gradient's product reads: from its copy
     // where the products read bf16 words (read_copy), else read back.

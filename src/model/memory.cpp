@@ -8,7 +8,7 @@
 namespace tapestry::model {
 
 std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool sequence_parallel, const Stage& stage,
-                             bool tiled, bool bf16_activations, bool bf16_attention) {
+                             bool tiled, bool bf16_activations, bool bf16_attention, bool bf16_linear_inputs) {
   // Mirrors GPT::GPT's allocations (test_train checks the two agree).
   const std::size_t k = std::size_t(tp), N = std::size_t(B) * std::size_t(T), C = std::size_t(m.d_model);
   const bool sp = sequence_parallel && tp > 1, ln = m.norm == "layernorm", rope = m.positions == "rope";
@@ -39,7 +39,11 @@ std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool se
   // the bf16 copies serve), the output's and the scores' gradients in bf16 (the latter inside the
   // forward's one-sequence fp32 scores with bf16_activations).
   const bool att16 = bf16_attention && !tiled;
-  f += L * own + (stash ? pool + probs / std::size_t(B) + Nc * C : L * (saved + (att16 ? 0 : probs) + res));
+  // bf16_linear_inputs: the norm outputs (their chunks under SP), the attention output (not
+  // tiled) and the MLP's activation output as bf16 copies; their fp32 values in the backward scratch
+  const std::size_t lin = bf16_linear_inputs && !stash ? (sp ? 2 * Nc * C : 2 * N * C) + (tiled ? 0 : N * Cl) + N * F : 0;
+  f += L * own + (stash ? pool + probs / std::size_t(B) + Nc * C : L * (saved - lin + (att16 ? 0 : probs) + res));
+  halves += L * lin;
   if (stash) halves += L * (saved + probs + res) - Nc * C;
   else if (att16) halves += L * probs;
   if (att16) halves += (stash ? 0 : N * W + probs) + N * Cl;
@@ -82,7 +86,7 @@ std::vector<StagePlan> plan_memory(const ModelConfig& m, const PlanLayout& p) {
     sp.optimizer_bytes = 8 * (p.zero ? shard : padded);
     sp.bf16_weight_bytes = p.bf16 ? 2 * padded : 0;
     sp.activation_bytes = std::int64_t(activation_bytes(m, p.batch_size, p.seq_len, p.tp, p.sequence_parallel, st,
-                                                        p.tiled_attention, p.bf16_activations, p.bf16));
+                                                        p.tiled_attention, p.bf16_activations, p.bf16, p.bf16));
     const std::int64_t chunk = std::int64_t(p.batch_size) * p.seq_len / (p.sequence_parallel ? p.tp : 1) * m.d_model;
     if (p.pp > 1) {
       const std::int64_t msgs = (s > 0 ? 2 : 0) * p.micro_batches + (s < p.pp - 1 ? p.micro_batches + 1 : 0);

@@ -131,7 +131,7 @@ StepBenchResult bench_step(const BenchStepConfig& cfg, const parallel::Comm& wor
   opt.tp = &tpg, opt.sequence_parallel = cfg.sequence_parallel;
   if (cfg.attention != "auto") opt.tiled_attention = cfg.attention == "tiled";
   opt.bf16_activations = parse_bf16_activations(cfg.activations);
-  opt.bf16_attention = parse_precision(cfg.precision) == Precision::bf16;
+  opt.bf16_attention = opt.bf16_linear_inputs = parse_precision(cfg.precision) == Precision::bf16;
   model::GPT gpt(cfg.model, B, T, std::size_t(dp), opt);
   gpt.init_random(cfg.seed);
   OptimConfig oc;

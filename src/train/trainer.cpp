@@ -402,7 +402,7 @@ void setup_collective(Run& r, const parallel::ProcessGrid& grid, std::ostream& o
   opt.tp = r.tp.get(), opt.sequence_parallel = cfg.parallel.sequence_parallel, opt.stage = stage;
   if (cfg.attention != "auto") opt.tiled_attention = cfg.attention == "tiled";
   opt.bf16_activations = parse_bf16_activations(cfg.activations);
-  opt.bf16_attention = parse_precision(cfg.precision) == Precision::bf16;
+  opt.bf16_attention = opt.bf16_linear_inputs = parse_precision(cfg.precision) == Precision::bf16;
   r.gpt = std::make_unique<model::GPT>(cfg.model, B, T, std::size_t(dp), opt);
   if (pp > 1) {
     r.pipe = std::make_unique<detail::Pipeline>(*r.gpt, grid.pp(), cfg.grad_accum);

@@ -91,10 +91,6 @@ class Blas {
   /// both read: it is rounded once, not per product.
   [[nodiscard]] Held hold(const float* x, std::size_t n) const;
 
-  /// Whether bf16 products read 16-bit words (cuBLAS, oneDNN): Precision::bf16 and not the host
-  /// sgemm on rounded floats. given() needs it.
-  bool reads_words() const;
-
   /// \brief While it lives, the products that read inside the floats given() named read the
   /// words given with them instead, and round nothing.
   class Given {
@@ -111,16 +107,25 @@ class Blas {
     const Blas* blas_;
     const float* x_;
   };
-  /// Where reads_words(): `words` are the bf16 values of the n floats at `x`, indexed as they are
+  /// Under Precision::bf16: `words` are the bf16 values of the n floats at `x`, indexed as they are
   /// (a kernel wrote them: the model's bf16 activation copies); until the result is destroyed the
-  /// products read them, and the floats need not hold anything. Several may live at once, over
-  /// disjoint floats. std::logic_error where !reads_words() or the floats overlap given ones.
+  /// products read them (cuBLAS and oneDNN as they are; a host sgemm expanded to floats), and the
+  /// floats need not hold anything. Several may live at once, over disjoint floats.
+  /// std::logic_error under Precision::fp32 or where the floats overlap given ones.
   [[nodiscard]] Given given(const float* x, std::size_t n, const std::uint16_t* words) const;
 
   /// C(M,N) = alpha * op(A) * op(B) + beta * C, row-major; op(A) is (M,K), op(B) is (K,N).
   template <class T>
   void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
             const T* B, int ldb, T beta, T* C, int ldc) const;
+
+  /// C(M,N) = op(A) op(B) + bias, row-major: the bias (N) added to every row of C. Under
+  /// Precision::bf16 in the product's epilogue where the library has one (cuBLASLt's bias
+  /// epilogue, oneDNN's bias), so that C is written once; otherwise (and where cuBLASLt has no
+  /// algorithm for the shape) a kernel fills C's rows with the bias and the product adds onto them.
+  template <class T>
+  void gemm_bias(bool trans_a, bool trans_b, int M, int N, int K, const T* A, int lda, const T* B, int ldb,
+                 const T* bias, T* C, int ldc) const;
 
   /// `count` independent gemms; matrix i of A, B, C starts at A + i*stride_a (etc.).
   template <class T>

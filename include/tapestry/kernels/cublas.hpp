@@ -41,6 +41,27 @@ void gemm_batched(const Handle& h, Inputs in, bool ta, bool tb, int M, int N, in
                   const void* const* A, int lda, const void* const* B, int ldb, double beta, void* const* C, int ldc,
                   int count);
 
+/// \brief A cuBLASLt handle on `stream`, its workspace and one plan (layouts, epilogue, algorithm)
+/// per call shape, made on first use and kept.
+class Lt {
+ public:
+  explicit Lt(void* stream);
+  ~Lt();
+  Lt(const Lt&) = delete;
+  Lt& operator=(const Lt&) = delete;
+
+  /// C(M,N) = op(A) op(B) + bias, the fp32 bias (N) added to every row of C in the epilogue
+  /// (CUBLASLT_EPILOGUE_BIAS); A and B bf16 words (Inputs::bf16) or fp32 (Inputs::f32), fp32
+  /// accumulation and C. Returns false, having run nothing, where cuBLASLt offers no algorithm for
+  /// the shape and the operands' alignment.
+  bool gemm_bias(Inputs in, bool ta, bool tb, int M, int N, int K, const void* A, int lda, const void* B, int ldb,
+                 const float* bias, float* C, int ldc);
+
+ private:
+  struct Impl;
+  Impl* impl_;
+};
+
 /// y(N) = alpha A(M,N)^T x + beta y, row-major A, fp32 or fp64.
 void gemv_t(const Handle& h, Inputs in, int M, int N, double alpha, const void* A, int lda, const void* x,
             double beta, void* y);

@@ -27,10 +27,12 @@ class Gemm {
   const std::string& isa() const { return isa_; }
 
   /// C(M,N) = alpha op(A) op(B) + beta C, row-major; A and B are bf16 words, C fp32; `count`
-  /// matrices `stride_*` elements apart. Throws tapestry::LibraryError naming the shape when oneDNN
-  /// has no implementation for it.
+  /// matrices `stride_*` elements apart; with `bias` (N fp32 values) also + bias(j) in each column j,
+  /// added to the product in the primitive's epilogue. Throws tapestry::LibraryError naming the
+  /// shape when oneDNN has no implementation for it.
   void run(bool ta, bool tb, int M, int N, int K, float alpha, const std::uint16_t* A, int lda, long stride_a,
-           const std::uint16_t* B, int ldb, long stride_b, float beta, float* C, int ldc, long stride_c, int count);
+           const std::uint16_t* B, int ldb, long stride_b, float beta, float* C, int ldc, long stride_c, int count,
+           const float* bias = nullptr);
 
  private:
   struct Impl;

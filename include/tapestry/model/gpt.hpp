@@ -111,6 +111,14 @@ struct GptOptions {
   /// (fp32 inside), the probabilities kept for backward in bf16 (half the memory of the T x T
   /// matrices). The trainer sets it with --precision bf16. Not for the tiled kernel.
   bool bf16_attention = false;
+  /// Under bf16 products (forward and backward then require a Blas under Precision::bf16): the
+  /// inputs of linear layers that only those layers' products read (the norm outputs, or their
+  /// token chunks under sequence parallelism; the attention output, but for the tiled kernel,
+  /// whose backward reads it; the MLP's activation output) are kept for backward only as the bf16
+  /// copies the products read (Blas::given), not in fp32. The products are the same, bitwise, and
+  /// nothing is rounded twice. The layer computes them in fp32 in the backward scratch. The trainer
+  /// sets it with --precision bf16. (bf16_activations keeps every such tensor as a copy anyway.)
+  bool bf16_linear_inputs = false;
 };
 
 /// The parameter tensors the spec `m` implies, in flat-buffer order (GPT-2: exactly llm.c's 16
@@ -309,6 +317,9 @@ class GPT {
     Half res2, res3;  // the residual stream; res3 of the last layer is not kept (stage output)
   };
   bool stash_ = false;
+  // bf16_linear_inputs (without bf16_activations): copies_ hold only ln1c, atty (not tiled), ln2c
+  // and fch_act; the layer's fp32 views of them point into the backward scratch.
+  bool lin16_ = false;
   std::vector<LayerCopies> copies_;  // [layer]
   // bf16_attention: each layer's probabilities in bf16 (without bf16_activations; with them, the
   // copies' att), and the scratch: q, k, v rounded (without bf16_activations: the copies' qkv
@@ -319,10 +330,12 @@ class GPT {
   /// bf16_attention's buffers for layer l: the micro-batch's, or with bf16_activations sequence
   /// b's (q, k, v and the probabilities inside the layer's copies).
   kernels::AttentionBf16 att16(int l, int b) const;
-  /// bf16_activations, where the Blas reads bf16 words: a linear layer's products read its input v
-  /// from the copy h (written from v, so nothing is rounded again, and in backward v is not read
-  /// back). None otherwise, or where h is not a copy of all of v (the norms' outputs under
-  /// sequence parallelism: the copy is of this rank's chunk).
+  /// bf16_activations or bf16_linear_inputs, under bf16 products: a linear layer's products read
+  /// its input v from the copy h (written from v, so nothing is rounded again, and in backward v is
+  /// not read back). None otherwise, or where h is not a copy of all of v (none kept; the norms'
+  /// outputs under sequence parallelism, whose copy is of this rank's chunk).
+  /// Throws unless the Blas runs bf16 products where bf16_linear_inputs needs them.
+  void require_bf16_products(const kernels::Blas& blas) const;
   std::optional<kernels::Blas::Given> read_copy(const kernels::Blas& blas, const View2<float>& v, const Half& h) const;
   View1<float> pool_;
   LayerActs fwd_, bwd_;

@@ -15,7 +15,8 @@ namespace tapestry::model {
 /// (B, T) micro-batch on one rank: equal to GPT::activation_bytes() of the same construction
 /// (tested), without building it.
 std::size_t activation_bytes(const ModelConfig& m, int B, int T, int tp, bool sequence_parallel, const Stage& stage,
-                             bool tiled, bool bf16_activations = false, bool bf16_attention = false);
+                             bool tiled, bool bf16_activations = false, bool bf16_attention = false,
+                             bool bf16_linear_inputs = false);
 
 /// \brief A job's layout and batch, as `tapestry plan` takes them.
 struct PlanLayout {
