@@ -294,34 +294,41 @@ TEST_CASE("bf16 gemm: operands given as bf16 words are read as given", "[kernels
 // Hidden from the default run: ctest's kernels_bf16_engines runs it alone and reads exit 77 as
 // "skipped" where oneDNN is not built or the CPU has no bf16 instructions.
 TEST_CASE("gemm with bias: op(A) op(B) + bias in every row, in the epilogue or by a kernel", "[kernels][bf16][matmul]") {
-  const int M = 37, N = 50, K = 300, ldc = N + 5;  // C with padding columns, which stay untouched
-  const V A = randn(std::size_t(M) * K, 101), B = randn(std::size_t(K) * N, 102), bias = randn(std::size_t(N), 103);
-  View1<float> a("a", A.size()), b("b", B.size()), bv("bias", bias.size()), c("c", std::size_t(M) * ldc);
-  from_vec(a, A), from_vec(b, B), from_vec(bv, bias);
-  // engine: the bf16 build's own (oneDNN's bias where the CPU has bf16), the rounded-fp32 sgemm
-  // (a kernel fills the rows, the product adds onto them), and fp32 products.
-  for (const std::string engine : {"auto", "sgemm", "fp32"}) {
-    const auto blas = blas_on(engine == "fp32" ? "auto" : engine, engine == "fp32" ? Precision::fp32 : Precision::bf16);
-    std::printf("gemm_bias on %s: %s\n", engine.c_str(), blas->bf16_engine().c_str());
-    for (bool ta : {false, true})
-      for (bool tb : {false, true}) {
-        CAPTURE(engine, ta, tb);
-        from_vec(c, V(c.span(), 7.0));
-        blas->gemm_bias<float>(ta, tb, M, N, K, a.data(), ta ? M : K, b.data(), tb ? K : N, bv.data(), c.data(), ldc);
-        const V got = to_vec(c);
-        // A and B hold op(A) and op(B)'s values stored transposed or not: the reference reads them alike.
-        const V p = ref_gemm(A, B, ta, tb, M, N, K, 0, 0, 1, engine != "fp32");
-        double worst = 0;
-        for (int m = 0; m < M; ++m)
-          for (int n = 0; n < ldc; ++n) {
-            const double g = got[std::size_t(m) * ldc + std::size_t(n)];
-            const double want = n < N ? p[std::size_t(m) * N + std::size_t(n)] + bias[std::size_t(n)] : 7.0;
-            const double d = std::abs(g - want);
-            worst = std::isfinite(d) ? std::max(worst, d) : std::numeric_limits<double>::infinity();
-          }
-        REQUIRE(worst < 1e-3);  // fp32 sums of K = 300 exact products of |x| ~ 1: ~1e-5
-      }
+  // Two shapes: odd sizes with padding columns in C (which stay untouched; on a GPU too unaligned
+  // for cuBLASLt's fast kernels, perhaps for any: then the bias kernel runs), and one where every
+  // row starts on a 256-byte boundary (cuBLASLt's bias epilogue on a GPU).
+  for (const auto& shape : {std::tuple{37, 50, 300, 55}, std::tuple{64, 128, 256, 128}}) {
+    const int M = std::get<0>(shape), N = std::get<1>(shape), K = std::get<2>(shape), ldc = std::get<3>(shape);
+    const V A = randn(std::size_t(M) * K, 101), B = randn(std::size_t(K) * N, 102), bias = randn(std::size_t(N), 103);
+    View1<float> a("a", A.size()), b("b", B.size()), bv("bias", bias.size()), c("c", std::size_t(M) * ldc);
+    from_vec(a, A), from_vec(b, B), from_vec(bv, bias);
+    // engine: the bf16 build's own (oneDNN's bias where the CPU has bf16), the rounded-fp32 sgemm
+    // (a kernel fills the rows, the product adds onto them), and fp32 products.
+    for (const std::string engine : {"auto", "sgemm", "fp32"}) {
+      const auto blas = blas_on(engine == "fp32" ? "auto" : engine, engine == "fp32" ? Precision::fp32 : Precision::bf16);
+      std::printf("gemm_bias %dx%dx%d on %s: %s\n", M, N, K, engine.c_str(), blas->bf16_engine().c_str());
+      for (bool ta : {false, true})
+        for (bool tb : {false, true}) {
+          CAPTURE(M, N, K, engine, ta, tb);
+          from_vec(c, V(c.span(), 7.0));
+          blas->gemm_bias<float>(ta, tb, M, N, K, a.data(), ta ? M : K, b.data(), tb ? K : N, bv.data(), c.data(), ldc);
+          const V got = to_vec(c);
+          // A and B hold op(A) and op(B)'s values stored transposed or not: the reference reads them alike.
+          const V p = ref_gemm(A, B, ta, tb, M, N, K, 0, 0, 1, engine != "fp32");
+          double worst = 0;
+          for (int m = 0; m < M; ++m)
+            for (int n = 0; n < ldc; ++n) {
+              const double g = got[std::size_t(m) * ldc + std::size_t(n)];
+              const double want = n < N ? p[std::size_t(m) * N + std::size_t(n)] + bias[std::size_t(n)] : 7.0;
+              const double d = std::abs(g - want);
+              worst = std::isfinite(d) ? std::max(worst, d) : std::numeric_limits<double>::infinity();
+            }
+          REQUIRE(worst < 1e-3);  // fp32 sums of K <= 300 exact products of |x| ~ 1: ~1e-5
+        }
+    }
   }
+  const int M = 37, N = 50, K = 300;
+  const V A = randn(std::size_t(M) * K, 101), B = randn(std::size_t(K) * N, 102), bias = randn(std::size_t(N), 103);
   // fp64 (never rounded) through the same call
   View1<double> da("da", A.size()), db("db", B.size()), dbias("dbias", bias.size()), dc("dc", std::size_t(M) * N);
   from_vec(da, A), from_vec(db, B), from_vec(dbias, bias);

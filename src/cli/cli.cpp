@@ -88,8 +88,9 @@ void add_train_options(CLI::App* t, TrainConfig& c) {
       ->capture_default_str()->group("Training");
   t->add_option("--precision", c.precision,
                 "fp32, or bf16: matmuls, and the matrix attention's products, take bf16 inputs and accumulate "
-                "in fp32 (tensor cores), the attention probabilities are kept in bf16; weights, gradients, AdamW "
-                "state and reductions stay fp32")
+                "in fp32 (tensor cores), the attention probabilities and the linear layers' inputs are kept "
+                "for backward in bf16 (the copies the products read); weights, gradients, AdamW state and "
+                "reductions stay fp32")
       ->capture_default_str()->group("Training");
   t->add_option("--activations", c.activations,
                 "fp32, or bf16: the activations kept for backward (and the residual stream) are stored in "
@@ -365,7 +366,7 @@ Invocation parse(int argc, const char* const* argv, bool quiet) {
   pl->add_option("--micro-batches", pc.micro_batches, "Micro-batches per optimizer step")->capture_default_str()->group("Layout");
   pl->add_option("--gpus-per-node", pc.gpus_per_node, "Ranks per node, for the per-node line")->capture_default_str()->group("Layout");
   pl->add_option("--precision", pc.precision, "fp32, or bf16 (adds the bf16 copy of the weights, 2 bytes each; the matrix attention's "
-                "probabilities kept in bf16)")
+                "probabilities and the linear layers' inputs kept in bf16)")
       ->capture_default_str()->group("Layout");
   pl->add_option("--json", pc.json, "Also write the plan as JSON here");
 

@@ -408,8 +408,10 @@ void plan(const PlanConfig& cfg, std::ostream& out) {
       << " micro-batches per step; attention " << (p.tiled_attention ? "tiled" : "matrix (T x T in memory)") << "\n"
       << "# fp32 parameters, gradients and AdamW" << (p.bf16 ? " (bf16: plus a bf16 copy of the weights, in 'params')" : "")
       << (p.bf16_activations ? "; activations of one micro-batch, the saved ones in bf16 (recomputed per\n"
+          : p.bf16           ? "; activations of one micro-batch, fp32 but the linear layers' inputs and the\n"
+                               "# attention's probabilities, kept in bf16 (recomputed per\n"
                              : "; fp32 activations of one micro-batch (recomputed per\n")
-      << "# micro-batch, as the trainer does); bf16 scratch of activations, BLAS/NCCL/MPI buffers and the runtime not counted.\n"
+      << "# micro-batch, as the trainer does); the BLAS's bf16 operand scratch, NCCL/MPI buffers and the runtime not counted.\n"
       << "# GB = 1e9 bytes, per rank (one GPU)\n";
   out << "stage  layers   params/rank   params   grads   AdamW   activations   pipeline    total\n";
   std::int64_t worst = 0;
