@@ -1,6 +1,7 @@
 // Every kernel: forward against a naive reference, backward against central finite differences,
 // both in double precision, on odd sizes; and float against double.
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <tuple>
@@ -925,6 +926,80 @@ TEST_CASE("gelu matches the tanh formula and its backward matches finite differe
   REQUIRE(max_rel_err(to_vec(gx), finite_diff(x, [&](const V& xx) { return dot(gelu(xx), w); })) < kGradTol);
   gelu_backward(ex, gy, vx, gy);  // in place (dinp aliases dout)
   REQUIRE(max_rel_err(to_vec(gy), to_vec(gx)) == 0.0);
+}
+
+namespace {
+/// A device buffer of n bf16 outputs: words (W = std::uint16_t) or bf16 values in floats.
+template <class W> using Out16 = Kokkos::View<W*, Layout, MemSpace>;
+/// Every element of a kernel's bf16 output is the fp32 kernel's output rounded, bit for bit.
+template <class W> void require_rounded(const Out16<W>& got, const V& fp32) {
+  const auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), got);
+  REQUIRE(h.extent(0) == fp32.size());
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < fp32.size(); ++i) {
+    W want;
+    store_rounded(want, float(fp32[i]));
+    std::uint32_t a = 0, b = 0;
+    std::memcpy(&a, &h(i), sizeof(W)), std::memcpy(&b, &want, sizeof(W));
+    wrong += a != b;
+  }
+  REQUIRE(wrong == 0);
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("kernels writing bf16 outputs write their fp32 output rounded, bitwise", "[kernels][bf16][bf16_out]",
+                   std::uint16_t, float) {
+  using W = TestType;  // 16-bit words, or bf16 values held in floats
+  // GELU forward and backward
+  const std::size_t n = 1000;
+  View1<float> x("x", n), d("d", n), y("y", n);
+  V xs = randn(n, 201);
+  for (auto& v : xs) v *= 3;
+  from_vec(x, xs), from_vec(d, randn(n, 202));
+  Out16<W> y16("y16", n);
+  gelu_forward<float>(ExecSpace(), y, x);
+  gelu_forward_bf16<W>(ExecSpace(), y16.data(), x);
+  require_rounded(y16, to_vec(y));
+  gelu_backward<float>(ExecSpace(), y, x, d);
+  gelu_backward_bf16<W>(ExecSpace(), y16.data(), x, d);
+  require_rounded(y16, to_vec(y));
+  // SwiGLU forward (N, F) and backward (N, 2F)
+  const int N = 7, F = 33;
+  View2<float> gu("gu", N, 2 * F), o("o", N, F), dout("dout", N, F), dgu("dgu", N, 2 * F);
+  from_vec(gu, randn(std::size_t(N) * 2 * F, 203)), from_vec(dout, randn(std::size_t(N) * F, 204));
+  Out16<W> o16("o16", std::size_t(N) * F), dgu16("dgu16", std::size_t(N) * 2 * F);
+  swiglu_forward<float>(ExecSpace(), o, gu);
+  swiglu_forward_bf16<W>(ExecSpace(), o16.data(), gu);
+  require_rounded(o16, to_vec(o));
+  swiglu_backward<float>(ExecSpace(), dgu, gu, dout);
+  swiglu_backward_bf16<W>(ExecSpace(), dgu16.data(), gu, dout);
+  require_rounded(dgu16, to_vec(dgu));
+  // xIELU forward and backward, with the parameters' gradients (fp32 in both: the same bits)
+  View1<float> params("params", 2), dp("dp", 2), dp16("dp16", 2);
+  from_vec(params, V{0.3, -0.2});
+  xielu_forward<float>(ExecSpace(), y, x, params);
+  xielu_forward_bf16<W>(ExecSpace(), y16.data(), x, params);
+  require_rounded(y16, to_vec(y));
+  xielu_backward<float>(ExecSpace(), y, dp, x, d, params);
+  xielu_backward_bf16<W>(ExecSpace(), y16.data(), dp16, x, d, params);
+  require_rounded(y16, to_vec(y));
+  REQUIRE(to_vec(dp16) == to_vec(dp));
+  REQUIRE(std::isfinite(to_vec(dp)[0]));
+  // LayerNorm and RMSNorm forward, with their statistics
+  const int R = 9, C = 70;
+  View2<float> in("in", R, C), out("out", R, C);
+  View1<float> w("w", C), b("b", C), mean("mean", R), rstd("rstd", R), mean16("mean16", R), rstd16("rstd16", R);
+  from_vec(in, randn(std::size_t(R) * C, 205)), from_vec(w, randn(C, 206)), from_vec(b, randn(C, 207));
+  Out16<W> out16("out16", std::size_t(R) * C);
+  layernorm_forward<float>(ExecSpace(), out, mean, rstd, in, w, b);
+  layernorm_forward_bf16<W>(ExecSpace(), out16.data(), mean16, rstd16, in, w, b);
+  require_rounded(out16, to_vec(out));
+  REQUIRE(to_vec(mean16) == to_vec(mean));
+  REQUIRE(to_vec(rstd16) == to_vec(rstd));
+  rmsnorm_forward<float>(ExecSpace(), out, rstd, in, w);
+  rmsnorm_forward_bf16<W>(ExecSpace(), out16.data(), rstd16, in, w);
+  require_rounded(out16, to_vec(out));
+  REQUIRE(to_vec(rstd16) == to_vec(rstd));
 }
 
 TEST_CASE("residual forward adds and backward accumulates into both inputs", "[kernels][residual]") {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/math.hpp"
 #include "team.hpp"
 
@@ -21,23 +22,39 @@ template <class T> KOKKOS_INLINE_FUNCTION T softplus(T x) {
 /// Chunks of the xIELU parameter-gradient sum: a fixed count, so the summation order depends only
 /// on n and the backend's team size.
 constexpr int kXieluChunks = 256;
-}  // namespace
+
+/// Where a kernel writes element (r, c) of its (rows, cols) output: into the view (Floats), or only
+/// as its bf16 copy (Rounded: rows cols apart, see store_rounded). One kernel body for both, so the
+/// copy is bitwise the fp32 output rounded.
+template <class T> struct Floats {
+  T* p;
+  std::size_t ld;  // row stride
+  KOKKOS_INLINE_FUNCTION void operator()(int r, int c, T x) const { p[std::size_t(r) * ld + std::size_t(c)] = x; }
+  KOKKOS_INLINE_FUNCTION void operator()(std::size_t i, T x) const { p[i] = x; }
+};
+template <class W> struct Rounded {
+  W* p;
+  std::size_t cols;
+  template <class T> KOKKOS_INLINE_FUNCTION void operator()(int r, int c, T x) const {
+    store_rounded(p[std::size_t(r) * cols + std::size_t(c)], x);
+  }
+  template <class T> KOKKOS_INLINE_FUNCTION void operator()(std::size_t i, T x) const { store_rounded(p[i], x); }
+};
 
 // ---------------------------------------------------------------- SwiGLU
-template <class T> void swiglu_forward(const ExecSpace& exec, View2<T> out, In2<T> gu) {
-  const int N = int(out.extent(0)), F = int(out.extent(1));
+template <class T, class Out> void swiglu_forward_impl(const ExecSpace& exec, Out out, int F, In2<T> gu) {
+  const int N = int(gu.extent(0));
   // One team per row: contiguous columns in the inner loop (vectorizable on hosts).
   Kokkos::parallel_for(
       "tapestry::swiglu_forward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& m) {
         const int r = m.league_rank();
         const T* g = &gu(r, 0);
         const T* u = &gu(r, F);
-        T* o = &out(r, 0);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, F), [&](int f) { o[f] = g[f] * sigmoid(g[f]) * u[f]; });
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, F), [&](int f) { out(r, f, g[f] * sigmoid(g[f]) * u[f]); });
       });
 }
 
-template <class T> void swiglu_backward(const ExecSpace& exec, View2<T> dgu, In2<T> gu, In2<T> dout) {
+template <class T, class Out> void swiglu_backward_impl(const ExecSpace& exec, Out dgu, In2<T> gu, In2<T> dout) {
   const int N = int(dout.extent(0)), F = int(dout.extent(1));
   // d silu(g)/dg = sig (1 + g (1 - sig)). Both inputs are read before either output is written.
   Kokkos::parallel_for(
@@ -46,31 +63,31 @@ template <class T> void swiglu_backward(const ExecSpace& exec, View2<T> dgu, In2
         Kokkos::parallel_for(Kokkos::TeamThreadRange(m, F), [&](int f) {
           const T g = gu(r, f), u = gu(r, F + f), d = dout(r, f);
           const T sig = sigmoid(g);
-          dgu(r, f) = d * u * sig * (T(1) + g * (T(1) - sig));
-          dgu(r, F + f) = d * g * sig;
+          dgu(r, f, d * u * sig * (T(1) + g * (T(1) - sig)));
+          dgu(r, F + f, d * g * sig);
         });
       });
 }
 
 // ---------------------------------------------------------------- xIELU
-template <class T>
-void xielu_forward(const ExecSpace& exec, View1<T> out, In1<T> inp, In1<T> params, double beta, double eps) {
+template <class T, class Out>
+void xielu_forward_impl(const ExecSpace& exec, Out out, In1<T> inp, In1<T> params, double beta, double eps) {
   const T be = T(beta), ep = T(eps);
   Kokkos::parallel_for(
       "tapestry::xielu_forward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)), KOKKOS_LAMBDA(std::size_t i) {
         const T x = inp(i);
         if (x > T(0)) {
-          out(i) = softplus(params(0)) * x * x + be * x;
+          out(i, softplus(params(0)) * x * x + be * x);
         } else {
           const T an = be + softplus(params(1));
-          out(i) = an * (math::expm1(x < ep ? x : ep) - x) + be * x;
+          out(i, an * (math::expm1(x < ep ? x : ep) - x) + be * x);
         }
       });
 }
 
-template <class T>
-void xielu_backward(const ExecSpace& exec, View1<T> dinp, View1<T> dparams, In1<T> inp, In1<T> dout, In1<T> params,
-                    double beta, double eps) {
+template <class T, class Out>
+void xielu_backward_impl(const ExecSpace& exec, Out dinp, View1<T> dparams, In1<T> inp, In1<T> dout, In1<T> params,
+                         double beta, double eps) {
   const int n = int(inp.extent(0));
   if (n == 0) return;
   const T be = T(beta), ep = T(eps);
@@ -93,7 +110,7 @@ void xielu_backward(const ExecSpace& exec, View1<T> dinp, View1<T> dparams, In1<
         Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, len), [&](int j) {
           const T x = inp(i0 + j);
           const T dy = x > T(0) ? T(2) * ap * x + be : an * ((x < ep ? math::exp(x) : T(0)) - T(1)) + be;
-          dinp(i0 + j) = dout(i0 + j) * dy;
+          dinp(std::size_t(i0 + j), dout(i0 + j) * dy);
         });
         Kokkos::single(Kokkos::PerTeam(tm), [&] {
           partial(0, tm.league_rank()) = sp;
@@ -107,6 +124,42 @@ void xielu_backward(const ExecSpace& exec, View1<T> dinp, View1<T> dparams, In1<
         const T s = detail::team_sum<T>(tm, chunks, [&](int c) { return partial(p, c); });
         Kokkos::single(Kokkos::PerTeam(tm), [&] { dparams(p) += s * sigmoid(params(p)); });
       });
+}
+}  // namespace
+
+template <class T> void swiglu_forward(const ExecSpace& exec, View2<T> out, In2<T> gu) {
+  swiglu_forward_impl<T>(exec, Floats<T>{out.data(), out.stride_0()}, int(out.extent(1)), gu);
+}
+template <class W> void swiglu_forward_bf16(const ExecSpace& exec, W* out, In2<float> gu) {
+  const int F = int(gu.extent(1)) / 2;
+  swiglu_forward_impl<float>(exec, Rounded<W>{out, std::size_t(F)}, F, gu);
+}
+
+template <class T> void swiglu_backward(const ExecSpace& exec, View2<T> dgu, In2<T> gu, In2<T> dout) {
+  swiglu_backward_impl<T>(exec, Floats<T>{dgu.data(), dgu.stride_0()}, gu, dout);
+}
+template <class W> void swiglu_backward_bf16(const ExecSpace& exec, W* dgu, In2<float> gu, In2<float> dout) {
+  swiglu_backward_impl<float>(exec, Rounded<W>{dgu, gu.extent(1)}, gu, dout);
+}
+
+template <class T>
+void xielu_forward(const ExecSpace& exec, View1<T> out, In1<T> inp, In1<T> params, double beta, double eps) {
+  xielu_forward_impl<T>(exec, Floats<T>{out.data(), 0}, inp, params, beta, eps);
+}
+template <class W>
+void xielu_forward_bf16(const ExecSpace& exec, W* out, In1<float> inp, In1<float> params, double beta, double eps) {
+  xielu_forward_impl<float>(exec, Rounded<W>{out, 0}, inp, params, beta, eps);
+}
+
+template <class T>
+void xielu_backward(const ExecSpace& exec, View1<T> dinp, View1<T> dparams, In1<T> inp, In1<T> dout, In1<T> params,
+                    double beta, double eps) {
+  xielu_backward_impl<T>(exec, Floats<T>{dinp.data(), 0}, dparams, inp, dout, params, beta, eps);
+}
+template <class W>
+void xielu_backward_bf16(const ExecSpace& exec, W* dinp, View1<float> dparams, In1<float> inp, In1<float> dout,
+                         In1<float> params, double beta, double eps) {
+  xielu_backward_impl<float>(exec, Rounded<W>{dinp, 0}, dparams, inp, dout, params, beta, eps);
 }
 
 double softplus_inverse(double value) {
@@ -123,6 +176,15 @@ double softplus_inverse(double value) {
                                   double);
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)
+#undef TAPESTRY_INSTANTIATE
+#define TAPESTRY_INSTANTIATE(W)                                                                         \
+  template void swiglu_forward_bf16<W>(const ExecSpace&, W*, In2<float>);                               \
+  template void swiglu_backward_bf16<W>(const ExecSpace&, W*, In2<float>, In2<float>);                  \
+  template void xielu_forward_bf16<W>(const ExecSpace&, W*, In1<float>, In1<float>, double, double);    \
+  template void xielu_backward_bf16<W>(const ExecSpace&, W*, View1<float>, In1<float>, In1<float>, In1<float>, \
+                                       double, double);
+TAPESTRY_INSTANTIATE(std::uint16_t)
+TAPESTRY_INSTANTIATE(float)
 #undef TAPESTRY_INSTANTIATE
 
 }  // namespace tapestry::kernels

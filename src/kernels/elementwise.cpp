@@ -14,16 +14,30 @@ constexpr double kGeluScale = 0.7978845608028654;  // sqrt(2 / pi)
 template <class T> KOKKOS_INLINE_FUNCTION T fast_tanh(T u) {
   return T(1) - T(2) / (math::vexp(T(2) * u) + T(1));
 }
+/// gelu(x) and gelu'(x) (s = sqrt(2 / pi)): one definition for the fp32 and bf16 outputs.
+template <class T> KOKKOS_INLINE_FUNCTION T gelu_value(T x, T s) {
+  return T(0.5) * x * (T(1) + fast_tanh(s * (x + T(0.044715) * x * x * x)));
+}
+template <class T> KOKKOS_INLINE_FUNCTION T gelu_slope(T x, T s) {
+  const T u = s * (x + T(0.044715) * x * x * x);
+  const T th = fast_tanh(u);
+  const T sech2 = T(1) - th * th;
+  return T(0.5) * (T(1) + th) + T(0.5) * x * sech2 * s * (T(1) + T(3 * 0.044715) * x * x);
+}
 }  // namespace
 
 template <class T> void gelu_forward(const ExecSpace& exec, View1<T> out, In1<T> inp) {
   const T s = T(kGeluScale);
   Kokkos::parallel_for(
       "tapestry::gelu_forward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)),
-      KOKKOS_LAMBDA(std::size_t i) {
-        const T x = inp(i);
-        out(i) = T(0.5) * x * (T(1) + fast_tanh(s * (x + T(0.044715) * x * x * x)));
-      });
+      KOKKOS_LAMBDA(std::size_t i) { out(i) = gelu_value(inp(i), s); });
+}
+
+template <class W> void gelu_forward_bf16(const ExecSpace& exec, W* out, In1<float> inp) {
+  const float s = float(kGeluScale);
+  Kokkos::parallel_for(
+      "tapestry::gelu_forward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) { store_rounded(out[i], gelu_value(inp(i), s)); });
 }
 
 template <class T>
@@ -31,14 +45,14 @@ void gelu_backward(const ExecSpace& exec, View1<T> dinp, In1<T> inp, In1<T> dout
   const T s = T(kGeluScale);
   Kokkos::parallel_for(
       "tapestry::gelu_backward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)),
-      KOKKOS_LAMBDA(std::size_t i) {
-        const T x = inp(i);
-        const T u = s * (x + T(0.044715) * x * x * x);
-        const T th = fast_tanh(u);
-        const T sech2 = T(1) - th * th;
-        const T grad = T(0.5) * (T(1) + th) + T(0.5) * x * sech2 * s * (T(1) + T(3 * 0.044715) * x * x);
-        dinp(i) = grad * dout(i);
-      });
+      KOKKOS_LAMBDA(std::size_t i) { dinp(i) = gelu_slope(inp(i), s) * dout(i); });
+}
+
+template <class W> void gelu_backward_bf16(const ExecSpace& exec, W* dinp, In1<float> inp, In1<float> dout) {
+  const float s = float(kGeluScale);
+  Kokkos::parallel_for(
+      "tapestry::gelu_backward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) { store_rounded(dinp[i], gelu_slope(inp(i), s) * dout(i)); });
 }
 
 template <class T> void residual_forward(const ExecSpace& exec, View1<T> out, In1<T> a, In1<T> b) {
@@ -78,6 +92,12 @@ void load_bf16(const ExecSpace& exec, View1<float> out, Kokkos::View<const std::
   template void residual_backward<T>(const ExecSpace&, View1<T>, View1<T>, In1<T>);
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)
+#undef TAPESTRY_INSTANTIATE
+#define TAPESTRY_INSTANTIATE(W)                                                     \
+  template void gelu_forward_bf16<W>(const ExecSpace&, W*, In1<float>);            \
+  template void gelu_backward_bf16<W>(const ExecSpace&, W*, In1<float>, In1<float>);
+TAPESTRY_INSTANTIATE(std::uint16_t)
+TAPESTRY_INSTANTIATE(float)
 #undef TAPESTRY_INSTANTIATE
 
 }  // namespace tapestry::kernels

@@ -1,6 +1,7 @@
 #include "tapestry/kernels/layernorm.hpp"
 
 #include "norm_params.hpp"
+#include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/math.hpp"
 #include "team.hpp"
 
@@ -9,9 +10,13 @@ namespace tapestry::kernels {
 // Rows are read through plain pointers (&v(n, 0); LayoutRight): indexing the 2-d views in the
 // inner loops kept them from vectorizing on hosts.
 
-template <class T>
-void layernorm_forward(const ExecSpace& exec, View2<T> out, View1<T> mean, View1<T> rstd,
-                       In2<T> inp, In1<T> weight, In1<T> bias, double eps) {
+namespace {
+/// The rows of layernorm_forward: into out (Rounded false: W = T, the fp32 output, rows `ld`
+/// apart), or only as its bf16 copy (W = std::uint16_t or float, see store_rounded; rows C apart).
+/// One body, so the copy is bitwise the fp32 output rounded.
+template <class T, class W, bool Rounded>
+void layernorm_rows(const ExecSpace& exec, W* out, std::size_t ld, View1<T> mean, View1<T> rstd, In2<T> inp,
+                    In1<T> weight, In1<T> bias, double eps) {
   const int N = int(inp.extent(0)), C = int(inp.extent(1));
   const T e = T(eps);
   const T *const w = weight.data(), *const bi = bias.data();
@@ -19,19 +24,36 @@ void layernorm_forward(const ExecSpace& exec, View2<T> out, View1<T> mean, View1
       "tapestry::layernorm_forward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& tm) {
         const int n = tm.league_rank();
         const T* const x = &inp(n, 0);
-        T* const y = &out(n, 0);
+        W* const y = out + std::size_t(n) * ld;
         const T m = detail::team_sum<T>(tm, C, [&](int c) { return x[c]; }) / C;
         const T var = detail::team_sum<T>(tm, C, [&](int c) {
                         const T d = x[c] - m;
                         return d * d;
                       }) / C;
         const T s = T(1) / math::sqrt(var + e);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) { y[c] = (x[c] - m) * s * w[c] + bi[c]; });
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) {
+          const T v = (x[c] - m) * s * w[c] + bi[c];
+          if constexpr (Rounded) store_rounded(y[c], v);
+          else y[c] = v;
+        });
         Kokkos::single(Kokkos::PerTeam(tm), [&] {
           mean(n) = m;
           rstd(n) = s;
         });
       });
+}
+}  // namespace
+
+template <class T>
+void layernorm_forward(const ExecSpace& exec, View2<T> out, View1<T> mean, View1<T> rstd,
+                       In2<T> inp, In1<T> weight, In1<T> bias, double eps) {
+  layernorm_rows<T, T, false>(exec, out.data(), out.stride_0(), mean, rstd, inp, weight, bias, eps);
+}
+
+template <class W>
+void layernorm_forward_bf16(const ExecSpace& exec, W* out, View1<float> mean, View1<float> rstd, In2<float> inp,
+                            In1<float> weight, In1<float> bias, double eps) {
+  layernorm_rows<float, W, true>(exec, out, inp.extent(1), mean, rstd, inp, weight, bias, eps);
 }
 
 template <class T>
@@ -76,5 +98,9 @@ void layernorm_backward(const ExecSpace& exec, View2<T> dinp, View1<T> dweight, 
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)
 #undef TAPESTRY_INSTANTIATE
+template void layernorm_forward_bf16<std::uint16_t>(const ExecSpace&, std::uint16_t*, View1<float>, View1<float>,
+                                                    In2<float>, In1<float>, In1<float>, double);
+template void layernorm_forward_bf16<float>(const ExecSpace&, float*, View1<float>, View1<float>, In2<float>,
+                                            In1<float>, In1<float>, double);
 
 }  // namespace tapestry::kernels

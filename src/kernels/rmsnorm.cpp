@@ -1,6 +1,7 @@
 #include "tapestry/kernels/rmsnorm.hpp"
 
 #include "norm_params.hpp"
+#include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/math.hpp"
 #include "team.hpp"
 
@@ -11,8 +12,11 @@ namespace tapestry::kernels {
 
 // Rows through plain pointers (&v(n, 0); LayoutRight), as in layernorm.cpp.
 
-template <class T>
-void rmsnorm_forward(const ExecSpace& exec, View2<T> out, View1<T> rstd, In2<T> inp, In1<T> weight, double eps) {
+namespace {
+/// The rows of rmsnorm_forward: into out (Rounded false: W = T, rows `ld` apart), or only as its
+/// bf16 copy (rows C apart), as layernorm_rows.
+template <class T, class W, bool Rounded>
+void rmsnorm_rows(const ExecSpace& exec, W* out, std::size_t ld, View1<T> rstd, In2<T> inp, In1<T> weight, double eps) {
   const int N = int(inp.extent(0)), C = int(inp.extent(1));
   const T e = T(eps);
   const T* const w = weight.data();
@@ -20,12 +24,28 @@ void rmsnorm_forward(const ExecSpace& exec, View2<T> out, View1<T> rstd, In2<T> 
       "tapestry::rmsnorm_forward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& tm) {
         const int n = tm.league_rank();
         const T* const x = &inp(n, 0);
-        T* const y = &out(n, 0);
+        W* const y = out + std::size_t(n) * ld;
         const T ms = detail::team_sum<T>(tm, C, [&](int c) { return x[c] * x[c]; }) / T(C);
         const T s = T(1) / math::sqrt(ms + e);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) { y[c] = x[c] * s * w[c]; });
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) {
+          const T v = x[c] * s * w[c];
+          if constexpr (Rounded) store_rounded(y[c], v);
+          else y[c] = v;
+        });
         Kokkos::single(Kokkos::PerTeam(tm), [&] { rstd(n) = s; });
       });
+}
+}  // namespace
+
+template <class T>
+void rmsnorm_forward(const ExecSpace& exec, View2<T> out, View1<T> rstd, In2<T> inp, In1<T> weight, double eps) {
+  rmsnorm_rows<T, T, false>(exec, out.data(), out.stride_0(), rstd, inp, weight, eps);
+}
+
+template <class W>
+void rmsnorm_forward_bf16(const ExecSpace& exec, W* out, View1<float> rstd, In2<float> inp, In1<float> weight,
+                          double eps) {
+  rmsnorm_rows<float, W, true>(exec, out, inp.extent(1), rstd, inp, weight, eps);
 }
 
 template <class T>
@@ -110,5 +130,8 @@ void head_rmsnorm_backward(const ExecSpace& exec, View2<T> dinp, View1<T> dweigh
 TAPESTRY_INSTANTIATE(float)
 TAPESTRY_INSTANTIATE(double)
 #undef TAPESTRY_INSTANTIATE
+template void rmsnorm_forward_bf16<std::uint16_t>(const ExecSpace&, std::uint16_t*, View1<float>, In2<float>,
+                                                  In1<float>, double);
+template void rmsnorm_forward_bf16<float>(const ExecSpace&, float*, View1<float>, In2<float>, In1<float>, double);
 
 }  // namespace tapestry::kernels

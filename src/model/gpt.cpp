@@ -562,10 +562,13 @@ void GPT::norm_forward(const ExecSpace& ex, View2<float> out, View1<float> mean,
     kernels::rmsnorm_forward(ex, out, rstd, inp, p1(params_, w, layer), cfg_.norm_eps);
   else if (b >= 0)
     kernels::layernorm_forward(ex, out, mean, rstd, inp, p1(params_, w, layer), p1(params_, b, layer), cfg_.norm_eps);
-  else {  // LayerNorm without bias: a zero bias, its gradient discarded
-    if (ln_zero_bias_.extent(0) != out.extent(1)) ln_zero_bias_ = View1<float>("tapestry::ln_zero_bias", out.extent(1));
-    kernels::layernorm_forward(ex, out, mean, rstd, inp, p1(params_, w, layer), ln_zero_bias_, cfg_.norm_eps);
-  }
+  else  // LayerNorm without bias: a zero bias, its gradient discarded
+    kernels::layernorm_forward(ex, out, mean, rstd, inp, p1(params_, w, layer), zero_bias(out.extent(1)), cfg_.norm_eps);
+}
+
+View1<float> GPT::zero_bias(std::size_t n) {
+  if (ln_zero_bias_.extent(0) != n) ln_zero_bias_ = View1<float>("tapestry::ln_zero_bias", n);
+  return ln_zero_bias_;
 }
 
 void GPT::norm_backward(const ExecSpace& ex, View2<float> dinp, View2<float> dout, View2<float> inp,
@@ -587,10 +590,23 @@ void GPT::require_bf16_products(const kernels::Blas& blas) const {
           "GPT: the model keeps linear layers' inputs in bf16 (bf16_linear_inputs), which needs bf16 products");
 }
 
+bool GPT::reads_copy(const kernels::Blas& blas, const View2<float>& v, const Half& h) const {
+  return !copies_.empty() && blas.precision() == Precision::bf16 && h.span() > 0 && h.span() == v.span();
+}
+
 std::optional<kernels::Blas::Given> GPT::read_copy(const kernels::Blas& blas, const View2<float>& v,
                                                   const Half& h) const {
-  if (copies_.empty() || blas.precision() != Precision::bf16 || h.span() != v.span()) return std::nullopt;
+  if (!reads_copy(blas, v, h)) return std::nullopt;
   return blas.given(v.data(), v.span(), h.data());
+}
+
+void GPT::norm_forward_bf16(const ExecSpace& ex, std::uint16_t* out, View1<float> mean, View1<float> rstd,
+                            View2<float> inp, int w, int b, int layer) {
+  if (cfg_.norm == "rmsnorm")
+    kernels::rmsnorm_forward_bf16(ex, out, rstd, inp, p1(params_, w, layer), cfg_.norm_eps);
+  else
+    kernels::layernorm_forward_bf16(ex, out, mean, rstd, inp, p1(params_, w, layer),
+                                    b >= 0 ? p1(params_, b, layer) : zero_bias(inp.extent(1)), cfg_.norm_eps);
 }
 
 double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, const std::vector<int>& targets,
@@ -662,14 +678,21 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
     auto keep = [&](Half LayerCopies::*h, const View2<float>& v) {  // the copy backward reads, if kept
       if (c != nullptr && (c->*h).extent(0) > 0) store_bf16(ex, c->*h, View1<float>(v.data(), v.span()));
     };
-    norm_forward(ex, w.ln1c, a.ln1_mean, a.ln1_rstd, x, S.ln1w, S.ln1b, l);
-    keep(&LayerCopies::ln1c, w.ln1c);
-    into_full(w.ln1c, w.ln1);
-    // Attention: column-parallel QKV (this rank's q and kv heads), row-parallel output projection.
-    // (With bf16_activations the products read the inputs' copies: copy(), below.)
+    // A linear layer's input whose copy its products read (reads_copy): the kernel that makes it
+    // writes that copy only, not the floats (bitwise the floats rounded); copy() gives it to them.
+    const auto direct = [&](const View2<float>& v, Half LayerCopies::*h) -> std::uint16_t* {
+      return c != nullptr && reads_copy(blas, v, c->*h) ? (c->*h).data() : nullptr;
+    };
     const auto copy = [&](const View2<float>& v, Half LayerCopies::*h) {
       return c != nullptr ? read_copy(blas, v, c->*h) : std::nullopt;
     };
+    if (auto* y = direct(w.ln1, &LayerCopies::ln1c)) norm_forward_bf16(ex, y, a.ln1_mean, a.ln1_rstd, x, S.ln1w, S.ln1b, l);
+    else {
+      norm_forward(ex, w.ln1c, a.ln1_mean, a.ln1_rstd, x, S.ln1w, S.ln1b, l);
+      keep(&LayerCopies::ln1c, w.ln1c);
+      into_full(w.ln1c, w.ln1);
+    }
+    // Attention: column-parallel QKV (this rank's q and kv heads), row-parallel output projection.
     {
       const auto g = copy(w.ln1, &LayerCopies::ln1c);
       matmul_forward(blas, w.qkv_raw, w.ln1, p2(P, S.qkvw, l), p1(P, S.qkvb, l));
@@ -713,19 +736,28 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
     }
     into_chunk(proj_, projc_);
     residual_forward(ex, as1(w.res2), as1(x), as1(projc_));
-    norm_forward(ex, w.ln2c, a.ln2_mean, a.ln2_rstd, w.res2, S.ln2w, S.ln2b, l);
-    keep(&LayerCopies::ln2c, w.ln2c);
-    into_full(w.ln2c, w.ln2);
+    if (auto* y = direct(w.ln2, &LayerCopies::ln2c)) norm_forward_bf16(ex, y, a.ln2_mean, a.ln2_rstd, w.res2, S.ln2w, S.ln2b, l);
+    else {
+      norm_forward(ex, w.ln2c, a.ln2_mean, a.ln2_rstd, w.res2, S.ln2w, S.ln2b, l);
+      keep(&LayerCopies::ln2c, w.ln2c);
+      into_full(w.ln2c, w.ln2);
+    }
     // MLP: column-parallel up (and gate) projection, row-parallel down projection.
     {
       const auto g = copy(w.ln2, &LayerCopies::ln2c);
       matmul_forward(blas, w.fch, w.ln2, p2(P, S.fcw, l), p1(P, S.fcb, l));
     }
     keep(&LayerCopies::fch, w.fch);
-    if (cfg_.mlp == "swiglu") swiglu_forward(ex, w.fch_act, w.fch);
-    else if (cfg_.mlp == "xielu") xielu_forward(ex, as1(w.fch_act), as1(w.fch), p1(P, S.xielu, l));
-    else gelu_forward(ex, as1(w.fch_act), as1(w.fch));
-    keep(&LayerCopies::fch_act, w.fch_act);
+    if (auto* y = direct(w.fch_act, &LayerCopies::fch_act)) {
+      if (cfg_.mlp == "swiglu") swiglu_forward_bf16(ex, y, w.fch);
+      else if (cfg_.mlp == "xielu") xielu_forward_bf16(ex, y, as1(w.fch), p1(P, S.xielu, l));
+      else gelu_forward_bf16(ex, y, as1(w.fch));
+    } else {
+      if (cfg_.mlp == "swiglu") swiglu_forward(ex, w.fch_act, w.fch);
+      else if (cfg_.mlp == "xielu") xielu_forward(ex, as1(w.fch_act), as1(w.fch), p1(P, S.xielu, l));
+      else gelu_forward(ex, as1(w.fch_act), as1(w.fch));
+      keep(&LayerCopies::fch_act, w.fch_act);
+    }
     {
       const auto g = copy(w.fch_act, &LayerCopies::fch_act);
       matmul_forward(blas, proj_, w.fch_act, p2(P, S.fcprojw, l), lead ? p1(P, S.fcprojb, l) : View1<float>());
@@ -898,7 +930,7 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
       if (from != nullptr && (from->*h).extent(0) > 0) load_bf16(ex, View1<float>(v.data(), v.span()), from->*h);
     };
     // ... or a linear layer's input that only the weight gradient's product reads: from its copy
-    // where the products read bf16 words (read_copy), else read back.
+    // (read_copy) under bf16 products, else read back.
     auto input = [&](const View2<float>& v, Half LayerCopies::*h) {
       auto g = c != nullptr ? read_copy(blas, v, c->*h) : std::nullopt;
       if (!g) fetch(v, h, c);
@@ -911,16 +943,30 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
       matmul_backward(blas, dact_, p2(G, S.fcprojw, l), p1(G, S.fcprojb, l), dresf_, w.fch_act, p2(P, S.fcprojw, l));
     }
     fetch(w.fch, &LayerCopies::fch, c);
-    if (cfg_.mlp == "swiglu") swiglu_backward(ex, dbig_, w.fch, dact_);
-    else if (cfg_.mlp == "xielu") xielu_backward(ex, as1(dbig_), p1(G, S.xielu, l), as1(w.fch), as1(dact_), p1(P, S.xielu, l));
-    else gelu_backward(ex, as1(dbig_), as1(w.fch), as1(dact_));
-    if (sp_) {
-      fetch(w.ln2c, &LayerCopies::ln2c, c);
-      gather_from_sequence_region(*tp_, w.ln2c, w.ln2);  // recomputed, not kept
-    }
     {
-      const auto g = sp_ ? std::nullopt : input(w.ln2, &LayerCopies::ln2c);
-      matmul_backward(blas, dtmp_, p2(G, S.fcw, l), p1(G, S.fcb, l), dbig_, w.ln2, p2(P, S.fcw, l));
+      // d(up projection's output) is read only by that layer's products where it has no bias (a bias
+      // gradient sums the floats): under bf16 products the activation's backward then writes it
+      // straight as the bf16 copy they read (Blas::hold).
+      std::optional<Blas::Held> held;
+      if (S.fcb < 0) held.emplace(blas.hold(dbig_.data(), dbig_.span()));
+      const bool rounded = held && held->copy().visit([&](auto* y) {
+        if (cfg_.mlp == "swiglu") swiglu_backward_bf16(ex, y, w.fch, dact_);
+        else if (cfg_.mlp == "xielu")
+          xielu_backward_bf16(ex, y, p1(G, S.xielu, l), as1(w.fch), as1(dact_), p1(P, S.xielu, l));
+        else gelu_backward_bf16(ex, y, as1(w.fch), as1(dact_));
+      });
+      if (rounded) held->written();
+      else if (cfg_.mlp == "swiglu") swiglu_backward(ex, dbig_, w.fch, dact_);
+      else if (cfg_.mlp == "xielu") xielu_backward(ex, as1(dbig_), p1(G, S.xielu, l), as1(w.fch), as1(dact_), p1(P, S.xielu, l));
+      else gelu_backward(ex, as1(dbig_), as1(w.fch), as1(dact_));
+      if (sp_) {
+        fetch(w.ln2c, &LayerCopies::ln2c, c);
+        gather_from_sequence_region(*tp_, w.ln2c, w.ln2);  // recomputed, not kept
+      }
+      {
+        const auto g = sp_ ? std::nullopt : input(w.ln2, &LayerCopies::ln2c);
+        matmul_backward(blas, dtmp_, p2(G, S.fcw, l), p1(G, S.fcb, l), dbig_, w.ln2, p2(P, S.fcw, l));
+      }
     }
     input_grad(dtmp_, dtmpc_);
     fetch(w.res2, &LayerCopies::res2, c);

@@ -6,6 +6,7 @@
 #include <Kokkos_Core.hpp>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace tapestry::kernels {
 
@@ -28,5 +29,13 @@ KOKKOS_INLINE_FUNCTION float from_bf16(std::uint16_t h) {
 
 /// x rounded to the nearest bf16, as an fp32.
 KOKKOS_INLINE_FUNCTION float round_bf16(float x) { return from_bf16(to_bf16(x)); }
+
+/// x rounded to bf16 into d: as its 16 bits (W = std::uint16_t: cuBLAS and oneDNN read those) or
+/// as its value in an fp32 (W = float: a host sgemm's bf16 operands). For the kernels that write
+/// a bf16 copy of what they produce instead of the fp32 value.
+template <class W, class T> KOKKOS_INLINE_FUNCTION void store_rounded(W& d, T x) {
+  if constexpr (std::is_same_v<W, std::uint16_t>) d = to_bf16(float(x));
+  else d = W(round_bf16(float(x)));
+}
 
 }  // namespace tapestry::kernels

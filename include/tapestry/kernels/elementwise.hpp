@@ -15,6 +15,12 @@ template <class T> void gelu_forward(const ExecSpace& exec, View1<T> out, In1<T>
 template <class T>
 void gelu_backward(const ExecSpace& exec, View1<T> dinp, In1<T> inp, In1<T> dout);
 
+/// gelu_forward and gelu_backward writing their output only as bf16 (std::uint16_t: its bits;
+/// float: bf16 values), rounded from the fp32 value those kernels write (bitwise their output
+/// rounded): the copy a bf16 product reads.
+template <class W> void gelu_forward_bf16(const ExecSpace& exec, W* out, In1<float> inp);
+template <class W> void gelu_backward_bf16(const ExecSpace& exec, W* dinp, In1<float> inp, In1<float> dout);
+
 /// out (n) = a + b.
 template <class T> void residual_forward(const ExecSpace& exec, View1<T> out, In1<T> a, In1<T> b);
 /// da += dout; db += dout.

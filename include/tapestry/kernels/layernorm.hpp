@@ -13,6 +13,13 @@ template <class T>
 void layernorm_forward(const ExecSpace& exec, View2<T> out, View1<T> mean, View1<T> rstd,
                        In2<T> inp, In1<T> weight, In1<T> bias, double eps = 1e-5);
 
+/// layernorm_forward writing `out` (N x C, contiguous) only as bf16, W = std::uint16_t (its bits)
+/// or float (bf16 values): bitwise the fp32 output rounded (store_rounded). For the copy a bf16
+/// product reads.
+template <class W>
+void layernorm_forward_bf16(const ExecSpace& exec, W* out, View1<float> mean, View1<float> rstd, In2<float> inp,
+                            In1<float> weight, In1<float> bias, double eps = 1e-5);
+
 /// The norms' parameter gradients sum over the rows in two passes: over blocks of kNormRowBlock
 /// rows (a block's columns over a team's threads), then over the blocks, in a fixed order (no
 /// atomics: deterministic). The partial sums need a scratch of norm_scratch_rows(N) x (2 C) values

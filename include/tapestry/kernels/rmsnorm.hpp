@@ -13,6 +13,10 @@ template <class T>
 void rmsnorm_forward(const ExecSpace& exec, View2<T> out, View1<T> rstd, In2<T> inp, In1<T> weight,
                      double eps = 1e-5);
 
+/// rmsnorm_forward writing `out` (N x C, contiguous) only as bf16 (as layernorm_forward_bf16).
+template <class W>
+void rmsnorm_forward_bf16(const ExecSpace& exec, W* out, View1<float> rstd, In2<float> inp, In1<float> weight,
+                          double eps = 1e-5);
 /// dinp (N, C) += d/dinp; dweight (C) += d/dweight (a fixed reduction order, no atomics; scratch
 /// as layernorm_backward's, norm_scratch_rows(N) x (2 C)).
 template <class T>

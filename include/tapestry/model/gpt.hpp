@@ -263,6 +263,11 @@ class GPT {
   };
   void norm_forward(const ExecSpace& ex, View2<float> out, View1<float> mean, View1<float> rstd, View2<float> inp,
                     int w, int b, int layer);
+  /// norm_forward writing `out` only as bf16 (kernels::layernorm_forward_bf16), for a copy.
+  void norm_forward_bf16(const ExecSpace& ex, std::uint16_t* out, View1<float> mean, View1<float> rstd,
+                         View2<float> inp, int w, int b, int layer);
+  /// LayerNorm without bias: a zero bias of n (its gradient is discarded).
+  View1<float> zero_bias(std::size_t n);
   void norm_backward(const ExecSpace& ex, View2<float> dinp, View2<float> dout, View2<float> inp, View1<float> mean,
                      View1<float> rstd, int w, int b, int layer);
   /// Layout index idx is the final norm's or an untied output layer's (not a layer's, not an
@@ -336,6 +341,8 @@ class GPT {
   /// outputs under sequence parallelism, whose copy is of this rank's chunk).
   /// Throws unless the Blas runs bf16 products where bf16_linear_inputs needs them.
   void require_bf16_products(const kernels::Blas& blas) const;
+  /// Whether a linear layer's products read its input v from the copy h (see read_copy).
+  bool reads_copy(const kernels::Blas& blas, const View2<float>& v, const Half& h) const;
   std::optional<kernels::Blas::Given> read_copy(const kernels::Blas& blas, const View2<float>& v, const Half& h) const;
   View1<float> pool_;
   LayerActs fwd_, bwd_;
