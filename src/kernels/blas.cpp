@@ -334,34 +334,7 @@ void Blas::gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int 
 template <class T>
 void Blas::gemm_bias(bool ta, bool tb, int M, int N, int K, const T* A, int lda, const T* B, int ldb, const T* bias,
                      T* C, int ldc) const {
-  if (M == 0 || N == 0) return;
-  if constexpr (std::is_same_v<T, float>) {
-    if (precision_ == Precision::bf16 && K > 0) {
-      const std::size_t na = operand_span(ta, M, K, lda, 0, 1), nb = operand_span(tb, K, N, ldb, 0, 1);
-#ifdef KOKKOS_ENABLE_CUDA
-      if (!impl_->lt) impl_->lt = std::make_unique<cublas::Lt>(exec_.cuda_stream());
-      bool done = false;
-      timed("gemm bf16", ta, tb, M, N, K, 1, [&] {
-        const auto* a = impl_->operand(exec_, impl_->words, impl_->words.a, A, na);
-        const auto* b = impl_->operand(exec_, impl_->words, impl_->words.b, B, nb);
-        done = impl_->lt->gemm_bias(cublas::Inputs::bf16, ta, tb, M, N, K, a, lda, b, ldb, bias, C, ldc);
-      });
-      if (done) return;
-#elif defined(TAPESTRY_HAVE_ONEDNN)
-      if (impl_->dnnl) {
-        timed("gemm bf16", ta, tb, M, N, K, 1, [&] {
-          const auto* a16 = impl_->operand(exec_, impl_->words, impl_->words.a, A, na);
-          const auto* b16 = impl_->operand(exec_, impl_->words, impl_->words.b, B, nb);
-          exec_.fence();
-          impl_->dnnl->run(ta, tb, M, N, K, 1.0f, a16, lda, 0, b16, ldb, 0, 0.0f, C, ldc, 0, 1, bias);
-        });
-        return;
-      }
-#endif
-    }
-  }
-  fill_rows(exec_, C, ldc, M, N, bias);
-  run_gemm<T>(precision_ == Precision::bf16, ta, tb, M, N, K, T(1), A, lda, 0, B, ldb, 0, T(1), C, ldc, 0, 1);
+  run_gemm<T>(precision_ == Precision::bf16, ta, tb, M, N, K, T(1), A, lda, 0, B, ldb, 0, T(0), C, ldc, 0, 1, bias);
 }
 
 template <class T>
@@ -373,9 +346,22 @@ void Blas::gemm_strided_batched(bool ta, bool tb, int M, int N, int K, T alpha, 
 
 template <class T>
 void Blas::run_gemm(bool round_bf16, bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, long sa,
-                    const T* B, int ldb, long sb, T beta, T* C, int ldc, long sc, int count) const {
+                    const T* B, int ldb, long sb, T beta, T* C, int ldc, long sc, int count, const T* bias) const {
   if (M == 0 || N == 0 || count == 0) return;
   const bool bf16 = std::is_same_v<T, float> && round_bf16 && K > 0;
+  // A bias no epilogue adds: C's rows filled with it first, and the product adds onto them.
+  auto prefill = [&] {
+    fill_rows(exec_, C, ldc, M, N, bias);
+    beta = T(1), bias = nullptr;
+  };
+#ifdef KOKKOS_ENABLE_CUDA
+  const bool epilogue = bf16;  // cuBLASLt's bias, where it has an algorithm for the shape
+#elif defined(TAPESTRY_HAVE_ONEDNN)
+  const bool epilogue = bf16 && impl_->dnnl;  // oneDNN's bias
+#else
+  const bool epilogue = false;
+#endif
+  if (bias != nullptr && !epilogue) prefill();
   timed(std::is_same_v<T, double> ? "gemm fp64" : bf16 ? "gemm bf16" : "gemm fp32", ta, tb, M, N, K, count, [&] {
     const void* a = A;
     const void* b = B;
@@ -385,6 +371,10 @@ void Blas::run_gemm(bool round_bf16, bool ta, bool tb, int M, int N, int K, T al
       if (bf16) {
         a = impl_->operand(exec_, impl_->words, impl_->words.a, A, na);
         b = impl_->operand(exec_, impl_->words, impl_->words.b, B, nb);
+        if (bias != nullptr) {  // cuBLASLt's bias epilogue, where it has an algorithm for the shape
+          if (!impl_->lt) impl_->lt = std::make_unique<cublas::Lt>(exec_.cuda_stream());
+          if (impl_->lt->gemm_bias(cublas::Inputs::bf16, ta, tb, M, N, K, a, lda, b, ldb, bias, C, ldc)) return;
+        }
       }
 #else
 #ifdef TAPESTRY_HAVE_ONEDNN
@@ -392,7 +382,7 @@ void Blas::run_gemm(bool round_bf16, bool ta, bool tb, int M, int N, int K, T al
         const auto* a16 = impl_->operand(exec_, impl_->words, impl_->words.a, A, na);
         const auto* b16 = impl_->operand(exec_, impl_->words, impl_->words.b, B, nb);
         exec_.fence();
-        impl_->dnnl->run(ta, tb, M, N, K, alpha, a16, lda, sa, b16, ldb, sb, beta, C, ldc, sc, count);
+        impl_->dnnl->run(ta, tb, M, N, K, alpha, a16, lda, sa, b16, ldb, sb, beta, C, ldc, sc, count, bias);
         return;
       }
 #endif
@@ -403,6 +393,7 @@ void Blas::run_gemm(bool round_bf16, bool ta, bool tb, int M, int N, int K, T al
 #endif
     }
 #ifdef KOKKOS_ENABLE_CUDA
+    if (bias != nullptr) prefill();  // cuBLASLt had no algorithm
     const auto in = std::is_same_v<T, double> ? cublas::Inputs::f64 : bf16 ? cublas::Inputs::bf16 : cublas::Inputs::f32;
     cublas::gemm(*impl_->handle, in, ta, tb, M, N, K, alpha, a, lda, sa, b, ldb, sb, beta, C, ldc, sc, count);
 #else

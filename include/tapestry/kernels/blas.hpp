@@ -180,7 +180,7 @@ class Blas {
   template <class T>
   void run_gemm(bool round_bf16, bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
                 long stride_a, const T* B, int ldb, long stride_b, T beta, T* C, int ldc, long stride_c,
-                int count) const;
+                int count, const T* bias = nullptr) const;  // bias: gemm_bias's (count 1, alpha 1, beta 0)
   template <class F> void timed(const char* what, bool ta, bool tb, int M, int N, int K, int count, F&& f) const;
   /// The copy products read: of the declared weights, or (held) of the held floats.
   Bf16Copy bf16_buffer(bool held) const;
