@@ -3,8 +3,8 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/math.hpp"
+#include "sink.hpp"
 #include "team.hpp"
 
 namespace tapestry::kernels {
@@ -22,24 +22,6 @@ template <class T> KOKKOS_INLINE_FUNCTION T softplus(T x) {
 /// Chunks of the xIELU parameter-gradient sum: a fixed count, so the summation order depends only
 /// on n and the backend's team size.
 constexpr int kXieluChunks = 256;
-
-/// Where a kernel writes element (r, c) of its (rows, cols) output: into the view (Floats), or only
-/// as its bf16 copy (Rounded: rows cols apart, see store_rounded). One kernel body for both, so the
-/// copy is bitwise the fp32 output rounded.
-template <class T> struct Floats {
-  T* p;
-  std::size_t ld;  // row stride
-  KOKKOS_INLINE_FUNCTION void operator()(int r, int c, T x) const { p[std::size_t(r) * ld + std::size_t(c)] = x; }
-  KOKKOS_INLINE_FUNCTION void operator()(std::size_t i, T x) const { p[i] = x; }
-};
-template <class W> struct Rounded {
-  W* p;
-  std::size_t cols;
-  template <class T> KOKKOS_INLINE_FUNCTION void operator()(int r, int c, T x) const {
-    store_rounded(p[std::size_t(r) * cols + std::size_t(c)], x);
-  }
-  template <class T> KOKKOS_INLINE_FUNCTION void operator()(std::size_t i, T x) const { store_rounded(p[i], x); }
-};
 
 // ---------------------------------------------------------------- SwiGLU
 template <class T, class Out> void swiglu_forward_impl(const ExecSpace& exec, Out out, int F, In2<T> gu) {
@@ -128,38 +110,38 @@ void xielu_backward_impl(const ExecSpace& exec, Out dinp, View1<T> dparams, In1<
 }  // namespace
 
 template <class T> void swiglu_forward(const ExecSpace& exec, View2<T> out, In2<T> gu) {
-  swiglu_forward_impl<T>(exec, Floats<T>{out.data(), out.stride_0()}, int(out.extent(1)), gu);
+  swiglu_forward_impl<T>(exec, detail::Floats<T>{out.data(), out.stride_0()}, int(out.extent(1)), gu);
 }
 template <class W> void swiglu_forward_bf16(const ExecSpace& exec, W* out, In2<float> gu) {
   const int F = int(gu.extent(1)) / 2;
-  swiglu_forward_impl<float>(exec, Rounded<W>{out, std::size_t(F)}, F, gu);
+  swiglu_forward_impl<float>(exec, detail::Rounded<W>{out, std::size_t(F)}, F, gu);
 }
 
 template <class T> void swiglu_backward(const ExecSpace& exec, View2<T> dgu, In2<T> gu, In2<T> dout) {
-  swiglu_backward_impl<T>(exec, Floats<T>{dgu.data(), dgu.stride_0()}, gu, dout);
+  swiglu_backward_impl<T>(exec, detail::Floats<T>{dgu.data(), dgu.stride_0()}, gu, dout);
 }
 template <class W> void swiglu_backward_bf16(const ExecSpace& exec, W* dgu, In2<float> gu, In2<float> dout) {
-  swiglu_backward_impl<float>(exec, Rounded<W>{dgu, gu.extent(1)}, gu, dout);
+  swiglu_backward_impl<float>(exec, detail::Rounded<W>{dgu, gu.extent(1)}, gu, dout);
 }
 
 template <class T>
 void xielu_forward(const ExecSpace& exec, View1<T> out, In1<T> inp, In1<T> params, double beta, double eps) {
-  xielu_forward_impl<T>(exec, Floats<T>{out.data(), 0}, inp, params, beta, eps);
+  xielu_forward_impl<T>(exec, detail::Floats<T>{out.data(), 0}, inp, params, beta, eps);
 }
 template <class W>
 void xielu_forward_bf16(const ExecSpace& exec, W* out, In1<float> inp, In1<float> params, double beta, double eps) {
-  xielu_forward_impl<float>(exec, Rounded<W>{out, 0}, inp, params, beta, eps);
+  xielu_forward_impl<float>(exec, detail::Rounded<W>{out, 0}, inp, params, beta, eps);
 }
 
 template <class T>
 void xielu_backward(const ExecSpace& exec, View1<T> dinp, View1<T> dparams, In1<T> inp, In1<T> dout, In1<T> params,
                     double beta, double eps) {
-  xielu_backward_impl<T>(exec, Floats<T>{dinp.data(), 0}, dparams, inp, dout, params, beta, eps);
+  xielu_backward_impl<T>(exec, detail::Floats<T>{dinp.data(), 0}, dparams, inp, dout, params, beta, eps);
 }
 template <class W>
 void xielu_backward_bf16(const ExecSpace& exec, W* dinp, View1<float> dparams, In1<float> inp, In1<float> dout,
                          In1<float> params, double beta, double eps) {
-  xielu_backward_impl<float>(exec, Rounded<W>{dinp, 0}, dparams, inp, dout, params, beta, eps);
+  xielu_backward_impl<float>(exec, detail::Rounded<W>{dinp, 0}, dparams, inp, dout, params, beta, eps);
 }
 
 double softplus_inverse(double value) {

@@ -4,6 +4,7 @@
 
 #include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/math.hpp"
+#include "sink.hpp"
 
 namespace tapestry::kernels {
 
@@ -24,35 +25,33 @@ template <class T> KOKKOS_INLINE_FUNCTION T gelu_slope(T x, T s) {
   const T sech2 = T(1) - th * th;
   return T(0.5) * (T(1) + th) + T(0.5) * x * sech2 * s * (T(1) + T(3 * 0.044715) * x * x);
 }
+
+/// gelu forward and backward through a sink (sink.hpp): the fp32 output, or only its bf16 copy.
+template <class T, class Out> void gelu_forward_impl(const ExecSpace& exec, Out out, In1<T> inp) {
+  const T s = T(kGeluScale);
+  Kokkos::parallel_for(
+      "tapestry::gelu_forward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) { out(i, gelu_value(inp(i), s)); });
+}
+template <class T, class Out> void gelu_backward_impl(const ExecSpace& exec, Out dinp, In1<T> inp, In1<T> dout) {
+  const T s = T(kGeluScale);
+  Kokkos::parallel_for(
+      "tapestry::gelu_backward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)),
+      KOKKOS_LAMBDA(std::size_t i) { dinp(i, gelu_slope(inp(i), s) * dout(i)); });
+}
 }  // namespace
 
 template <class T> void gelu_forward(const ExecSpace& exec, View1<T> out, In1<T> inp) {
-  const T s = T(kGeluScale);
-  Kokkos::parallel_for(
-      "tapestry::gelu_forward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)),
-      KOKKOS_LAMBDA(std::size_t i) { out(i) = gelu_value(inp(i), s); });
+  gelu_forward_impl<T>(exec, detail::Floats<T>{out.data(), 0}, inp);
 }
-
 template <class W> void gelu_forward_bf16(const ExecSpace& exec, W* out, In1<float> inp) {
-  const float s = float(kGeluScale);
-  Kokkos::parallel_for(
-      "tapestry::gelu_forward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)),
-      KOKKOS_LAMBDA(std::size_t i) { store_rounded(out[i], gelu_value(inp(i), s)); });
+  gelu_forward_impl<float>(exec, detail::Rounded<W>{out, 0}, inp);
 }
-
-template <class T>
-void gelu_backward(const ExecSpace& exec, View1<T> dinp, In1<T> inp, In1<T> dout) {
-  const T s = T(kGeluScale);
-  Kokkos::parallel_for(
-      "tapestry::gelu_backward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)),
-      KOKKOS_LAMBDA(std::size_t i) { dinp(i) = gelu_slope(inp(i), s) * dout(i); });
+template <class T> void gelu_backward(const ExecSpace& exec, View1<T> dinp, In1<T> inp, In1<T> dout) {
+  gelu_backward_impl<T>(exec, detail::Floats<T>{dinp.data(), 0}, inp, dout);
 }
-
 template <class W> void gelu_backward_bf16(const ExecSpace& exec, W* dinp, In1<float> inp, In1<float> dout) {
-  const float s = float(kGeluScale);
-  Kokkos::parallel_for(
-      "tapestry::gelu_backward", Kokkos::RangePolicy<ExecSpace>(exec, 0, inp.extent(0)),
-      KOKKOS_LAMBDA(std::size_t i) { store_rounded(dinp[i], gelu_slope(inp(i), s) * dout(i)); });
+  gelu_backward_impl<float>(exec, detail::Rounded<W>{dinp, 0}, inp, dout);
 }
 
 template <class T> void residual_forward(const ExecSpace& exec, View1<T> out, In1<T> a, In1<T> b) {

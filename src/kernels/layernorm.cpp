@@ -1,8 +1,8 @@
 #include "tapestry/kernels/layernorm.hpp"
 
 #include "norm_params.hpp"
-#include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/math.hpp"
+#include "sink.hpp"
 #include "team.hpp"
 
 namespace tapestry::kernels {
@@ -11,11 +11,10 @@ namespace tapestry::kernels {
 // inner loops kept them from vectorizing on hosts.
 
 namespace {
-/// The rows of layernorm_forward: into out (Rounded false: W = T, the fp32 output, rows `ld`
-/// apart), or only as its bf16 copy (W = std::uint16_t or float, see store_rounded; rows C apart).
-/// One body, so the copy is bitwise the fp32 output rounded.
-template <class T, class W, bool Rounded>
-void layernorm_rows(const ExecSpace& exec, W* out, std::size_t ld, View1<T> mean, View1<T> rstd, In2<T> inp,
+/// The rows of layernorm_forward, written through a sink (sink.hpp): the fp32 output, or only its
+/// bf16 copy (rows C apart).
+template <class T, class Out>
+void layernorm_rows(const ExecSpace& exec, Out out, View1<T> mean, View1<T> rstd, In2<T> inp,
                     In1<T> weight, In1<T> bias, double eps) {
   const int N = int(inp.extent(0)), C = int(inp.extent(1));
   const T e = T(eps);
@@ -24,7 +23,7 @@ void layernorm_rows(const ExecSpace& exec, W* out, std::size_t ld, View1<T> mean
       "tapestry::layernorm_forward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& tm) {
         const int n = tm.league_rank();
         const T* const x = &inp(n, 0);
-        W* const y = out + std::size_t(n) * ld;
+        auto* const y = out.row(n);
         const T m = detail::team_sum<T>(tm, C, [&](int c) { return x[c]; }) / C;
         const T var = detail::team_sum<T>(tm, C, [&](int c) {
                         const T d = x[c] - m;
@@ -33,8 +32,7 @@ void layernorm_rows(const ExecSpace& exec, W* out, std::size_t ld, View1<T> mean
         const T s = T(1) / math::sqrt(var + e);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) {
           const T v = (x[c] - m) * s * w[c] + bi[c];
-          if constexpr (Rounded) store_rounded(y[c], v);
-          else y[c] = v;
+          out.put(y[c], v);
         });
         Kokkos::single(Kokkos::PerTeam(tm), [&] {
           mean(n) = m;
@@ -47,13 +45,13 @@ void layernorm_rows(const ExecSpace& exec, W* out, std::size_t ld, View1<T> mean
 template <class T>
 void layernorm_forward(const ExecSpace& exec, View2<T> out, View1<T> mean, View1<T> rstd,
                        In2<T> inp, In1<T> weight, In1<T> bias, double eps) {
-  layernorm_rows<T, T, false>(exec, out.data(), out.stride_0(), mean, rstd, inp, weight, bias, eps);
+  layernorm_rows<T>(exec, detail::Floats<T>{out.data(), out.stride_0()}, mean, rstd, inp, weight, bias, eps);
 }
 
 template <class W>
 void layernorm_forward_bf16(const ExecSpace& exec, W* out, View1<float> mean, View1<float> rstd, In2<float> inp,
                             In1<float> weight, In1<float> bias, double eps) {
-  layernorm_rows<float, W, true>(exec, out, inp.extent(1), mean, rstd, inp, weight, bias, eps);
+  layernorm_rows<float>(exec, detail::Rounded<W>{out, inp.extent(1)}, mean, rstd, inp, weight, bias, eps);
 }
 
 template <class T>

@@ -1,8 +1,8 @@
 #include "tapestry/kernels/rmsnorm.hpp"
 
 #include "norm_params.hpp"
-#include "tapestry/kernels/bf16.hpp"
 #include "tapestry/kernels/math.hpp"
+#include "sink.hpp"
 #include "team.hpp"
 
 namespace tapestry::kernels {
@@ -13,10 +13,9 @@ namespace tapestry::kernels {
 // Rows through plain pointers (&v(n, 0); LayoutRight), as in layernorm.cpp.
 
 namespace {
-/// The rows of rmsnorm_forward: into out (Rounded false: W = T, rows `ld` apart), or only as its
-/// bf16 copy (rows C apart), as layernorm_rows.
-template <class T, class W, bool Rounded>
-void rmsnorm_rows(const ExecSpace& exec, W* out, std::size_t ld, View1<T> rstd, In2<T> inp, In1<T> weight, double eps) {
+/// The rows of rmsnorm_forward through a sink, as layernorm_rows.
+template <class T, class Out>
+void rmsnorm_rows(const ExecSpace& exec, Out out, View1<T> rstd, In2<T> inp, In1<T> weight, double eps) {
   const int N = int(inp.extent(0)), C = int(inp.extent(1));
   const T e = T(eps);
   const T* const w = weight.data();
@@ -24,13 +23,12 @@ void rmsnorm_rows(const ExecSpace& exec, W* out, std::size_t ld, View1<T> rstd, 
       "tapestry::rmsnorm_forward", detail::team_per_row(exec, N), KOKKOS_LAMBDA(const detail::Member& tm) {
         const int n = tm.league_rank();
         const T* const x = &inp(n, 0);
-        W* const y = out + std::size_t(n) * ld;
+        auto* const y = out.row(n);
         const T ms = detail::team_sum<T>(tm, C, [&](int c) { return x[c] * x[c]; }) / T(C);
         const T s = T(1) / math::sqrt(ms + e);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(tm, C), [&](int c) {
           const T v = x[c] * s * w[c];
-          if constexpr (Rounded) store_rounded(y[c], v);
-          else y[c] = v;
+          out.put(y[c], v);
         });
         Kokkos::single(Kokkos::PerTeam(tm), [&] { rstd(n) = s; });
       });
@@ -39,13 +37,13 @@ void rmsnorm_rows(const ExecSpace& exec, W* out, std::size_t ld, View1<T> rstd, 
 
 template <class T>
 void rmsnorm_forward(const ExecSpace& exec, View2<T> out, View1<T> rstd, In2<T> inp, In1<T> weight, double eps) {
-  rmsnorm_rows<T, T, false>(exec, out.data(), out.stride_0(), rstd, inp, weight, eps);
+  rmsnorm_rows<T>(exec, detail::Floats<T>{out.data(), out.stride_0()}, rstd, inp, weight, eps);
 }
 
 template <class W>
 void rmsnorm_forward_bf16(const ExecSpace& exec, W* out, View1<float> rstd, In2<float> inp, In1<float> weight,
                           double eps) {
-  rmsnorm_rows<float, W, true>(exec, out, inp.extent(1), rstd, inp, weight, eps);
+  rmsnorm_rows<float>(exec, detail::Rounded<W>{out, inp.extent(1)}, rstd, inp, weight, eps);
 }
 
 template <class T>

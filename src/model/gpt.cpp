@@ -686,12 +686,16 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
     const auto copy = [&](const View2<float>& v, Half LayerCopies::*h) {
       return c != nullptr ? read_copy(blas, v, c->*h) : std::nullopt;
     };
-    if (auto* y = direct(w.ln1, &LayerCopies::ln1c)) norm_forward_bf16(ex, y, a.ln1_mean, a.ln1_rstd, x, S.ln1w, S.ln1b, l);
-    else {
-      norm_forward(ex, w.ln1c, a.ln1_mean, a.ln1_rstd, x, S.ln1w, S.ln1b, l);
-      keep(&LayerCopies::ln1c, w.ln1c);
-      into_full(w.ln1c, w.ln1);
-    }
+    // A norm in front of a linear layer: straight into its copy, or into the floats (this rank's
+    // chunk under SP), kept and gathered.
+    const auto norm_input = [&](const View2<float>& full, const View2<float>& chunk, Half LayerCopies::*h,
+                                View1<float> mean, View1<float> rstd, const View2<float>& in, int wslot, int bslot) {
+      if (auto* y = direct(full, h)) return norm_forward_bf16(ex, y, mean, rstd, in, wslot, bslot, l);
+      norm_forward(ex, chunk, mean, rstd, in, wslot, bslot, l);
+      keep(h, chunk);
+      into_full(chunk, full);
+    };
+    norm_input(w.ln1, w.ln1c, &LayerCopies::ln1c, a.ln1_mean, a.ln1_rstd, x, S.ln1w, S.ln1b);
     // Attention: column-parallel QKV (this rank's q and kv heads), row-parallel output projection.
     {
       const auto g = copy(w.ln1, &LayerCopies::ln1c);
@@ -736,12 +740,7 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
     }
     into_chunk(proj_, projc_);
     residual_forward(ex, as1(w.res2), as1(x), as1(projc_));
-    if (auto* y = direct(w.ln2, &LayerCopies::ln2c)) norm_forward_bf16(ex, y, a.ln2_mean, a.ln2_rstd, w.res2, S.ln2w, S.ln2b, l);
-    else {
-      norm_forward(ex, w.ln2c, a.ln2_mean, a.ln2_rstd, w.res2, S.ln2w, S.ln2b, l);
-      keep(&LayerCopies::ln2c, w.ln2c);
-      into_full(w.ln2c, w.ln2);
-    }
+    norm_input(w.ln2, w.ln2c, &LayerCopies::ln2c, a.ln2_mean, a.ln2_rstd, w.res2, S.ln2w, S.ln2b);
     // MLP: column-parallel up (and gate) projection, row-parallel down projection.
     {
       const auto g = copy(w.ln2, &LayerCopies::ln2c);
