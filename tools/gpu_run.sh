@@ -23,12 +23,16 @@ OUTDIR=${2:-gpu_check_out}
 # The first directory holding each library: the toolkit, the driver's mount, the Python wheels
 # (nvidia-cublas, nvidia-cuda-runtime, nvidia-nccl-cu13), then a search.
 dirs=()
+wheels=$(python3 -c 'import nvidia; print(" ".join(nvidia.__path__))' 2>/dev/null || true)
 for name in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2 libcuda.so.1; do
   found=""
   for d in ${CUDA_HOME:+$CUDA_HOME/lib64} /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
            /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu; do
     if [ -e "$d/$name" ]; then found=$d; break; fi
   done
+  # the loader's cache, then the wheels' folder (site-packages/nvidia/...), then the whole disk
+  [ -z "$found" ] && found=$(ldconfig -p 2>/dev/null | awk -v n="$name" '$1 == n {print $NF; exit}' | xargs -r dirname)
+  [ -z "$found" ] && [ -n "$wheels" ] && found=$(find $wheels -name "$name" -print 2>/dev/null | head -n 1 | xargs -r dirname)
   [ -z "$found" ] && found=$(find / -xdev \( -path /proc -o -path "$B" \) -prune -o -name "$name" -print 2>/dev/null |
                              head -n 1 | xargs -r dirname)
   if [ -z "$found" ]; then echo "gpu_run: error: $name not found on this machine" >&2; exit 1; fi
