@@ -47,17 +47,21 @@ class Bytes {
   std::size_t n_;
 };
 
-/// v[i] = f(i) for i < n, where f repeats every p: one block of whole periods computed, then
-/// copied (a loop computing each of 2^31 bytes took most of this test's minutes).
-template <class F> void fill_periodic(std::uint8_t* v, std::size_t n, std::size_t p, F&& f) {
+/// f(0), f(1), ... over a block of 2^16 whole periods p of f: what the two below copy or compare
+/// (a loop computing each of 2^31 bytes took most of this test's minutes).
+template <class F> std::vector<std::uint8_t> periodic_block(std::size_t p, F&& f) {
   std::vector<std::uint8_t> block(p << 16);
   for (std::size_t i = 0; i < block.size(); ++i) block[i] = std::uint8_t(f(i));
+  return block;
+}
+/// v[i] = f(i) for i < n, where f repeats every p.
+template <class F> void fill_periodic(std::uint8_t* v, std::size_t n, std::size_t p, F&& f) {
+  const auto block = periodic_block(p, f);
   for (std::size_t i = 0; i < n; i += block.size()) std::memcpy(v + i, block.data(), std::min(block.size(), n - i));
 }
-/// Whether v[i] == f(i) for i < n, f repeating every p (compared a block of whole periods at a time).
+/// Whether v[i] == f(i) for i < n, f repeating every p.
 template <class F> bool equals_periodic(const std::uint8_t* v, std::size_t n, std::size_t p, F&& f) {
-  std::vector<std::uint8_t> block(p << 16);
-  for (std::size_t i = 0; i < block.size(); ++i) block[i] = std::uint8_t(f(i));
+  const auto block = periodic_block(p, f);
   for (std::size_t i = 0; i < n; i += block.size())
     if (std::memcmp(v + i, block.data(), std::min(block.size(), n - i)) != 0) return false;
   return true;

@@ -609,6 +609,31 @@ void GPT::norm_forward_bf16(const ExecSpace& ex, std::uint16_t* out, View1<float
                                     b >= 0 ? p1(params_, b, layer) : zero_bias(inp.extent(1)), cfg_.norm_eps);
 }
 
+template <class W> void GPT::activation_forward(const ExecSpace& ex, View2<float> out, View2<float> in, int l, W* y) {
+  using namespace kernels;
+  if (cfg_.mlp == "swiglu") {
+    y ? swiglu_forward_bf16(ex, y, in) : swiglu_forward(ex, out, in);
+  } else if (cfg_.mlp == "xielu") {
+    const auto a = p1(params_, slot_.xielu, l);
+    y ? xielu_forward_bf16(ex, y, as1(in), a) : xielu_forward(ex, as1(out), as1(in), a);
+  } else {
+    y ? gelu_forward_bf16(ex, y, as1(in)) : gelu_forward(ex, as1(out), as1(in));
+  }
+}
+
+template <class W>
+void GPT::activation_backward(const ExecSpace& ex, View2<float> din, View2<float> in, View2<float> dout, int l, W* y) {
+  using namespace kernels;
+  if (cfg_.mlp == "swiglu") {
+    y ? swiglu_backward_bf16(ex, y, in, dout) : swiglu_backward(ex, din, in, dout);
+  } else if (cfg_.mlp == "xielu") {
+    const auto a = p1(params_, slot_.xielu, l), da = p1(grads_, slot_.xielu, l);
+    y ? xielu_backward_bf16(ex, y, da, as1(in), as1(dout), a) : xielu_backward(ex, as1(din), da, as1(in), as1(dout), a);
+  } else {
+    y ? gelu_backward_bf16(ex, y, as1(in), as1(dout)) : gelu_backward(ex, as1(din), as1(in), as1(dout));
+  }
+}
+
 double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, const std::vector<int>& targets,
                     std::optional<double> loss_scale) {
   using namespace kernels;
@@ -747,15 +772,10 @@ double GPT::forward(const kernels::Blas& blas, const std::vector<int>& inputs, c
       matmul_forward(blas, w.fch, w.ln2, p2(P, S.fcw, l), p1(P, S.fcb, l));
     }
     keep(&LayerCopies::fch, w.fch);
-    if (auto* y = direct(w.fch_act, &LayerCopies::fch_act)) {
-      if (cfg_.mlp == "swiglu") swiglu_forward_bf16(ex, y, w.fch);
-      else if (cfg_.mlp == "xielu") xielu_forward_bf16(ex, y, as1(w.fch), p1(P, S.xielu, l));
-      else gelu_forward_bf16(ex, y, as1(w.fch));
-    } else {
-      if (cfg_.mlp == "swiglu") swiglu_forward(ex, w.fch_act, w.fch);
-      else if (cfg_.mlp == "xielu") xielu_forward(ex, as1(w.fch_act), as1(w.fch), p1(P, S.xielu, l));
-      else gelu_forward(ex, as1(w.fch_act), as1(w.fch));
-      keep(&LayerCopies::fch_act, w.fch_act);
+    {
+      auto* y = direct(w.fch_act, &LayerCopies::fch_act);
+      activation_forward(ex, w.fch_act, w.fch, l, y);
+      if (y == nullptr) keep(&LayerCopies::fch_act, w.fch_act);
     }
     {
       const auto g = copy(w.fch_act, &LayerCopies::fch_act);
@@ -948,16 +968,10 @@ void GPT::backward(const kernels::Blas& blas, double loss_scale) {
       // straight as the bf16 copy they read (Blas::hold).
       std::optional<Blas::Held> held;
       if (S.fcb < 0) held.emplace(blas.hold(dbig_.data(), dbig_.span()));
-      const bool rounded = held && held->copy().visit([&](auto* y) {
-        if (cfg_.mlp == "swiglu") swiglu_backward_bf16(ex, y, w.fch, dact_);
-        else if (cfg_.mlp == "xielu")
-          xielu_backward_bf16(ex, y, p1(G, S.xielu, l), as1(w.fch), as1(dact_), p1(P, S.xielu, l));
-        else gelu_backward_bf16(ex, y, as1(w.fch), as1(dact_));
-      });
+      const bool rounded =
+          held && held->copy().visit([&](auto* y) { activation_backward(ex, dbig_, w.fch, dact_, l, y); });
       if (rounded) held->written();
-      else if (cfg_.mlp == "swiglu") swiglu_backward(ex, dbig_, w.fch, dact_);
-      else if (cfg_.mlp == "xielu") xielu_backward(ex, as1(dbig_), p1(G, S.xielu, l), as1(w.fch), as1(dact_), p1(P, S.xielu, l));
-      else gelu_backward(ex, as1(dbig_), as1(w.fch), as1(dact_));
+      else activation_backward(ex, dbig_, w.fch, dact_, l);
       if (sp_) {
         fetch(w.ln2c, &LayerCopies::ln2c, c);
         gather_from_sequence_region(*tp_, w.ln2c, w.ln2);  // recomputed, not kept

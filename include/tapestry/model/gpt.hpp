@@ -266,6 +266,15 @@ class GPT {
   /// norm_forward writing `out` only as bf16 (kernels::layernorm_forward_bf16), for a copy.
   void norm_forward_bf16(const ExecSpace& ex, std::uint16_t* out, View1<float> mean, View1<float> rstd,
                          View2<float> inp, int w, int b, int layer);
+  /// Layer l's MLP activation (cfg_.mlp) of in: into out, or, given y, only as its bf16 copy y
+  /// (W: its bits, or bf16 values in floats; bitwise out rounded).
+  template <class W = std::uint16_t>
+  void activation_forward(const ExecSpace& ex, View2<float> out, View2<float> in, int l, W* y = nullptr);
+  /// Its backward: din from dout, into din or, given y, only as its bf16 copy y (xIELU's parameter
+  /// gradients accumulate in fp32 either way).
+  template <class W = std::uint16_t>
+  void activation_backward(const ExecSpace& ex, View2<float> din, View2<float> in, View2<float> dout, int l,
+                           W* y = nullptr);
   /// LayerNorm without bias: a zero bias of n (its gradient is discarded).
   View1<float> zero_bias(std::size_t n);
   void norm_backward(const ExecSpace& ex, View2<float> dinp, View2<float> dout, View2<float> inp, View1<float> mean,
