@@ -36,9 +36,9 @@ one_run() {
 }
 export -f one_run
 export exe
-# The runs test the command line, not MPI's start-up: a lone rank without Open MPI's daemon starts
-# in 0.34 s instead of 0.52 s here (the whole test: 94 -> 59 s). Both modes gave the same results.
-export OMPI_MCA_ess_singleton_isolated=1
+# Not OMPI_MCA_ess_singleton_isolated=1 (faster starts, 94 -> 59 s): lone ranks without Open MPI's
+# daemon share one session folder name, and two runs at once then race to create it ("mkdir ...
+# /tmp/ompi.<host>.0/jf.0: File exists"), which failed this test once.
 runs=0
 # Each base command must itself succeed: one that fails makes every run of its flags end in the
 # same error line, and the flags would go untested.

@@ -107,7 +107,7 @@ mkdir -p "$root/usr/bin"
 cp -L /usr/bin/env "$root/usr/bin/env"
 envs=(-i PATH=/bundle/ompi/bin:/bin HOME=/tmp TMPDIR=/tmp OPAL_PREFIX=/bundle/ompi
       LD_LIBRARY_PATH=/bundle/lib:/cuda:/stub:/lib:/lib64 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-      OMPI_MCA_ess_singleton_isolated=1 OMPI_MCA_plm=isolated)
+      OMPI_MCA_plm=isolated)
 want='tapestry: error: rank [01] on node .*: no CUDA device visible'
 ok=1
 for name in alone two_ranks; do

@@ -40,8 +40,9 @@ for name in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2 libcu
   case " ${dirs[*]} " in *" $found "*) ;; *) dirs+=("$found") ;; esac
 done
 export LD_LIBRARY_PATH="$B/lib:$(IFS=:; echo "${dirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# One node: no daemon for a single rank, no ssh to start the ranks of mpirun.
-export OPAL_PREFIX="$B/ompi" PATH="$B/ompi/bin:$PATH" OMPI_MCA_ess_singleton_isolated=1 OMPI_MCA_plm=isolated
+# One node: no ssh to start the ranks of mpirun. (Not ess_singleton_isolated: lone ranks without
+# the daemon share one session folder name, and one a timeout killed can block the next.)
+export OPAL_PREFIX="$B/ompi" PATH="$B/ompi/bin:$PATH" OMPI_MCA_plm=isolated
 missing=$(ldd "$B/src/tapestry" | grep "not found" || true)
 if [ -n "$missing" ]; then echo "gpu_run: error: $B/src/tapestry would not load:"; echo "$missing"; exit 1; fi
 echo "gpu_run: bundle $B ($(cat "$B/SIZE" 2>/dev/null))"
